@@ -1,0 +1,65 @@
+# mesh-agent — build, test, demo and install.
+#
+#   make deps    install missing system packages (apt-get, when root)
+#   make build   release binaries in .build/release
+#   make test    deps + build + unit tests + integration tests (root: real kernel)
+#   make demo    capture and identity shown end to end on this machine (root)
+
+SWIFT      ?= swift
+PYTHON     ?= python3
+PREFIX     ?= /usr/local
+DESTDIR    ?=
+DEBUG_BIN  := .build/debug
+RELEASE_BIN := .build/release
+
+# Debian packages the build, the tests and the demo need.
+DEB_PACKAGES := libssl-dev libmnl-dev libnftnl-dev pkg-config nftables iproute2 util-linux procps socat iperf3 python3
+
+.PHONY: all deps build build-debug test unit-test integration-test demo clean install
+
+all: build
+
+deps:
+	@missing=""; \
+	for p in $(DEB_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" -ne 0 ]; then \
+	    echo "missing packages:$$missing"; echo "install them with: sudo apt-get install$$missing"; exit 1; \
+	  fi; \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+	@$(PYTHON) -c 'import pytest' 2>/dev/null || { \
+	  echo "installing pytest"; \
+	  $(PYTHON) -m pip install -q pytest 2>/dev/null || \
+	  { [ "$$(id -u)" -eq 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pytest; } || \
+	  { echo "pytest is missing: install it with: pip install pytest"; exit 1; }; }
+	@command -v $(SWIFT) >/dev/null || { echo "swift is not on PATH (expected Swift 6 at /opt/swift/usr/bin)"; exit 1; }
+
+build: deps
+	$(SWIFT) build -c release
+
+build-debug: deps
+	$(SWIFT) build --build-tests
+
+unit-test: build-debug
+	$(SWIFT) test --skip-build
+
+integration-test: build-debug
+	MESH_AGENT_BIN=$(CURDIR)/$(DEBUG_BIN) $(PYTHON) -m pytest -v -p no:cacheprovider Tests/integration
+
+test: unit-test integration-test
+
+demo: build
+	MESH_AGENT_BIN=$(CURDIR)/$(RELEASE_BIN) bash deploy/demo/demo.sh
+
+install: build
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 $(RELEASE_BIN)/mesh-agent $(RELEASE_BIN)/agentctl $(DESTDIR)$(PREFIX)/bin/
+	install -d $(DESTDIR)/etc/mesh-agent
+	install -m 0644 deploy/examples/agent.yaml $(DESTDIR)/etc/mesh-agent/agent.yaml.example
+
+clean:
+	rm -rf .build

@@ -1,0 +1,295 @@
+import Foundation
+import LinuxNet
+import Proxy
+
+/// The agent's configuration file (`/etc/mesh-agent/agent.yaml`). Every field but
+/// `trustDomain` has a default; unknown keys are errors with their key path.
+public struct AgentConfig: Equatable, Sendable {
+    public enum CaptureMode: String, Sendable { case host, netns }
+    public enum FailureMode: String, Sendable { case open, closed }
+    public enum MTLSMode: String, Sendable { case PERMISSIVE, STRICT }
+
+    public struct Ports: Equatable, Sendable {
+        public var outbound: UInt16 = 15001
+        public var inboundPlaintext: UInt16 = 15006
+        public var tunnel: UInt16 = 15008
+        public var metrics: UInt16 = 15020
+        public var readiness: UInt16 = 15021
+    }
+
+    public struct CertificateAuthority: Equatable, Sendable {
+        public enum Mode: String, Sendable { case local }
+        public var mode: Mode = .local
+        public var certificate = "/etc/mesh-agent/ca/intermediate.pem"
+        public var key = "/etc/mesh-agent/ca/intermediate.key"
+        public var trustBundle = "/etc/mesh-agent/ca/bundle.pem"
+    }
+
+    public struct Limits: Equatable, Sendable {
+        /// Connections proxied at once; beyond it new captured connections are refused.
+        public var maxConnections = 65_536
+        /// How long dialling an original destination may take.
+        public var connectTimeout: Duration = .seconds(10)
+    }
+
+    public struct WorkloadEntry: Equatable, Sendable {
+        public var name: String
+        public var namespace: String
+        public var serviceAccount: String
+        public var cgroup: CgroupPath
+        public var labels: [String: String]
+        public var ports: [UInt16]
+    }
+
+    public var trustDomain: String
+    public var node: String
+    public var captureMode: CaptureMode = .host
+    public var mark: UInt32 = 0x539
+    public var markMask: UInt32 = 0xfff
+    public var failureMode: FailureMode = .open
+    public var ports = Ports()
+    public var adminSocket = "/run/mesh-agent/admin.sock"
+    public var accessLog = "/var/log/mesh-agent/access.log"
+    public var policyDir = "/etc/mesh-agent/policies"
+    public var rootNamespace = "istio-system"
+    public var certificateTTL: Duration = .seconds(24 * 3600)
+    public var mtlsMode: MTLSMode = .PERMISSIVE
+    public var drainTimeout: Duration = .seconds(30)
+    public var ca = CertificateAuthority()
+    public var meshNetworks: [IPPrefix] = []
+    public var limits = Limits()
+    public var workloads: [WorkloadEntry] = []
+
+    public init(trustDomain: String, node: String) {
+        self.trustDomain = trustDomain
+        self.node = node
+    }
+}
+
+extension AgentConfig {
+    /// Reads and validates a config file. Errors name the file, line and key.
+    public static func load(path: String) throws -> AgentConfig {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw YAMLError(file: path, line: nil, keyPath: "", reason: "cannot read the config file: \(error.localizedDescription)")
+        }
+        return try parse(text, file: path)
+    }
+
+    public static func parse(_ text: String, file: String, defaultNode: String = ProcessInfo.processInfo.hostName) throws -> AgentConfig {
+        guard let root = try YAMLNode.parse(text, file: file) else {
+            throw YAMLError(file: file, line: nil, keyPath: "", reason: "the config is empty; trustDomain is required")
+        }
+        var top = try root.mapping()
+        let trustDomain = try validTrustDomain(try top.require("trustDomain"))
+        var config = AgentConfig(trustDomain: trustDomain, node: defaultNode)
+        if let node = top.take("node") { config.node = try validDNSName(node) }
+        if let node = top.take("captureMode") {
+            config.captureMode = try node.oneOf(CaptureMode.self, [.host, .netns])
+            if config.captureMode == .netns {
+                throw node.error("captureMode netns (a network namespace per workload) is not available in this version; use host")
+            }
+        }
+        let markNode = top.take("mark")
+        if let markNode { config.mark = try markNode.unsigned(UInt32.self, in: 1...UInt32.max) }
+        if let node = top.take("markMask") { config.markMask = try node.unsigned(UInt32.self, in: 1...UInt32.max) }
+        if config.mark & ~config.markMask != 0 {
+            let reason = "mark 0x\(String(config.mark, radix: 16)) has bits outside markMask 0x\(String(config.markMask, radix: 16)); the agent could not recognise its own traffic"
+            throw markNode?.error(reason) ?? YAMLError(file: file, line: nil, keyPath: "mark", reason: reason)
+        }
+        if let node = top.take("failureMode") { config.failureMode = try node.oneOf(FailureMode.self, [.open, .closed]) }
+        if let node = top.take("ports") { config.ports = try parsePorts(node) }
+        if let node = top.take("adminSocket") { config.adminSocket = try absolutePath(node) }
+        if let node = top.take("accessLog") {
+            let value = try node.nonEmptyString()
+            config.accessLog = value == "-" ? value : try absolutePath(node)
+        }
+        if let node = top.take("policyDir") { config.policyDir = try absolutePath(node) }
+        if let node = top.take("rootNamespace") { config.rootNamespace = try validLabel(node) }
+        if let node = top.take("certificateTTL") {
+            config.certificateTTL = try duration(node, atLeast: .seconds(1))
+        }
+        if let node = top.take("mtlsMode") { config.mtlsMode = try node.oneOf(MTLSMode.self, [.PERMISSIVE, .STRICT]) }
+        if let node = top.take("drainTimeout") { config.drainTimeout = try duration(node, atLeast: .zero) }
+        if let node = top.take("ca") { config.ca = try parseCA(node) }
+        if let node = top.take("meshNetworks") {
+            config.meshNetworks = try node.sequence().map { item in
+                do { return try IPPrefix(item.string()) } catch let error as IPPrefixError { throw item.error(error.description) }
+            }
+        }
+        if let node = top.take("limits") { config.limits = try parseLimits(node) }
+        if let node = top.take("workloads") { config.workloads = try parseWorkloads(node) }
+        try top.finish(allowed: [
+            "trustDomain", "node", "captureMode", "mark", "markMask", "failureMode", "ports", "adminSocket",
+            "accessLog", "policyDir", "rootNamespace", "certificateTTL", "mtlsMode", "drainTimeout", "ca",
+            "meshNetworks", "limits", "workloads",
+        ])
+        return config
+    }
+
+    private static func parsePorts(_ node: YAMLNode) throws -> Ports {
+        var map = try node.mapping()
+        var ports = Ports()
+        let fields: [(String, WritableKeyPath<Ports, UInt16>)] = [
+            ("outbound", \.outbound), ("inboundPlaintext", \.inboundPlaintext), ("tunnel", \.tunnel),
+            ("metrics", \.metrics), ("readiness", \.readiness),
+        ]
+        var used: [UInt16: String] = [:]
+        for (key, path) in fields {
+            if let value = map.take(key) {
+                ports[keyPath: path] = try value.unsigned(UInt16.self, in: 1...65535)
+            }
+            if let other = used[ports[keyPath: path]] {
+                throw YAMLError(
+                    file: node.file, line: map.take(key)?.line ?? node.line, keyPath: "ports.\(key)",
+                    reason: "port \(ports[keyPath: path]) is already used by ports.\(other)"
+                )
+            }
+            used[ports[keyPath: path]] = key
+        }
+        try map.finish(allowed: fields.map(\.0))
+        return ports
+    }
+
+    private static func parseCA(_ node: YAMLNode) throws -> CertificateAuthority {
+        var map = try node.mapping()
+        var ca = CertificateAuthority()
+        if let value = map.take("mode") { ca.mode = try value.oneOf(CertificateAuthority.Mode.self, [.local]) }
+        if let value = map.take("certificate") { ca.certificate = try absolutePath(value) }
+        if let value = map.take("key") { ca.key = try absolutePath(value) }
+        if let value = map.take("trustBundle") { ca.trustBundle = try absolutePath(value) }
+        try map.finish(allowed: ["mode", "certificate", "key", "trustBundle"])
+        return ca
+    }
+
+    private static func parseLimits(_ node: YAMLNode) throws -> Limits {
+        var map = try node.mapping()
+        var limits = Limits()
+        if let value = map.take("maxConnections") { limits.maxConnections = Int(try value.unsigned(UInt32.self, in: 1...10_000_000)) }
+        if let value = map.take("connectTimeout") { limits.connectTimeout = try duration(value, atLeast: .milliseconds(1)) }
+        try map.finish(allowed: ["maxConnections", "connectTimeout"])
+        return limits
+    }
+
+    private static func parseWorkloads(_ node: YAMLNode) throws -> [WorkloadEntry] {
+        var workloads: [WorkloadEntry] = []
+        var names: [String: Int] = [:]
+        for item in try node.sequence() {
+            var map = try item.mapping()
+            let nameNode = try map.require("name")
+            let name = try validLabel(nameNode)
+            let namespace = try validLabel(try map.require("namespace"))
+            let serviceAccount = try map.take("serviceAccount").map(validLabel) ?? name
+            let cgroupNode = try map.require("cgroup")
+            let cgroup: CgroupPath
+            do {
+                cgroup = try CgroupPath(validating: cgroupNode.string())
+            } catch {
+                throw cgroupNode.error("\(error); write the path below the cgroup v2 mount, e.g. /system.slice/orders.service")
+            }
+            if cgroup.level == 0 {
+                throw cgroupNode.error("the cgroup v2 root holds every process on the node; name the workload's own cgroup")
+            }
+            let labels = try map.take("labels")?.stringMap() ?? [:]
+            let ports = try map.take("ports")?.sequence().map { try $0.unsigned(UInt16.self, in: 1...65535) } ?? []
+            try map.finish(allowed: ["name", "namespace", "serviceAccount", "cgroup", "labels", "ports"])
+
+            let key = "\(namespace)/\(name)"
+            if let first = names[key] {
+                throw nameNode.error("workload \(key) is already defined by workloads[\(first)]")
+            }
+            for (index, other) in workloads.enumerated() {
+                if other.cgroup == cgroup {
+                    throw cgroupNode.error("cgroup \(cgroup) is already the cgroup of workloads[\(index)] (\(other.namespace)/\(other.name))")
+                }
+                if cgroup.isDescendant(ofOrEqualTo: other.cgroup) || other.cgroup.isDescendant(ofOrEqualTo: cgroup) {
+                    throw cgroupNode.error("cgroup \(cgroup) and the cgroup \(other.cgroup) of workloads[\(index)] are nested; a socket in the inner one would belong to both")
+                }
+            }
+            names[key] = workloads.count
+            workloads.append(WorkloadEntry(name: name, namespace: namespace, serviceAccount: serviceAccount, cgroup: cgroup, labels: labels, ports: ports))
+        }
+        return workloads
+    }
+
+    // MARK: - Value rules
+
+    private static func absolutePath(_ node: YAMLNode) throws -> String {
+        let value = try node.nonEmptyString()
+        guard value.hasPrefix("/") else { throw node.error("must be an absolute path, got \"\(value)\"") }
+        return value
+    }
+
+    /// SPIFFE trust domains: lowercase letters, digits, dots, dashes and underscores.
+    private static func validTrustDomain(_ node: YAMLNode) throws -> String {
+        let value = try node.nonEmptyString()
+        let allowed = Set("abcdefghijklmnopqrstuvwxyz0123456789.-_")
+        guard value.count <= 255, value.allSatisfy(allowed.contains) else {
+            throw node.error("\"\(value)\" is not a SPIFFE trust domain: use lowercase letters, digits, '.', '-' and '_'")
+        }
+        return value
+    }
+
+    /// Kubernetes-style names (RFC 1123 labels), used for namespaces, service accounts and workloads.
+    private static func validLabel(_ node: YAMLNode) throws -> String {
+        let value = try node.nonEmptyString()
+        let allowed = Set("abcdefghijklmnopqrstuvwxyz0123456789-")
+        guard value.count <= 63, value.allSatisfy(allowed.contains), value.first != "-", value.last != "-" else {
+            throw node.error("\"\(value)\" is not a valid name: use at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit")
+        }
+        return value
+    }
+
+    private static func validDNSName(_ node: YAMLNode) throws -> String {
+        let value = try node.nonEmptyString()
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
+        guard value.count <= 253, value.allSatisfy(allowed.contains) else {
+            throw node.error("\"\(value)\" is not a valid node name: use letters, digits, '.', '-' and '_'")
+        }
+        return value
+    }
+
+    private static func duration(_ node: YAMLNode, atLeast minimum: Duration) throws -> Duration {
+        let text = try node.string()
+        guard let value = parseDuration(text) else {
+            throw node.error("\"\(text)\" is not a duration; write it like 30s, 5m, 24h or 1h30m (units: ms, s, m, h)")
+        }
+        guard value >= minimum else { throw node.error("must be at least \(minimum)") }
+        return value
+    }
+}
+
+/// Parses durations written as Go and Kubernetes users write them: `500ms`, `30s`,
+/// `5m`, `24h`, `1h30m`.
+func parseDuration(_ text: String) -> Duration? {
+    var total = Duration.zero
+    var digits = ""
+    var index = text.startIndex
+    guard !text.isEmpty else { return nil }
+    while index < text.endIndex {
+        let character = text[index]
+        if character.isASCII, character.isNumber {
+            digits.append(character)
+            index = text.index(after: index)
+            continue
+        }
+        guard let amount = Int64(digits), digits.count <= 12 else { return nil }
+        digits = ""
+        let rest = text[index...]
+        if rest.hasPrefix("ms") {
+            total += .milliseconds(amount)
+            index = text.index(index, offsetBy: 2)
+        } else {
+            switch character {
+            case "s": total += .seconds(amount)
+            case "m": total += .seconds(amount * 60)
+            case "h": total += .seconds(amount * 3600)
+            default: return nil
+            }
+            index = text.index(after: index)
+        }
+    }
+    return digits.isEmpty ? total : nil
+}

@@ -1,0 +1,289 @@
+import Dispatch
+import Foundation
+import LinuxNet
+import Logging
+import NIOCore
+import NIOPosix
+import Netfilter
+import Proxy
+
+/// The agent: owns capture (the nftables table), the workload registry and the
+/// listeners, and runs them from start to drain.
+///
+/// Order matters. Listeners are bound before the capture rules exist (a
+/// redirected connection to an unbound port would be refused), and on shutdown
+/// the rules go first in `failureMode: open` (new connections flow uncaptured)
+/// but stay in `closed` (nothing leaves a workload unprotected).
+public final class MeshAgent: Sendable {
+    /// How often cgroups are looked for and the live table checked against the desired one.
+    static let rescanInterval: Duration = .seconds(1)
+    static let driftCheckEvery = 10
+
+    private let configPath: String
+    private let logger: Logger
+
+    public init(configPath: String, logger: Logger) {
+        self.configPath = configPath
+        self.logger = logger
+    }
+
+    enum Event: Sendable {
+        case tick
+        case reload
+        case terminate(signal: String)
+    }
+
+    /// Runs until SIGTERM or SIGINT, then drains and returns.
+    public func run() async throws {
+        let config = try AgentConfig.load(path: configPath)
+        guard Privileges.isRoot else { throw AgentError.notRoot }
+
+        let mount = try CgroupV2Mount.discover()
+        logger.info("cgroup v2 is mounted at \(mount.path)")
+        let netfilter = try NetfilterClient()
+        let sockDiag = try SockDiagClient()
+        let registry = WorkloadRegistry(mount: mount, logger: logger)
+        registry.configure(config.workloads, trustDomain: config.trustDomain)
+        let accessLog = try AccessLogWriter(path: config.accessLog)
+
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        let connections = ConnectionTracker(maximum: config.limits.maxConnections)
+        let outbound = OutboundProxy(
+            configuration: .init(
+                port: config.ports.outbound, mark: config.mark,
+                connectTimeout: .nanoseconds(Int64(config.limits.connectTimeout.nanoseconds))
+            ),
+            group: group,
+            identifier: CgroupSourceIdentifier(sockDiag: sockDiag, registry: registry),
+            accessLog: accessLog,
+            connections: connections,
+            logger: logger
+        )
+        do {
+            try await outbound.start()
+        } catch {
+            try? await group.shutdownGracefully()
+            throw error
+        }
+
+        var capture = Capture(config: config, registry: registry, netfilter: netfilter, logger: logger)
+        do {
+            try capture.install()
+        } catch {
+            await outbound.stopAccepting()
+            try? await group.shutdownGracefully()
+            throw error
+        }
+        logger.info("mesh-agent ready: node \(config.node), trust domain \(config.trustDomain), \(registry.members.count) workload(s), table inet \(capture.parameters.tableName)")
+
+        let events = Self.events()
+        var ticks = 0
+        var currentConfig = config
+        loop: for await event in events {
+            switch event {
+            case .tick:
+                ticks += 1
+                capture.applyRegistryChanges(registry.rescan())
+                if ticks % Self.driftCheckEvery == 0 {
+                    capture.reconcile()
+                }
+            case .reload:
+                currentConfig = reload(current: currentConfig, registry: registry, capture: &capture)
+            case .terminate(let signal):
+                logger.info("received \(signal): draining")
+                break loop
+            }
+        }
+
+        // Drain.
+        if currentConfig.failureMode == .open {
+            capture.remove()
+        } else {
+            logger.info("failureMode closed: leaving table inet \(capture.parameters.tableName) in place; workload traffic stays captured until the agent is back")
+        }
+        await outbound.stopAccepting()
+        let open = connections.count
+        if open > 0 {
+            logger.info("waiting up to \(currentConfig.drainTimeout) for \(open) connection(s) to finish")
+            let deadline = group.next().scheduleTask(in: .nanoseconds(Int64(currentConfig.drainTimeout.nanoseconds))) {}
+            let finished = connections.allClosed(on: group.next())
+            _ = try? await finished.or(deadline.futureResult).get()
+            if connections.count > 0 {
+                logger.warning("drain deadline passed: closing \(connections.count) connection(s)")
+                connections.closeAll()
+                _ = try? await connections.allClosed(on: group.next()).get()
+            }
+        }
+        try? await group.shutdownGracefully()
+        logger.info("mesh-agent stopped")
+    }
+
+    private func reload(current: AgentConfig, registry: WorkloadRegistry, capture: inout Capture) -> AgentConfig {
+        let config: AgentConfig
+        do {
+            config = try AgentConfig.load(path: configPath)
+        } catch {
+            logger.error("reload refused, the running configuration stays in force: \(error)")
+            return current
+        }
+        var restartOnly: [String] = []
+        if config.ports != current.ports { restartOnly.append("ports") }
+        if config.mark != current.mark || config.markMask != current.markMask { restartOnly.append("mark/markMask") }
+        if config.trustDomain != current.trustDomain { restartOnly.append("trustDomain") }
+        if config.accessLog != current.accessLog { restartOnly.append("accessLog") }
+        if config.limits != current.limits { restartOnly.append("limits") }
+        if !restartOnly.isEmpty {
+            logger.warning("reload: \(restartOnly.joined(separator: ", ")) changed; these take effect on restart, the running values stay")
+        }
+        var applied = current
+        applied.workloads = config.workloads
+        applied.failureMode = config.failureMode
+        applied.drainTimeout = config.drainTimeout
+        let changes = registry.configure(config.workloads, trustDomain: current.trustDomain)
+        capture.workloadsChanged(changes)
+        logger.info("reloaded \(configPath): \(registry.members.count) workload(s)")
+        return applied
+    }
+
+    /// Signals and the rescan timer as one stream, consumed by the control loop.
+    static func events() -> AsyncStream<Event> {
+        AsyncStream { continuation in
+            let queue = DispatchQueue(label: "mesh-agent.signals")
+            var sources: [DispatchSourceSignal] = []
+            for (number, name) in [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT"), (SIGHUP, "SIGHUP")] {
+                signal(number, SIG_IGN)
+                let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
+                source.setEventHandler {
+                    continuation.yield(number == SIGHUP ? .reload : .terminate(signal: name))
+                }
+                source.resume()
+                sources.append(source)
+            }
+            let timer = DispatchSource.makeTimerSource(queue: queue)
+            let interval = Int(rescanInterval.components.seconds * 1000)
+            timer.schedule(deadline: .now() + .milliseconds(interval), repeating: .milliseconds(interval))
+            timer.setEventHandler { continuation.yield(.tick) }
+            timer.resume()
+            let retained = sources
+            continuation.onTermination = { _ in
+                retained.forEach { $0.cancel() }
+                timer.cancel()
+            }
+        }
+    }
+}
+
+/// The agent's side of the nftables table: what it should hold, and keeping the
+/// kernel's copy equal to it.
+struct Capture {
+    private(set) var parameters: CaptureParameters
+    let registry: WorkloadRegistry
+    let netfilter: NetfilterClient
+    let logger: Logger
+
+    init(config: AgentConfig, registry: WorkloadRegistry, netfilter: NetfilterClient, logger: Logger) {
+        var parameters = CaptureParameters()
+        parameters.mark = config.mark
+        parameters.markMask = config.markMask
+        parameters.outboundPort = config.ports.outbound
+        self.parameters = parameters
+        self.registry = registry
+        self.netfilter = netfilter
+        self.logger = logger
+        refreshMembership()
+    }
+
+    private mutating func refreshMembership() {
+        parameters.workloadCgroupLevels = registry.levels
+        parameters.workloadCgroups = registry.elementsByLevel
+    }
+
+    var desired: NftTable { CaptureRules.table(for: parameters) }
+
+    /// Replaces any table of ours (a stale one from an earlier run included) in one transaction.
+    mutating func install() throws {
+        refreshMembership()
+        try netfilter.replace(desired)
+        logger.info("installed table inet \(parameters.tableName): cgroup levels \(parameters.workloadCgroupLevels), \(parameters.workloadCgroups.values.map(\.count).reduce(0, +)) workload cgroup(s)")
+    }
+
+    /// New or gone cgroups become set-element changes; a new cgroup depth needs a
+    /// new set and rule, so the table is replaced (still in one transaction).
+    mutating func workloadsChanged(_ changes: WorkloadRegistry.Changes) {
+        if registry.levels != parameters.workloadCgroupLevels {
+            do {
+                try install()
+            } catch {
+                logger.error("cannot update the capture table for the new workload cgroup levels: \(error); will retry")
+            }
+            return
+        }
+        applyRegistryChanges(changes)
+    }
+
+    mutating func applyRegistryChanges(_ changes: WorkloadRegistry.Changes) {
+        guard !changes.isEmpty else { return }
+        do {
+            for (level, ids) in changes.removed.sorted(by: { $0.key < $1.key }) {
+                try netfilter.removeElements(ids, fromSet: CaptureRules.workloadSetName(level: level), inTable: parameters.tableName)
+            }
+            for (level, ids) in changes.added.sorted(by: { $0.key < $1.key }) {
+                try netfilter.addElements(ids, toSet: CaptureRules.workloadSetName(level: level), inTable: parameters.tableName)
+            }
+            refreshMembership()
+        } catch {
+            logger.error("cannot update capture set elements: \(error); replacing the whole table")
+            reinstall()
+        }
+    }
+
+    /// Compares the live table with the desired one and repairs any drift.
+    mutating func reconcile() {
+        refreshMembership()
+        do {
+            switch try netfilter.drift(desired: desired) {
+            case .inSync:
+                return
+            case .missing:
+                logger.warning("table inet \(parameters.tableName) is gone from the kernel; reinstalling it")
+            case .differs(let lines):
+                logger.warning("table inet \(parameters.tableName) differs from the desired ruleset; reinstalling it: \(lines.joined(separator: "; "))")
+            }
+        } catch {
+            logger.warning("cannot read table inet \(parameters.tableName) back: \(error); reinstalling it")
+        }
+        reinstall()
+    }
+
+    private mutating func reinstall() {
+        do {
+            try install()
+        } catch {
+            logger.error("cannot install table inet \(parameters.tableName): \(error); will retry")
+        }
+    }
+
+    func remove() {
+        do {
+            if try netfilter.delete(tableNamed: parameters.tableName) {
+                logger.info("removed table inet \(parameters.tableName) (failureMode open)")
+            }
+        } catch {
+            logger.error("cannot remove table inet \(parameters.tableName): \(error); remove it with: nft delete table inet \(parameters.tableName)")
+        }
+    }
+}
+
+public enum AgentError: Error, CustomStringConvertible {
+    case notRoot
+    case accessLog(path: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .notRoot:
+            return "mesh-agent must run as root (it programs nftables, reads socket cgroups over sock_diag and marks its sockets); run it with sudo or as the systemd service"
+        case .accessLog(let path, let reason):
+            return "cannot open the access log \(path): \(reason); check the directory exists and is writable, or set accessLog: \"-\" for stdout"
+        }
+    }
+}

@@ -1,0 +1,188 @@
+import LinuxNet
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import Proxy
+
+/// The workloads this node's agent speaks for, by cgroup.
+///
+/// The config names each workload's cgroup by path; the kernel tells the agent a
+/// socket's cgroup by id (the directory's inode). The registry keeps the map
+/// between them current: a cgroup that does not exist yet (a service not started)
+/// is picked up when it appears, one that disappears is dropped, and one that is
+/// re-created gets its new id.
+public final class WorkloadRegistry: Sendable {
+    /// One configured workload and, when its cgroup exists, the cgroup's id.
+    public struct Member: Sendable, Equatable {
+        public var workload: Workload
+        public var cgroup: CgroupPath
+        public var cgroupID: CgroupID?
+    }
+
+    /// What changed in the capture sets: ids to add and remove, by cgroup level.
+    public struct Changes: Equatable, Sendable {
+        public var added: [Int: [CgroupID]] = [:]
+        public var removed: [Int: [CgroupID]] = [:]
+        public var isEmpty: Bool { added.isEmpty && removed.isEmpty }
+    }
+
+    private struct State {
+        var members: [Member] = []
+        /// Every cgroup id known to belong to a workload: its own cgroup and the
+        /// cgroups nested inside it.
+        var owners: [CgroupID: Int] = [:]
+    }
+
+    private let mount: CgroupV2Mount
+    private let state = NIOLockedValueBox(State())
+    private let logger: Logger
+
+    public init(mount: CgroupV2Mount, logger: Logger) {
+        self.mount = mount
+        self.logger = logger
+    }
+
+    public var members: [Member] {
+        state.withLockedValue { $0.members }
+    }
+
+    /// The cgroup depths the configured workloads live at (one capture set each).
+    public var levels: [Int] {
+        Array(Set(members.map(\.cgroup.level))).sorted()
+    }
+
+    /// The capture-set elements for the workloads whose cgroups exist, by level.
+    public var elementsByLevel: [Int: [CgroupID]] {
+        var result: [Int: [CgroupID]] = [:]
+        for member in members {
+            if let id = member.cgroupID {
+                result[member.cgroup.level, default: []].append(id)
+            }
+        }
+        return result.mapValues { $0.sorted() }
+    }
+
+    /// Replaces the configured workloads (start and reload) and looks their cgroups up.
+    @discardableResult
+    public func configure(_ entries: [AgentConfig.WorkloadEntry], trustDomain: String) -> Changes {
+        let before = elementsByLevel
+        state.withLockedValue { state in
+            let previous = Dictionary(state.members.map { ($0.cgroup, $0.cgroupID) }, uniquingKeysWith: { first, _ in first })
+            state.members = entries.map { entry in
+                Member(
+                    workload: Workload(
+                        name: entry.name, namespace: entry.namespace, serviceAccount: entry.serviceAccount,
+                        trustDomain: trustDomain, labels: entry.labels, ports: entry.ports
+                    ),
+                    cgroup: entry.cgroup,
+                    cgroupID: previous[entry.cgroup] ?? nil
+                )
+            }
+        }
+        rescan()
+        return Self.difference(from: before, to: elementsByLevel)
+    }
+
+    /// Looks every workload's cgroup up again; returns what changed.
+    @discardableResult
+    public func rescan() -> Changes {
+        let before = elementsByLevel
+        let snapshot = members
+        var found: [CgroupID?] = []
+        var owners: [CgroupID: Int] = [:]
+        for (index, member) in snapshot.enumerated() {
+            do {
+                let tree = try mount.subtree(of: member.cgroup)
+                let id = tree.first(where: { $0.path == member.cgroup })?.id
+                found.append(id)
+                for node in tree { owners[node.id] = index }
+            } catch {
+                if case CgroupError.notFound = error {} else {
+                    logger.warning("cannot read cgroup \(member.cgroup) of workload \(member.workload.qualifiedName): \(error)")
+                }
+                found.append(nil)
+            }
+        }
+        state.withLockedValue { state in
+            // A reload may have replaced the members while we looked; then the next
+            // scan (which the reload triggers) is the one that counts.
+            guard state.members.map(\.cgroup) == snapshot.map(\.cgroup) else { return }
+            for index in state.members.indices {
+                state.members[index].cgroupID = found[index]
+            }
+            state.owners = owners
+        }
+        let changes = Self.difference(from: before, to: elementsByLevel)
+        for (level, ids) in changes.added {
+            for id in ids {
+                if let member = members.first(where: { $0.cgroupID == id && $0.cgroup.level == level }) {
+                    logger.info("workload \(member.workload.qualifiedName) is present: cgroup \(member.cgroup) (id \(id)), identity \(member.workload.identity)")
+                }
+            }
+        }
+        for (_, ids) in changes.removed {
+            logger.info("cgroup ids \(ids.map(\.description).joined(separator: ", ")) left the registry (cgroup removed or workload unconfigured)")
+        }
+        return changes
+    }
+
+    /// The workload that owns the cgroup with this id, if any. A socket made in a
+    /// cgroup nested below a workload's cgroup belongs to that workload.
+    public func workload(forCgroup id: CgroupID) -> Workload? {
+        if let found = lookup(id) { return found }
+        // A nested cgroup created since the last scan: look once more.
+        rescan()
+        return lookup(id)
+    }
+
+    private func lookup(_ id: CgroupID) -> Workload? {
+        state.withLockedValue { state in
+            guard let index = state.owners[id], index < state.members.count else { return nil }
+            return state.members[index].workload
+        }
+    }
+
+    static func difference(from before: [Int: [CgroupID]], to after: [Int: [CgroupID]]) -> Changes {
+        var changes = Changes()
+        for level in Set(before.keys).union(after.keys) {
+            let old = Set(before[level] ?? [])
+            let new = Set(after[level] ?? [])
+            let added = new.subtracting(old).sorted()
+            let removed = old.subtracting(new).sorted()
+            if !added.isEmpty { changes.added[level] = added }
+            if !removed.isEmpty { changes.removed[level] = removed }
+        }
+        return changes
+    }
+}
+
+/// Identifies the workload behind a captured connection from its client socket's
+/// cgroup, as the kernel reports it.
+public struct CgroupSourceIdentifier: SourceIdentifier {
+    let sockDiag: SockDiagClient
+    let registry: WorkloadRegistry
+
+    public init(sockDiag: SockDiagClient, registry: WorkloadRegistry) {
+        self.sockDiag = sockDiag
+        self.registry = registry
+    }
+
+    public func identify(client: SocketAddress, originalDestination: SocketAddress) throws -> Workload {
+        let id = try sockDiag.cgroupID(ofClient: client, connectedTo: originalDestination)
+        guard let workload = registry.workload(forCgroup: id) else {
+            throw IdentificationError.noWorkload(cgroup: id)
+        }
+        return workload
+    }
+}
+
+public enum IdentificationError: Error, CustomStringConvertible {
+    case noWorkload(cgroup: CgroupID)
+
+    public var description: String {
+        switch self {
+        case .noWorkload(let id):
+            return "cgroup id \(id) belongs to no configured workload"
+        }
+    }
+}

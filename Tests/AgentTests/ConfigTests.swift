@@ -1,0 +1,133 @@
+import Testing
+@testable import Agent
+
+@Suite struct ConfigTests {
+    static let minimal = "trustDomain: cluster.local\n"
+
+    @Test func defaultsFillEverythingButTheTrustDomain() throws {
+        let config = try AgentConfig.parse(Self.minimal, file: "agent.yaml", defaultNode: "node-x")
+        #expect(config.trustDomain == "cluster.local")
+        #expect(config.node == "node-x")
+        #expect(config.captureMode == .host)
+        #expect(config.mark == 0x539)
+        #expect(config.markMask == 0xfff)
+        #expect(config.failureMode == .open)
+        #expect(config.ports.outbound == 15001)
+        #expect(config.ports.inboundPlaintext == 15006)
+        #expect(config.ports.tunnel == 15008)
+        #expect(config.ports.metrics == 15020)
+        #expect(config.ports.readiness == 15021)
+        #expect(config.adminSocket == "/run/mesh-agent/admin.sock")
+        #expect(config.certificateTTL == .seconds(86400))
+        #expect(config.drainTimeout == .seconds(30))
+        #expect(config.mtlsMode == .PERMISSIVE)
+        #expect(config.workloads.isEmpty)
+    }
+
+    @Test func theInterfacesExampleParses() throws {
+        let text = """
+            trustDomain: cluster.local          # required
+            node: node-a
+            captureMode: host
+            mark: 0x539
+            markMask: 0xfff
+            failureMode: closed
+            ports: {outbound: 15001, inboundPlaintext: 15006, tunnel: 15008, metrics: 15020, readiness: 15021}
+            adminSocket: /run/mesh-agent/admin.sock
+            accessLog: /var/log/mesh-agent/access.log
+            policyDir: /etc/mesh-agent/policies
+            rootNamespace: istio-system
+            certificateTTL: 24h
+            mtlsMode: STRICT
+            drainTimeout: 1m30s
+            ca:
+              mode: local
+              certificate: /etc/mesh-agent/ca/intermediate.pem
+              key: /etc/mesh-agent/ca/intermediate.key
+              trustBundle: /etc/mesh-agent/ca/bundle.pem
+            meshNetworks: [10.77.0.0/16, "fd77::/64"]
+            workloads:
+              - name: orders
+                namespace: shop
+                serviceAccount: orders-sa
+                cgroup: /system.slice/orders.service
+                labels: {app: orders}
+                ports: [8080]
+              - name: checkout
+                namespace: shop
+                cgroup: /system.slice/checkout.service
+            """
+        let config = try AgentConfig.parse(text, file: "agent.yaml")
+        #expect(config.node == "node-a")
+        #expect(config.failureMode == .closed)
+        #expect(config.mtlsMode == .STRICT)
+        #expect(config.drainTimeout == .seconds(90))
+        #expect(config.meshNetworks.map(\.description) == ["10.77.0.0/16", "fd77::/64"])
+        #expect(config.workloads.count == 2)
+        #expect(config.workloads[0].serviceAccount == "orders-sa")
+        #expect(config.workloads[0].cgroup.string == "/system.slice/orders.service")
+        #expect(config.workloads[0].labels == ["app": "orders"])
+        #expect(config.workloads[0].ports == [8080])
+        #expect(config.workloads[1].serviceAccount == "checkout", "the service account defaults to the workload name")
+    }
+
+    /// Each bad config must fail with the file, the line and the key path.
+    @Test(arguments: [
+        ("node: a\n", "agent.yaml:1: trustDomain: is required"),
+        ("trustDomain: cluster.local\ntrustdomain: x\n", "agent.yaml:2: trustdomain: unknown key"),
+        ("trustDomain: Cluster.Local\n", "agent.yaml:1: trustDomain: \"Cluster.Local\" is not a SPIFFE trust domain"),
+        ("trustDomain: td\nmark: 0x1000\n", "agent.yaml:2: mark: mark 0x1000 has bits outside markMask 0xfff"),
+        ("trustDomain: td\nmark: banana\n", "agent.yaml:2: mark: expected a whole number"),
+        ("trustDomain: td\nports: {outbound: 15001, tunnel: 15001}\n", "ports.tunnel: port 15001 is already used by ports.outbound"),
+        ("trustDomain: td\nports: {outbound: 70000}\n", "agent.yaml:2: ports.outbound: must be between 1 and 65535"),
+        ("trustDomain: td\nports: {outbund: 1}\n", "agent.yaml:2: ports.outbund: unknown key"),
+        ("trustDomain: td\nfailureMode: maybe\n", "agent.yaml:2: failureMode: must be one of open, closed"),
+        ("trustDomain: td\ncaptureMode: netns\n", "captureMode: captureMode netns"),
+        ("trustDomain: td\ndrainTimeout: 10 minutes\n", "agent.yaml:2: drainTimeout: \"10 minutes\" is not a duration"),
+        ("trustDomain: td\nmeshNetworks: [10.77.0.1/16]\n", "agent.yaml:2: meshNetworks[0]: \"10.77.0.1/16\" is not a network: host bits are set"),
+        ("trustDomain: td\naccessLog: relative.log\n", "agent.yaml:2: accessLog: must be an absolute path"),
+        ("trustDomain: td\nworkloads:\n  - name: a\n    namespace: ns\n", "agent.yaml:3: workloads[0].cgroup: is required"),
+        ("trustDomain: td\nworkloads:\n  - name: a\n    namespace: ns\n    cgroup: system.slice/a\n", "agent.yaml:5: workloads[0].cgroup:"),
+        ("trustDomain: td\nworkloads:\n  - name: a\n    namespace: ns\n    cgroup: /a/../b\n", "agent.yaml:5: workloads[0].cgroup:"),
+        ("trustDomain: td\nworkloads:\n  - name: a\n    namespace: ns\n    cgroup: /\n", "workloads[0].cgroup: the cgroup v2 root holds every process"),
+        ("trustDomain: td\nworkloads:\n  - {name: a, namespace: ns, cgroup: /x}\n  - {name: a, namespace: ns, cgroup: /y}\n", "workloads[1].name: workload ns/a is already defined by workloads[0]"),
+        ("trustDomain: td\nworkloads:\n  - {name: a, namespace: ns, cgroup: /x}\n  - {name: b, namespace: ns, cgroup: /x}\n", "workloads[1].cgroup: cgroup /x is already the cgroup of workloads[0]"),
+        ("trustDomain: td\nworkloads:\n  - {name: a, namespace: ns, cgroup: /x}\n  - {name: b, namespace: ns, cgroup: /x/y}\n", "are nested"),
+        ("trustDomain: td\nworkloads:\n  - {name: A_B, namespace: ns, cgroup: /x}\n", "workloads[0].name: \"A_B\" is not a valid name"),
+        ("trustDomain: td\nworkloads:\n  - {name: a, namespace: ns, cgroup: /x, port: [1]}\n", "workloads[0].port: unknown key"),
+        ("trustDomain: [td\n", "agent.yaml:2: not valid YAML"),
+        ("", "agent.yaml: the config is empty"),
+        ("- a\n- b\n", "agent.yaml:1: expected a mapping"),
+    ])
+    func invalidConfigsSayWhereAndWhy(text: String, expected: String) {
+        #expect {
+            _ = try AgentConfig.parse(text, file: "agent.yaml", defaultNode: "n")
+        } throws: { error in
+            let message = "\(error)"
+            let matches = message.contains(expected)
+            if !matches { Issue.record("got: \(message)") }
+            return matches
+        }
+    }
+
+    @Test(arguments: [
+        ("30s", Duration.seconds(30)), ("500ms", .milliseconds(500)), ("5m", .seconds(300)),
+        ("24h", .seconds(86400)), ("1h30m", .seconds(5400)), ("0s", .zero),
+    ])
+    func durationsParse(text: String, expected: Duration) {
+        #expect(parseDuration(text) == expected)
+    }
+
+    @Test(arguments: ["", "10", "s", "5 m", "1d", "-5s", "1h30", "99999999999999s"])
+    func badDurationsAreRefused(text: String) {
+        #expect(parseDuration(text) == nil)
+    }
+
+    @Test func theShippedExampleConfigIsValid() throws {
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let config = try AgentConfig.load(path: root.appendingPathComponent("deploy/examples/agent.yaml").path)
+        #expect(!config.workloads.isEmpty)
+    }
+}
+
+import Foundation

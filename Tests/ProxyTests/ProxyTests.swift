@@ -1,0 +1,108 @@
+import NIOCore
+import NIOEmbedded
+import Testing
+@testable import Proxy
+
+@Suite struct IPPrefixTests {
+    @Test(arguments: [
+        ("10.77.0.0/16", "10.77.3.4", true), ("10.77.0.0/16", "10.78.0.1", false),
+        ("0.0.0.0/0", "192.0.2.1", true), ("10.77.1.2", "10.77.1.2", true), ("10.77.1.2", "10.77.1.3", false),
+        ("fd77::/64", "fd77::1", true), ("fd77::/64", "fd78::1", false), ("fd77::/64", "10.77.0.1", false),
+        ("10.0.0.0/8", "::ffff:10.0.0.1", false),
+    ])
+    func containment(prefix: String, address: String, expected: Bool) throws {
+        let network = try IPPrefix(prefix)
+        #expect(network.contains(try SocketAddress(ipAddress: address, port: 1)) == expected)
+    }
+
+    @Test(arguments: ["10.77.0.1/16", "10.77.0.0/33", "fd77::/129", "nonsense/8", "/8", "10.0.0.0/x", "10.0.0.0/8/8"])
+    func invalidPrefixesAreRefused(text: String) {
+        #expect(throws: IPPrefixError.self) { try IPPrefix(text) }
+    }
+
+    @Test func descriptionIsCanonical() throws {
+        #expect(try IPPrefix("fd77:0:0::/64").description == "fd77::/64")
+        #expect(try IPPrefix("10.77.0.0/16").description == "10.77.0.0/16")
+    }
+}
+
+@Suite struct AccessLogEntryTests {
+    @Test func jsonLineHasTheDocumentedFields() throws {
+        var entry = AccessLogEntry(time: 1_795_000_000.25, direction: .outbound, tls: .none, action: .allow, reason: "passthrough")
+        entry.sourceAddress = try SocketAddress(ipAddress: "10.77.1.1", port: 40000)
+        entry.destinationAddress = try SocketAddress(ipAddress: "fd77::2", port: 8080)
+        entry.sourceWorkload = "shop/orders"
+        entry.sourceIdentity = "spiffe://td/ns/shop/sa/orders"
+        entry.bytesSent = 5
+        entry.bytesReceived = 7
+        entry.reason = "quote \" backslash \\ newline \n control \u{1}"
+        let line = entry.jsonLine()
+        #expect(line.hasSuffix("}\n"))
+        #expect(line.contains("\"time\":\"2026-11-17T"))
+        #expect(line.contains("\"direction\":\"outbound\""))
+        #expect(line.contains("\"src_addr\":\"10.77.1.1:40000\""))
+        #expect(line.contains("\"dst_addr\":\"[fd77::2]:8080\""))
+        #expect(line.contains("\"src_identity\":\"spiffe://td/ns/shop/sa/orders\""))
+        #expect(line.contains("\"dst_identity\":null"))
+        #expect(line.contains("\"tls\":\"none\""))
+        #expect(line.contains("\"action\":\"allow\""))
+        #expect(line.contains("\"bytes_sent\":5,\"bytes_received\":7"))
+        #expect(line.contains("\"reason\":\"quote \\\" backslash \\\\ newline \\n control \\u0001\""))
+        #expect(line.filter { $0 == "\n" }.count == 1, "one entry is one line")
+    }
+}
+
+@Suite struct SpliceStateTests {
+    @Test func closesOnlyWhenBothDirectionsAreDone() {
+        var state = SpliceSideState()
+        #expect(state.inputEnded() == .none)
+        #expect(state.outputEnded() == .closeChannel)
+
+        var other = SpliceSideState()
+        #expect(other.outputEnded() == .none)
+        #expect(other.inputEnded() == .closeChannel)
+    }
+}
+
+@Suite struct SpliceHandlerTests {
+    /// Two embedded channels spliced together: bytes cross in both directions,
+    /// and a half-close on one side shuts the other side's output only.
+    @Test func bytesAndHalfCloseCrossThePair() throws {
+        let loop = EmbeddedEventLoop()
+        let left = EmbeddedChannel(loop: loop)
+        let right = EmbeddedChannel(loop: loop)
+        let (leftHandler, rightHandler) = SpliceHandler.pair()
+        try left.pipeline.syncOperations.addHandler(leftHandler)
+        try right.pipeline.syncOperations.addHandler(rightHandler)
+        try left.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        try right.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 2)).wait()
+
+        try left.writeInbound(ByteBuffer(string: "hello"))
+        #expect(try right.readOutbound(as: ByteBuffer.self) == ByteBuffer(string: "hello"))
+        try right.writeInbound(ByteBuffer(string: "world!"))
+        #expect(try left.readOutbound(as: ByteBuffer.self) == ByteBuffer(string: "world!"))
+        #expect(leftHandler.bytesRead == 5)
+        #expect(rightHandler.bytesRead == 6)
+
+        left.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        #expect(right.isActive, "a half-close must not close the other side")
+        #expect(left.isActive)
+
+        right.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        #expect(!left.isActive, "both directions done: the channel closes")
+        #expect(!right.isActive)
+    }
+
+    @Test func closingOneSideClosesTheOther() throws {
+        let loop = EmbeddedEventLoop()
+        let left = EmbeddedChannel(loop: loop)
+        let right = EmbeddedChannel(loop: loop)
+        let (leftHandler, rightHandler) = SpliceHandler.pair()
+        try left.pipeline.syncOperations.addHandler(leftHandler)
+        try right.pipeline.syncOperations.addHandler(rightHandler)
+        try left.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        try right.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 2)).wait()
+        _ = try left.finish()
+        #expect(!right.isActive)
+    }
+}

@@ -1,0 +1,273 @@
+"""Integration test harness: real network namespaces, cgroups, nftables and the
+real agent binary.
+
+Every test gets its own namespaces ("node" runs the agent and the workloads,
+"remote" is another host on a veth link), its own cgroup directories and its own
+processes, and removes all of them even when it fails. Traffic goes only to
+addresses inside those namespaces (10.77.0.0/16, fd77::/64) or loopback.
+"""
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+PEER = HERE / "tools" / "peer.py"
+BIN = Path(os.environ.get("MESH_AGENT_BIN", REPO / ".build" / "debug"))
+TRUST_DOMAIN = "cluster.local"
+
+_counter = itertools.count(1)
+
+
+def sh(*cmd, check=True, timeout=30, **kw):
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def cgroup2_mount():
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        if right.split(" ")[0] == "cgroup2":
+            return Path(left.split(" ")[4])
+    pytest.skip("no cgroup v2 mount")
+
+
+def wait_for(predicate, timeout=10.0, interval=0.05, what="condition"):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+class Topology:
+    """Two hosts joined by a veth pair: 'node' (agent + workloads) and 'remote'."""
+
+    def __init__(self):
+        if os.geteuid() != 0:
+            pytest.skip("integration tests need root (network namespaces, nftables, cgroups)")
+        self.index = (os.getpid() * 7 + next(_counter)) % 250 + 1
+        tag = f"{os.getpid() % 10000}x{self.index}"
+        self.node = f"ma-{tag}-node"
+        self.remote = f"ma-{tag}-remote"
+        self.veth = (f"ma{tag}a", f"ma{tag}b")
+        self.node_ip = f"10.77.{self.index}.1"
+        self.remote_ip = f"10.77.{self.index}.2"
+        self.node_ip6 = f"fd77::{self.index:x}:1"
+        self.remote_ip6 = f"fd77::{self.index:x}:2"
+        self.processes = []
+        self.created = []
+        try:
+            for ns in (self.node, self.remote):
+                sh("ip", "netns", "add", ns)
+                self.created.append(ns)
+                sh("ip", "-n", ns, "link", "set", "lo", "up")
+            sh("ip", "link", "add", self.veth[0], "netns", self.node, "type", "veth", "peer", "name", self.veth[1], "netns", self.remote)
+            for ns, dev, ip, ip6 in ((self.node, self.veth[0], self.node_ip, self.node_ip6), (self.remote, self.veth[1], self.remote_ip, self.remote_ip6)):
+                sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+                sh("ip", "-n", ns, "addr", "add", f"{ip6}/64", "dev", dev, "nodad")
+                sh("ip", "-n", ns, "link", "set", dev, "up")
+        except Exception:
+            self.close()
+            raise
+
+    def nsenter(self, ns):
+        return ["nsenter", f"--net=/run/netns/{ns}"]
+
+    def run_in(self, ns, *cmd, check=True, timeout=30):
+        return sh(*self.nsenter(ns), *cmd, check=check, timeout=timeout)
+
+    def spawn(self, ns, cmd, cgroup=None, **kw):
+        """Starts cmd inside namespace ns, first moving it into cgroup (a directory)."""
+        full = self.nsenter(ns) + list(cmd)
+        if cgroup is not None:
+            full = ["sh", "-c", f'echo $$ > "{cgroup}/cgroup.procs" && exec "$@"', "sh"] + full
+        proc = subprocess.Popen(full, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+        self.processes.append(proc)
+        return proc
+
+    def server(self, mode="echo", port=8080):
+        proc = self.spawn(self.remote, [sys.executable, str(PEER), "serve", mode, str(port)])
+        line = proc.stdout.readline()
+        assert line.strip() == "listening", f"test server did not start: {proc.stderr.read()}"
+        return proc
+
+    def client(self, args, cgroup=None, timeout=120):
+        """Runs a peer.py client on the node, in cgroup; returns its JSON result."""
+        proc = self.spawn(self.node, [sys.executable, str(PEER)] + [str(a) for a in args], cgroup=cgroup)
+        out, err = proc.communicate(timeout=timeout)
+        assert proc.returncode == 0, f"client {args} failed: {err}"
+        return json.loads(out)
+
+    def nft(self, *args, check=True):
+        return self.run_in(self.node, "nft", *args, check=check)
+
+    def has_table(self):
+        return self.nft("list", "table", "inet", "mesh_agent", check=False).returncode == 0
+
+    def close(self):
+        for proc in self.processes:
+            if proc.poll() is None:
+                proc.kill()
+            try:
+                proc.communicate(timeout=10)
+            except Exception:
+                pass
+        for ns in reversed(self.created):
+            sh("ip", "netns", "delete", ns, check=False)
+        self.created = []
+
+
+class Cgroups:
+    """Workload cgroups below a directory of this test's own."""
+
+    def __init__(self, name):
+        self.mount = cgroup2_mount()
+        self.base_rel = f"/ma-test-{os.getpid()}-{next(_counter)}-{name}"[:60]
+        self.base = self.mount / self.base_rel.lstrip("/")
+        self.base.mkdir()
+
+    def path(self, name):
+        """The cgroup path as the agent's config writes it."""
+        return f"{self.base_rel}/{name}"
+
+    def make(self, name):
+        directory = self.base / name
+        directory.mkdir(parents=True, exist_ok=True)
+        return directory
+
+    def directory(self, name):
+        return self.base / name
+
+    def close(self):
+        # Deepest first; any process left in them is one this test started.
+        directories = sorted((p for p in self.base.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True)
+        for directory in directories + [self.base]:
+            procs = directory / "cgroup.procs"
+            if procs.exists():
+                for pid in procs.read_text().split():
+                    try:
+                        os.kill(int(pid), signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            for _ in range(100):
+                try:
+                    directory.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.05)
+
+
+class Agent:
+    """The real mesh-agent binary, running in the node namespace."""
+
+    def __init__(self, topology, tmp_path, workloads, **settings):
+        self.topology = topology
+        self.tmp_path = tmp_path
+        self.config_path = tmp_path / "agent.yaml"
+        self.access_log = tmp_path / "access.log"
+        self.stderr_path = tmp_path / "agent.stderr"
+        self.settings = settings
+        self.write_config(workloads)
+        self.proc = None
+
+    def write_config(self, workloads, **overrides):
+        settings = {**self.settings, **overrides}
+        lines = [
+            f"trustDomain: {TRUST_DOMAIN}",
+            "node: test-node",
+            f"accessLog: {self.access_log}",
+            f"failureMode: {settings.get('failureMode', 'open')}",
+            f"drainTimeout: {settings.get('drainTimeout', '5s')}",
+            "workloads:",
+        ]
+        for w in workloads:
+            lines += [
+                f"  - name: {w['name']}",
+                f"    namespace: {w.get('namespace', 'test')}",
+                f"    cgroup: {w['cgroup']}",
+            ]
+        if not workloads:
+            lines[-1] = "workloads: []"
+        self.config_path.write_text("\n".join(lines) + "\n")
+
+    def start(self, expect_ready=True):
+        self.stderr_file = open(self.stderr_path, "a")
+        self.proc = subprocess.Popen(
+            self.topology.nsenter(self.topology.node) + [str(BIN / "mesh-agent"), "--config", str(self.config_path), "--log-level", "debug"],
+            stdout=self.stderr_file, stderr=self.stderr_file,
+        )
+        self.topology.processes.append(self.proc)
+        if expect_ready:
+            wait_for(lambda: "mesh-agent ready" in self.log() or self.proc.poll() is not None, timeout=30, what="the agent to become ready")
+            assert self.proc.poll() is None, f"agent exited with {self.proc.returncode}:\n{self.log()}"
+        return self
+
+    def log(self):
+        return self.stderr_path.read_text() if self.stderr_path.exists() else ""
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=timeout)
+        self.stderr_file.close()
+        return code
+
+    def reload(self):
+        self.proc.send_signal(signal.SIGHUP)
+
+    def entries(self):
+        if not self.access_log.exists():
+            return []
+        return [json.loads(line) for line in self.access_log.read_text().splitlines() if line.strip()]
+
+    def entry_for_port(self, local_port, timeout=5.0):
+        def find():
+            for entry in self.entries():
+                if entry.get("src_addr", "") and entry["src_addr"].rsplit(":", 1)[1] == str(local_port):
+                    return entry
+            return None
+        return wait_for(find, timeout=timeout, what=f"an access-log entry for source port {local_port}")
+
+
+@pytest.fixture
+def topology():
+    topo = Topology()
+    try:
+        yield topo
+    finally:
+        topo.close()
+
+
+@pytest.fixture
+def cgroups(request):
+    groups = Cgroups(request.node.name.split("[")[0][-20:])
+    try:
+        yield groups
+    finally:
+        groups.close()
+
+
+@pytest.fixture
+def make_agent(topology, tmp_path):
+    agents = []
+
+    def make(workloads, **settings):
+        agent = Agent(topology, tmp_path, workloads, **settings)
+        agents.append(agent)
+        return agent
+
+    yield make
+    for agent in agents:
+        if agent.proc is not None and agent.proc.poll() is None:
+            agent.proc.kill()
+            agent.proc.wait()

@@ -1,0 +1,219 @@
+#!/usr/bin/env python3
+"""Test peers for the integration tests: servers and clients that talk only to
+addresses the test gave them (loopback or test network namespaces).
+
+Servers:
+  serve echo PORT            echo every byte back; half-close answered with FIN
+  serve transfer PORT        read until the client's FIN, answer "<sha256 of what came>\n"
+                             followed by the number of bytes the client asked for
+Clients (print one JSON object on stdout):
+  transfer HOST PORT UP DOWN send UP bytes, half-close, read the answer until EOF
+  echo HOST PORT TEXT        one round trip
+  many HOST PORT N           N connections open at once, each one round trip
+  hold HOST PORT SECONDS     one connection, a round trip every 50 ms for SECONDS
+  reset HOST PORT            send a little, then reset the connection (RST)
+"""
+import hashlib
+import json
+import os
+import socket
+import struct
+import sys
+import threading
+import time
+
+CHUNK = 256 * 1024
+
+
+def pattern_block():
+    return bytes((i * 31 + 7) % 251 for i in range(CHUNK))
+
+
+BLOCK = pattern_block()
+
+
+def pattern_stream(total):
+    """Deterministic bytes both ends can generate and hash."""
+    sent = 0
+    while sent < total:
+        n = min(CHUNK, total - sent)
+        yield BLOCK[:n]
+        sent += n
+
+
+def pattern_sha(total):
+    h = hashlib.sha256()
+    for chunk in pattern_stream(total):
+        h.update(chunk)
+    return h.hexdigest()
+
+
+def listener(port):
+    s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    s.bind(("::", port))
+    s.listen(4096)
+    return s
+
+
+def serve_echo(conn):
+    with conn:
+        while True:
+            data = conn.recv(CHUNK)
+            if not data:
+                conn.shutdown(socket.SHUT_WR)
+                return
+            conn.sendall(data)
+
+
+def serve_transfer(conn):
+    with conn:
+        header = b""
+        while not header.endswith(b"\n"):
+            byte = conn.recv(1)
+            if not byte:
+                return
+            header += byte
+        down = int(header.strip())
+        h = hashlib.sha256()
+        while True:
+            data = conn.recv(CHUNK)
+            if not data:
+                break
+            h.update(data)
+        conn.sendall(h.hexdigest().encode() + b"\n")
+        for chunk in pattern_stream(down):
+            conn.sendall(chunk)
+
+
+def serve(mode, port):
+    handler = {"echo": serve_echo, "transfer": serve_transfer}[mode]
+    s = listener(port)
+    print("listening", flush=True)
+    while True:
+        conn, _ = s.accept()
+        threading.Thread(target=handler, args=(conn,), daemon=True).start()
+
+
+def connect(host, port):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(60)
+    s.connect((host, port))
+    return s
+
+
+def client_transfer(host, port, up, down):
+    s = connect(host, port)
+    local_port = s.getsockname()[1]
+    s.sendall(f"{down}\n".encode())
+    for chunk in pattern_stream(up):
+        s.sendall(chunk)
+    s.shutdown(socket.SHUT_WR)
+    received = bytearray()
+    while True:
+        data = s.recv(CHUNK)
+        if not data:
+            break
+        received += data
+    s.close()
+    line, _, body = bytes(received).partition(b"\n")
+    return {
+        "local_port": local_port,
+        "upload_ok": line.decode() == pattern_sha(up),
+        "download_ok": len(body) == down and hashlib.sha256(body).hexdigest() == pattern_sha(down),
+        "download_bytes": len(body),
+    }
+
+
+def client_echo(host, port, text):
+    s = connect(host, port)
+    local_port = s.getsockname()[1]
+    s.sendall(text.encode())
+    data = b""
+    while len(data) < len(text):
+        chunk = s.recv(CHUNK)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    return {"local_port": local_port, "ok": data.decode() == text}
+
+
+def client_many(host, port, n):
+    sockets = []
+    for i in range(n):
+        sockets.append(connect(host, port))
+    ports = [s.getsockname()[1] for s in sockets]
+    ok = 0
+    for i, s in enumerate(sockets):
+        message = f"hello {i}\n".encode()
+        s.sendall(message)
+    for i, s in enumerate(sockets):
+        message = f"hello {i}\n".encode()
+        data = b""
+        while len(data) < len(message):
+            chunk = s.recv(CHUNK)
+            if not chunk:
+                break
+            data += chunk
+        ok += data == message
+    for s in sockets:
+        s.close()
+    return {"local_ports": ports, "ok": ok}
+
+
+def client_hold(host, port, seconds):
+    s = connect(host, port)
+    local_port = s.getsockname()[1]
+    deadline = time.time() + seconds
+    rounds = 0
+    while time.time() < deadline:
+        message = f"ping {rounds}\n".encode()
+        s.sendall(message)
+        data = b""
+        while len(data) < len(message):
+            chunk = s.recv(CHUNK)
+            if not chunk:
+                return {"local_port": local_port, "ok": False, "rounds": rounds}
+            data += chunk
+        if data != message:
+            return {"local_port": local_port, "ok": False, "rounds": rounds}
+        rounds += 1
+        time.sleep(0.05)
+    s.close()
+    return {"local_port": local_port, "ok": True, "rounds": rounds}
+
+
+def client_reset(host, port):
+    s = connect(host, port)
+    local_port = s.getsockname()[1]
+    s.sendall(b"x" * 100000)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()
+    return {"local_port": local_port}
+
+
+def main(argv):
+    if argv[0] == "serve":
+        serve(argv[1], int(argv[2]))
+        return
+    command, host, port = argv[0], argv[1], int(argv[2])
+    if command == "transfer":
+        result = client_transfer(host, port, int(argv[3]), int(argv[4]))
+    elif command == "echo":
+        result = client_echo(host, port, argv[3])
+    elif command == "many":
+        result = client_many(host, port, int(argv[3]))
+    elif command == "hold":
+        result = client_hold(host, port, float(argv[3]))
+    elif command == "reset":
+        result = client_reset(host, port)
+    else:
+        raise SystemExit(f"unknown command {command}")
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
