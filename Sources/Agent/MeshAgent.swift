@@ -35,8 +35,8 @@ public final class MeshAgent: Sendable {
 
     /// Runs until SIGTERM or SIGINT, then drains and returns.
     public func run() async throws {
-        let config = try AgentConfig.load(path: configPath)
         guard Privileges.isRoot else { throw AgentError.notRoot }
+        let config = try AgentConfig.load(path: configPath)
 
         let mount = try CgroupV2Mount.discover()
         logger.info("cgroup v2 is mounted at \(mount.path)")
@@ -51,7 +51,7 @@ public final class MeshAgent: Sendable {
         let outbound = OutboundProxy(
             configuration: .init(
                 port: config.ports.outbound, mark: config.mark,
-                connectTimeout: .nanoseconds(Int64(config.limits.connectTimeout.nanoseconds))
+                connectTimeout: config.limits.connectTimeout.timeAmount
             ),
             group: group,
             identifier: CgroupSourceIdentifier(sockDiag: sockDiag, registry: registry),
@@ -105,13 +105,17 @@ public final class MeshAgent: Sendable {
         let open = connections.count
         if open > 0 {
             logger.info("waiting up to \(currentConfig.drainTimeout) for \(open) connection(s) to finish")
-            let deadline = group.next().scheduleTask(in: .nanoseconds(Int64(currentConfig.drainTimeout.nanoseconds))) {}
-            let finished = connections.allClosed(on: group.next())
-            _ = try? await finished.or(deadline.futureResult).get()
+            let clock = ContinuousClock()
+            let deadline = clock.now + currentConfig.drainTimeout
+            while connections.count > 0, clock.now < deadline {
+                try? await Task.sleep(for: .milliseconds(50))
+            }
             if connections.count > 0 {
                 logger.warning("drain deadline passed: closing \(connections.count) connection(s)")
                 connections.closeAll()
-                _ = try? await connections.allClosed(on: group.next()).get()
+                while connections.count > 0, clock.now < deadline + .seconds(5) {
+                    try? await Task.sleep(for: .milliseconds(10))
+                }
             }
         }
         try? await group.shutdownGracefully()
@@ -149,7 +153,7 @@ public final class MeshAgent: Sendable {
     static func events() -> AsyncStream<Event> {
         AsyncStream { continuation in
             let queue = DispatchQueue(label: "mesh-agent.signals")
-            var sources: [DispatchSourceSignal] = []
+            var sources: [DispatchSourceProtocol] = []
             for (number, name) in [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT"), (SIGHUP, "SIGHUP")] {
                 signal(number, SIG_IGN)
                 let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
@@ -164,12 +168,25 @@ public final class MeshAgent: Sendable {
             timer.schedule(deadline: .now() + .milliseconds(interval), repeating: .milliseconds(interval))
             timer.setEventHandler { continuation.yield(.tick) }
             timer.resume()
-            let retained = sources
-            continuation.onTermination = { _ in
-                retained.forEach { $0.cancel() }
-                timer.cancel()
-            }
+            sources.append(timer)
+            let retained = DispatchSources(sources)
+            continuation.onTermination = { _ in retained.cancel() }
         }
+    }
+}
+
+/// Keeps the signal and timer sources alive for as long as the event stream is
+/// consumed; Dispatch sources are thread-safe but not marked Sendable.
+private final class DispatchSources: @unchecked Sendable {
+    private let sources: [DispatchSourceProtocol]
+    init(_ sources: [DispatchSourceProtocol]) { self.sources = sources }
+    func cancel() { sources.forEach { $0.cancel() } }
+}
+
+extension Duration {
+    var timeAmount: TimeAmount {
+        let (seconds, attoseconds) = components
+        return .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
     }
 }
 
@@ -198,7 +215,7 @@ struct Capture {
         parameters.workloadCgroups = registry.elementsByLevel
     }
 
-    var desired: NftTable { CaptureRules.table(for: parameters) }
+    var desired: NFT.Table { CaptureRules.table(for: parameters) }
 
     /// Replaces any table of ours (a stale one from an earlier run included) in one transaction.
     mutating func install() throws {
@@ -225,10 +242,10 @@ struct Capture {
         guard !changes.isEmpty else { return }
         do {
             for (level, ids) in changes.removed.sorted(by: { $0.key < $1.key }) {
-                try netfilter.removeElements(ids, fromSet: CaptureRules.workloadSetName(level: level), inTable: parameters.tableName)
+                try netfilter.removeElements(ids.map(NFT.SetElement.cgroup), fromSet: CaptureRules.workloadSetName(level: level), inTable: parameters.tableName)
             }
             for (level, ids) in changes.added.sorted(by: { $0.key < $1.key }) {
-                try netfilter.addElements(ids, toSet: CaptureRules.workloadSetName(level: level), inTable: parameters.tableName)
+                try netfilter.addElements(ids.map(NFT.SetElement.cgroup), toSet: CaptureRules.workloadSetName(level: level), inTable: parameters.tableName)
             }
             refreshMembership()
         } catch {

@@ -160,7 +160,7 @@ def test_reload_adds_and_removes_workloads_without_dropping_connections(topology
 def test_invalid_reload_keeps_the_running_config(topology, cgroups, make_agent):
     agent = make_agent([workload(cgroups, "steady")]).start()
     topology.server("echo", PORT)
-    agent.config_path.write_text("trustDomain: cluster.local\nworkloads: [{name: x}]\n")
+    agent.config_path.write_text("trustDomain: cluster.local\nworkloads: [{name: x, namespace: y}]\n")
     agent.reload()
     wait_for(lambda: "reload refused" in agent.log(), what="the reload to be refused")
     assert "workloads[0].cgroup: is required" in agent.log()
