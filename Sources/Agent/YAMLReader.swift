@@ -89,17 +89,18 @@ struct YAMLNode {
     /// Accepts decimal and `0x` hexadecimal, as operators write packet marks.
     func unsigned<T: FixedWidthInteger & UnsignedInteger>(_ type: T.Type, in range: ClosedRange<T>? = nil) throws -> T {
         let text = try string()
-        let parsed: T?
+        let bounds = range ?? T.min...T.max
+        let parsed: UInt64?
         if text.hasPrefix("0x") || text.hasPrefix("0X") {
-            parsed = T(text.dropFirst(2), radix: 16)
+            parsed = UInt64(text.dropFirst(2), radix: 16)
         } else {
-            parsed = T(text, radix: 10)
+            parsed = UInt64(text, radix: 10)
         }
-        guard let value = parsed else {
-            throw error("expected a whole number from 0 to \(T.max), got \"\(text)\"")
+        guard let wide = parsed else {
+            throw error("expected a whole number from \(bounds.lowerBound) to \(bounds.upperBound), got \"\(text)\"")
         }
-        if let range, !range.contains(value) {
-            throw error("must be between \(range.lowerBound) and \(range.upperBound), got \(value)")
+        guard let value = T(exactly: wide), bounds.contains(value) else {
+            throw error("must be between \(bounds.lowerBound) and \(bounds.upperBound), got \(text)")
         }
         return value
     }

@@ -38,7 +38,7 @@ import Testing
         entry.reason = "quote \" backslash \\ newline \n control \u{1}"
         let line = entry.jsonLine()
         #expect(line.hasSuffix("}\n"))
-        #expect(line.contains("\"time\":\"2026-11-17T"))
+        #expect(line.hasPrefix("{\"time\":\"2026-11-18T11:06:40.250Z\","))
         #expect(line.contains("\"direction\":\"outbound\""))
         #expect(line.contains("\"src_addr\":\"10.77.1.1:40000\""))
         #expect(line.contains("\"dst_addr\":\"[fd77::2]:8080\""))
@@ -65,9 +65,10 @@ import Testing
 }
 
 @Suite struct SpliceHandlerTests {
-    /// Two embedded channels spliced together: bytes cross in both directions,
-    /// and a half-close on one side shuts the other side's output only.
-    @Test func bytesAndHalfCloseCrossThePair() throws {
+    /// Two embedded channels spliced together: bytes cross in both directions.
+    /// (EmbeddedChannel cannot close only its output, so half-close is covered by
+    /// `SpliceStateTests` and, on real sockets, by the integration tests.)
+    @Test func bytesCrossThePair() throws {
         let loop = EmbeddedEventLoop()
         let left = EmbeddedChannel(loop: loop)
         let right = EmbeddedChannel(loop: loop)
@@ -83,14 +84,6 @@ import Testing
         #expect(try left.readOutbound(as: ByteBuffer.self) == ByteBuffer(string: "world!"))
         #expect(leftHandler.bytesRead == 5)
         #expect(rightHandler.bytesRead == 6)
-
-        left.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
-        #expect(right.isActive, "a half-close must not close the other side")
-        #expect(left.isActive)
-
-        right.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
-        #expect(!left.isActive, "both directions done: the channel closes")
-        #expect(!right.isActive)
     }
 
     @Test func closingOneSideClosesTheOther() throws {

@@ -65,7 +65,7 @@ cat "$WORK/agent.yaml"
 "$BIN/agentctl" config check "$WORK/agent.yaml"
 
 step "Start mesh-agent in the node"
-in_node "$BIN/mesh-agent" --config "$WORK/agent.yaml" 2>"$WORK/agent.log" &
+nsenter --net="/run/netns/$NODE" "$BIN/mesh-agent" --config "$WORK/agent.yaml" 2>"$WORK/agent.log" &
 AGENT_PID=$!
 for _ in $(seq 100); do grep -q "mesh-agent ready" "$WORK/agent.log" && break; sleep 0.1; done
 grep -q "mesh-agent ready" "$WORK/agent.log" || { cat "$WORK/agent.log"; exit 1; }

@@ -1,0 +1,426 @@
+import CNetlink
+import Glibc
+import LinuxNet
+import Synchronization
+
+/// Talks to nf_tables over one NETLINK_NETFILTER socket, in the network namespace
+/// the client was created for.
+///
+/// Every change is one netlink batch, which the kernel applies atomically: either
+/// every message of it takes effect or none does. The socket is guarded by a lock,
+/// so one client can be shared between tasks; calls block the calling thread for
+/// the round trip to the kernel (microseconds to milliseconds).
+public final class NetfilterClient: Sendable {
+    /// The namespace the socket lives in (nil: the one the client was created in).
+    public let namespace: NetworkNamespace?
+    private let socket: Mutex<NetlinkSocket>
+
+    /// Opens the socket, inside `namespace` when given (the socket is created on a
+    /// thread that entered the namespace and keeps it afterwards), and checks that
+    /// nf_tables answers.
+    public init(namespace: NetworkNamespace? = nil) throws {
+        let fd: Int32
+        if let namespace {
+            fd = try namespace.run { () throws -> Int32 in try NetlinkSocket.openDescriptor() }
+        } else {
+            fd = try NetlinkSocket.openDescriptor()
+        }
+        let socket = try NetlinkSocket(fd: fd)
+        try Self.checkAvailable(socket)
+        self.namespace = namespace
+        self.socket = Mutex(socket)
+    }
+
+    // MARK: Changes
+
+    /// Installs `table` in place of whatever table of that name exists, in one
+    /// transaction: create the table if missing, delete it, create it again with its
+    /// sets, elements, chains and rules. If the kernel refuses any message, nothing
+    /// changes and the error names the message (table, set, chain or rule comment).
+    public func replace(_ table: NFT.Table) throws {
+        try table.validate()
+        try socket.withLock { socket throws(NetfilterError) in
+            let batch = BatchBuilder(socket: socket)
+            let tableName = "table \(table.family) \(table.name)"
+            let reference = try NFT.Table.nftnlReference(name: table.name, family: table.family)
+            batch.add(MessageType.newTable, family: table.family, flags: NLM_F_CREATE, operation: "creating \(tableName) if missing") {
+                nftnl_table_nlmsg_build_payload($0, reference.pointer)
+            }
+            batch.add(MessageType.delTable, family: table.family, flags: 0, operation: "deleting the old \(tableName)") {
+                nftnl_table_nlmsg_build_payload($0, reference.pointer)
+            }
+            let full = try table.makeNftnlTable()
+            batch.add(MessageType.newTable, family: table.family, flags: NLM_F_CREATE, operation: "creating \(tableName)") {
+                nftnl_table_nlmsg_build_payload($0, full.pointer)
+            }
+            var setIDs: [String: UInt32] = [:]
+            for (index, set) in table.sets.enumerated() {
+                let id = UInt32(index + 1)
+                setIDs[set.name] = id
+                let object = try set.makeNftnlSet(table: table.name, family: table.family, id: id)
+                batch.add(MessageType.newSet, family: table.family, flags: NLM_F_CREATE, operation: "creating set \(set.name) in \(tableName)") {
+                    nftnl_set_nlmsg_build_payload($0, object.pointer)
+                }
+                try Self.addElementMessages(
+                    to: batch, type: MessageType.newSetElement, flags: NLM_F_CREATE, keys: set.elements.sorted().map(\.keyBytes),
+                    set: set.name, table: table.name, family: table.family, setID: id
+                ) { "adding \(elementCount($0)) to set \(set.name) in \(tableName)" }
+            }
+            for chain in table.chains {
+                let object = try chain.makeNftnlChain(table: table.name, family: table.family)
+                batch.add(MessageType.newChain, family: table.family, flags: NLM_F_CREATE, operation: "creating chain \(chain.name) in \(tableName)") {
+                    nftnl_chain_nlmsg_build_payload($0, object.pointer)
+                }
+            }
+            for chain in table.chains {
+                for (index, rule) in chain.rules.enumerated() {
+                    let object = try rule.makeNftnlRule(table: table.name, chain: chain.name, family: table.family, setIDs: setIDs)
+                    batch.add(
+                        MessageType.newRule, family: table.family, flags: NLM_F_CREATE | NLM_F_APPEND,
+                        operation: "adding rule \(index + 1) (\(quoted(rule.comment))) to chain \(chain.name) in \(tableName)"
+                    ) {
+                        nftnl_rule_nlmsg_build_payload($0, object.pointer)
+                    }
+                }
+            }
+            try Self.commit(batch, socket: socket)
+        }
+    }
+
+    /// Deletes a table and everything in it. Returns false if it did not exist.
+    @discardableResult
+    public func delete(tableNamed name: String, family: NFT.Family = .inet) throws -> Bool {
+        try NFT.Table(family: family, name: name).validate()
+        return try socket.withLock { socket throws(NetfilterError) -> Bool in
+            let batch = BatchBuilder(socket: socket)
+            let reference = try NFT.Table.nftnlReference(name: name, family: family)
+            batch.add(MessageType.delTable, family: family, flags: 0, operation: "deleting table \(family) \(name)") {
+                nftnl_table_nlmsg_build_payload($0, reference.pointer)
+            }
+            do throws(NetfilterError) {
+                try Self.commit(batch, socket: socket)
+                return true
+            } catch .rejected(_, ENOENT, _) {
+                return false
+            }
+        }
+    }
+
+    /// Adds elements to a set in one transaction; elements already present are
+    /// left alone. The cost depends on the number of elements added, not on the
+    /// size of the set.
+    public func addElements(_ elements: [NFT.SetElement], toSet set: String, inTable table: String, family: NFT.Family = .inet) throws {
+        guard let keyLength = try Self.checkElements(elements, set: set, table: table, family: family) else { return }
+        _ = keyLength
+        let keys = elements.sorted().map(\.keyBytes)
+        try socket.withLock { socket throws(NetfilterError) in
+            let batch = BatchBuilder(socket: socket)
+            try Self.addElementMessages(
+                to: batch, type: MessageType.newSetElement, flags: NLM_F_CREATE, keys: keys, set: set, table: table, family: family, setID: nil
+            ) { "adding \(elementCount($0)) to set \(set) in table \(family) \(table)" }
+            try Self.commit(batch, socket: socket)
+        }
+    }
+
+    /// Removes elements from a set in one transaction; removing an element that is
+    /// not in the set is not an error.
+    ///
+    /// Uses NFT_MSG_DESTROYSETELEM (Linux 6.3+), which deletes present elements and
+    /// ignores absent ones, so the cost does not depend on the size of the set. On
+    /// older kernels (which refuse the message type with EINVAL) it falls back to
+    /// reading the set and deleting only the elements present, which is O(set size).
+    public func removeElements(_ elements: [NFT.SetElement], fromSet set: String, inTable table: String, family: NFT.Family = .inet) throws {
+        guard let keyLength = try Self.checkElements(elements, set: set, table: table, family: family) else { return }
+        let keys = Set(elements.map(\.keyBytes)).sorted { $0.lexicographicallyPrecedes($1) }
+        try socket.withLock { socket throws(NetfilterError) in
+            let describe = { (count: Int) in "removing \(elementCount(count)) from set \(set) in table \(family) \(table)" }
+            if socket.supportsDestroy {
+                let batch = BatchBuilder(socket: socket)
+                try Self.addElementMessages(
+                    to: batch, type: MessageType.destroySetElement, flags: 0, keys: keys, set: set, table: table, family: family, setID: nil,
+                    describe: describe)
+                do throws(NetfilterError) {
+                    try Self.commit(batch, socket: socket)
+                    return
+                } catch .rejected(_, EINVAL, _) {
+                    // Either the kernel predates DESTROYSETELEM or the keys do not fit
+                    // the set; the fallback below tells the two apart.
+                }
+            }
+            guard let info = try Self.set(named: set, table: table, family: family, socket: socket) else {
+                throw .rejected(operation: describe(keys.count), errno: ENOENT, kernelMessage: nil)
+            }
+            guard info.keyLength == UInt32(keyLength) else {
+                throw .invalidRuleset("set \(set) in table \(family) \(table) has \(info.keyLength)-byte keys, not \(keyLength)-byte \(elements[0].keyType) elements")
+            }
+            socket.supportsDestroy = false
+            let present = try Self.elementKeys(of: set, table: table, family: family, socket: socket)
+            let toDelete = keys.filter { present.contains($0) }
+            guard !toDelete.isEmpty else { return }
+            let batch = BatchBuilder(socket: socket)
+            try Self.addElementMessages(
+                to: batch, type: MessageType.delSetElement, flags: 0, keys: toDelete, set: set, table: table, family: family, setID: nil,
+                describe: describe)
+            try Self.commit(batch, socket: socket)
+        }
+    }
+
+    /// Whether element removal may use NFT_MSG_DESTROYSETELEM; tests turn it off to
+    /// exercise the fallback for kernels older than 6.3.
+    func useDestroySetElement(_ enabled: Bool) {
+        socket.withLock { $0.supportsDestroy = enabled }
+    }
+
+    // MARK: Reading
+
+    /// The ruleset generation: it changes with every committed transaction.
+    public func generation() throws -> UInt32 {
+        try socket.withLock { socket throws(NetfilterError) -> UInt32 in try Self.generation(socket) }
+    }
+
+    /// Reads back a table with its sets (and their elements), chains and rules, or
+    /// nil if it does not exist. The snapshot is consistent: it is read again if the
+    /// ruleset changed while it was being read.
+    public func liveTable(named name: String, family: NFT.Family = .inet) throws -> LiveTable? {
+        try NFT.Table(family: family, name: name).validate()
+        return try socket.withLock { socket throws(NetfilterError) -> LiveTable? in
+            for _ in 0..<5 {
+                do throws(NetfilterError) {
+                    let before = try Self.generation(socket)
+                    guard var table = try Self.readTable(named: name, family: family, socket: socket) else { return nil }
+                    let after = try Self.generation(socket)
+                    if before == after {
+                        table.generation = after
+                        return table
+                    }
+                } catch .inconsistentDump {
+                    continue
+                }
+            }
+            throw .inconsistentDump
+        }
+    }
+
+    /// Compares the live table with `desired`.
+    public func drift(desired: NFT.Table) throws -> Drift {
+        try desired.validate()
+        guard let live = try liveTable(named: desired.name, family: desired.family) else { return .missing }
+        return Drift.between(desired: desired, live: live)
+    }
+
+    // MARK: - Internals
+
+    /// Asks for the ruleset generation: the cheapest request that needs nf_tables
+    /// and CAP_NET_ADMIN.
+    private static func checkAvailable(_ socket: NetlinkSocket) throws(NetfilterError) {
+        do {
+            _ = try generation(socket)
+        } catch {
+            guard case .rejected(_, let code, let message) = error,
+                [EINVAL, EOPNOTSUPP, ENOENT, EPROTONOSUPPORT, EAFNOSUPPORT].contains(code)
+            else { throw error }
+            throw .unavailable(detail: "the ruleset generation request failed with \(errnoText(code))\(message.map { ": \($0)" } ?? "")")
+        }
+    }
+
+    /// Checks element lists before anything is sent; returns the key length, or nil
+    /// for an empty list (nothing to do).
+    private static func checkElements(_ elements: [NFT.SetElement], set: String, table: String, family: NFT.Family) throws(NetfilterError) -> Int? {
+        try NFT.Table(family: family, name: table, sets: [NFT.NamedSet(name: set, keyType: .cgroupsv2)]).validate()
+        guard let first = elements.first else { return nil }
+        if let other = elements.first(where: { $0.keyType != first.keyType }) {
+            throw .invalidRuleset("elements for set \(set) mix \(first.keyType) and \(other.keyType) keys")
+        }
+        return first.keyType.keyLength
+    }
+
+    private static func addElementMessages(
+        to batch: BatchBuilder, type: UInt32, flags: Int32, keys: [[UInt8]], set: String, table: String, family: NFT.Family, setID: UInt32?,
+        describe: (Int) -> String
+    ) throws(NetfilterError) {
+        var start = 0
+        while start < keys.count {
+            let chunk = Array(keys[start..<min(start + BatchBuilder.elementsPerMessage, keys.count)])
+            start += chunk.count
+            let object = try NFT.NamedSet.nftnlReference(name: set, table: table, family: family, id: setID)
+            try object.add(keys: chunk)
+            batch.add(type, family: family, flags: flags, operation: describe(chunk.count)) {
+                nftnl_set_elems_nlmsg_build_payload($0, object.pointer)
+            }
+        }
+    }
+
+    /// Sends a batch and reads one acknowledgement per message. The kernel handles
+    /// the whole batch inside the send, so all replies are queued when it returns.
+    private static func commit(_ batch: BatchBuilder, socket: NetlinkSocket) throws(NetfilterError) {
+        guard !batch.isEmpty else { return }
+        let data = batch.finish()
+        socket.drain()
+        try socket.send(data)
+        var pending = Set(batch.acknowledged)
+        var failures: [(sequence: UInt32, code: Int32, message: String?)] = []
+        while !pending.isEmpty {
+            let timeout = failures.isEmpty ? NetlinkSocket.replyTimeoutMilliseconds : 50
+            guard let messages = try socket.receive(timeoutMilliseconds: timeout) else { break }
+            for message in messages where batch.operations[message.sequence] != nil && message.type == UInt16(NLMSG_ERROR) {
+                let (code, text) = try message.errorPayload()
+                pending.remove(message.sequence)
+                if code != 0 { failures.append((message.sequence, code == Int32.min ? EIO : -code, text)) }
+            }
+        }
+        let order = batch.order
+        if let first = failures.min(by: { (order[$0.sequence] ?? 0) < (order[$1.sequence] ?? 0) }) {
+            let operation = batch.operations[first.sequence] ?? "a message"
+            if first.code == EPERM { throw .permissionDenied(operation: operation) }
+            throw .rejected(operation: operation, errno: first.code, kernelMessage: first.message)
+        }
+        if let missing = pending.min(by: { (order[$0] ?? 0) < (order[$1] ?? 0) }) {
+            throw .noAcknowledgement(operation: batch.operations[missing] ?? "a message")
+        }
+    }
+
+    /// Sends one request (a dump with NLM_F_DUMP, else a get with NLM_F_ACK) and
+    /// returns the data messages of the reply.
+    private static func request(
+        _ type: UInt32, family: UInt16, dump: Bool, socket: NetlinkSocket, operation: String,
+        payload: ((UnsafeMutablePointer<nlmsghdr>) -> Void)? = nil
+    ) throws(NetfilterError) -> [NetlinkMessage] {
+        let size = 1 << 16
+        let scratch = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 8)
+        defer { scratch.deallocate() }
+        scratch.initializeMemory(as: UInt8.self, repeating: 0, count: size)
+        let sequence = socket.nextSequence()
+        guard
+            let header = nftnl_nlmsg_build_hdr(
+                scratch.assumingMemoryBound(to: CChar.self), UInt16(truncatingIfNeeded: type), family,
+                UInt16(truncatingIfNeeded: dump ? NLM_F_DUMP : NLM_F_ACK), sequence)
+        else { throw .outOfMemory }
+        payload?(header)
+        let length = min(Int(header.pointee.nlmsg_len), size)
+        socket.drain()
+        try socket.send(Array(UnsafeRawBufferPointer(start: scratch, count: length)))
+        var result: [NetlinkMessage] = []
+        while true {
+            guard let messages = try socket.receive(timeoutMilliseconds: NetlinkSocket.replyTimeoutMilliseconds) else {
+                throw .noAcknowledgement(operation: operation)
+            }
+            for message in messages where message.sequence == sequence {
+                if message.flags & UInt16(NLM_F_DUMP_INTR) != 0 { throw .inconsistentDump }
+                switch Int32(message.type) {
+                case NLMSG_DONE:
+                    return result
+                case NLMSG_ERROR:
+                    let (code, text) = try message.errorPayload()
+                    if code == 0 { return result }
+                    let errno = code == Int32.min ? EIO : -code
+                    if errno == EPERM { throw .permissionDenied(operation: operation) }
+                    throw .rejected(operation: operation, errno: errno, kernelMessage: text)
+                case NLMSG_NOOP, NLMSG_OVERRUN:
+                    continue
+                default:
+                    result.append(message)
+                }
+            }
+        }
+    }
+
+    private static func nftMessageType(_ message: NetlinkMessage) -> UInt32? {
+        guard message.type & 0xff00 == MessageType.subsystem else { return nil }
+        return UInt32(message.type & 0xff)
+    }
+
+    private static func generation(_ socket: NetlinkSocket) throws(NetfilterError) -> UInt32 {
+        let replies = try request(MessageType.getGeneration, family: 0, dump: false, socket: socket, operation: "reading the ruleset generation")
+        guard let reply = replies.first(where: { nftMessageType($0) == NFT_MSG_NEWGEN.rawValue }) else {
+            throw .malformedReply("no generation in the reply to NFT_MSG_GETGEN")
+        }
+        return try ReplyParser.generation(reply)
+    }
+
+    private static func readTable(named name: String, family: NFT.Family, socket: NetlinkSocket) throws(NetfilterError) -> LiveTable? {
+        let tableName = "table \(family) \(name)"
+        let nfproto = UInt16(family.protocolNumber)
+        let reference = try NFT.Table.nftnlReference(name: name, family: family)
+        let replies: [NetlinkMessage]
+        do throws(NetfilterError) {
+            replies = try request(MessageType.getTable, family: nfproto, dump: false, socket: socket, operation: "reading \(tableName)") {
+                nftnl_table_nlmsg_build_payload($0, reference.pointer)
+            }
+        } catch .rejected(_, ENOENT, _) {
+            return nil
+        }
+        guard let reply = replies.first(where: { nftMessageType($0) == MessageType.newTable }) else {
+            throw .malformedReply("no table in the reply to reading \(tableName)")
+        }
+        let parsed = try ReplyParser.table(reply)
+        guard parsed.name == name else { throw .malformedReply("asked for \(tableName), got table \(parsed.name)") }
+        var table = LiveTable(family: family, name: name, handle: parsed.handle, comment: parsed.comment)
+
+        // Sets, with their elements.
+        let setReplies = try request(MessageType.getSet, family: nfproto, dump: true, socket: socket, operation: "listing the sets of \(tableName)") {
+            nftnl_table_nlmsg_build_payload($0, reference.pointer)
+        }
+        for reply in setReplies where nftMessageType(reply) == MessageType.newSet {
+            var (setTable, set) = try ReplyParser.set(reply)
+            guard setTable == name else { continue }
+            set.elementKeys = try elementKeys(of: set.name, table: name, family: family, socket: socket)
+            table.sets.append(set)
+        }
+
+        // Chains, then their rules in order.
+        let chainReplies = try request(MessageType.getChain, family: nfproto, dump: true, socket: socket, operation: "listing the chains of \(tableName)")
+        for reply in chainReplies where nftMessageType(reply) == MessageType.newChain {
+            let (chainTable, chain) = try ReplyParser.chain(reply)
+            if chainTable == name { table.chains.append(chain) }
+        }
+        let ruleReference = try NftnlRule()
+        _ = nftnl_rule_set_str(ruleReference.pointer, attribute(NFTNL_RULE_TABLE), name)
+        let ruleReplies = try request(MessageType.getRule, family: nfproto, dump: true, socket: socket, operation: "listing the rules of \(tableName)") {
+            nftnl_rule_nlmsg_build_payload($0, ruleReference.pointer)
+        }
+        for reply in ruleReplies where nftMessageType(reply) == MessageType.newRule {
+            let (ruleTable, chain, rule) = try ReplyParser.rule(reply, family: family)
+            guard ruleTable == name else { continue }
+            guard let index = table.chains.firstIndex(where: { $0.name == chain }) else { throw .inconsistentDump }
+            table.chains[index].rules.append(rule)
+        }
+        return table
+    }
+
+    private static func set(named name: String, table: String, family: NFT.Family, socket: NetlinkSocket) throws(NetfilterError) -> LiveSet? {
+        let reference = try NFT.NamedSet.nftnlReference(name: name, table: table, family: family)
+        let replies: [NetlinkMessage]
+        do throws(NetfilterError) {
+            replies = try request(
+                MessageType.getSet, family: UInt16(family.protocolNumber), dump: false, socket: socket,
+                operation: "reading set \(name) in table \(family) \(table)"
+            ) { nftnl_set_nlmsg_build_payload($0, reference.pointer) }
+        } catch .rejected(_, ENOENT, _) {
+            return nil
+        }
+        for reply in replies where nftMessageType(reply) == MessageType.newSet {
+            let (setTable, set) = try ReplyParser.set(reply)
+            if setTable == table, set.name == name { return set }
+        }
+        return nil
+    }
+
+    private static func elementKeys(of set: String, table: String, family: NFT.Family, socket: NetlinkSocket) throws(NetfilterError) -> Set<[UInt8]> {
+        let reference = try NFT.NamedSet.nftnlReference(name: set, table: table, family: family)
+        let replies = try request(
+            MessageType.getSetElement, family: UInt16(family.protocolNumber), dump: true, socket: socket,
+            operation: "listing the elements of set \(set) in table \(family) \(table)"
+        ) { nftnl_set_elems_nlmsg_build_payload($0, reference.pointer) }
+        var keys = Set<[UInt8]>()
+        for reply in replies where nftMessageType(reply) == MessageType.newSetElement {
+            let parsed = try ReplyParser.setElements(reply)
+            guard parsed.table == table, parsed.set == set else { continue }
+            keys.formUnion(parsed.keys)
+        }
+        return keys
+    }
+}
+
+private func elementCount(_ count: Int) -> String {
+    count == 1 ? "1 element" : "\(count) elements"
+}
