@@ -11,7 +11,7 @@ Clients (print one JSON object on stdout):
   echo HOST PORT TEXT        one round trip
   many HOST PORT N           N connections open at once, each one round trip
   hold HOST PORT SECONDS     one connection, a round trip every 50 ms for SECONDS
-  reset HOST PORT            send a little, then reset the connection (RST)
+  reset HOST PORT            one round trip, then more bytes and a reset (RST)
 """
 import hashlib
 import json
@@ -187,8 +187,13 @@ def client_hold(host, port, seconds):
 
 
 def client_reset(host, port):
+    """Resets mid-stream: after the proxy has carried a round trip, with bytes
+    still in flight both ways."""
     s = connect(host, port)
     local_port = s.getsockname()[1]
+    s.sendall(b"first")
+    if s.recv(5) == b"":
+        raise SystemExit("no echo before the reset")
     s.sendall(b"x" * 100000)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     s.close()
