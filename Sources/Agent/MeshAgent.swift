@@ -83,7 +83,8 @@ public final class MeshAgent: Sendable {
             switch event {
             case .tick:
                 ticks += 1
-                capture.applyRegistryChanges(registry.rescan())
+                registry.rescan()
+                capture.sync()
                 if ticks % Self.driftCheckEvery == 0 {
                     capture.reconcile()
                 }
@@ -143,8 +144,8 @@ public final class MeshAgent: Sendable {
         applied.workloads = config.workloads
         applied.failureMode = config.failureMode
         applied.drainTimeout = config.drainTimeout
-        let changes = registry.configure(config.workloads, trustDomain: current.trustDomain)
-        capture.workloadsChanged(changes)
+        registry.configure(config.workloads, trustDomain: current.trustDomain)
+        capture.sync()
         logger.info("reloaded \(configPath): \(registry.members.count) workload(s)")
         return applied
     }
@@ -224,21 +225,18 @@ struct Capture {
         logger.info("installed table inet \(parameters.tableName): cgroup levels \(parameters.workloadCgroupLevels), \(parameters.workloadCgroups.values.map(\.count).reduce(0, +)) workload cgroup(s)")
     }
 
-    /// New or gone cgroups become set-element changes; a new cgroup depth needs a
-    /// new set and rule, so the table is replaced (still in one transaction).
-    mutating func workloadsChanged(_ changes: WorkloadRegistry.Changes) {
+    /// Brings the kernel's sets up to the registry's current membership. New or
+    /// gone cgroups become set-element changes; a new cgroup depth needs a new set
+    /// and rule, so the table is replaced (still in one transaction). Whoever
+    /// rescanned the registry (the timer, a reload, an identity miss on an event
+    /// loop), the difference is taken against what is installed, so nothing is lost.
+    mutating func sync() {
         if registry.levels != parameters.workloadCgroupLevels {
-            do {
-                try install()
-            } catch {
-                logger.error("cannot update the capture table for the new workload cgroup levels: \(error); will retry")
-            }
+            reinstall()
             return
         }
-        applyRegistryChanges(changes)
-    }
-
-    mutating func applyRegistryChanges(_ changes: WorkloadRegistry.Changes) {
+        let target = registry.elementsByLevel
+        let changes = WorkloadRegistry.difference(from: parameters.workloadCgroups, to: target)
         guard !changes.isEmpty else { return }
         do {
             for (level, ids) in changes.removed.sorted(by: { $0.key < $1.key }) {
@@ -247,7 +245,7 @@ struct Capture {
             for (level, ids) in changes.added.sorted(by: { $0.key < $1.key }) {
                 try netfilter.addElements(ids.map(NFT.SetElement.cgroup), toSet: CaptureRules.workloadSetName(level: level), inTable: parameters.tableName)
             }
-            refreshMembership()
+            parameters.workloadCgroups = target
         } catch {
             logger.error("cannot update capture set elements: \(error); replacing the whole table")
             reinstall()

@@ -31,7 +31,13 @@ public final class WorkloadRegistry: Sendable {
         /// Every cgroup id known to belong to a workload: its own cgroup and the
         /// cgroups nested inside it.
         var owners: [CgroupID: Int] = [:]
+        /// When a lookup miss last made us walk the cgroup trees.
+        var lastMissRescan: ContinuousClock.Instant?
     }
+
+    /// Lookups run on event loops; a burst of misses must not turn into a burst
+    /// of cgroup tree walks.
+    static let missRescanInterval: Duration = .milliseconds(200)
 
     private let mount: CgroupV2Mount
     private let state = NIOLockedValueBox(State())
@@ -63,9 +69,7 @@ public final class WorkloadRegistry: Sendable {
     }
 
     /// Replaces the configured workloads (start and reload) and looks their cgroups up.
-    @discardableResult
-    public func configure(_ entries: [AgentConfig.WorkloadEntry], trustDomain: String) -> Changes {
-        let before = elementsByLevel
+    public func configure(_ entries: [AgentConfig.WorkloadEntry], trustDomain: String) {
         state.withLockedValue { state in
             let previous = Dictionary(state.members.map { ($0.cgroup, $0.cgroupID) }, uniquingKeysWith: { first, _ in first })
             state.members = entries.map { entry in
@@ -80,12 +84,10 @@ public final class WorkloadRegistry: Sendable {
             }
         }
         rescan()
-        return Self.difference(from: before, to: elementsByLevel)
     }
 
-    /// Looks every workload's cgroup up again; returns what changed.
-    @discardableResult
-    public func rescan() -> Changes {
+    /// Looks every workload's cgroup up again and logs what came and went.
+    public func rescan() {
         let before = elementsByLevel
         let snapshot = members
         var found: [CgroupID?] = []
@@ -123,14 +125,21 @@ public final class WorkloadRegistry: Sendable {
         for (_, ids) in changes.removed {
             logger.info("cgroup ids \(ids.map(\.description).joined(separator: ", ")) left the registry (cgroup removed or workload unconfigured)")
         }
-        return changes
     }
 
     /// The workload that owns the cgroup with this id, if any. A socket made in a
     /// cgroup nested below a workload's cgroup belongs to that workload.
     public func workload(forCgroup id: CgroupID) -> Workload? {
         if let found = lookup(id) { return found }
-        // A nested cgroup created since the last scan: look once more.
+        // Perhaps a nested cgroup created since the last scan: look once more,
+        // unless a miss did so very recently.
+        let now = ContinuousClock.now
+        let mayRescan = state.withLockedValue { state -> Bool in
+            if let last = state.lastMissRescan, now - last < Self.missRescanInterval { return false }
+            state.lastMissRescan = now
+            return true
+        }
+        guard mayRescan else { return nil }
         rescan()
         return lookup(id)
     }
