@@ -96,9 +96,12 @@ public final class MeshAgent: Sendable {
             }
         }
 
-        // Drain.
+        // Drain. In failureMode open, new connections stop being captured first;
+        // the table itself goes only after the drain, because unregistering its
+        // nat hook makes the kernel drop the NAT state of the connections that
+        // are still being proxied.
         if currentConfig.failureMode == .open {
-            capture.remove()
+            capture.stopCapturing()
         } else {
             logger.info("failureMode closed: leaving table inet \(capture.parameters.tableName) in place; workload traffic stays captured until the agent is back")
         }
@@ -118,6 +121,9 @@ public final class MeshAgent: Sendable {
                     try? await Task.sleep(for: .milliseconds(10))
                 }
             }
+        }
+        if currentConfig.failureMode == .open {
+            capture.remove()
         }
         try? await group.shutdownGracefully()
         logger.info("mesh-agent stopped")
@@ -275,6 +281,20 @@ struct Capture {
             try install()
         } catch {
             logger.error("cannot install table inet \(parameters.tableName): \(error); will retry")
+        }
+    }
+
+    /// Empties the workload sets: no new connection is captured, while the table
+    /// (and with it the NAT state of connections in flight) stays.
+    mutating func stopCapturing() {
+        do {
+            for (level, ids) in parameters.workloadCgroups.sorted(by: { $0.key < $1.key }) where !ids.isEmpty {
+                try netfilter.removeElements(ids.map(NFT.SetElement.cgroup), fromSet: CaptureRules.workloadSetName(level: level), inTable: parameters.tableName)
+            }
+            parameters.workloadCgroups = [:]
+            logger.info("stopped capturing new connections (failureMode open); open connections drain")
+        } catch {
+            logger.error("cannot empty the capture sets: \(error); new connections will be refused until the table is removed")
         }
     }
 

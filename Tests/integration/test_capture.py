@@ -131,7 +131,10 @@ def test_removed_cgroup_leaves_the_capture_set(topology, cgroups, make_agent):
 
 def test_reload_adds_and_removes_workloads_without_dropping_connections(topology, cgroups, make_agent):
     first = workload(cgroups, "first")
-    second = workload(cgroups, "second")
+    # One level deeper than the first: adding it needs a new set and rule, so
+    # the reload replaces the whole table while a connection is open.
+    second = workload(cgroups, "deeper/second")
+    second["name"] = "second"
     agent = make_agent([first]).start()
     topology.server("echo", PORT)
 
@@ -141,13 +144,13 @@ def test_reload_adds_and_removes_workloads_without_dropping_connections(topology
     agent.write_config([first, second])
     agent.reload()
     wait_for(lambda: "workload test/second is present" in agent.log(), what="the reload to add the second workload")
-    added = topology.client(["echo", topology.remote_ip, PORT, "now captured"], cgroup=cgroups.directory("second"))
+    added = topology.client(["echo", topology.remote_ip, PORT, "now captured"], cgroup=cgroups.directory("deeper/second"))
     assert agent.entry_for_port(added["local_port"])["src_identity"] == identity("second")
 
     agent.write_config([first])
     agent.reload()
     wait_for(lambda: agent.log().count("reloaded") >= 2, what="the second reload")
-    removed = topology.client(["echo", topology.remote_ip, PORT, "no longer captured"], cgroup=cgroups.directory("second"))
+    removed = topology.client(["echo", topology.remote_ip, PORT, "no longer captured"], cgroup=cgroups.directory("deeper/second"))
     time.sleep(0.3)
     assert str(removed["local_port"]) not in [e["src_addr"].rsplit(":", 1)[1] for e in agent.entries()]
 
@@ -266,3 +269,38 @@ def test_agentctl_config_check(tmp_path):
     fail = subprocess.run([str(BIN / "agentctl"), "config", "check", str(bad)], capture_output=True, text=True, timeout=30)
     assert fail.returncode == 1
     assert f"{bad}:2: mark:" in fail.stderr
+
+
+def hold_client(topology, cgroups, name, seconds):
+    return topology.spawn(topology.node, [os.sys.executable, os.path.join(os.path.dirname(__file__), "tools", "peer.py"), "hold", topology.remote_ip, str(PORT), str(seconds)], cgroup=cgroups.directory(name))
+
+
+def test_sigterm_lets_open_connections_finish_within_the_drain_timeout(topology, cgroups, make_agent):
+    import json
+    agent = make_agent([workload(cgroups, "orders")], drainTimeout="20s").start()
+    topology.server("echo", PORT)
+    holder = hold_client(topology, cgroups, "orders", 3)
+    wait_for(lambda: topology.run_in(topology.node, "ss", "-tn", "state", "established", f"( sport = :15001 )").stdout.count("\n") >= 2, what="the held connection to be proxied")
+    started = time.time()
+    agent.proc.send_signal(signal.SIGTERM)
+    out, _ = holder.communicate(timeout=30)
+    held = json.loads(out)
+    assert held["ok"], f"the connection in flight was cut during drain: {held}"
+    assert agent.proc.wait(timeout=30) == 0
+    assert time.time() - started >= 2, "the agent exited before its open connection finished"
+    assert "waiting up to" in agent.log()
+
+
+def test_drain_timeout_closes_connections_still_open(topology, cgroups, make_agent):
+    import json
+    agent = make_agent([workload(cgroups, "orders")], drainTimeout="1s").start()
+    topology.server("echo", PORT)
+    holder = hold_client(topology, cgroups, "orders", 20)
+    wait_for(lambda: topology.run_in(topology.node, "ss", "-tn", "state", "established", f"( sport = :15001 )").stdout.count("\n") >= 2, what="the held connection to be proxied")
+    started = time.time()
+    agent.proc.send_signal(signal.SIGTERM)
+    assert agent.proc.wait(timeout=30) == 0
+    assert time.time() - started < 10, "the agent waited past its drain timeout"
+    assert "drain deadline passed" in agent.log()
+    out, _ = holder.communicate(timeout=30)
+    assert not json.loads(out)["ok"], "the connection should have been closed at the deadline"
