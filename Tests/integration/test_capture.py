@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from conftest import BIN, TRUST_DOMAIN, wait_for
+from conftest import BIN, PEER, TRUST_DOMAIN, wait_for
 
 PORT = 8080
 
@@ -80,7 +80,7 @@ def test_concurrent_connections_from_two_workloads_are_each_attributed(topology,
     topology.server("echo", PORT)
 
     clients = {
-        name: topology.spawn(topology.node, [os.sys.executable, str(os.path.join(os.path.dirname(__file__), "tools", "peer.py")), "many", topology.remote_ip, str(PORT), "250"], cgroup=cgroups.directory(name))
+        name: topology.spawn(topology.node, [os.sys.executable, str(PEER), "many", topology.remote_ip, str(PORT), "250"], cgroup=cgroups.directory(name))
         for name in ("alpha", "beta")
     }
     import json
@@ -138,8 +138,7 @@ def test_reload_adds_and_removes_workloads_without_dropping_connections(topology
     agent = make_agent([first]).start()
     topology.server("echo", PORT)
 
-    holder = topology.spawn(topology.node, [os.sys.executable, os.path.join(os.path.dirname(__file__), "tools", "peer.py"), "hold", topology.remote_ip, str(PORT), "4"], cgroup=cgroups.directory("first"))
-    time.sleep(0.5)
+    holder = hold_client(topology, cgroups, "first", 4)
 
     agent.write_config([first, second])
     agent.reload()
@@ -272,7 +271,11 @@ def test_agentctl_config_check(tmp_path):
 
 
 def hold_client(topology, cgroups, name, seconds):
-    return topology.spawn(topology.node, [os.sys.executable, os.path.join(os.path.dirname(__file__), "tools", "peer.py"), "hold", topology.remote_ip, str(PORT), str(seconds)], cgroup=cgroups.directory(name))
+    """A connection kept open for `seconds`, with a round trip every 50 ms; waits
+    until the agent is proxying it."""
+    proc = topology.spawn(topology.node, [os.sys.executable, str(PEER), "hold", topology.remote_ip, str(PORT), str(seconds)], cgroup=cgroups.directory(name))
+    wait_for(lambda: topology.run_in(topology.node, "ss", "-tn", "state", "established", "( sport = :15001 )").stdout.count("\n") >= 2, what="the held connection to be proxied")
+    return proc
 
 
 def test_sigterm_lets_open_connections_finish_within_the_drain_timeout(topology, cgroups, make_agent):
@@ -280,7 +283,6 @@ def test_sigterm_lets_open_connections_finish_within_the_drain_timeout(topology,
     agent = make_agent([workload(cgroups, "orders")], drainTimeout="20s").start()
     topology.server("echo", PORT)
     holder = hold_client(topology, cgroups, "orders", 3)
-    wait_for(lambda: topology.run_in(topology.node, "ss", "-tn", "state", "established", f"( sport = :15001 )").stdout.count("\n") >= 2, what="the held connection to be proxied")
     started = time.time()
     agent.proc.send_signal(signal.SIGTERM)
     out, _ = holder.communicate(timeout=30)
@@ -296,7 +298,6 @@ def test_drain_timeout_closes_connections_still_open(topology, cgroups, make_age
     agent = make_agent([workload(cgroups, "orders")], drainTimeout="1s").start()
     topology.server("echo", PORT)
     holder = hold_client(topology, cgroups, "orders", 20)
-    wait_for(lambda: topology.run_in(topology.node, "ss", "-tn", "state", "established", f"( sport = :15001 )").stdout.count("\n") >= 2, what="the held connection to be proxied")
     started = time.time()
     agent.proc.send_signal(signal.SIGTERM)
     assert agent.proc.wait(timeout=30) == 0

@@ -169,19 +169,22 @@ def client_hold(host, port, seconds):
     local_port = s.getsockname()[1]
     deadline = time.time() + seconds
     rounds = 0
-    while time.time() < deadline:
-        message = f"ping {rounds}\n".encode()
-        s.sendall(message)
-        data = b""
-        while len(data) < len(message):
-            chunk = s.recv(CHUNK)
-            if not chunk:
-                return {"local_port": local_port, "ok": False, "rounds": rounds}
-            data += chunk
-        if data != message:
-            return {"local_port": local_port, "ok": False, "rounds": rounds}
-        rounds += 1
-        time.sleep(0.05)
+    try:
+        while time.time() < deadline:
+            message = f"ping {rounds}\n".encode()
+            s.sendall(message)
+            data = b""
+            while len(data) < len(message):
+                chunk = s.recv(CHUNK)
+                if not chunk:
+                    return {"local_port": local_port, "ok": False, "rounds": rounds, "error": "closed"}
+                data += chunk
+            if data != message:
+                return {"local_port": local_port, "ok": False, "rounds": rounds, "error": "corrupted"}
+            rounds += 1
+            time.sleep(0.05)
+    except OSError as error:
+        return {"local_port": local_port, "ok": False, "rounds": rounds, "error": str(error)}
     s.close()
     return {"local_port": local_port, "ok": True, "rounds": rounds}
 
