@@ -30,6 +30,24 @@ let package = Package(
             dependencies: ["CNetlink", "LinuxNet"]
         ),
         .target(
+            name: "TLS",
+            dependencies: [
+                "COpenSSL",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOTLS", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
+            name: "Identity",
+            dependencies: [
+                "TLS",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]
+        ),
+        .target(
             name: "Proxy",
             dependencies: [
                 "LinuxNet",
@@ -43,7 +61,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
-                "Proxy", "Netfilter", "LinuxNet",
+                "Proxy", "Netfilter", "LinuxNet", "TLS", "Identity",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
@@ -74,6 +92,14 @@ let package = Package(
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),
         .testTarget(name: "AgentTests", dependencies: ["Agent"]),
+        .testTarget(name: "TLSTests", dependencies: [
+            "TLS", "COpenSSL",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOEmbedded", package: "swift-nio"),
+            .product(name: "NIOTLS", package: "swift-nio"),
+        ]),
+        .testTarget(name: "IdentityTests", dependencies: ["Identity", "TLS"]),
     ],
     swiftLanguageModes: [.v6]
 )
