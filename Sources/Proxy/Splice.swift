@@ -1,27 +1,54 @@
 import NIOCore
 
-/// Whether one side of a spliced pair may still read and write. TCP lets each
-/// direction end on its own (half-close): the side is finished only when the peer
-/// has sent its FIN and we have sent ours.
+/// Where one side of a spliced pair stands. TCP lets each direction end on its
+/// own (half-close); this side is finished when its peer has sent FIN and we
+/// have sent ours after delivering everything the other side sent.
+///
+/// NIO shapes the events: a half-close of output turns into a full close when
+/// input has already ended, and an EOF arriving after our output was shut down
+/// closes the channel without an `inputClosed` event. Both drop queued writes,
+/// so output is only ended once the write queue has drained.
 struct SpliceSideState {
     enum Action: Equatable {
         case none
+        /// Queue an empty write behind the pending ones and report `outputDrained`.
+        case drainThenEndOutput
+        case shutdownOutput
         case closeChannel
     }
 
     private(set) var inputClosed = false
+    private(set) var outputEnding = false
     private(set) var outputClosed = false
+    private(set) var failed = false
 
-    /// The peer sent FIN: nothing more will arrive on this side.
+    /// The channel closed after its FIN went out and without an error: the
+    /// partner should still deliver what it holds, then finish.
+    var closedCleanly: Bool { outputEnding && !failed }
+
+    /// Our peer sent FIN.
     mutating func inputEnded() -> Action {
         inputClosed = true
         return outputClosed ? .closeChannel : .none
     }
 
-    /// The other side ended its input, so we shut down our output here.
-    mutating func outputEnded() -> Action {
+    /// The other side finished (FIN or clean close): end our output after what
+    /// is queued. Repeated calls do nothing.
+    mutating func partnerFinished() -> Action {
+        guard !outputEnding else { return .none }
+        outputEnding = true
+        return .drainThenEndOutput
+    }
+
+    /// Everything queued before `partnerFinished` has been written.
+    mutating func outputDrained() -> Action {
         outputClosed = true
-        return inputClosed ? .closeChannel : .none
+        return inputClosed ? .closeChannel : .shutdownOutput
+    }
+
+    mutating func errorOccurred() -> Action {
+        failed = true
+        return .closeChannel
     }
 }
 
@@ -77,13 +104,17 @@ final class SpliceHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        partner?.partnerClosed()
+        if state.closedCleanly {
+            partner?.partnerFinished()
+        } else {
+            partner?.partnerAborted()
+        }
         context.fireChannelInactive()
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed {
-            partner?.partnerInputEnded()
+            partner?.partnerFinished()
             apply(state.inputEnded())
             return
         }
@@ -91,9 +122,9 @@ final class SpliceHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        // A reset or failed write on one side ends the pair: closing ours makes the
-        // partner close too (channelInactive above).
-        context.close(promise: nil)
+        // A reset or failed write ends the pair: closing ours aborts the partner
+        // too (channelInactive above).
+        apply(state.errorOccurred())
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
@@ -121,13 +152,12 @@ final class SpliceHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context?.flush()
     }
 
-    private func partnerInputEnded() {
-        guard let context else { return }
-        context.close(mode: .output, promise: nil)
-        apply(state.outputEnded())
+    private func partnerFinished() {
+        apply(state.partnerFinished())
     }
 
-    private func partnerClosed() {
+    /// The partner was reset or failed: nothing more is worth delivering.
+    private func partnerAborted() {
         context?.close(promise: nil)
     }
 
@@ -143,11 +173,20 @@ final class SpliceHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func apply(_ action: SpliceSideState.Action) {
+        guard let context else { return }
         switch action {
         case .none:
             break
+        case .drainThenEndOutput:
+            let drained = context.eventLoop.makePromise(of: Void.self)
+            context.writeAndFlush(wrapOutboundOut(ByteBuffer()), promise: drained)
+            drained.futureResult.assumeIsolated().whenSuccess { [self] in
+                apply(state.outputDrained())
+            }
+        case .shutdownOutput:
+            context.close(mode: .output, promise: nil)
         case .closeChannel:
-            context?.close(promise: nil)
+            context.close(promise: nil)
         }
     }
 }

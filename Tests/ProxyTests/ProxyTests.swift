@@ -53,14 +53,31 @@ import Testing
 }
 
 @Suite struct SpliceStateTests {
-    @Test func closesOnlyWhenBothDirectionsAreDone() {
+    @Test func outputEndsOnlyAfterTheQueueDrains() {
+        var state = SpliceSideState()
+        #expect(state.partnerFinished() == .drainThenEndOutput)
+        #expect(state.partnerFinished() == .none, "a second finish (FIN, then clean close) starts no second drain")
+        #expect(state.outputDrained() == .shutdownOutput)
+        #expect(state.inputEnded() == .closeChannel)
+    }
+
+    @Test func inputEndedFirstClosesWhenOutputDrains() {
         var state = SpliceSideState()
         #expect(state.inputEnded() == .none)
-        #expect(state.outputEnded() == .closeChannel)
+        #expect(state.partnerFinished() == .drainThenEndOutput)
+        #expect(state.outputDrained() == .closeChannel)
+    }
 
-        var other = SpliceSideState()
-        #expect(other.outputEnded() == .none)
-        #expect(other.inputEnded() == .closeChannel)
+    @Test func aCloseIsCleanOnlyAfterOurFINAndWithoutErrors() {
+        var clean = SpliceSideState()
+        #expect(!clean.closedCleanly)
+        _ = clean.partnerFinished()
+        #expect(clean.closedCleanly)
+
+        var failed = SpliceSideState()
+        _ = failed.partnerFinished()
+        #expect(failed.errorOccurred() == .closeChannel)
+        #expect(!failed.closedCleanly)
     }
 }
 
