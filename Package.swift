@@ -50,7 +50,7 @@ let package = Package(
         .target(
             name: "Proxy",
             dependencies: [
-                "LinuxNet",
+                "LinuxNet", "TLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -64,6 +64,7 @@ let package = Package(
                 "Proxy", "Netfilter", "LinuxNet", "TLS", "Identity",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Yams", package: "Yams"),
@@ -87,7 +88,7 @@ let package = Package(
         .testTarget(name: "NetfilterTests", dependencies: ["Netfilter"]),
         .testTarget(name: "LinuxNetTests", dependencies: ["LinuxNet"]),
         .testTarget(name: "ProxyTests", dependencies: [
-            "Proxy",
+            "Proxy", "TLS",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),

@@ -1,6 +1,7 @@
 import Foundation
 import LinuxNet
 import Proxy
+import TLS
 
 /// The agent's configuration file (`/etc/mesh-agent/agent.yaml`). Every field but
 /// `trustDomain` has a default; unknown keys are errors with their key path.
@@ -36,6 +37,7 @@ public struct AgentConfig: Equatable, Sendable {
         public var name: String
         public var namespace: String
         public var serviceAccount: String
+        public var identity: SpiffeID
         public var cgroup: CgroupPath
         public var labels: [String: String]
         public var ports: [UInt16]
@@ -84,6 +86,7 @@ extension AgentConfig {
         }
         var top = try root.mapping()
         let trustDomain = try validTrustDomain(try top.require("trustDomain"))
+        let workloadsNode = top.take("workloads")
         var config = AgentConfig(trustDomain: trustDomain, node: defaultNode)
         if let node = top.take("node") { config.node = try validDNSName(node) }
         if let node = top.take("captureMode") {
@@ -120,7 +123,7 @@ extension AgentConfig {
             }
         }
         if let node = top.take("limits") { config.limits = try parseLimits(node) }
-        if let node = top.take("workloads") { config.workloads = try parseWorkloads(node) }
+        if let node = workloadsNode { config.workloads = try parseWorkloads(node, trustDomain: trustDomain) }
         try top.finish(allowed: [
             "trustDomain", "node", "captureMode", "mark", "markMask", "failureMode", "ports", "adminSocket",
             "accessLog", "policyDir", "rootNamespace", "certificateTTL", "mtlsMode", "drainTimeout", "ca",
@@ -173,7 +176,7 @@ extension AgentConfig {
         return limits
     }
 
-    private static func parseWorkloads(_ node: YAMLNode) throws -> [WorkloadEntry] {
+    private static func parseWorkloads(_ node: YAMLNode, trustDomain: String) throws -> [WorkloadEntry] {
         var workloads: [WorkloadEntry] = []
         var names: [String: Int] = [:]
         for item in try node.sequence() {
@@ -208,8 +211,14 @@ extension AgentConfig {
                     throw cgroupNode.error("cgroup \(cgroup) and the cgroup \(other.cgroup) of workloads[\(index)] are nested; a socket in the inner one would belong to both")
                 }
             }
+            let identity: SpiffeID
+            do {
+                identity = try SpiffeID(trustDomain: trustDomain, namespace: namespace, serviceAccount: serviceAccount)
+            } catch {
+                throw nameNode.error("\(error)")
+            }
             names[key] = workloads.count
-            workloads.append(WorkloadEntry(name: name, namespace: namespace, serviceAccount: serviceAccount, cgroup: cgroup, labels: labels, ports: ports))
+            workloads.append(WorkloadEntry(name: name, namespace: namespace, serviceAccount: serviceAccount, identity: identity, cgroup: cgroup, labels: labels, ports: ports))
         }
         return workloads
     }
@@ -225,8 +234,9 @@ extension AgentConfig {
     /// SPIFFE trust domains: lowercase letters, digits, dots, dashes and underscores.
     private static func validTrustDomain(_ node: YAMLNode) throws -> String {
         let value = try node.nonEmptyString()
-        let allowed = Set("abcdefghijklmnopqrstuvwxyz0123456789.-_")
-        guard value.count <= 255, value.allSatisfy(allowed.contains) else {
+        do {
+            try SpiffeID.validateTrustDomain(value)
+        } catch {
             throw node.error("\"\(value)\" is not a SPIFFE trust domain: use lowercase letters, digits, '.', '-' and '_'")
         }
         return value

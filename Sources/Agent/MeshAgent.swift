@@ -1,5 +1,6 @@
 import Dispatch
 import Foundation
+import Identity
 import LinuxNet
 import Logging
 import NIOCore
@@ -43,10 +44,19 @@ public final class MeshAgent: Sendable {
         let netfilter = try NetfilterClient()
         let sockDiag = try SockDiagClient()
         let registry = WorkloadRegistry(mount: mount, logger: logger)
-        registry.configure(config.workloads, trustDomain: config.trustDomain)
+        registry.configure(config.workloads)
         let accessLog = try AccessLogWriter(path: config.accessLog)
+        let trustBundle = try TrustBundleWatcher(path: config.ca.trustBundle, logger: logger)
+        let svids = SVIDManager(issuer: try Self.loadAuthority(config), lifetime: config.certificateTTL, logger: logger)
+        svids.setIdentities(registry.presentIdentities)
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        let admin = AdminServer(
+            path: config.adminSocket,
+            routes: ["/v1/certs": { try AdminViews.encode(AdminViews.certificates(svids)) }],
+            group: group,
+            logger: logger
+        )
         let connections = ConnectionTracker(maximum: config.limits.maxConnections)
         let outbound = OutboundProxy(
             configuration: .init(
@@ -60,8 +70,10 @@ public final class MeshAgent: Sendable {
             logger: logger
         )
         do {
+            try await admin.start()
             try await outbound.start()
         } catch {
+            await admin.stop()
             try? await group.shutdownGracefully()
             throw error
         }
@@ -71,6 +83,7 @@ public final class MeshAgent: Sendable {
             try capture.install()
         } catch {
             await outbound.stopAccepting()
+            await admin.stop()
             try? await group.shutdownGracefully()
             throw error
         }
@@ -85,11 +98,18 @@ public final class MeshAgent: Sendable {
                 ticks += 1
                 registry.rescan()
                 capture.sync()
+                svids.setIdentities(registry.presentIdentities)
+                if trustBundle.poll() != nil {
+                    svids.renewAll(because: "the trust bundle \(trustBundle.path) changed")
+                }
+                svids.tick()
                 if ticks % Self.driftCheckEvery == 0 {
                     capture.reconcile()
                 }
             case .reload:
                 currentConfig = reload(current: currentConfig, registry: registry, capture: &capture)
+                svids.setIdentities(registry.presentIdentities)
+                reloadAuthority(currentConfig, svids: svids)
             case .terminate(let signal):
                 logger.info("received \(signal): draining")
                 break loop
@@ -125,8 +145,27 @@ public final class MeshAgent: Sendable {
         if currentConfig.failureMode == .open {
             capture.remove()
         }
+        await admin.stop()
         try? await group.shutdownGracefully()
         logger.info("mesh-agent stopped")
+    }
+
+    /// The node CA that signs this node's workload certificates.
+    static func loadAuthority(_ config: AgentConfig) throws -> LocalCA {
+        try LocalCA(certificatePath: config.ca.certificate, keyPath: config.ca.key, trustDomain: config.trustDomain)
+    }
+
+    /// SIGHUP re-reads the node CA too (a new intermediate after a root rotation);
+    /// certificates are re-issued only if it changed, and a broken one is refused.
+    private func reloadAuthority(_ config: AgentConfig, svids: SVIDManager) {
+        do {
+            let authority = try Self.loadAuthority(config)
+            if svids.issuerCertificateChanged(to: authority) {
+                svids.renewAll(issuer: authority, because: "the node CA \(config.ca.certificate) changed")
+            }
+        } catch {
+            logger.error("node CA not reloaded, the previous one stays in force: \(error)")
+        }
     }
 
     private func reload(current: AgentConfig, registry: WorkloadRegistry, capture: inout Capture) -> AgentConfig {
@@ -150,7 +189,7 @@ public final class MeshAgent: Sendable {
         applied.workloads = config.workloads
         applied.failureMode = config.failureMode
         applied.drainTimeout = config.drainTimeout
-        registry.configure(config.workloads, trustDomain: current.trustDomain)
+        registry.configure(config.workloads)
         capture.sync()
         logger.info("reloaded \(configPath): \(registry.members.count) workload(s)")
         return applied
@@ -312,6 +351,7 @@ struct Capture {
 public enum AgentError: Error, CustomStringConvertible {
     case notRoot
     case accessLog(path: String, reason: String)
+    case adminSocket(path: String, reason: String)
 
     public var description: String {
         switch self {
@@ -319,6 +359,8 @@ public enum AgentError: Error, CustomStringConvertible {
             return "mesh-agent must run as root (it programs nftables, reads socket cgroups over sock_diag and marks its sockets); run it with sudo or as the systemd service"
         case .accessLog(let path, let reason):
             return "cannot open the access log \(path): \(reason); check the directory exists and is writable, or set accessLog: \"-\" for stdout"
+        case .adminSocket(let path, let reason):
+            return "cannot serve the admin API on \(path): \(reason)"
         }
     }
 }

@@ -3,6 +3,7 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import Proxy
+import TLS
 
 /// The workloads this node's agent speaks for, by cgroup.
 ///
@@ -57,6 +58,12 @@ public final class WorkloadRegistry: Sendable {
         Array(Set(members.map(\.cgroup.level))).sorted()
     }
 
+    /// The identities of the workloads whose cgroups exist: those the node holds
+    /// certificates for.
+    public var presentIdentities: Set<SpiffeID> {
+        Set(members.filter { $0.cgroupID != nil }.map(\.workload.identity))
+    }
+
     /// The capture-set elements for the workloads whose cgroups exist, by level.
     public var elementsByLevel: [Int: [CgroupID]] {
         var result: [Int: [CgroupID]] = [:]
@@ -69,14 +76,14 @@ public final class WorkloadRegistry: Sendable {
     }
 
     /// Replaces the configured workloads (start and reload) and looks their cgroups up.
-    public func configure(_ entries: [AgentConfig.WorkloadEntry], trustDomain: String) {
+    public func configure(_ entries: [AgentConfig.WorkloadEntry]) {
         state.withLockedValue { state in
             let previous = Dictionary(state.members.map { ($0.cgroup, $0.cgroupID) }, uniquingKeysWith: { first, _ in first })
             state.members = entries.map { entry in
                 Member(
                     workload: Workload(
                         name: entry.name, namespace: entry.namespace, serviceAccount: entry.serviceAccount,
-                        trustDomain: trustDomain, labels: entry.labels, ports: entry.ports
+                        identity: entry.identity, labels: entry.labels, ports: entry.ports
                     ),
                     cgroup: entry.cgroup,
                     cgroupID: previous[entry.cgroup] ?? nil

@@ -44,4 +44,24 @@ static inline void cssl_OPENSSL_free(void *p) { OPENSSL_free(p); }
 static inline EVP_PKEY *cssl_EVP_EC_gen(const char *curve) { return EVP_EC_gen(curve); }
 static inline unsigned long cssl_XN_FLAG_RFC2253(void) { return XN_FLAG_RFC2253; }
 
+/* Certificate building and reading (CertificateBuilder, SpiffeVerifier). */
+static inline GENERAL_NAMES *cssl_sk_GENERAL_NAME_new_null(void) { return sk_GENERAL_NAME_new_null(); }
+static inline int cssl_sk_GENERAL_NAME_push(GENERAL_NAMES *sk, GENERAL_NAME *name) { return sk_GENERAL_NAME_push(sk, name); }
+static inline int cssl_sk_GENERAL_SUBTREE_num(const STACK_OF(GENERAL_SUBTREE) *sk) { return sk_GENERAL_SUBTREE_num(sk); }
+static inline GENERAL_SUBTREE *cssl_sk_GENERAL_SUBTREE_value(const STACK_OF(GENERAL_SUBTREE) *sk, int i) { return sk_GENERAL_SUBTREE_value(sk, i); }
+
+/* TLS connection layer (TLSContext, TLSConnection). SSL_OP_* are 64-bit in
+ * OpenSSL 3 and spelled through a macro Swift cannot expand. */
+static inline uint64_t cssl_SSL_CTX_set_options_u64(SSL_CTX *ctx, uint64_t options) { return SSL_CTX_set_options(ctx, options); }
+static inline uint64_t cssl_SSL_OP_NO_TICKET(void) { return SSL_OP_NO_TICKET; }
+static inline uint64_t cssl_SSL_OP_NO_COMPRESSION(void) { return SSL_OP_NO_COMPRESSION; }
+static inline uint64_t cssl_SSL_OP_NO_RENEGOTIATION(void) { return SSL_OP_NO_RENEGOTIATION; }
+static inline uint64_t cssl_SSL_OP_CIPHER_SERVER_PREFERENCE(void) { return SSL_OP_CIPHER_SERVER_PREFERENCE; }
+static inline int cssl_SSL_CTX_set1_groups_list(SSL_CTX *ctx, const char *list) { return (int)SSL_CTX_set1_groups_list(ctx, list); }
+static inline long cssl_SSL_CTX_set_session_cache_mode(SSL_CTX *ctx, long mode) { return SSL_CTX_set_session_cache_mode(ctx, mode); }
+static inline long cssl_SSL_CTX_set_read_ahead(SSL_CTX *ctx, int yes) { return SSL_CTX_set_read_ahead(ctx, yes); }
+static inline int cssl_SSL_get_ex_new_index(void) { return SSL_get_ex_new_index(0, NULL, NULL, NULL, NULL); }
+static inline void cssl_BIO_set_retry_read(BIO *bio) { BIO_set_retry_read(bio); }
+static inline void cssl_BIO_clear_retry_flags(BIO *bio) { BIO_clear_retry_flags(bio); }
+
 #endif

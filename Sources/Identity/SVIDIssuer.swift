@@ -6,6 +6,9 @@ public protocol SVIDIssuer: Sendable {
     /// The trust domain this issuer may sign for.
     var trustDomain: String { get }
 
+    /// The certificate it signs with (the node intermediate for the local CA).
+    var signingCertificate: Certificate { get }
+
     /// Signs a certificate for `identity` over `key`'s public key, valid for
     /// `lifetime` seconds from now (with a small allowance for clock skew before
     /// now). Returns the leaf followed by the intermediates a peer needs to reach

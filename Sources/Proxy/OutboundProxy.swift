@@ -134,7 +134,7 @@ public final class OutboundProxy: Sendable {
         var entry = AccessLogEntry(time: wallClock(), direction: .outbound, tls: .none, action: .allow, reason: "passthrough")
         entry.sourceAddress = peer
         entry.sourceWorkload = workload.qualifiedName
-        entry.sourceIdentity = workload.identity
+        entry.sourceIdentity = workload.identity.description
         entry.destinationAddress = destination
 
         let upstream = ClientBootstrap(group: client.eventLoop)

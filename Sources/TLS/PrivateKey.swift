@@ -24,13 +24,16 @@ public final class PrivateKey: @unchecked Sendable {
         return PrivateKey(taking: key)
     }
 
-    /// Reads a PEM private key (PKCS#8 or traditional EC).
+    /// Reads a PEM private key (PKCS#8 or traditional EC). An encrypted key fails
+    /// (OpenSSL is given an empty passphrase, so it never prompts on a terminal).
     public convenience init(pem: String) throws {
         OpenSSLError.clearQueue()
         let key: OpaquePointer? = pem.withCString { text in
             guard let bio = BIO_new_mem_buf(text, -1) else { return nil }
             defer { BIO_free(bio) }
-            return PEM_read_bio_PrivateKey(bio, nil, nil, nil)
+            return "".withCString { passphrase in
+                PEM_read_bio_PrivateKey(bio, nil, nil, UnsafeMutableRawPointer(mutating: passphrase))
+            }
         }
         guard let key else {
             throw OpenSSLError.drain("reading a PEM private key")

@@ -168,6 +168,19 @@ class Cgroups:
                     time.sleep(0.05)
 
 
+def agentctl(*args, check=True, timeout=30):
+    return sh(str(BIN / "agentctl"), *[str(a) for a in args], check=check, timeout=timeout)
+
+
+def make_ca(directory, trust_domain=TRUST_DOMAIN, node="test-node"):
+    """An offline root and a node intermediate, made the way operators make them."""
+    directory = Path(directory)
+    if not (directory / "node" / "intermediate.pem").exists():
+        agentctl("ca", "init", "--trust-domain", trust_domain, "--out", directory / "root")
+        agentctl("ca", "issue-intermediate", "--ca", directory / "root", "--name", node, "--out", directory / "node")
+    return directory / "node"
+
+
 class Agent:
     """The real mesh-agent binary, running in the node namespace."""
 
@@ -177,6 +190,8 @@ class Agent:
         self.config_path = tmp_path / "agent.yaml"
         self.access_log = tmp_path / "access.log"
         self.stderr_path = tmp_path / "agent.stderr"
+        self.admin_socket = tmp_path / "admin.sock"
+        self.ca = make_ca(settings.pop("ca_dir", tmp_path / "ca"))
         self.settings = settings
         self.write_config(workloads)
         self.proc = None
@@ -189,6 +204,12 @@ class Agent:
             f"accessLog: {self.access_log}",
             f"failureMode: {settings.get('failureMode', 'open')}",
             f"drainTimeout: {settings.get('drainTimeout', '5s')}",
+            f"certificateTTL: {settings.get('certificateTTL', '24h')}",
+            f"adminSocket: {self.admin_socket}",
+            "ca:",
+            f"  certificate: {self.ca / 'intermediate.pem'}",
+            f"  key: {self.ca / 'intermediate.key'}",
+            f"  trustBundle: {self.ca / 'bundle.pem'}",
             "workloads:",
         ]
         for w in workloads:
@@ -224,6 +245,10 @@ class Agent:
 
     def reload(self):
         self.proc.send_signal(signal.SIGHUP)
+
+    def ctl(self, *args, check=True):
+        """agentctl against this agent's admin socket."""
+        return agentctl(*args, "--socket", self.admin_socket, check=check)
 
     def entries(self):
         if not self.access_log.exists():

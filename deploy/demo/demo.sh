@@ -52,10 +52,20 @@ SERVER_PID=$!
 
 step "Two cgroups: 'frontend' is a workload (identity spiffe://demo.local/ns/shop/sa/frontend), 'intruder' is not"
 mkdir -p "$CG2$CGROUP_REL/frontend" "$CG2$CGROUP_REL/intruder"
+
+step "A certificate authority: an offline root, and an intermediate for this node limited to demo.local"
+"$BIN/agentctl" ca init --trust-domain demo.local --out "$WORK/ca/root"
+"$BIN/agentctl" ca issue-intermediate --ca "$WORK/ca/root" --name demo-node --out "$WORK/ca/node"
+
 cat > "$WORK/agent.yaml" <<YAML
 trustDomain: demo.local
 node: demo-node
 accessLog: $WORK/access.log
+adminSocket: $WORK/admin.sock
+ca:
+  certificate: $WORK/ca/node/intermediate.pem
+  key: $WORK/ca/node/intermediate.key
+  trustBundle: $WORK/ca/node/bundle.pem
 workloads:
   - name: frontend
     namespace: shop
@@ -70,6 +80,9 @@ AGENT_PID=$!
 for _ in $(seq 100); do grep -q "mesh-agent ready" "$WORK/agent.log" && break; sleep 0.1; done
 grep -q "mesh-agent ready" "$WORK/agent.log" || { cat "$WORK/agent.log"; exit 1; }
 sed 's/^/  agent: /' "$WORK/agent.log"
+
+step "The workload's certificate (agentctl certs): a short-lived SVID, key kept in memory only"
+"$BIN/agentctl" certs --socket "$WORK/admin.sock"
 
 step "The capture rules the agent installed (nft list table inet mesh_agent)"
 in_node nft list table inet mesh_agent

@@ -1,4 +1,0 @@
-import Testing
-@testable import Identity
-
-@Test func placeholderIdentity() {}

@@ -1,0 +1,102 @@
+"""Workload certificates: issued by the node CA for each workload, shown by
+agentctl certs, verified by openssl, rotated, and re-issued on a bundle change."""
+import json
+import subprocess
+import time
+
+from conftest import BIN, TRUST_DOMAIN, agentctl, make_ca, sh, wait_for
+
+
+def workload(cgroups, name):
+    cgroups.make(name)
+    return {"name": name, "cgroup": cgroups.path(name)}
+
+
+def certs(agent):
+    return json.loads(agent.ctl("certs", "-o", "json").stdout)
+
+
+def valid_certs(agent, count):
+    return wait_for(lambda: (lambda c: c if len(c) == count and all(x["state"] == "valid" for x in c) else None)(certs(agent)),
+                    timeout=15, what=f"{count} valid certificates")
+
+
+def test_agent_issues_a_certificate_per_workload_that_openssl_verifies(topology, cgroups, make_agent, tmp_path):
+    agent = make_agent([workload(cgroups, "orders"), workload(cgroups, "checkout")]).start()
+
+    table = agent.ctl("certs").stdout
+    lines = table.strip().splitlines()
+    assert lines[0].split() == ["IDENTITY", "SERIAL", "NOT", "BEFORE", "NOT", "AFTER", "STATE"]
+    assert len(lines) == 3, table
+    assert all(line.split()[-1] == "valid" for line in lines[1:]), table
+
+    listed = certs(agent)
+    assert sorted(c["identity"] for c in listed) == [f"spiffe://{TRUST_DOMAIN}/ns/test/sa/checkout", f"spiffe://{TRUST_DOMAIN}/ns/test/sa/orders"]
+    for cert in listed:
+        assert "PRIVATE KEY" not in cert["chain_pem"]
+        leaf_pem = cert["chain_pem"].split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"
+        leaf = tmp_path / f"{cert['serial']}.pem"
+        leaf.write_text(leaf_pem)
+        verified = sh("openssl", "verify", "-CAfile", agent.ca / "bundle.pem", "-untrusted", agent.ca / "intermediate.pem", leaf, check=False)
+        assert verified.returncode == 0, verified.stdout + verified.stderr
+        text = sh("openssl", "x509", "-in", leaf, "-noout", "-text").stdout
+        assert f"URI:{cert['identity']}" in text
+        assert text.count("URI:") == 1
+        assert "CA:FALSE" in text
+        assert "TLS Web Server Authentication, TLS Web Client Authentication" in text
+        assert "Digital Signature" in text
+        assert "prime256v1" in text or "P-256" in text
+
+
+def test_certificates_rotate_at_half_life_and_follow_workloads(topology, cgroups, make_agent):
+    agent = make_agent([workload(cgroups, "rotating")], certificateTTL="6s").start()
+    first = valid_certs(agent, 1)[0]["serial"]
+    rotated = wait_for(lambda: (lambda c: c[0]["serial"] if c and c[0]["serial"] != first else None)(certs(agent)),
+                       timeout=12, interval=0.5, what="the certificate to be re-issued at half-life")
+    assert rotated != first
+    assert certs(agent)[0]["state"] == "valid"
+
+    cgroups.directory("rotating").rmdir()
+    wait_for(lambda: certs(agent) == [], timeout=10, what="the certificate of a gone workload to be dropped")
+
+
+def test_a_trust_bundle_change_reissues_and_a_corrupt_bundle_is_refused(topology, cgroups, make_agent, tmp_path):
+    agent = make_agent([workload(cgroups, "orders")]).start()
+    before = valid_certs(agent, 1)[0]["serial"]
+    bundle = agent.ca / "bundle.pem"
+    original = bundle.read_text()
+
+    # A second root joins the bundle (the first step of a root rotation).
+    other = make_ca(tmp_path / "other-ca", node="other")
+    bundle.write_text(original + (other / "bundle.pem").read_text())
+    after = wait_for(lambda: (lambda c: c[0]["serial"] if c[0]["serial"] != before else None)(certs(agent)),
+                     timeout=10, what="re-issue after the bundle changed")
+    assert "trust bundle" in agent.log() and "changed" in agent.log()
+
+    bundle.write_text(original[: len(original) // 2])
+    wait_for(lambda: "not reloaded, the previous roots stay in force" in agent.log(), timeout=10, what="the corrupt bundle to be refused")
+    time.sleep(1.5)
+    assert certs(agent)[0]["serial"] == after, "a refused bundle must not trigger re-issuing"
+    assert agent.proc.poll() is None
+
+
+def test_agent_without_its_ca_key_refuses_to_start_with_advice(topology, cgroups, make_agent):
+    agent = make_agent([workload(cgroups, "orders")])
+    (agent.ca / "intermediate.key").chmod(0o644)
+    agent.start(expect_ready=False)
+    code = agent.proc.wait(timeout=30)
+    assert code != 0
+    assert "chmod 600" in agent.log()
+
+
+def test_agentctl_explains_a_missing_agent_and_a_non_root_user(tmp_path, topology, cgroups, make_agent):
+    missing = agentctl("certs", "--socket", tmp_path / "nothing.sock", check=False)
+    assert missing.returncode == 1
+    assert "mesh-agent is not running" in missing.stderr
+
+    agent = make_agent([workload(cgroups, "orders")]).start()
+    tmp_path.chmod(0o755)
+    result = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", str(BIN / "agentctl"), "certs", "--socket", str(agent.admin_socket)],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "permission denied" in result.stderr and "root" in result.stderr
