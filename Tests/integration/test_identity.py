@@ -100,3 +100,31 @@ def test_agentctl_explains_a_missing_agent_and_a_non_root_user(tmp_path, topolog
                             capture_output=True, text=True, timeout=30)
     assert result.returncode == 1
     assert "permission denied" in result.stderr and "root" in result.stderr
+
+
+def test_sighup_with_a_corrupt_node_ca_keeps_the_old_one_and_a_new_one_reissues(topology, cgroups, make_agent, tmp_path):
+    agent = make_agent([workload(cgroups, "orders")]).start()
+    before = valid_certs(agent, 1)[0]["serial"]
+    certificate = agent.ca / "intermediate.pem"
+    original = certificate.read_text()
+
+    certificate.write_text(original[:200])
+    agent.reload()
+    wait_for(lambda: "node CA not reloaded, the previous one stays in force" in agent.log(), what="the corrupt CA to be refused")
+    assert certs(agent)[0]["serial"] == before
+    assert certs(agent)[0]["state"] == "valid"
+
+    # A new intermediate from the same root (e.g. after the old one's key was
+    # rotated): SIGHUP picks it up and every workload gets a certificate under it.
+    certificate.write_text(original)
+    renewed_dir = tmp_path / "renewed"
+    agentctl("ca", "issue-intermediate", "--ca", agent.ca.parent / "root", "--name", "test-node", "--out", renewed_dir)
+    (agent.ca / "intermediate.key").unlink()
+    (agent.ca / "intermediate.pem").write_text((renewed_dir / "intermediate.pem").read_text())
+    key = agent.ca / "intermediate.key"
+    key.touch(mode=0o600)
+    key.write_text((renewed_dir / "intermediate.key").read_text())
+    agent.reload()
+    after = wait_for(lambda: (lambda c: c[0] if c[0]["serial"] != before else None)(certs(agent)), what="re-issue under the new intermediate")
+    chain_intermediate = after["chain_pem"].split("-----END CERTIFICATE-----")[1] + "-----END CERTIFICATE-----\n"
+    assert chain_intermediate.strip() == (renewed_dir / "intermediate.pem").read_text().strip()
