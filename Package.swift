@@ -42,6 +42,7 @@ let package = Package(
             name: "Identity",
             dependencies: [
                 "TLS",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -100,7 +101,12 @@ let package = Package(
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOTLS", package: "swift-nio"),
         ]),
-        .testTarget(name: "IdentityTests", dependencies: ["Identity", "TLS"]),
+        .testTarget(name: "IdentityTests", dependencies: [
+            "Identity", "TLS",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOTLS", package: "swift-nio"),
+        ]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -47,8 +47,11 @@ public final class Certificate: @unchecked Sendable, Hashable, CustomStringConve
     }
 
     public convenience init(pem: String) throws {
-        let chain = try Certificate.chain(fromPEM: pem)
-        self.init(borrowing: chain[0].pointer)
+        let first = try Certificate.chain(fromPEM: pem)[0]
+        // `first` must outlive the up-ref in init(borrowing:): the optimiser may
+        // otherwise free it (and its X509) before the new reference is taken.
+        self.init(borrowing: first.pointer)
+        withExtendedLifetime(first) {}
     }
 
     public convenience init(der: [UInt8]) throws {

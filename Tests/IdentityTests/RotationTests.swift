@@ -1,0 +1,145 @@
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+import Testing
+import TLS
+@testable import Identity
+
+/// Records the SAN and serial of every leaf it is asked to verify, then defers.
+struct RecordingVerifier: PeerCertificateVerifier {
+    let inner: any PeerCertificateVerifier
+    let seen: NIOLockedValueBox<[(san: String, serial: String)]>
+    func verify(peerChain: [Certificate]) -> Result<SpiffeID, PeerVerificationError> {
+        if let leaf = peerChain.first {
+            seen.withLockedValue { $0.append((leaf.uriSANs.first ?? "", leaf.serialNumberHex)) }
+        }
+        return inner.verify(peerChain: peerChain)
+    }
+}
+
+final class EchoHandler: ChannelInboundHandler, Sendable {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        context.writeAndFlush(data, promise: nil)
+    }
+}
+
+/// Collects what arrives and hands out exactly as many bytes as asked for.
+final class CollectHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    private var received = ByteBuffer()
+    private var waiting: (count: Int, promise: EventLoopPromise<String>)?
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = unwrapInboundIn(data)
+        received.writeBuffer(&buffer)
+        deliver()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        waiting?.promise.fail(error)
+        waiting = nil
+        context.close(promise: nil)
+    }
+
+    func expect(_ count: Int, _ promise: EventLoopPromise<String>) {
+        waiting = (count, promise)
+        deliver()
+    }
+
+    private func deliver() {
+        guard let (count, promise) = waiting, received.readableBytes >= count else { return }
+        waiting = nil
+        promise.succeed(received.readString(length: count) ?? "")
+    }
+}
+
+func roundTrip(_ channel: Channel, _ text: String) throws -> String {
+    let promise = channel.eventLoop.makePromise(of: String.self)
+    let timeout = channel.eventLoop.scheduleTask(in: .seconds(5)) { promise.fail(ChannelError.connectTimeout(.seconds(5))) }
+    defer { timeout.cancel() }
+    try channel.eventLoop.submit {
+        try channel.pipeline.syncOperations.handler(type: CollectHandler.self).expect(text.utf8.count, promise)
+        channel.writeAndFlush(ByteBuffer(string: text), promise: nil)
+    }.wait()
+    return try promise.futureResult.wait()
+}
+
+@Suite struct RotationTests {
+    /// With a 4-second certificate lifetime the SVIDs rotate every ~2 s. A TLS
+    /// connection opened at the start keeps working through several rotations
+    /// (and past its certificates' expiry), while each new handshake presents the
+    /// certificate current at that moment.
+    @Test func longLivedConnectionSurvivesRotationsAndNewHandshakesUseNewCertificates() throws {
+        let rootKey = try PrivateKey.generateP256()
+        let root = try CertificateBuilder.makeRoot(trustDomain: "cluster.local", key: rootKey)
+        let nodeKey = try PrivateKey.generateP256()
+        let intermediate = try CertificateBuilder.makeIntermediate(
+            nodeName: "n", trustDomain: "cluster.local", key: nodeKey, issuer: try CertificateAuthority(certificate: root, key: rootKey))
+        let ca = try LocalCA(authority: try CertificateAuthority(certificate: intermediate, key: nodeKey), trustDomain: "cluster.local")
+        let bundle = try TrustBundle(roots: [root])
+
+        let serverID = try SpiffeID("spiffe://cluster.local/ns/shop/sa/orders")
+        let clientID = try SpiffeID("spiffe://cluster.local/ns/shop/sa/checkout")
+        let svids = SVIDManager(issuer: ca, lifetime: .seconds(4), logger: Logger(label: "test"), jitter: { _ in 0 })
+        svids.setIdentities([serverID, clientID])
+        let seen = NIOLockedValueBox<[(san: String, serial: String)]>([])
+        let tls = WorkloadTLS(
+            svids: svids, bundle: { bundle }, acceptedTrustDomains: ["cluster.local"],
+            verifierWrapper: { RecordingVerifier(inner: $0, seen: seen) }
+        )
+
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        defer { try? group.syncShutdownGracefully() }
+        let server = try ServerBootstrap(group: group)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(TLSHandler(context: tls.context(for: serverID, role: .server)))
+                    try channel.pipeline.syncOperations.addHandler(EchoHandler())
+                }
+            }
+            .bind(host: "127.0.0.1", port: 0).wait()
+        defer { try? server.close().wait() }
+        let address = try #require(server.localAddress)
+
+        func connect() throws -> Channel {
+            let context = try tls.context(for: clientID, role: .client)
+            return try ClientBootstrap(group: group)
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(TLSHandler(context: context))
+                        try channel.pipeline.syncOperations.addHandler(CollectHandler())
+                    }
+                }
+                .connect(to: address).wait()
+        }
+
+        let longLived = try connect()
+        defer { try? longLived.close().wait() }
+        #expect(try roundTrip(longLived, "hello before any rotation") == "hello before any rotation")
+        let firstLeafExpiry = try #require(svids.svid(for: serverID)).leaf.notAfter
+
+        var presented = Set<String>()
+        let deadline = Date().addingTimeInterval(9)
+        var round = 0
+        while Date() < deadline {
+            svids.tick()
+            round += 1
+            #expect(try roundTrip(longLived, "round \(round)") == "round \(round)", "the long-lived connection broke at round \(round)")
+            let fresh = try connect()
+            #expect(try roundTrip(fresh, "fresh \(round)") == "fresh \(round)")
+            try fresh.close().wait()
+            let current = try #require(svids.svid(for: serverID)).leaf.serialNumberHex
+            let lastPresentedByServer = seen.withLockedValue { $0.last(where: { $0.san == serverID.description })?.serial }
+            #expect(lastPresentedByServer == current, "a new handshake must present the current certificate")
+            presented.insert(current)
+            Thread.sleep(forTimeInterval: 0.4)
+        }
+        #expect(presented.count >= 3, "the certificates rotated several times (saw \(presented.count))")
+        #expect(Int64(time(nil)) > firstLeafExpiry, "the long-lived connection outlived its first certificates")
+        #expect(try roundTrip(longLived, "still here") == "still here")
+    }
+}
