@@ -74,13 +74,7 @@ func roundTrip(_ channel: Channel, _ text: String) throws -> String {
     /// (and past its certificates' expiry), while each new handshake presents the
     /// certificate current at that moment.
     @Test func longLivedConnectionSurvivesRotationsAndNewHandshakesUseNewCertificates() throws {
-        let rootKey = try PrivateKey.generateP256()
-        let root = try CertificateBuilder.makeRoot(trustDomain: "cluster.local", key: rootKey)
-        let nodeKey = try PrivateKey.generateP256()
-        let intermediate = try CertificateBuilder.makeIntermediate(
-            nodeName: "n", trustDomain: "cluster.local", key: nodeKey, issuer: try CertificateAuthority(certificate: root, key: rootKey))
-        let ca = try LocalCA(authority: try CertificateAuthority(certificate: intermediate, key: nodeKey), trustDomain: "cluster.local")
-        let bundle = try TrustBundle(roots: [root])
+        let (ca, bundle) = try makeTestPKI()
 
         let serverID = try SpiffeID("spiffe://cluster.local/ns/shop/sa/orders")
         let clientID = try SpiffeID("spiffe://cluster.local/ns/shop/sa/checkout")

@@ -27,7 +27,8 @@ final class FlakyIssuer: SVIDIssuer {
     }
 }
 
-func makeLocalCA(trustDomain: String = "cluster.local") throws -> LocalCA {
+/// A root and a node CA under it, made in memory.
+func makeTestPKI(trustDomain: String = "cluster.local") throws -> (ca: LocalCA, bundle: TrustBundle) {
     let rootKey = try PrivateKey.generateP256()
     let root = try CertificateBuilder.makeRoot(trustDomain: trustDomain, key: rootKey)
     let nodeKey = try PrivateKey.generateP256()
@@ -35,7 +36,12 @@ func makeLocalCA(trustDomain: String = "cluster.local") throws -> LocalCA {
         nodeName: "test-node", trustDomain: trustDomain, key: nodeKey,
         issuer: try CertificateAuthority(certificate: root, key: rootKey)
     )
-    return try LocalCA(authority: try CertificateAuthority(certificate: intermediate, key: nodeKey), trustDomain: trustDomain)
+    let ca = try LocalCA(authority: try CertificateAuthority(certificate: intermediate, key: nodeKey), trustDomain: trustDomain)
+    return (ca, try TrustBundle(roots: [root]))
+}
+
+func makeLocalCA(trustDomain: String = "cluster.local") throws -> LocalCA {
+    try makeTestPKI(trustDomain: trustDomain).ca
 }
 
 @Suite struct SVIDManagerTests {
