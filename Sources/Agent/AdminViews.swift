@@ -31,9 +31,9 @@ public enum AdminViews {
             CertificateView(
                 identity: status.identity.description,
                 serial: status.serial,
-                notBefore: status.notBefore.map(rfc3339),
-                notAfter: status.notAfter.map(rfc3339),
-                renewAt: status.renewAt.map(rfc3339),
+                notBefore: status.notBefore.map(Certificate.formatTime),
+                notAfter: status.notAfter.map(Certificate.formatTime),
+                renewAt: status.renewAt.map(Certificate.formatTime),
                 state: status.state.rawValue,
                 lastError: status.lastError,
                 chainPEM: manager.certificatePEM(for: status.identity)
@@ -45,13 +45,5 @@ public enum AdminViews {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
         return try encoder.encode(value)
-    }
-
-    /// `2026-11-22T23:59:01Z`.
-    public static func rfc3339(_ seconds: Int64) -> String {
-        var time = time_t(seconds)
-        var parts = tm()
-        gmtime_r(&time, &parts)
-        return String(format: "%04d-%02d-%02dT%02d:%02d:%02dZ", parts.tm_year + 1900, parts.tm_mon + 1, parts.tm_mday, parts.tm_hour, parts.tm_min, parts.tm_sec)
     }
 }

@@ -132,7 +132,7 @@ public final class SVIDManager: Sendable {
                 }
                 if stillWanted {
                     issued.increment()
-                    logger.info("issued certificate for \(identity): serial \(svid.leaf.serialNumberHex), valid until \(svid.leaf.notAfter), renews at \(renewAt)")
+                    logger.info("issued certificate for \(identity): serial \(svid.leaf.serialNumberHex), valid until \(Certificate.formatTime(svid.leaf.notAfter)), renews at \(Certificate.formatTime(renewAt))")
                 }
             } catch {
                 failed.increment()
