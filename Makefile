@@ -13,7 +13,7 @@ DEBUG_BIN  := .build/debug
 RELEASE_BIN := .build/release
 
 # Debian packages the build, the tests and the demo need.
-DEB_PACKAGES := libssl-dev libmnl-dev libnftnl-dev pkg-config nftables iproute2 util-linux procps socat iperf3 python3
+DEB_PACKAGES := libssl-dev openssl libmnl-dev libnftnl-dev pkg-config nftables iproute2 util-linux procps socat iperf3 python3
 
 .PHONY: all deps build build-debug test unit-test integration-test demo clean install
 
