@@ -204,6 +204,9 @@ extension AgentConfig {
                 throw nameNode.error("workload \(key) is already defined by workloads[\(first)]")
             }
             for (index, other) in workloads.enumerated() {
+                if let shared = ports.first(where: other.ports.contains) {
+                    throw nameNode.error("port \(shared) is already served by workloads[\(index)] (\(other.namespace)/\(other.name)); in host mode a port on the node belongs to one workload")
+                }
                 if other.cgroup == cgroup {
                     throw cgroupNode.error("cgroup \(cgroup) is already the cgroup of workloads[\(index)] (\(other.namespace)/\(other.name))")
                 }

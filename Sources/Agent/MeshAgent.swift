@@ -58,6 +58,7 @@ public final class MeshAgent: Sendable {
             logger: logger
         )
         let connections = ConnectionTracker(maximum: config.limits.maxConnections)
+        let destinations = NodeDestinations(registry: registry, logger: logger)
         let outbound = OutboundProxy(
             configuration: .init(
                 port: config.ports.outbound, mark: config.mark,
@@ -65,6 +66,7 @@ public final class MeshAgent: Sendable {
             ),
             group: group,
             identifier: CgroupSourceIdentifier(sockDiag: sockDiag, registry: registry),
+            destinations: destinations,
             accessLog: accessLog,
             connections: connections,
             logger: logger
@@ -98,6 +100,7 @@ public final class MeshAgent: Sendable {
                 ticks += 1
                 registry.rescan()
                 capture.sync()
+                destinations.refreshAddresses()
                 svids.setIdentities(registry.presentIdentities)
                 if trustBundle.poll() != nil {
                     svids.renewAll(because: "the trust bundle \(trustBundle.path) changed")

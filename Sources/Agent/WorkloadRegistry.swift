@@ -64,6 +64,13 @@ public final class WorkloadRegistry: Sendable {
         Set(members.filter { $0.cgroupID != nil }.map(\.workload.identity))
     }
 
+    /// The present workload that serves `port` on this node, if any.
+    public func presentWorkload(servingPort port: UInt16) -> Workload? {
+        state.withLockedValue { state in
+            state.members.first { $0.cgroupID != nil && $0.workload.ports.contains(port) }?.workload
+        }
+    }
+
     /// The capture-set elements for the workloads whose cgroups exist, by level.
     public var elementsByLevel: [Int: [CgroupID]] {
         var result: [Int: [CgroupID]] = [:]
@@ -169,6 +176,37 @@ public final class WorkloadRegistry: Sendable {
             if !removed.isEmpty { changes.removed[level] = removed }
         }
         return changes
+    }
+}
+
+/// Answers "is this destination a workload on this node?": the address must be
+/// one of the node's own and the port one that a present workload serves.
+public final class NodeDestinations: LocalDestinations {
+    private let registry: WorkloadRegistry
+    private let addresses = NIOLockedValueBox<Set<String>>([])
+    private let logger: Logger
+
+    public init(registry: WorkloadRegistry, logger: Logger) {
+        self.registry = registry
+        self.logger = logger
+        refreshAddresses()
+    }
+
+    /// Re-reads the node's interface addresses (they change with DHCP, new
+    /// interfaces, pods coming and going).
+    public func refreshAddresses() {
+        do {
+            let current = Set(try InterfaceAddresses.current().compactMap(\.ipAddress))
+            addresses.withLockedValue { $0 = current }
+        } catch {
+            logger.warning("\(error); same-node destinations are recognised by the last known addresses")
+        }
+    }
+
+    public func localWorkload(at destination: SocketAddress) -> Workload? {
+        guard let port = destination.port, let ip = destination.ipAddress,
+              addresses.withLockedValue({ $0.contains(ip) }) else { return nil }
+        return registry.presentWorkload(servingPort: UInt16(port))
     }
 }
 

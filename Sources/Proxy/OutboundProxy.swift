@@ -11,6 +11,11 @@ public protocol SourceIdentifier: Sendable {
     func identify(client: SocketAddress, originalDestination: SocketAddress) throws -> Workload
 }
 
+/// Which workload on this node, if any, a destination address belongs to.
+public protocol LocalDestinations: Sendable {
+    func localWorkload(at destination: SocketAddress) -> Workload?
+}
+
 /// Where finished connections are reported.
 public protocol AccessLogSink: Sendable {
     func record(_ entry: AccessLogEntry)
@@ -37,16 +42,18 @@ public final class OutboundProxy: Sendable {
     private let configuration: Configuration
     private let group: EventLoopGroup
     private let identifier: SourceIdentifier
+    private let destinations: LocalDestinations
     private let accessLog: AccessLogSink
     private let logger: Logger
     public let connections: ConnectionTracker
     private let metrics = OutboundMetrics()
     private let listeners = NIOLockedValueBoxHolder()
 
-    public init(configuration: Configuration, group: EventLoopGroup, identifier: SourceIdentifier, accessLog: AccessLogSink, connections: ConnectionTracker, logger: Logger) {
+    public init(configuration: Configuration, group: EventLoopGroup, identifier: SourceIdentifier, destinations: LocalDestinations, accessLog: AccessLogSink, connections: ConnectionTracker, logger: Logger) {
         self.configuration = configuration
         self.group = group
         self.identifier = identifier
+        self.destinations = destinations
         self.accessLog = accessLog
         self.connections = connections
         self.logger = logger
@@ -136,6 +143,13 @@ public final class OutboundProxy: Sendable {
         entry.sourceWorkload = workload.qualifiedName
         entry.sourceIdentity = workload.identity.description
         entry.destinationAddress = destination
+        // Both ends on this node: no tunnel is needed, and both identities are
+        // known from the registry.
+        if let local = destinations.localWorkload(at: destination) {
+            entry.reason = "same-node"
+            entry.destinationWorkload = local.qualifiedName
+            entry.destinationIdentity = local.identity.description
+        }
 
         let upstream = ClientBootstrap(group: client.eventLoop)
             .channelOption(ChannelOptions.Types.SocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_MARK)), value: Int(CInt(bitPattern: configuration.mark)))

@@ -93,6 +93,7 @@ import Testing
         ("trustDomain: td\nworkloads:\n  - {name: a, namespace: ns, cgroup: /x}\n  - {name: a, namespace: ns, cgroup: /y}\n", "workloads[1].name: workload ns/a is already defined by workloads[0]"),
         ("trustDomain: td\nworkloads:\n  - {name: a, namespace: ns, cgroup: /x}\n  - {name: b, namespace: ns, cgroup: /x}\n", "workloads[1].cgroup: cgroup /x is already the cgroup of workloads[0]"),
         ("trustDomain: td\nworkloads:\n  - {name: a, namespace: ns, cgroup: /x}\n  - {name: b, namespace: ns, cgroup: /x/y}\n", "are nested"),
+        ("trustDomain: td\nworkloads:\n  - {name: a, namespace: ns, cgroup: /x, ports: [80, 8080]}\n  - {name: b, namespace: ns, cgroup: /y, ports: [8080]}\n", "workloads[1].name: port 8080 is already served by workloads[0]"),
         ("trustDomain: td\nworkloads:\n  - {name: A_B, namespace: ns, cgroup: /x}\n", "workloads[0].name: \"A_B\" is not a valid name"),
         ("trustDomain: td\nworkloads:\n  - {name: a, namespace: ns, cgroup: /x, port: [1]}\n", "workloads[0].port: unknown key"),
         ("trustDomain: [td\n", "agent.yaml:2: not valid YAML"),

@@ -218,6 +218,8 @@ class Agent:
                 f"    namespace: {w.get('namespace', 'test')}",
                 f"    cgroup: {w['cgroup']}",
             ]
+            if w.get("ports"):
+                lines.append(f"    ports: [{', '.join(str(p) for p in w['ports'])}]")
         if not workloads:
             lines[-1] = "workloads: []"
         self.config_path.write_text("\n".join(lines) + "\n")

@@ -42,6 +42,28 @@ def test_workload_connection_is_captured_and_attributed(topology, cgroups, make_
     assert entry["duration_ms"] >= 0
 
 
+def test_same_node_destination_names_both_workloads(topology, cgroups, make_agent):
+    server = workload(cgroups, "backend")
+    server["ports"] = [PORT]
+    agent = make_agent([workload(cgroups, "frontend"), server]).start()
+    topology.spawn(topology.node, [os.sys.executable, str(PEER), "serve", "echo", str(PORT)], cgroup=cgroups.directory("backend")).stdout.readline()
+    topology.spawn(topology.node, [os.sys.executable, str(PEER), "serve", "echo", str(PORT + 1)]).stdout.readline()
+
+    local = topology.client(["echo", topology.node_ip, PORT, "to my neighbour"], cgroup=cgroups.directory("frontend"))
+    entry = agent.entry_for_port(local["local_port"])
+    assert entry["reason"] == "same-node"
+    assert entry["src_identity"] == identity("frontend")
+    assert entry["dst_workload"] == "test/backend"
+    assert entry["dst_identity"] == identity("backend")
+    assert entry["bytes_sent"] == len("to my neighbour")
+
+    # A port on this node that no workload serves is not a workload destination.
+    other = topology.client(["echo", topology.node_ip, PORT + 1, "to nobody in particular"], cgroup=cgroups.directory("frontend"))
+    entry = agent.entry_for_port(other["local_port"])
+    assert entry["reason"] == "passthrough"
+    assert entry["dst_identity"] is None
+
+
 def test_process_in_another_cgroup_is_not_captured(topology, cgroups, make_agent):
     agent = make_agent([workload(cgroups, "orders")]).start()
     cgroups.make("bystander")
