@@ -34,6 +34,9 @@ public final class WorkloadRegistry: Sendable {
         var owners: [CgroupID: Int] = [:]
         /// When a lookup miss last made us walk the cgroup trees.
         var lastMissRescan: ContinuousClock.Instant?
+        /// The present workload serving each port (per-connection lookups must not
+        /// scan every member).
+        var servingPort: [UInt16: Int] = [:]
     }
 
     /// Lookups run on event loops; a burst of misses must not turn into a burst
@@ -67,7 +70,8 @@ public final class WorkloadRegistry: Sendable {
     /// The present workload that serves `port` on this node, if any.
     public func presentWorkload(servingPort port: UInt16) -> Workload? {
         state.withLockedValue { state in
-            state.members.first { $0.cgroupID != nil && $0.workload.ports.contains(port) }?.workload
+            guard let index = state.servingPort[port], index < state.members.count else { return nil }
+            return state.members[index].workload
         }
     }
 
@@ -96,6 +100,11 @@ public final class WorkloadRegistry: Sendable {
                     cgroupID: previous[entry.cgroup] ?? nil
                 )
             }
+            // The indexes point into the old member list; until the rescan below
+            // rebuilds them, a lookup must miss (and refuse) rather than land on
+            // whichever workload now sits at that position.
+            state.owners = [:]
+            state.servingPort = [:]
         }
         rescan()
     }
@@ -123,10 +132,15 @@ public final class WorkloadRegistry: Sendable {
             // A reload may have replaced the members while we looked; then the next
             // scan (which the reload triggers) is the one that counts.
             guard state.members.map(\.cgroup) == snapshot.map(\.cgroup) else { return }
+            var servingPort: [UInt16: Int] = [:]
             for index in state.members.indices {
                 state.members[index].cgroupID = found[index]
+                if found[index] != nil {
+                    for port in state.members[index].workload.ports { servingPort[port] = index }
+                }
             }
             state.owners = owners
+            state.servingPort = servingPort
         }
         let changes = Self.difference(from: before, to: elementsByLevel)
         for (level, ids) in changes.added {
