@@ -530,7 +530,7 @@ extension NFT.Table {
         func check(comment: String?, what: String) throws(NetfilterError) {
             guard let comment else { return }
             guard comment.utf8.count <= Self.maxCommentLength, !comment.utf8.contains(0) else {
-                throw .invalidRuleset("the comment of \(what) is longer than \(Self.maxCommentLength) bytes")
+                throw .invalidRuleset("the comment of \(what) is longer than \(Self.maxCommentLength) bytes or contains a NUL byte; shorten it")
             }
         }
         try check(name: name, what: "table")

@@ -47,7 +47,8 @@ public final class OutboundProxy: Sendable {
     private let logger: Logger
     public let connections: ConnectionTracker
     private let metrics = OutboundMetrics()
-    private let listeners = NIOLockedValueBoxHolder()
+    /// The bound listener channels, set by `start` and taken by `stopAccepting`.
+    private let listeners = NIOLockedValueBox<[Channel]>([])
 
     public init(configuration: Configuration, group: EventLoopGroup, identifier: SourceIdentifier, destinations: LocalDestinations, accessLog: AccessLogSink, connections: ConnectionTracker, logger: Logger) {
         self.configuration = configuration
@@ -75,13 +76,13 @@ public final class OutboundProxy: Sendable {
                 throw ProxyError.cannotListen(address: address, port: configuration.port, underlying: "\(error)")
             }
         }
-        listeners.set(bound)
+        listeners.withLockedValue { $0 = bound }
         logger.info("outbound listener ready on port \(configuration.port)")
     }
 
     /// Stops accepting; connections already proxied carry on.
     public func stopAccepting() async {
-        for channel in listeners.take() {
+        for channel in listeners.withLockedValue({ channels in defer { channels = [] }; return channels }) {
             try? await channel.close()
         }
     }
@@ -208,12 +209,6 @@ func wallClock() -> Double {
     return Double(now.tv_sec) + Double(now.tv_nsec) / 1_000_000_000
 }
 
-/// The bound listener channels, set once by `start` and taken by `stopAccepting`.
-private final class NIOLockedValueBoxHolder: Sendable {
-    private let channels = NIOLockedValueBox<[Channel]>([])
-    func set(_ value: [Channel]) { channels.withLockedValue { $0 = value } }
-    func take() -> [Channel] { channels.withLockedValue { value in defer { value = [] }; return value } }
-}
 
 /// Counters for the outbound path, created once: swift-metrics looks the backend
 /// up when a metric is made, not when it is incremented.
