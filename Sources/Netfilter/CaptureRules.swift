@@ -11,27 +11,41 @@ public struct CaptureParameters: Hashable, Sendable {
     public var markMask: UInt32
     /// The outbound capture listener (loopback only).
     public var outboundPort: UInt16
+    /// The inbound-plaintext listener: plaintext from outside the node to a
+    /// PERMISSIVE workload port is redirected there.
+    public var inboundPlaintextPort: UInt16
     /// The cgroup depths below the cgroup v2 root at which workloads are matched;
     /// one set per depth.
     public var workloadCgroupLevels: [Int]
     /// Initial elements of each level's set. Levels not in `workloadCgroupLevels`
     /// are ignored.
     public var workloadCgroups: [Int: [CgroupID]]
+    /// The TCP ports local workloads serve, by PeerAuthentication mode: initial
+    /// elements of the sets `strict_ports` and `permissive_ports`. A port belongs in
+    /// at most one of them.
+    public var strictPorts: [UInt16]
+    public var permissivePorts: [UInt16]
 
     public init(
         tableName: String = "mesh_agent",
         mark: UInt32 = 0x539,
         markMask: UInt32 = 0xfff,
         outboundPort: UInt16 = 15001,
+        inboundPlaintextPort: UInt16 = 15006,
         workloadCgroupLevels: [Int] = [],
-        workloadCgroups: [Int: [CgroupID]] = [:]
+        workloadCgroups: [Int: [CgroupID]] = [:],
+        strictPorts: [UInt16] = [],
+        permissivePorts: [UInt16] = []
     ) {
         self.tableName = tableName
         self.mark = mark
         self.markMask = markMask
         self.outboundPort = outboundPort
+        self.inboundPlaintextPort = inboundPlaintextPort
         self.workloadCgroupLevels = workloadCgroupLevels
         self.workloadCgroups = workloadCgroups
+        self.strictPorts = strictPorts
+        self.permissivePorts = permissivePorts
     }
 }
 
@@ -43,6 +57,8 @@ public struct CaptureParameters: Hashable, Sendable {
 /// table inet mesh_agent {
 ///     comment "mesh-agent transparent capture; owned by mesh-agent, which replaces it as a whole"
 ///     set workloads_l2 { type cgroupsv2; comment "workload cgroups at depth 2 below the cgroup v2 root" }
+///     set strict_ports { type inet_service; comment "workload ports that accept only mutual TLS (PeerAuthentication STRICT)" }
+///     set permissive_ports { type inet_service; comment "workload ports that also accept plaintext from outside the node (PERMISSIVE)" }
 ///     chain output {
 ///         type nat hook output priority -100; policy accept;
 ///         meta mark & 0x00000fff == 0x00000539 return comment "…"
@@ -51,19 +67,54 @@ public struct CaptureParameters: Hashable, Sendable {
 ///         ip6 daddr ::1 return comment "…"
 ///         meta l4proto tcp socket cgroupv2 level 2 @workloads_l2 redirect to :15001 comment "…"
 ///     }
+///     chain prerouting {
+///         type nat hook prerouting priority -100; policy accept;
+///         iifname "lo" return comment "…"
+///         tcp dport @permissive_ports redirect to :15006 comment "…"
+///     }
+///     chain input {
+///         type filter hook input priority 0; policy accept;
+///         iifname "lo" return comment "…"
+///         tcp dport @strict_ports reject with tcp reset comment "…"
+///     }
 /// }
 /// ```
 ///
-/// The capture rule repeats `meta l4proto tcp` although an earlier rule already
-/// returned for other protocols: nft refuses `redirect to :PORT` without a
+/// Outbound: the capture rule repeats `meta l4proto tcp` although an earlier rule
+/// already returned for other protocols: nft refuses `redirect to :PORT` without a
 /// transport protocol match in the same rule, and the rule must stay loadable by
 /// `nft -f` (see nft/mesh-agent.nft) and correct on its own.
+///
+/// Inbound (the guard): the workload ports are in two sets by PeerAuthentication
+/// mode, so a workload or a policy change is a set-element update. Connections
+/// from outside the node to a PERMISSIVE port are redirected in prerouting (nat,
+/// first packet of a connection) to the inbound-plaintext listener; those to a
+/// STRICT port are answered with a TCP reset in input, so a peer has to come
+/// through the agent's mTLS tunnel port. Connections from the node itself (the
+/// agent's own dials to workloads, same-node workloads, anything to 127.0.0.0/8 or
+/// to the node's own addresses) arrive on `lo` and pass both chains untouched.
+/// `tcp dport @SET` carries its own `meta l4proto tcp` (nft writes one and lists
+/// it as `tcp dport`), which is also the transport match `redirect` and
+/// `reject with tcp reset` need.
 public enum CaptureRules {
     public static let tableComment = "mesh-agent transparent capture; owned by mesh-agent, which replaces it as a whole"
 
     /// The output chain is a nat chain at dstnat priority (-100) in the output hook,
     /// where `redirect` rewrites locally generated connections.
     public static let outputChainName = "output"
+    /// A nat chain at dstnat priority in the prerouting hook: redirects plaintext
+    /// from outside to PERMISSIVE ports.
+    public static let preroutingChainName = "prerouting"
+    /// A filter chain at filter priority (0) in the input hook: resets plaintext
+    /// from outside to STRICT ports.
+    public static let inputChainName = "input"
+
+    /// The set of workload ports that accept only mutual TLS (elements
+    /// `NFT.SetElement.port`).
+    public static let strictPortSetName = "strict_ports"
+    /// The set of workload ports that also accept plaintext from outside the node
+    /// (elements `NFT.SetElement.port`).
+    public static let permissivePortSetName = "permissive_ports"
 
     public static func workloadSetName(level: Int) -> String {
         "workloads_l\(level)"
@@ -82,14 +133,27 @@ public enum CaptureRules {
             elements: Set(cgroups.map(NFT.SetElement.cgroup)))
     }
 
+    public static func strictPortSet(ports: [UInt16] = []) -> NFT.NamedSet {
+        portSet(strictPortSetName, comment: "workload ports that accept only mutual TLS (PeerAuthentication STRICT)", ports: ports)
+    }
+
+    public static func permissivePortSet(ports: [UInt16] = []) -> NFT.NamedSet {
+        portSet(permissivePortSetName, comment: "workload ports that also accept plaintext from outside the node (PERMISSIVE)", ports: ports)
+    }
+
+    private static func portSet(_ name: String, comment: String, ports: [UInt16]) -> NFT.NamedSet {
+        NFT.NamedSet(name: name, keyType: .inetService, comment: comment, elements: Set(ports.map(NFT.SetElement.port)))
+    }
+
     public static func table(for parameters: CaptureParameters) -> NFT.Table {
         let levels = levels(of: parameters)
         return NFT.Table(
             family: .inet,
             name: parameters.tableName,
             comment: tableComment,
-            sets: levels.map { workloadSet(level: $0, cgroups: parameters.workloadCgroups[$0] ?? []) },
-            chains: [outputChain(for: parameters)])
+            sets: levels.map { workloadSet(level: $0, cgroups: parameters.workloadCgroups[$0] ?? []) }
+                + [strictPortSet(ports: parameters.strictPorts), permissivePortSet(ports: parameters.permissivePorts)],
+            chains: [outputChain(for: parameters), preroutingChain(for: parameters), inputChain(for: parameters)])
     }
 
     public static func outputChain(for parameters: CaptureParameters) -> NFT.Chain {
@@ -117,5 +181,33 @@ public enum CaptureRules {
             name: outputChainName,
             base: NFT.BaseChain(type: .nat, hook: .output, priority: NFT.Priority.dstnat, policy: .accept),
             rules: rules)
+    }
+
+    public static func preroutingChain(for parameters: CaptureParameters) -> NFT.Chain {
+        guardChain(
+            preroutingChainName, NFT.BaseChain(type: .nat, hook: .prerouting, priority: NFT.Priority.dstnat, policy: .accept),
+            NFT.Rule(
+                [.tcpDestinationPortInSet(permissivePortSetName), .redirect(toPort: parameters.inboundPlaintextPort)],
+                comment: "plaintext from outside to a PERMISSIVE workload port goes to the inbound-plaintext listener, as an unauthenticated source"))
+    }
+
+    public static func inputChain(for parameters: CaptureParameters) -> NFT.Chain {
+        guardChain(
+            inputChainName, NFT.BaseChain(type: .filter, hook: .input, priority: NFT.Priority.filter, policy: .accept),
+            NFT.Rule(
+                [.tcpDestinationPortInSet(strictPortSetName), .rejectTCPReset],
+                comment: "plaintext from outside to a STRICT workload port is refused; peers must come through the agent's mTLS tunnel"))
+    }
+
+    /// An inbound chain: traffic from the node itself returns first, then the guard.
+    private static func guardChain(_ name: String, _ base: NFT.BaseChain, _ guardRule: NFT.Rule) -> NFT.Chain {
+        NFT.Chain(
+            name: name, base: base,
+            rules: [
+                NFT.Rule(
+                    [.inputInterface("lo"), .return],
+                    comment: "traffic from this node itself (the agent's own dials, same-node workloads) comes in on lo and is never guarded"),
+                guardRule,
+            ])
     }
 }

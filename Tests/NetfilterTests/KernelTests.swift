@@ -20,7 +20,7 @@ struct KernelTests {
             #expect(listing.contains("set workloads_l3 {"))
             #expect(listing.contains(#"comment "workload cgroups at depth 2 below the cgroup v2 root""#))
             #expect(listing.contains("type nat hook output priority -100; policy accept;"))
-            for rule in table.chains[0].rules {
+            for rule in table.chains.flatMap(\.rules) {
                 #expect(listing.contains("\t\t\(rule)\n"), "nft list shows \(rule)")
             }
             let live = try #require(try client.liveTable(named: "mesh_agent"))
@@ -41,7 +41,7 @@ struct KernelTests {
                 table inet mesh_agent {
                     set old_set { type inet_service; elements = { 80, 443 }; }
                     set workloads_l2 { type ipv4_addr; }
-                    chain input {
+                    chain old_input {
                         type filter hook input priority 0; policy accept;
                         tcp dport @old_set drop
                     }
@@ -58,13 +58,14 @@ struct KernelTests {
             }
             #expect(lines.contains("set workloads_l2: key type is ipv4_addr, want cgroupsv2"))
             #expect(lines.contains("set old_set: not in the desired table"))
-            #expect(lines.contains("chain input: not in the desired table"))
+            #expect(lines.contains("chain old_input: not in the desired table"))
+            #expect(lines.contains("chain input: missing"))
             #expect(lines.contains { $0.hasPrefix("chain output: unexpected rule at position 1") && $0.contains("meta l4proto tcp redirect to :9999") })
 
             try client.replace(desired)
             let listing = try namespace.nft("list", "table", "inet", "mesh_agent")
             #expect(!listing.contains("old_set"))
-            #expect(!listing.contains("chain input"))
+            #expect(!listing.contains("chain old_input"))
             #expect(!listing.contains("9999"))
             #expect(try client.drift(desired: desired) == .inSync)
             // Replacing again with the same table is a no-op in effect.

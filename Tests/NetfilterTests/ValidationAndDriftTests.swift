@@ -159,17 +159,22 @@ import Testing
         var changed = live(desired)
         changed.chains[0].hookNumber = 1
         changed.chains[0].type = "filter"
-        changed.chains.append(LiveChain(name: "input"))
+        changed.chains.append(LiveChain(name: "leftover"))
         #expect(
             Drift.between(desired: desired, live: changed)
                 == .differs([
                     #"chain output: is "type filter hook input priority -100; policy accept;", want "type nat hook output priority -100; policy accept;""#,
-                    "chain input: not in the desired table",
+                    "chain leftover: not in the desired table",
                 ]))
         var empty = live(desired)
         empty.chains = []
         empty.sets = []
-        #expect(Drift.between(desired: desired, live: empty) == .differs(["set workloads_l2: missing", "chain output: missing"]))
+        #expect(
+            Drift.between(desired: desired, live: empty)
+                == .differs([
+                    "set workloads_l2: missing", "set strict_ports: missing", "set permissive_ports: missing",
+                    "chain output: missing", "chain prerouting: missing", "chain input: missing",
+                ]))
     }
 }
 
