@@ -14,6 +14,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/apple/swift-nio-http2.git", from: "1.46.0"),
     ],
     targets: [
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
@@ -54,15 +55,23 @@ let package = Package(
                 "LinuxNet", "TLS",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+                .product(name: "NIOHPACK", package: "swift-nio-http2"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
         .target(
+            name: "Policy",
+            dependencies: [
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        .target(
             name: "Agent",
             dependencies: [
-                "Proxy", "Netfilter", "LinuxNet", "TLS", "Identity",
+                "Proxy", "Netfilter", "LinuxNet", "TLS", "Identity", "Policy",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -92,8 +101,11 @@ let package = Package(
             "Proxy", "TLS",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
+            .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+            .product(name: "NIOHPACK", package: "swift-nio-http2"),
         ]),
         .testTarget(name: "AgentTests", dependencies: ["Agent"]),
+        .testTarget(name: "PolicyTests", dependencies: ["Policy"]),
         .testTarget(name: "TLSTests", dependencies: [
             "TLS", "COpenSSL",
             .product(name: "NIOCore", package: "swift-nio"),

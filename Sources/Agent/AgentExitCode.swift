@@ -1,5 +1,6 @@
 import LinuxNet
 import Netfilter
+import Policy
 
 /// Exit codes of `mesh-agent`, from sysexits(3) so that systemd and scripts can
 /// tell a bad config from a missing kernel feature.
@@ -11,7 +12,7 @@ public enum AgentExitCode {
 
     public static func `for`(_ error: Error) -> Int32 {
         switch error {
-        case is YAMLError: return badConfig
+        case is YAMLError, is PolicyLoadError: return badConfig
         case AgentError.notRoot: return notPermitted
         case is NetfilterError, is CgroupError: return unavailable
         default: return failure

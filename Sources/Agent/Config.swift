@@ -1,5 +1,6 @@
 import Foundation
 import LinuxNet
+import Policy
 import Proxy
 import TLS
 
@@ -8,7 +9,7 @@ import TLS
 public struct AgentConfig: Equatable, Sendable {
     public enum CaptureMode: String, Sendable { case host, netns }
     public enum FailureMode: String, Sendable { case open, closed }
-    public enum MTLSMode: String, Sendable { case PERMISSIVE, STRICT }
+    public typealias MTLSMode = Policy.MTLSMode
 
     public struct Ports: Equatable, Sendable {
         public var outbound: UInt16 = 15001
@@ -305,4 +306,14 @@ func parseDuration(_ text: String) -> Duration? {
         }
     }
     return digits.isEmpty ? total : nil
+}
+
+extension AgentConfig {
+    /// The identity the agent answers tunnel connections with, and the only one
+    /// a source agent accepts at the other end of a tunnel:
+    /// `spiffe://TD/ns/ROOT_NAMESPACE/sa/mesh-agent`. A workload certificate, even
+    /// a stolen one, cannot pose as a node's tunnel endpoint.
+    public var agentIdentity: SpiffeID {
+        get throws { try SpiffeID(trustDomain: trustDomain, namespace: rootNamespace, serviceAccount: "mesh-agent") }
+    }
 }

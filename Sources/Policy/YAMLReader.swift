@@ -8,6 +8,13 @@ public struct YAMLError: Error, Equatable, CustomStringConvertible {
     public let keyPath: String
     public let reason: String
 
+    public init(file: String, line: Int?, keyPath: String, reason: String) {
+        self.file = file
+        self.line = line
+        self.keyPath = keyPath
+        self.reason = reason
+    }
+
     public var description: String {
         let location = line.map { "\(file):\($0)" } ?? file
         return keyPath.isEmpty ? "\(location): \(reason)" : "\(location): \(keyPath): \(reason)"
@@ -17,18 +24,22 @@ public struct YAMLError: Error, Equatable, CustomStringConvertible {
 /// Reads typed values out of a composed YAML node tree and remembers where each
 /// came from. Unknown keys are errors: a misspelt key silently ignored is a
 /// security setting silently left at its default.
-struct YAMLNode {
+public struct YAMLNode {
     let node: Node
-    let file: String
-    let keyPath: String
+    public let file: String
+    public let keyPath: String
 
-    var line: Int? { node.mark?.line }
+    public var line: Int? { node.mark?.line }
 
-    func error(_ reason: String) -> YAMLError {
+    /// True for an empty value (`key:` with nothing after it, `~`, `null`), and for
+    /// an empty document.
+    public var isNull: Bool { node.null != nil }
+
+    public func error(_ reason: String) -> YAMLError {
         YAMLError(file: file, line: line, keyPath: keyPath, reason: reason)
     }
 
-    static func parse(_ text: String, file: String) throws -> YAMLNode? {
+    public static func parse(_ text: String, file: String) throws -> YAMLNode? {
         do {
             guard let node = try Yams.compose(yaml: text) else { return nil }
             return YAMLNode(node: node, file: file, keyPath: "")
@@ -37,12 +48,28 @@ struct YAMLNode {
         }
     }
 
-    func mapping() throws -> YAMLMapping {
+    /// Every document of a multi-document stream (separated by `---`), in order.
+    /// A syntax error anywhere fails the whole stream.
+    public static func documents(_ text: String, file: String) throws -> [YAMLNode] {
+        do {
+            let parser = try Parser(yaml: text)
+            var documents: [YAMLNode] = []
+            while let node = try parser.nextRoot() {
+                documents.append(YAMLNode(node: node, file: file, keyPath: ""))
+            }
+            return documents
+        } catch let error as YamlError {
+            throw YAMLError(file: file, line: error.line, keyPath: "", reason: "not valid YAML: \(error.summary)")
+        }
+    }
+
+    public func mapping() throws -> YAMLMapping {
         guard case .mapping(let mapping) = node else {
             throw error("expected a mapping of keys to values")
         }
         var entries: [(key: String, value: YAMLNode)] = []
         var seen = Set<String>()
+        var keyLines: [String: Int] = [:]
         for (keyNode, valueNode) in mapping {
             guard case .scalar(let key) = keyNode else {
                 throw YAMLError(file: file, line: keyNode.mark?.line, keyPath: keyPath, reason: "keys must be plain strings")
@@ -51,12 +78,13 @@ struct YAMLNode {
             guard seen.insert(key.string).inserted else {
                 throw YAMLError(file: file, line: keyNode.mark?.line, keyPath: childPath, reason: "key appears twice")
             }
+            keyLines[key.string] = keyNode.mark?.line
             entries.append((key.string, YAMLNode(node: valueNode, file: file, keyPath: childPath)))
         }
-        return YAMLMapping(owner: self, entries: entries)
+        return YAMLMapping(owner: self, entries: entries, keyLines: keyLines)
     }
 
-    func sequence() throws -> [YAMLNode] {
+    public func sequence() throws -> [YAMLNode] {
         guard case .sequence(let sequence) = node else {
             throw error("expected a list")
         }
@@ -65,20 +93,20 @@ struct YAMLNode {
         }
     }
 
-    func string() throws -> String {
+    public func string() throws -> String {
         guard case .scalar(let scalar) = node else {
             throw error("expected a single value, not a list or mapping")
         }
         return scalar.string
     }
 
-    func nonEmptyString() throws -> String {
+    public func nonEmptyString() throws -> String {
         let value = try string()
         guard !value.isEmpty else { throw error("must not be empty") }
         return value
     }
 
-    func bool() throws -> Bool {
+    public func bool() throws -> Bool {
         switch try string().lowercased() {
         case "true", "yes", "on": return true
         case "false", "no", "off": return false
@@ -87,7 +115,7 @@ struct YAMLNode {
     }
 
     /// Accepts decimal and `0x` hexadecimal, as operators write packet marks.
-    func unsigned<T: FixedWidthInteger & UnsignedInteger>(_ type: T.Type, in range: ClosedRange<T>? = nil) throws -> T {
+    public func unsigned<T: FixedWidthInteger & UnsignedInteger>(_ type: T.Type, in range: ClosedRange<T>? = nil) throws -> T {
         let text = try string()
         let bounds = range ?? T.min...T.max
         let parsed: UInt64?
@@ -105,7 +133,7 @@ struct YAMLNode {
         return value
     }
 
-    func stringMap() throws -> [String: String] {
+    public func stringMap() throws -> [String: String] {
         var result: [String: String] = [:]
         for (key, value) in try mapping().entries {
             result[key] = try value.string()
@@ -113,7 +141,7 @@ struct YAMLNode {
         return result
     }
 
-    func oneOf<T: RawRepresentable>(_ type: T.Type, _ allowed: [T]) throws -> T where T.RawValue == String {
+    public func oneOf<T: RawRepresentable>(_ type: T.Type, _ allowed: [T]) throws -> T where T.RawValue == String {
         let text = try string()
         guard let value = T(rawValue: text), allowed.contains(where: { $0.rawValue == value.rawValue }) else {
             throw error("must be one of \(allowed.map(\.rawValue).joined(separator: ", ")), got \"\(text)\"")
@@ -124,22 +152,36 @@ struct YAMLNode {
 
 /// The keys of one YAML mapping. Every key must be taken; `finish()` reports the
 /// first one nobody asked for.
-struct YAMLMapping {
-    let owner: YAMLNode
-    let entries: [(key: String, value: YAMLNode)]
+public struct YAMLMapping {
+    public let owner: YAMLNode
+    public let entries: [(key: String, value: YAMLNode)]
+    private let keyLines: [String: Int]
     private var taken = Set<String>()
 
-    init(owner: YAMLNode, entries: [(key: String, value: YAMLNode)]) {
+    init(owner: YAMLNode, entries: [(key: String, value: YAMLNode)], keyLines: [String: Int]) {
         self.owner = owner
         self.entries = entries
+        self.keyLines = keyLines
     }
 
-    mutating func take(_ key: String) -> YAMLNode? {
+    /// The line of `key` itself (a value written on the lines below its key starts
+    /// later).
+    public func line(ofKey key: String) -> Int? {
+        keyLines[key]
+    }
+
+    /// An error about a key of this mapping, located at the key.
+    public func error(key: String, _ reason: String) -> YAMLError {
+        let path = owner.keyPath.isEmpty ? key : "\(owner.keyPath).\(key)"
+        return YAMLError(file: owner.file, line: line(ofKey: key) ?? owner.line, keyPath: path, reason: reason)
+    }
+
+    public mutating func take(_ key: String) -> YAMLNode? {
         taken.insert(key)
         return entries.first(where: { $0.key == key })?.value
     }
 
-    mutating func require(_ key: String) throws -> YAMLNode {
+    public mutating func require(_ key: String) throws -> YAMLNode {
         guard let value = take(key) else {
             let path = owner.keyPath.isEmpty ? key : "\(owner.keyPath).\(key)"
             throw YAMLError(file: owner.file, line: owner.line, keyPath: path, reason: "is required")
@@ -147,7 +189,7 @@ struct YAMLMapping {
         return value
     }
 
-    func finish(allowed: [String]) throws {
+    public func finish(allowed: [String]) throws {
         for entry in entries where !taken.contains(entry.key) {
             throw YAMLError(
                 file: owner.file, line: entry.value.line, keyPath: entry.value.keyPath,
@@ -162,6 +204,8 @@ extension YamlError {
         switch self {
         case .scanner(_, _, let mark, _), .parser(_, _, let mark, _), .composer(_, _, let mark, _):
             return mark.line
+        case .duplicatedKeysInMapping(_, let context):
+            return context.mark.line
         default:
             return nil
         }
@@ -171,6 +215,8 @@ extension YamlError {
         switch self {
         case .scanner(_, let problem, _, _), .parser(_, let problem, _, _), .composer(_, let problem, _, _):
             return problem
+        case .duplicatedKeysInMapping(let duplicates, _):
+            return "a mapping has the key \(duplicates.sorted().map { "\"\($0)\"" }.joined(separator: ", ")) twice"
         default:
             return String(describing: self)
         }
