@@ -6,6 +6,7 @@ import Logging
 import NIOCore
 import NIOPosix
 import Netfilter
+import Policy
 import Proxy
 
 /// The agent: owns capture (the nftables table), the workload registry and the
@@ -38,6 +39,8 @@ public final class MeshAgent: Sendable {
     public func run() async throws {
         guard Privileges.isRoot else { throw AgentError.notRoot }
         let config = try AgentConfig.load(path: configPath)
+        let policies = try PolicyLoader.load(directory: config.policyDir, rootNamespace: config.rootNamespace, defaultMode: config.mtlsMode)
+        log(policies, from: config.policyDir)
 
         let mount = try CgroupV2Mount.discover()
         logger.info("cgroup v2 is mounted at \(mount.path)")
@@ -48,7 +51,9 @@ public final class MeshAgent: Sendable {
         let accessLog = try AccessLogWriter(path: config.accessLog)
         let trustBundle = try TrustBundleWatcher(path: config.ca.trustBundle, logger: logger)
         let svids = SVIDManager(issuer: try Self.loadAuthority(config), lifetime: config.certificateTTL, logger: logger)
-        svids.setIdentities(registry.presentIdentities)
+        let agentIdentity = try config.agentIdentity
+        svids.setIdentities(registry.presentIdentities.union([agentIdentity]))
+        let workloadTLS = WorkloadTLS(svids: svids, bundle: { trustBundle.bundle }, acceptedTrustDomains: [config.trustDomain])
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let admin = AdminServer(
@@ -59,32 +64,61 @@ public final class MeshAgent: Sendable {
         )
         let connections = ConnectionTracker(maximum: config.limits.maxConnections)
         let destinations = NodeDestinations(registry: registry, logger: logger)
+        let connectTimeout = config.limits.connectTimeout.timeAmount
+        // The source agent presents the workload's certificate and accepts only an
+        // agent at the other end; the destination agent answers as itself.
+        let tunnelClient = TunnelClient(
+            configuration: .init(tunnelPort: config.ports.tunnel, mark: config.mark, connectTimeout: connectTimeout),
+            group: group,
+            clientContext: { source in try workloadTLS.context(for: source, role: .client, expectedPeer: agentIdentity) },
+            logger: logger
+        )
         let outbound = OutboundProxy(
             configuration: .init(
                 port: config.ports.outbound, mark: config.mark,
-                connectTimeout: config.limits.connectTimeout.timeAmount
+                connectTimeout: connectTimeout, meshNetworks: config.meshNetworks
             ),
             group: group,
             identifier: CgroupSourceIdentifier(sockDiag: sockDiag, registry: registry),
             destinations: destinations,
             accessLog: accessLog,
             connections: connections,
+            tunnel: tunnelClient,
             logger: logger
         )
+        let tunnelServer = HBONEServer(
+            configuration: .init(port: config.ports.tunnel, mark: config.mark, connectTimeout: connectTimeout),
+            group: group,
+            serverContext: { try workloadTLS.context(for: agentIdentity, role: .server) },
+            destinations: destinations,
+            accessLog: accessLog,
+            connections: connections,
+            logger: logger
+        )
+        let inboundPlaintext = InboundPlaintextProxy(
+            configuration: .init(port: config.ports.inboundPlaintext, mark: config.mark, connectTimeout: connectTimeout),
+            group: group,
+            destinations: destinations,
+            accessLog: accessLog,
+            connections: connections,
+            logger: logger
+        )
+        let listeners = Listeners(outbound: outbound, tunnel: tunnelServer, inboundPlaintext: inboundPlaintext)
         do {
             try await admin.start()
-            try await outbound.start()
+            try await listeners.start()
         } catch {
+            await listeners.stopAccepting()
             await admin.stop()
             try? await group.shutdownGracefully()
             throw error
         }
 
-        var capture = Capture(config: config, registry: registry, netfilter: netfilter, logger: logger)
+        var capture = Capture(config: config, registry: registry, netfilter: netfilter, peerAuthentication: policies.peerAuthentication, logger: logger)
         do {
             try capture.install()
         } catch {
-            await outbound.stopAccepting()
+            await listeners.stopAccepting()
             await admin.stop()
             try? await group.shutdownGracefully()
             throw error
@@ -101,7 +135,7 @@ public final class MeshAgent: Sendable {
                 registry.rescan()
                 capture.sync()
                 destinations.refreshAddresses()
-                svids.setIdentities(registry.presentIdentities)
+                svids.setIdentities(registry.presentIdentities.union([agentIdentity]))
                 if trustBundle.poll() != nil {
                     svids.renewAll(because: "the trust bundle \(trustBundle.path) changed")
                 }
@@ -111,7 +145,7 @@ public final class MeshAgent: Sendable {
                 }
             case .reload:
                 currentConfig = reload(current: currentConfig, registry: registry, capture: &capture)
-                svids.setIdentities(registry.presentIdentities)
+                svids.setIdentities(registry.presentIdentities.union([agentIdentity]))
                 reloadAuthority(currentConfig, svids: svids)
             case .terminate(let signal):
                 logger.info("received \(signal): draining")
@@ -128,7 +162,7 @@ public final class MeshAgent: Sendable {
         } else {
             logger.info("failureMode closed: leaving table inet \(capture.parameters.tableName) in place; workload traffic stays captured until the agent is back")
         }
-        await outbound.stopAccepting()
+        await listeners.stopAccepting()
         let open = connections.count
         if open > 0 {
             logger.info("waiting up to \(currentConfig.drainTimeout) for \(open) connection(s) to finish")
@@ -185,6 +219,8 @@ public final class MeshAgent: Sendable {
         if config.trustDomain != current.trustDomain { restartOnly.append("trustDomain") }
         if config.accessLog != current.accessLog { restartOnly.append("accessLog") }
         if config.limits != current.limits { restartOnly.append("limits") }
+        if config.meshNetworks != current.meshNetworks { restartOnly.append("meshNetworks") }
+        if config.rootNamespace != current.rootNamespace { restartOnly.append("rootNamespace") }
         if !restartOnly.isEmpty {
             logger.warning("reload: \(restartOnly.joined(separator: ", ")) changed; these take effect on restart, the running values stay")
         }
@@ -192,10 +228,26 @@ public final class MeshAgent: Sendable {
         applied.workloads = config.workloads
         applied.failureMode = config.failureMode
         applied.drainTimeout = config.drainTimeout
+        do {
+            let policies = try PolicyLoader.load(directory: config.policyDir, rootNamespace: current.rootNamespace, defaultMode: config.mtlsMode)
+            log(policies, from: config.policyDir)
+            capture.peerAuthentication = policies.peerAuthentication
+            applied.policyDir = config.policyDir
+            applied.mtlsMode = config.mtlsMode
+        } catch {
+            logger.error("policies not reloaded, the previous ones stay in force: \(error)")
+        }
         registry.configure(config.workloads)
         capture.sync()
         logger.info("reloaded \(configPath): \(registry.members.count) workload(s)")
         return applied
+    }
+
+    private func log(_ policies: PolicySet, from directory: String) {
+        logger.info("policies from \(directory): \(policies.files.count) file(s), \(policies.peerAuthentication.policies.count) PeerAuthentication(s), default mTLS mode \(policies.peerAuthentication.defaultMode)\(policies.skippedDocumentCount > 0 ? ", \(policies.skippedDocumentCount) document(s) of kinds not enforced yet" : "")")
+        for warning in policies.warnings {
+            logger.warning("\(warning)")
+        }
     }
 
     /// Signals and the rescan timer as one stream, consumed by the control loop.
@@ -224,6 +276,26 @@ public final class MeshAgent: Sendable {
     }
 }
 
+/// The agent's listeners, started together before capture exists and stopped
+/// together when it drains.
+struct Listeners {
+    let outbound: OutboundProxy
+    let tunnel: HBONEServer
+    let inboundPlaintext: InboundPlaintextProxy
+
+    func start() async throws {
+        try await tunnel.start()
+        try await inboundPlaintext.start()
+        try await outbound.start()
+    }
+
+    func stopAccepting() async {
+        await outbound.stopAccepting()
+        await inboundPlaintext.stopAccepting()
+        await tunnel.stopAccepting()
+    }
+}
+
 /// Keeps the signal and timer sources alive for as long as the event stream is
 /// consumed; Dispatch sources are thread-safe but not marked Sendable.
 private final class DispatchSources: @unchecked Sendable {
@@ -247,14 +319,19 @@ struct Capture {
     let netfilter: NetfilterClient
     let logger: Logger
 
-    init(config: AgentConfig, registry: WorkloadRegistry, netfilter: NetfilterClient, logger: Logger) {
+    /// Which workload ports accept plaintext from outside the node.
+    var peerAuthentication: PeerAuthenticationSet
+
+    init(config: AgentConfig, registry: WorkloadRegistry, netfilter: NetfilterClient, peerAuthentication: PeerAuthenticationSet, logger: Logger) {
         var parameters = CaptureParameters()
         parameters.mark = config.mark
         parameters.markMask = config.markMask
         parameters.outboundPort = config.ports.outbound
+        parameters.inboundPlaintextPort = config.ports.inboundPlaintext
         self.parameters = parameters
         self.registry = registry
         self.netfilter = netfilter
+        self.peerAuthentication = peerAuthentication
         self.logger = logger
         refreshMembership()
     }
@@ -262,6 +339,25 @@ struct Capture {
     private mutating func refreshMembership() {
         parameters.workloadCgroupLevels = registry.levels
         parameters.workloadCgroups = registry.elementsByLevel
+        (parameters.strictPorts, parameters.permissivePorts) = guardedPorts
+    }
+
+    /// Every configured workload port, by the mTLS mode its PeerAuthentication
+    /// gives it. Ports of workloads not running yet are guarded too: STRICT
+    /// must hold from the first packet, whoever listens.
+    var guardedPorts: (strict: [UInt16], permissive: [UInt16]) {
+        var strict: [UInt16] = []
+        var permissive: [UInt16] = []
+        for member in registry.members {
+            let workload = member.workload
+            for port in workload.ports {
+                switch peerAuthentication.mode(namespace: workload.namespace, labels: workload.labels, port: port) {
+                case .STRICT: strict.append(port)
+                case .PERMISSIVE: permissive.append(port)
+                }
+            }
+        }
+        return (strict.sorted(), permissive.sorted())
     }
 
     var desired: NFT.Table { CaptureRules.table(for: parameters) }
@@ -285,8 +381,11 @@ struct Capture {
         }
         let target = registry.elementsByLevel
         let changes = WorkloadRegistry.difference(from: parameters.workloadCgroups, to: target)
-        guard !changes.isEmpty else { return }
+        let ports = guardedPorts
+        let portsChanged = ports.strict != parameters.strictPorts || ports.permissive != parameters.permissivePorts
+        guard !changes.isEmpty || portsChanged else { return }
         do {
+            try syncPortSets(strict: ports.strict, permissive: ports.permissive)
             for (level, ids) in changes.removed.sorted(by: { $0.key < $1.key }) {
                 try netfilter.removeElements(ids.map(NFT.SetElement.cgroup), fromSet: CaptureRules.workloadSetName(level: level), inTable: parameters.tableName)
             }
@@ -298,6 +397,29 @@ struct Capture {
             logger.error("cannot update capture set elements: \(error); replacing the whole table")
             reinstall()
         }
+    }
+
+    /// A port moving between modes leaves its old set before it joins the new
+    /// one, so no port is ever in both (rejected and redirected at once); for
+    /// that instant it is unguarded rather than ambiguous.
+    private mutating func syncPortSets(strict: [UInt16], permissive: [UInt16]) throws {
+        let sets = [
+            (name: CaptureRules.strictPortSetName, current: parameters.strictPorts, target: strict),
+            (name: CaptureRules.permissivePortSetName, current: parameters.permissivePorts, target: permissive),
+        ]
+        for set in sets {
+            let removed = Set(set.current).subtracting(set.target)
+            if !removed.isEmpty {
+                try netfilter.removeElements(removed.sorted().map(NFT.SetElement.port), fromSet: set.name, inTable: parameters.tableName)
+            }
+        }
+        for set in sets {
+            let added = Set(set.target).subtracting(set.current)
+            if !added.isEmpty {
+                try netfilter.addElements(added.sorted().map(NFT.SetElement.port), toSet: set.name, inTable: parameters.tableName)
+            }
+        }
+        (parameters.strictPorts, parameters.permissivePorts) = (strict, permissive)
     }
 
     /// Compares the live table with the desired one and repairs any drift.

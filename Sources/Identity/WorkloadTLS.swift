@@ -12,6 +12,7 @@ public final class WorkloadTLS: Sendable {
     private struct Key: Hashable {
         var identity: SpiffeID
         var role: TLSConfiguration.Role
+        var expectedPeer: SpiffeID?
     }
 
     private struct Cached {
@@ -42,18 +43,20 @@ public final class WorkloadTLS: Sendable {
         self.verifierWrapper = verifierWrapper
     }
 
-    /// The context to open (client) or accept (server) a connection as `identity`.
-    public func context(for identity: SpiffeID, role: TLSConfiguration.Role) throws -> TLSContext {
+    /// The context to open (client) or accept (server) a connection as
+    /// `identity`; with `expectedPeer`, a peer with any other SPIFFE ID fails
+    /// the handshake.
+    public func context(for identity: SpiffeID, role: TLSConfiguration.Role, expectedPeer: SpiffeID? = nil) throws -> TLSContext {
         guard let svid = svids.svid(for: identity) else {
             throw WorkloadTLSError.noCertificate(identity)
         }
         let currentBundle = bundle()
-        let key = Key(identity: identity, role: role)
+        let key = Key(identity: identity, role: role, expectedPeer: expectedPeer)
         let serial = svid.leaf.serialNumberHex
         if let cached = cache.withLockedValue({ $0[key] }), cached.serial == serial, cached.bundleFingerprint == currentBundle.fingerprint {
             return cached.context
         }
-        let verifier = verifierWrapper(SpiffeVerifier(bundle: currentBundle, acceptedTrustDomains: acceptedTrustDomains))
+        let verifier = verifierWrapper(SpiffeVerifier(bundle: currentBundle, acceptedTrustDomains: acceptedTrustDomains).expecting(expectedPeer))
         let context = try TLSContext(configuration: TLSConfiguration(
             role: role, certificateChain: svid.chain, privateKey: svid.key, verifier: verifier,
             applicationProtocols: applicationProtocols, handshakeTimeout: handshakeTimeout

@@ -32,10 +32,12 @@ public final class ConnectionTracker: Sendable {
         return admitted
     }
 
-    /// Closes every connection still open (the drain deadline passed).
+    /// Closes every connection still open (the drain deadline passed). A tunnel
+    /// stream goes with its whole peer connection: a stream whose peer stopped
+    /// reading would otherwise wait for window to send its END_STREAM.
     public func closeAll() {
         for channel in channels.withLockedValue({ Array($0.values) }) {
-            channel.close(promise: nil)
+            (channel.parent ?? channel).close(promise: nil)
         }
     }
 }

@@ -31,11 +31,15 @@ public final class OutboundProxy: Sendable {
         public var bindAddresses: [String] = ["127.0.0.1", "::1"]
         public var mark: UInt32
         public var connectTimeout: TimeAmount
+        /// Destinations whose agents speak HBONE: connections to them (other than
+        /// to this node's workloads) go through the tunnel.
+        public var meshNetworks: [IPPrefix]
 
-        public init(port: UInt16, mark: UInt32, connectTimeout: TimeAmount) {
+        public init(port: UInt16, mark: UInt32, connectTimeout: TimeAmount, meshNetworks: [IPPrefix] = []) {
             self.port = port
             self.mark = mark
             self.connectTimeout = connectTimeout
+            self.meshNetworks = meshNetworks
         }
     }
 
@@ -44,65 +48,49 @@ public final class OutboundProxy: Sendable {
     private let identifier: SourceIdentifier
     private let destinations: LocalDestinations
     private let accessLog: AccessLogSink
+    private let tunnel: TunnelClient?
     private let logger: Logger
     public let connections: ConnectionTracker
     private let metrics = OutboundMetrics()
-    /// The bound listener channels, set by `start` and taken by `stopAccepting`.
-    private let listeners = NIOLockedValueBox<[Channel]>([])
+    private let listeners = ListenerSet(name: "outbound")
 
-    public init(configuration: Configuration, group: EventLoopGroup, identifier: SourceIdentifier, destinations: LocalDestinations, accessLog: AccessLogSink, connections: ConnectionTracker, logger: Logger) {
+    /// - Parameter tunnel: carries connections to `meshNetworks`; without one,
+    ///   every destination that is not on this node is passed through.
+    public init(
+        configuration: Configuration, group: EventLoopGroup, identifier: SourceIdentifier, destinations: LocalDestinations,
+        accessLog: AccessLogSink, connections: ConnectionTracker, tunnel: TunnelClient? = nil, logger: Logger
+    ) {
         self.configuration = configuration
         self.group = group
         self.identifier = identifier
         self.destinations = destinations
         self.accessLog = accessLog
         self.connections = connections
+        self.tunnel = tunnel
         self.logger = logger
     }
 
     /// Binds every listen address. The capture rules must not be installed before
     /// this succeeds, or captured connections would be refused by the kernel.
     public func start() async throws {
-        var bound: [Channel] = []
-        for address in configuration.bindAddresses {
-            do {
-                let channel = try await makeBootstrap().bind(host: address, port: Int(configuration.port)).get()
-                bound.append(channel)
-            } catch where address.contains(":") && !bound.isEmpty {
-                // A host without IPv6 on loopback still works for IPv4.
-                logger.warning("outbound listener not bound on [\(address)]:\(configuration.port): \(error); IPv6 connections will not be captured")
-            } catch {
-                for channel in bound { try? await channel.close() }
-                throw ProxyError.cannotListen(address: address, port: configuration.port, underlying: "\(error)")
-            }
+        try await listeners.bind(addresses: configuration.bindAddresses, port: configuration.port, warn: { logger.warning("\($0)") }) {
+            ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 4096)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.allowRemoteHalfClosure, value: true)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.recvAllocator, value: Dialer.receiveBuffers)
+                .childChannelInitializer { [self] channel in
+                    accept(channel)
+                }
         }
-        listeners.withLockedValue { $0 = bound }
         logger.info("outbound listener ready on port \(configuration.port)")
     }
 
     /// Stops accepting; connections already proxied carry on.
     public func stopAccepting() async {
-        for channel in listeners.withLockedValue({ channels in defer { channels = [] }; return channels }) {
-            try? await channel.close()
-        }
+        await listeners.close()
     }
-
-    private func makeBootstrap() -> ServerBootstrap {
-        ServerBootstrap(group: group)
-            .serverChannelOption(.backlog, value: 4096)
-            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-            .childChannelOption(.allowRemoteHalfClosure, value: true)
-            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.recvAllocator, value: Self.receiveBuffers)
-            .childChannelInitializer { [self] channel in
-                accept(channel)
-            }
-    }
-
-    /// Bulk transfers read up to 256 KiB per syscall (NIO's default stops at
-    /// 64 KiB); the buffer grows only while reads fill it, so idle and chatty
-    /// connections keep small ones.
-    static let receiveBuffers = AdaptiveRecvByteBufferAllocator(minimum: 1024, initial: 16 * 1024, maximum: 256 * 1024)
 
     // MARK: One connection
 
@@ -136,59 +124,58 @@ public final class OutboundProxy: Sendable {
         }
     }
 
+    /// Where a connection goes: to a workload on this node directly, to another
+    /// node's agent through the tunnel, or, outside the mesh, straight through.
     private func connect(client: Channel, peer: SocketAddress, workload: Workload, destination: SocketAddress, started: NIODeadline) -> EventLoopFuture<Void> {
-        let (clientSide, upstreamSide) = SpliceHandler.pair()
-        let handlers = NIOLoopBound((client: clientSide, upstream: upstreamSide), eventLoop: client.eventLoop)
         var entry = AccessLogEntry(time: wallClock(), direction: .outbound, tls: .none, action: .allow, reason: "passthrough")
         entry.sourceAddress = peer
         entry.sourceWorkload = workload.qualifiedName
         entry.sourceIdentity = workload.identity.description
         entry.destinationAddress = destination
-        // Both ends on this node: no tunnel is needed, and both identities are
-        // known from the registry.
+        let handlers = SpliceHandler.pair(on: client.eventLoop)
+
+        let upstream: EventLoopFuture<Channel>
         if let local = destinations.localWorkload(at: destination) {
+            // Both ends on this node: no tunnel is needed, and both identities are
+            // known from the registry.
             entry.reason = "same-node"
             entry.destinationWorkload = local.qualifiedName
             entry.destinationIdentity = local.identity.description
-        }
-
-        let upstream = ClientBootstrap(group: client.eventLoop)
-            .channelOption(ChannelOptions.Types.SocketOption(level: SocketOptionLevel(SOL_SOCKET), name: SocketOptionName(SO_MARK)), value: Int(CInt(bitPattern: configuration.mark)))
-            .channelOption(.allowRemoteHalfClosure, value: true)
-            .channelOption(.socketOption(.tcp_nodelay), value: 1)
-            .channelOption(.recvAllocator, value: Self.receiveBuffers)
-            .connectTimeout(configuration.connectTimeout)
-            .channelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(handlers.value.upstream)
-                }
+            upstream = dial(destination, on: client.eventLoop, splicing: handlers)
+        } else if let tunnel, configuration.meshNetworks.contains(where: { $0.contains(destination) }) {
+            entry.reason = "hbone"
+            entry.tls = .mutual
+            upstream = tunnel.openStream(from: workload.identity, to: destination, on: client.eventLoop).flatMapThrowing { stream in
+                let operations = stream.pipeline.syncOperations
+                try operations.addHandler(HBONEStreamBridge())
+                try operations.addHandler(handlers.value.upstream)
+                try HBONEStreamBridge.startReading(stream)
+                return stream
             }
-            .connect(to: destination)
+        } else {
+            upstream = dial(destination, on: client.eventLoop, splicing: handlers)
+        }
 
         let opened = entry
         return upstream.flatMapError { error in
             self.metrics.connectFailed()
             var failed = opened
             failed.reason = "connect to destination failed: \(error)"
-            failed.durationMilliseconds = Self.milliseconds(since: started)
+            failed.durationMilliseconds = milliseconds(since: started)
             self.accessLog.record(failed)
             return client.eventLoop.makeFailedFuture(error) as EventLoopFuture<Channel>
         }.flatMapThrowing { (upstreamChannel: Channel) -> Void in
-            try client.pipeline.syncOperations.addHandler(handlers.value.client)
-            self.metrics.opened()
-            client.closeFuture.and(upstreamChannel.closeFuture).hop(to: client.eventLoop).whenComplete { _ in
-                var finished = opened
-                finished.bytesReceived = handlers.value.client.bytesRead
-                finished.bytesSent = handlers.value.upstream.bytesRead
-                finished.durationMilliseconds = Self.milliseconds(since: started)
+            try completeSplice(client: client, upstream: upstreamChannel, handlers: handlers, entry: opened, started: started, accessLog: self.accessLog) {
                 self.metrics.closed()
-                self.accessLog.record(finished)
             }
+            self.metrics.opened()
         }
     }
 
-    private static func milliseconds(since start: NIODeadline) -> Double {
-        Double((NIODeadline.now() - start).nanoseconds) / 1_000_000
+    private func dial(_ destination: SocketAddress, on eventLoop: EventLoop, splicing handlers: NIOLoopBound<SplicePair>) -> EventLoopFuture<Channel> {
+        Dialer(mark: configuration.mark, connectTimeout: configuration.connectTimeout).connect(to: destination, on: eventLoop) { channel in
+            try channel.pipeline.syncOperations.addHandler(handlers.value.upstream)
+        }
     }
 }
 

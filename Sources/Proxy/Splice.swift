@@ -40,10 +40,13 @@ struct SpliceSideState {
         return .drainThenEndOutput
     }
 
-    /// Everything queued before `partnerFinished` has been written.
+    /// Everything queued before `partnerFinished` has been written. Output is
+    /// shut even when input has ended too: on a socket NIO turns that into a full
+    /// close, and on a tunnel stream it is the END_STREAM that finishes it
+    /// (closing a stream outright would reset it).
     mutating func outputDrained() -> Action {
         outputClosed = true
-        return inputClosed ? .closeChannel : .shutdownOutput
+        return .shutdownOutput
     }
 
     mutating func errorOccurred() -> Action {
@@ -188,5 +191,35 @@ final class SpliceHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .closeChannel:
             context.close(promise: nil)
         }
+    }
+}
+
+/// The two handlers of one splice: `client` goes into the channel that was
+/// accepted (or the tunnel stream that arrived), `upstream` into the one the
+/// agent opened.
+typealias SplicePair = (client: SpliceHandler, upstream: SpliceHandler)
+
+extension SpliceHandler {
+    static func pair(on eventLoop: EventLoop) -> NIOLoopBound<SplicePair> {
+        let (client, upstream) = SpliceHandler.pair()
+        return NIOLoopBound((client: client, upstream: upstream), eventLoop: eventLoop)
+    }
+}
+
+/// Completes a proxied connection once its upstream is connected (its handler
+/// already in place): the client side joins the splice, and when both channels
+/// have closed the connection is logged with its byte counts.
+func completeSplice(
+    client: Channel, upstream: Channel, handlers: NIOLoopBound<SplicePair>, entry: AccessLogEntry, started: NIODeadline,
+    accessLog: AccessLogSink, closed: @escaping @Sendable () -> Void
+) throws {
+    try client.pipeline.syncOperations.addHandler(handlers.value.client)
+    client.closeFuture.and(upstream.closeFuture).hop(to: client.eventLoop).whenComplete { _ in
+        var finished = entry
+        finished.bytesReceived = handlers.value.client.bytesRead
+        finished.bytesSent = handlers.value.upstream.bytesRead
+        finished.durationMilliseconds = milliseconds(since: started)
+        closed()
+        accessLog.record(finished)
     }
 }

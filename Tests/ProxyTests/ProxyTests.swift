@@ -61,11 +61,14 @@ import Testing
         #expect(state.inputEnded() == .closeChannel)
     }
 
-    @Test func inputEndedFirstClosesWhenOutputDrains() {
+    @Test func inputEndedFirstStillEndsOutputAfterTheDrain() {
+        // A socket escalates this shutdown to a full close; a tunnel stream needs
+        // its END_STREAM, which a plain close would replace by a reset.
         var state = SpliceSideState()
         #expect(state.inputEnded() == .none)
         #expect(state.partnerFinished() == .drainThenEndOutput)
-        #expect(state.outputDrained() == .closeChannel)
+        #expect(state.outputDrained() == .shutdownOutput)
+        #expect(state.inputEnded() == .closeChannel, "a late duplicate input end finishes the channel")
     }
 
     @Test func aCloseIsCleanOnlyAfterOurFINAndWithoutErrors() {

@@ -1,0 +1,136 @@
+import NIOCore
+import NIOHPACK
+import NIOHTTP2
+
+/// HBONE as Istio ambient speaks it: TLS 1.3 with ALPN `h2`, then one HTTP/2
+/// `CONNECT` stream per tunnelled TCP connection, whose `:authority` is the
+/// original destination `ip:port`. These are the protocol's rules, with no I/O.
+public enum HBONE {
+    public static let applicationProtocol = "h2"
+
+    /// Streams one pooled connection carries before the pool opens another.
+    public static let defaultMaximumStreamsPerConnection = 100
+
+    /// Flow-control windows sized for throughput, as ztunnel sizes them: a stream
+    /// may have 4 MiB in flight and a connection 16 MiB.
+    public static let streamWindow = 4 * 1024 * 1024
+    public static let connectionWindow = 16 * 1024 * 1024
+
+    /// The HTTP/2 settings and windows both ends of a tunnel use.
+    static func connectionConfiguration(maximumConcurrentStreams: Int) -> NIOHTTP2Handler.ConnectionConfiguration {
+        var configuration = NIOHTTP2Handler.ConnectionConfiguration()
+        configuration.initialSettings = [
+            HTTP2Setting(parameter: .maxConcurrentStreams, value: maximumConcurrentStreams),
+            HTTP2Setting(parameter: .initialWindowSize, value: streamWindow),
+            HTTP2Setting(parameter: .maxHeaderListSize, value: 16 * 1024),
+        ]
+        configuration.targetWindowSize = connectionWindow
+        return configuration
+    }
+
+    static var streamConfiguration: NIOHTTP2Handler.StreamConfiguration {
+        var configuration = NIOHTTP2Handler.StreamConfiguration()
+        configuration.targetWindowSize = streamWindow
+        // A splice writes up to one receive buffer (256 KiB) at a time; a stream
+        // that holds a few of them keeps the connection busy without letting one
+        // stream queue unbounded data behind the peer's window.
+        configuration.outboundBufferSizeHighWatermark = 1024 * 1024
+        configuration.outboundBufferSizeLowWatermark = 256 * 1024
+        return configuration
+    }
+
+    /// The request that opens a tunnel to `destination`.
+    static func connectRequest(to destination: SocketAddress) -> HPACKHeaders {
+        [":method": "CONNECT", ":authority": AccessLogEntry.format(destination)]
+    }
+
+    static func response(status: Status) -> HPACKHeaders {
+        [":status": String(status.rawValue)]
+    }
+
+    public enum Status: Int, Sendable {
+        case ok = 200
+        case badRequest = 400
+        case forbidden = 403
+        case badGateway = 502
+        case serviceUnavailable = 503
+    }
+
+    /// Why the server did not open a tunnel: the answer to send and the reason to log.
+    struct Refusal: Error, Equatable {
+        var status: Status
+        var reason: String
+    }
+
+    /// The target of a tunnel request, or why it is refused. Only plain `CONNECT`
+    /// (not the extended CONNECT of RFC 8441) to an IP literal and port is HBONE.
+    static func target(of request: HPACKHeaders) -> Result<SocketAddress, Refusal> {
+        guard let method = request.first(name: ":method") else {
+            return .failure(Refusal(status: .badRequest, reason: "request has no :method"))
+        }
+        guard method == "CONNECT" else {
+            return .failure(Refusal(status: .badRequest, reason: "method \(method) is not CONNECT; this port only opens tunnels"))
+        }
+        if request.first(name: ":protocol") != nil {
+            return .failure(Refusal(status: .badRequest, reason: "extended CONNECT (:protocol) is not HBONE"))
+        }
+        guard let authority = request.first(name: ":authority") else {
+            return .failure(Refusal(status: .badRequest, reason: "CONNECT has no :authority"))
+        }
+        guard let target = parseAuthority(authority) else {
+            return .failure(Refusal(status: .badRequest, reason: "CONNECT authority \"\(authority.prefix(80))\" is not IP:PORT"))
+        }
+        return .success(target)
+    }
+
+    /// `10.77.0.2:8080` or `[fd77::2]:8080`: an IP literal (never a name, so the
+    /// server resolves nothing) and a port from 1 to 65535.
+    static func parseAuthority(_ authority: String) -> SocketAddress? {
+        let host: Substring
+        let port: Substring
+        if authority.hasPrefix("[") {
+            guard let close = authority.firstIndex(of: "]") else { return nil }
+            host = authority[authority.index(after: authority.startIndex)..<close]
+            let rest = authority[authority.index(after: close)...]
+            guard rest.hasPrefix(":") else { return nil }
+            port = rest.dropFirst()
+            guard host.contains(":") else { return nil }
+        } else {
+            guard let colon = authority.lastIndex(of: ":") else { return nil }
+            host = authority[..<colon]
+            port = authority[authority.index(after: colon)...]
+            guard !host.contains(":") else { return nil }
+        }
+        guard !port.isEmpty, port.count <= 5, port.allSatisfy({ $0.isASCII && $0.isNumber }),
+              let number = Int(port), (1...65535).contains(number), !host.isEmpty else { return nil }
+        return try? SocketAddress(ipAddress: String(host), port: number)
+    }
+
+    /// The status of a tunnel response, if it is a well-formed one.
+    static func status(of response: HPACKHeaders) -> Int? {
+        response.first(name: ":status").flatMap { Int($0) }
+    }
+}
+
+public enum HBONEError: Error, CustomStringConvertible, Equatable {
+    /// The destination's agent answered the CONNECT with something other than 200.
+    case refused(destination: String, status: Int)
+    /// The stream ended, or the connection failed, before the answer came.
+    case streamClosedBeforeResponse(destination: String)
+    case noResponse(destination: String, after: TimeAmount)
+    /// The pooled connection to the destination's agent could not be made.
+    case tunnelFailed(agent: String, reason: String)
+
+    public var description: String {
+        switch self {
+        case .refused(let destination, let status):
+            return "the destination's agent refused the tunnel to \(destination) with status \(status)"
+        case .streamClosedBeforeResponse(let destination):
+            return "the tunnel stream to \(destination) closed before the destination's agent answered"
+        case .noResponse(let destination, let after):
+            return "the destination's agent did not answer the tunnel request to \(destination) within \(after.nanoseconds / 1_000_000) ms"
+        case .tunnelFailed(let agent, let reason):
+            return "cannot reach the agent at \(agent) over mTLS: \(reason)"
+        }
+    }
+}

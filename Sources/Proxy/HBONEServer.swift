@@ -1,0 +1,305 @@
+import Logging
+import Metrics
+import NIOCore
+import NIOHPACK
+import NIOHTTP2
+import NIOPosix
+import TLS
+
+/// The tunnel listener (15008): mutual TLS with the trust bundle, HTTP/2, and one
+/// `CONNECT` stream per tunnelled connection, each to a workload on this node.
+///
+/// An authenticated peer must not turn the agent into an open proxy: a target
+/// that is not a node address and a port a present workload serves is refused
+/// with 403, and nothing is dialled.
+public final class HBONEServer: Sendable {
+    public struct Configuration: Sendable {
+        public var port: UInt16
+        public var bindAddresses: [String] = ["0.0.0.0", "::"]
+        public var mark: UInt32
+        public var connectTimeout: TimeAmount
+        /// Streams one peer connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+        public var maximumConcurrentStreams = HBONE.defaultMaximumStreamsPerConnection
+        /// A peer connection with no open stream for this long is closed.
+        public var idleTimeout: TimeAmount = .minutes(5)
+
+        public init(port: UInt16, mark: UInt32, connectTimeout: TimeAmount) {
+            self.port = port
+            self.mark = mark
+            self.connectTimeout = connectTimeout
+        }
+    }
+
+    private let configuration: Configuration
+    private let group: EventLoopGroup
+    private let serverContext: @Sendable () throws -> TLSContext
+    private let destinations: LocalDestinations
+    private let accessLog: AccessLogSink
+    private let connections: ConnectionTracker
+    private let logger: Logger
+    private let listeners = ListenerSet(name: "tunnel")
+    private let metrics = TunnelServerMetrics()
+
+    /// - Parameter serverContext: the TLS context to accept with, asked for each
+    ///   new peer connection (it follows certificate rotation).
+    public init(
+        configuration: Configuration, group: EventLoopGroup, serverContext: @escaping @Sendable () throws -> TLSContext,
+        destinations: LocalDestinations, accessLog: AccessLogSink, connections: ConnectionTracker, logger: Logger
+    ) {
+        self.configuration = configuration
+        self.group = group
+        self.serverContext = serverContext
+        self.destinations = destinations
+        self.accessLog = accessLog
+        self.connections = connections
+        self.logger = logger
+    }
+
+    public func start() async throws {
+        try await listeners.bind(addresses: configuration.bindAddresses, port: configuration.port, warn: { logger.warning("\($0)") }) {
+            ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 4096)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.allowRemoteHalfClosure, value: true)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.recvAllocator, value: Dialer.receiveBuffers)
+                .childChannelInitializer { [self] channel in
+                    channel.eventLoop.makeCompletedFuture { try acceptPeer(channel) }
+                }
+        }
+        logger.info("tunnel listener ready on port \(configuration.port)")
+    }
+
+    public func stopAccepting() async {
+        await listeners.close()
+    }
+
+    private func acceptPeer(_ channel: Channel) throws {
+        let context: TLSContext
+        do {
+            context = try serverContext()
+        } catch {
+            metrics.refusedPeer("no_certificate")
+            logger.error("refused a tunnel connection from \(channel.remoteAddress.map(AccessLogEntry.format) ?? "?"): the agent has no certificate to answer with: \(error)")
+            throw error
+        }
+        let tls = TLSHandler(context: context)
+        let peerTLS = NIOLoopBound(tls, eventLoop: channel.eventLoop)
+        let peerAddress = channel.remoteAddress
+        let operations = channel.pipeline.syncOperations
+        try operations.addHandler(tls)
+        _ = try operations.configureHTTP2Pipeline(
+            mode: .server,
+            connectionConfiguration: HBONE.connectionConfiguration(maximumConcurrentStreams: configuration.maximumConcurrentStreams),
+            streamConfiguration: HBONE.streamConfiguration
+        ) { [self] stream in
+            stream.eventLoop.makeCompletedFuture {
+                try stream.syncOptions?.setOption(.autoRead, value: false)
+                try stream.pipeline.syncOperations.addHandler(TunnelRequestHandler(
+                    server: self, peerIdentity: peerTLS.value.peerIdentity, peerAddress: peerAddress))
+            }
+        }
+        try operations.addHandler(TunnelConnectionMonitor(idleTimeout: configuration.idleTimeout, logger: logger, metrics: metrics))
+    }
+
+    // MARK: Serving one stream
+
+    /// Decides a tunnel request and, when it is allowed, dials the workload.
+    fileprivate func open(
+        request: HPACKHeaders, stream: Channel, peerIdentity: SpiffeID?, peerAddress: SocketAddress?,
+        started: NIODeadline
+    ) -> EventLoopFuture<Void> {
+        var entry = AccessLogEntry(time: wallClock(), direction: .inbound, tls: .mutual, action: .allow, reason: "hbone")
+        entry.sourceAddress = peerAddress
+        entry.sourceIdentity = peerIdentity?.description
+
+        let target: SocketAddress
+        switch HBONE.target(of: request) {
+        case .failure(let refusal):
+            return refuse(stream, refusal, entry: entry)
+        case .success(let address):
+            target = address
+        }
+        entry.destinationAddress = target
+        guard let peerIdentity else {
+            // Cannot happen after a verified handshake; refused rather than trusted.
+            return refuse(stream, HBONE.Refusal(status: .forbidden, reason: "peer has no verified identity"), entry: entry)
+        }
+        guard let workload = destinations.localWorkload(at: target) else {
+            return refuse(stream, HBONE.Refusal(status: .forbidden, reason: "CONNECT target \(AccessLogEntry.format(target)) is not a workload on this node"), entry: entry)
+        }
+        entry.destinationWorkload = workload.qualifiedName
+        entry.destinationIdentity = workload.identity.description
+        guard connections.admit(stream) else {
+            logger.warning("refused a tunnel stream from \(peerIdentity) to \(AccessLogEntry.format(target)): \(connections.maximum) connections are already open (limits.maxConnections)")
+            return refuse(stream, HBONE.Refusal(status: .serviceUnavailable, reason: "over the connection limit"), entry: entry)
+        }
+
+        let handlers = SpliceHandler.pair(on: stream.eventLoop)
+        let dialer = Dialer(mark: configuration.mark, connectTimeout: configuration.connectTimeout)
+        let opened = entry
+        return dialer.connect(to: target, on: stream.eventLoop) { channel in
+            try channel.pipeline.syncOperations.addHandler(handlers.value.upstream)
+        }.flatMapError { error in
+            var failed = opened
+            failed.durationMilliseconds = milliseconds(since: started)
+            return self.refuse(stream, HBONE.Refusal(status: .serviceUnavailable, reason: "connect to workload failed: \(error)"), entry: failed, action: .allow)
+                .flatMapThrowing { throw error }
+        }.flatMapThrowing { (upstream: Channel) -> Void in
+            let operations = stream.pipeline.syncOperations
+            operations.writeAndFlush(NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: HBONE.response(status: .ok)))), promise: nil)
+            try operations.addHandler(HBONEStreamBridge())
+            try completeSplice(client: stream, upstream: upstream, handlers: handlers, entry: opened, started: started, accessLog: self.accessLog) {
+                self.metrics.closed()
+            }
+            try HBONEStreamBridge.startReading(stream)
+            self.metrics.opened()
+        }
+    }
+
+    /// Answers with `refusal.status`, ends and resets the stream, and logs it.
+    private func refuse(_ stream: Channel, _ refusal: HBONE.Refusal, entry: AccessLogEntry, action: AccessLogEntry.Action = .deny) -> EventLoopFuture<Void> {
+        metrics.refusedStream(refusal.status)
+        var refused = entry
+        refused.action = action
+        refused.reason = refusal.reason
+        accessLog.record(refused)
+        logger.debug("tunnel request from \(entry.sourceIdentity ?? "?") refused with \(refusal.status.rawValue): \(refusal.reason)")
+        let response = HTTP2Frame.FramePayload.headers(.init(headers: HBONE.response(status: refusal.status), endStream: true))
+        return stream.writeAndFlush(response).always { _ in stream.close(promise: nil) }
+    }
+}
+
+/// The first handler of a tunnel stream: waits for the request, hands it to the
+/// server, and leaves once the stream is spliced (or refused).
+private final class TunnelRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+
+    private let server: HBONEServer
+    private let peerIdentity: SpiffeID?
+    private let peerAddress: SocketAddress?
+    private let started = NIODeadline.now()
+    private var requestSeen = false
+
+    init(server: HBONEServer, peerIdentity: SpiffeID?, peerAddress: SocketAddress?) {
+        self.server = server
+        self.peerIdentity = peerIdentity
+        self.peerAddress = peerAddress
+    }
+
+    // The stream reads nothing on its own (autoRead is off until it is spliced):
+    // these reads fetch the request.
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { context.read() }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.fireChannelActive()
+        context.read()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !requestSeen else {
+            // DATA before our answer: held back by the stream until the splice reads it.
+            context.fireChannelRead(data)
+            return
+        }
+        requestSeen = true
+        guard case .headers(let headers) = unwrapInboundIn(data), !headers.endStream else {
+            let entry = AccessLogEntry(time: wallClock(), direction: .inbound, tls: .mutual, action: .deny, reason: "stream did not start with a CONNECT request")
+            server.log(entry)
+            context.close(promise: nil)
+            return
+        }
+        let channel = context.channel
+        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
+        server.open(request: headers.headers, stream: channel, peerIdentity: peerIdentity, peerAddress: peerAddress, started: started)
+            .whenComplete { _ in
+                channel.pipeline.syncOperations.removeHandler(handler.value, promise: nil)
+            }
+    }
+}
+
+extension HBONEServer {
+    fileprivate func log(_ entry: AccessLogEntry) {
+        accessLog.record(entry)
+    }
+}
+
+/// Watches one peer connection: closes it after `idleTimeout` without open
+/// streams, and reports why connections end (failed handshakes, HTTP/2 errors).
+final class TunnelConnectionMonitor: ChannelInboundHandler {
+    typealias InboundIn = Never
+
+    private let idleTimeout: TimeAmount
+    private let logger: Logger
+    private let metrics: TunnelServerMetrics
+    private var openStreams = 0
+    private var idleTimer: Scheduled<Void>?
+
+    init(idleTimeout: TimeAmount, logger: Logger, metrics: TunnelServerMetrics) {
+        self.idleTimeout = idleTimeout
+        self.logger = logger
+        self.metrics = metrics
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        armIdleTimer(context: context)
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        idleTimer?.cancel()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is NIOHTTP2StreamCreatedEvent {
+            openStreams += 1
+            idleTimer?.cancel()
+            idleTimer = nil
+        } else if event is StreamClosedEvent {
+            openStreams -= 1
+            if openStreams == 0 { armIdleTimer(context: context) }
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        let peer = context.channel.remoteAddress.map(AccessLogEntry.format) ?? "?"
+        if let tlsError = error as? TLSError {
+            metrics.refusedPeer(tlsError.reasonLabel)
+            logger.info("tunnel connection from \(peer) failed: \(tlsError)")
+        } else {
+            metrics.refusedPeer("protocol_error")
+            logger.info("tunnel connection from \(peer) closed: \(error)")
+        }
+        context.close(promise: nil)
+    }
+
+    private func armIdleTimer(context: ChannelHandlerContext) {
+        idleTimer?.cancel()
+        idleTimer = context.eventLoop.assumeIsolated().scheduleTask(in: idleTimeout) { [logger] in
+            logger.debug("closing an idle tunnel connection from \(context.channel.remoteAddress.map(AccessLogEntry.format) ?? "?")")
+            context.close(promise: nil)
+        }
+    }
+}
+
+struct TunnelServerMetrics: Sendable {
+    private let openedCounter = Counter(label: "mesh_agent_inbound_connections_opened_total", dimensions: [("tls", "mutual")])
+    private let closedCounter = Counter(label: "mesh_agent_inbound_connections_closed_total", dimensions: [("tls", "mutual")])
+
+    func opened() { openedCounter.increment() }
+    func closed() { closedCounter.increment() }
+
+    func refusedStream(_ status: HBONE.Status) {
+        Counter(label: "mesh_agent_tunnel_requests_refused_total", dimensions: [("status", String(status.rawValue))]).increment()
+    }
+
+    func refusedPeer(_ reason: String) {
+        Counter(label: "mesh_agent_tunnel_connections_failed_total", dimensions: [("reason", reason)]).increment()
+    }
+}
+
+func milliseconds(since start: NIODeadline) -> Double {
+    Double((NIODeadline.now() - start).nanoseconds) / 1_000_000
+}

@@ -1,0 +1,112 @@
+import NIOCore
+import NIOHTTP2
+
+/// Where a tunnel stream stands: TCP's two half-closes map onto the two
+/// END_STREAM flags.
+struct HBONEStreamState {
+    enum CloseAction: Equatable {
+        /// Both directions ended: the stream closes by itself once our END_STREAM
+        /// is written; resetting it now would throw away what is still queued.
+        case waitForStreamClose
+        /// An abort: reset the stream.
+        case reset
+    }
+
+    private(set) var sentEnd = false
+    private(set) var receivedEnd = false
+
+    /// Returns whether END_STREAM must be sent now (only the first time).
+    mutating func endOutput() -> Bool {
+        defer { sentEnd = true }
+        return !sentEnd
+    }
+
+    /// Returns whether this is news (the first END_STREAM from the peer).
+    mutating func peerEnded() -> Bool {
+        defer { receivedEnd = true }
+        return !receivedEnd
+    }
+
+    func closeRequested() -> CloseAction {
+        sentEnd && receivedEnd ? .waitForStreamClose : .reset
+    }
+}
+
+/// Carries one tunnelled TCP connection over its HTTP/2 stream, so the splice
+/// above it sees what it sees on a TCP channel: DATA arrives as `ByteBuffer`s and
+/// the peer's END_STREAM as `ChannelEvent.inputClosed`; buffers go out as DATA,
+/// and `close(mode: .output)` becomes END_STREAM.
+///
+/// Writes on a stream leave in order, so output needs no draining before
+/// END_STREAM: an empty write (the splice's drain marker) completes at once.
+final class HBONEStreamBridge: ChannelDuplexHandler, RemovableChannelHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
+    typealias OutboundOut = HTTP2Frame.FramePayload
+
+    private var state = HBONEStreamState()
+
+    /// Tunnel streams are made with `autoRead` off, so that nothing arrives
+    /// before the splice is in place; this turns it on once it is. A stream
+    /// channel does not start reading when the option changes, so it is asked to.
+    static func startReading(_ stream: Channel) throws {
+        try stream.syncOptions?.setOption(.autoRead, value: true)
+        stream.read()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .data(let payload):
+            if case .byteBuffer(let buffer) = payload.data, buffer.readableBytes > 0 {
+                context.fireChannelRead(wrapInboundOut(buffer))
+            }
+            if payload.endStream {
+                peerEnded(context: context)
+            }
+        case .headers(let headers) where headers.endStream:
+            // Trailers end the stream like an empty DATA frame with END_STREAM.
+            peerEnded(context: context)
+        default:
+            // Window updates, priority, and headers without END_STREAM carry no bytes.
+            break
+        }
+    }
+
+    private func peerEnded(context: ChannelHandlerContext) {
+        if state.peerEnded() {
+            context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        }
+    }
+
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        let buffer = unwrapOutboundIn(data)
+        guard buffer.readableBytes > 0 else {
+            promise?.succeed()
+            return
+        }
+        context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(buffer)))), promise: promise)
+    }
+
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        switch mode {
+        case .output:
+            if state.endOutput() {
+                context.writeAndFlush(wrapOutboundOut(.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))), promise: promise)
+            } else {
+                promise?.succeed()
+            }
+        case .input:
+            promise?.fail(ChannelError.operationUnsupported)
+        case .all:
+            switch state.closeRequested() {
+            case .waitForStreamClose:
+                if let promise {
+                    context.channel.closeFuture.cascade(to: promise)
+                }
+            case .reset:
+                context.close(mode: .all, promise: promise)
+            }
+        }
+    }
+}

@@ -1,0 +1,117 @@
+import LinuxNet
+import Logging
+import Metrics
+import NIOCore
+import NIOPosix
+
+/// The inbound-plaintext listener (15006): connections from outside the node to a
+/// PERMISSIVE workload port, redirected here by the inbound guard, are forwarded
+/// to the workload with an unauthenticated source and logged `tls: none`.
+///
+/// Only redirected connections to a port a workload on this node serves are
+/// forwarded; anything else (a direct connection to this port included) is closed.
+public final class InboundPlaintextProxy: Sendable {
+    public struct Configuration: Sendable {
+        public var port: UInt16
+        /// Redirect in prerouting rewrites the destination to the address of the
+        /// interface the packet came in on, so every address is bound.
+        public var bindAddresses: [String] = ["0.0.0.0", "::"]
+        public var mark: UInt32
+        public var connectTimeout: TimeAmount
+
+        public init(port: UInt16, mark: UInt32, connectTimeout: TimeAmount) {
+            self.port = port
+            self.mark = mark
+            self.connectTimeout = connectTimeout
+        }
+    }
+
+    private let configuration: Configuration
+    private let group: EventLoopGroup
+    private let destinations: LocalDestinations
+    private let accessLog: AccessLogSink
+    private let connections: ConnectionTracker
+    private let logger: Logger
+    private let listeners = ListenerSet(name: "inbound plaintext")
+    private let openedCounter = Counter(label: "mesh_agent_inbound_connections_opened_total", dimensions: [("tls", "none")])
+    private let closedCounter = Counter(label: "mesh_agent_inbound_connections_closed_total", dimensions: [("tls", "none")])
+    private let refusedCounter = Counter(label: "mesh_agent_inbound_plaintext_refused_total")
+
+    public init(configuration: Configuration, group: EventLoopGroup, destinations: LocalDestinations, accessLog: AccessLogSink, connections: ConnectionTracker, logger: Logger) {
+        self.configuration = configuration
+        self.group = group
+        self.destinations = destinations
+        self.accessLog = accessLog
+        self.connections = connections
+        self.logger = logger
+    }
+
+    public func start() async throws {
+        try await listeners.bind(addresses: configuration.bindAddresses, port: configuration.port, warn: { logger.warning("\($0)") }) {
+            ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 4096)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.allowRemoteHalfClosure, value: true)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.recvAllocator, value: Dialer.receiveBuffers)
+                .childChannelInitializer { [self] channel in
+                    accept(channel)
+                }
+        }
+        logger.info("inbound plaintext listener ready on port \(configuration.port)")
+    }
+
+    public func stopAccepting() async {
+        await listeners.close()
+    }
+
+    private func accept(_ client: Channel) -> EventLoopFuture<Void> {
+        let started = NIODeadline.now()
+        guard let peer = client.remoteAddress else {
+            return client.close()
+        }
+        return OriginalDestination.of(client).flatMap { destination in
+            var entry = AccessLogEntry(time: wallClock(), direction: .inbound, tls: .none, action: .allow, reason: "permissive")
+            entry.sourceAddress = peer
+            entry.destinationAddress = destination
+            guard let workload = self.destinations.localWorkload(at: destination) else {
+                self.refusedCounter.increment()
+                entry.action = .deny
+                entry.reason = "plaintext to \(AccessLogEntry.format(destination)), which is not a workload port on this node"
+                self.accessLog.record(entry)
+                return client.eventLoop.makeFailedFuture(InboundRefusal.notAWorkload)
+            }
+            entry.destinationWorkload = workload.qualifiedName
+            entry.destinationIdentity = workload.identity.description
+            guard self.connections.admit(client) else {
+                self.refusedCounter.increment()
+                self.logger.warning("refused plaintext from \(peer): \(self.connections.maximum) connections are already open (limits.maxConnections)")
+                return client.eventLoop.makeFailedFuture(InboundRefusal.overLimit)
+            }
+            let handlers = SpliceHandler.pair(on: client.eventLoop)
+            let opened = entry
+            return Dialer(mark: self.configuration.mark, connectTimeout: self.configuration.connectTimeout)
+                .connect(to: destination, on: client.eventLoop) { channel in
+                    try channel.pipeline.syncOperations.addHandler(handlers.value.upstream)
+                }
+                .flatMapError { error in
+                    var failed = opened
+                    failed.reason = "connect to workload failed: \(error)"
+                    failed.durationMilliseconds = milliseconds(since: started)
+                    self.accessLog.record(failed)
+                    return client.eventLoop.makeFailedFuture(error)
+                }
+                .flatMapThrowing { upstream in
+                    try completeSplice(client: client, upstream: upstream, handlers: handlers, entry: opened, started: started, accessLog: self.accessLog) {
+                        self.closedCounter.increment()
+                    }
+                    self.openedCounter.increment()
+                }
+        }
+    }
+}
+
+enum InboundRefusal: Error {
+    case notAWorkload
+    case overLimit
+}
