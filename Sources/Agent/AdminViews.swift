@@ -1,5 +1,6 @@
 import Foundation
 import Identity
+import Proxy
 import TLS
 
 /// What the admin API returns, as Codable values shared with `agentctl`.
@@ -37,6 +38,54 @@ public enum AdminViews {
                 state: status.state.rawValue,
                 lastError: status.lastError,
                 chainPEM: manager.certificatePEM(for: status.identity)
+            )
+        }
+    }
+
+    /// One connection being proxied; fields as in the access log.
+    public struct ConnectionView: Codable, Equatable, Sendable {
+        public var direction: String
+        public var sourceAddress: String?
+        public var sourceWorkload: String?
+        public var sourceIdentity: String?
+        public var destinationAddress: String?
+        public var destinationWorkload: String?
+        public var destinationIdentity: String?
+        public var tls: String
+        public var reason: String
+        public var bytesSent: UInt64
+        public var bytesReceived: UInt64
+        public var durationMilliseconds: Double
+
+        enum CodingKeys: String, CodingKey {
+            case direction, tls, reason
+            case sourceAddress = "src_addr"
+            case sourceWorkload = "src_workload"
+            case sourceIdentity = "src_identity"
+            case destinationAddress = "dst_addr"
+            case destinationWorkload = "dst_workload"
+            case destinationIdentity = "dst_identity"
+            case bytesSent = "bytes_sent"
+            case bytesReceived = "bytes_received"
+            case durationMilliseconds = "duration_ms"
+        }
+    }
+
+    public static func connections(_ tracker: ConnectionTracker) -> [ConnectionView] {
+        tracker.snapshot().map { entry in
+            ConnectionView(
+                direction: entry.direction.rawValue,
+                sourceAddress: entry.sourceAddress.map(AccessLogEntry.format),
+                sourceWorkload: entry.sourceWorkload,
+                sourceIdentity: entry.sourceIdentity,
+                destinationAddress: entry.destinationAddress.map(AccessLogEntry.format),
+                destinationWorkload: entry.destinationWorkload,
+                destinationIdentity: entry.destinationIdentity,
+                tls: entry.tls.rawValue,
+                reason: entry.reason,
+                bytesSent: entry.bytesSent,
+                bytesReceived: entry.bytesReceived,
+                durationMilliseconds: (entry.durationMilliseconds * 1000).rounded() / 1000
             )
         }
     }

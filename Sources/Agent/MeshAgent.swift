@@ -56,13 +56,16 @@ public final class MeshAgent: Sendable {
         let workloadTLS = WorkloadTLS(svids: svids, bundle: { trustBundle.bundle }, acceptedTrustDomains: [config.trustDomain])
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        let connections = ConnectionTracker(maximum: config.limits.maxConnections)
         let admin = AdminServer(
             path: config.adminSocket,
-            routes: ["/v1/certs": { try AdminViews.encode(AdminViews.certificates(svids)) }],
+            routes: [
+                "/v1/certs": { try AdminViews.encode(AdminViews.certificates(svids)) },
+                "/v1/connections": { try AdminViews.encode(AdminViews.connections(connections)) },
+            ],
             group: group,
             logger: logger
         )
-        let connections = ConnectionTracker(maximum: config.limits.maxConnections)
         let destinations = NodeDestinations(registry: registry, logger: logger)
         let connectTimeout = config.limits.connectTimeout.timeAmount
         // The source agent presents the workload's certificate and accepts only an

@@ -149,7 +149,7 @@ public final class HBONEServer: Sendable {
             let operations = stream.pipeline.syncOperations
             operations.writeAndFlush(NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: HBONE.response(status: .ok)))), promise: nil)
             try operations.addHandler(HBONEStreamBridge())
-            try completeSplice(client: stream, upstream: upstream, handlers: handlers, entry: opened, started: started, accessLog: self.accessLog) {
+            try completeSplice(client: stream, upstream: upstream, handlers: handlers, entry: opened, started: started, accessLog: self.accessLog, tracker: self.connections) {
                 self.metrics.closed()
             }
             try HBONEStreamBridge.startReading(stream)

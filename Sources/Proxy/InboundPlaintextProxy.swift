@@ -102,7 +102,7 @@ public final class InboundPlaintextProxy: Sendable {
                     return client.eventLoop.makeFailedFuture(error)
                 }
                 .flatMapThrowing { upstream in
-                    try completeSplice(client: client, upstream: upstream, handlers: handlers, entry: opened, started: started, accessLog: self.accessLog) {
+                    try completeSplice(client: client, upstream: upstream, handlers: handlers, entry: opened, started: started, accessLog: self.accessLog, tracker: self.connections) {
                         self.closedCounter.increment()
                     }
                     self.openedCounter.increment()

@@ -165,7 +165,7 @@ public final class OutboundProxy: Sendable {
             self.accessLog.record(failed)
             return client.eventLoop.makeFailedFuture(error) as EventLoopFuture<Channel>
         }.flatMapThrowing { (upstreamChannel: Channel) -> Void in
-            try completeSplice(client: client, upstream: upstreamChannel, handlers: handlers, entry: opened, started: started, accessLog: self.accessLog) {
+            try completeSplice(client: client, upstream: upstreamChannel, handlers: handlers, entry: opened, started: started, accessLog: self.accessLog, tracker: self.connections) {
                 self.metrics.closed()
             }
             self.metrics.opened()

@@ -1,4 +1,5 @@
 import NIOCore
+import Synchronization
 
 /// Where one side of a spliced pair stands. TCP lets each direction end on its
 /// own (half-close); this side is finished when its peer has sent FIN and we
@@ -72,8 +73,10 @@ final class SpliceHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var readPending = false
     private var state = SpliceSideState()
 
-    /// Bytes that arrived on this handler's channel (and were passed to the partner).
-    private(set) var bytesRead: UInt64 = 0
+    /// Bytes that arrived on this handler's channel (and were passed to the
+    /// partner); readable from any thread, for the admin API.
+    let received = ByteCounter()
+    var bytesRead: UInt64 { received.value }
 
     private init() {}
 
@@ -98,7 +101,7 @@ final class SpliceHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let buffer = unwrapInboundIn(data)
-        bytesRead &+= UInt64(buffer.readableBytes)
+        received.add(buffer.readableBytes)
         partner?.partnerWrite(buffer)
     }
 
@@ -194,6 +197,17 @@ final class SpliceHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 }
 
+/// A byte count written on one event loop and read from anywhere.
+final class ByteCounter: Sendable {
+    private let count = Atomic<UInt64>(0)
+
+    func add(_ bytes: Int) {
+        count.add(UInt64(bytes), ordering: .relaxed)
+    }
+
+    var value: UInt64 { count.load(ordering: .relaxed) }
+}
+
 /// The two handlers of one splice: `client` goes into the channel that was
 /// accepted (or the tunnel stream that arrived), `upstream` into the one the
 /// agent opened.
@@ -211,9 +225,10 @@ extension SpliceHandler {
 /// have closed the connection is logged with its byte counts.
 func completeSplice(
     client: Channel, upstream: Channel, handlers: NIOLoopBound<SplicePair>, entry: AccessLogEntry, started: NIODeadline,
-    accessLog: AccessLogSink, closed: @escaping @Sendable () -> Void
+    accessLog: AccessLogSink, tracker: ConnectionTracker, closed: @escaping @Sendable () -> Void
 ) throws {
     try client.pipeline.syncOperations.addHandler(handlers.value.client)
+    tracker.describe(client, as: entry, received: handlers.value.client.received, sent: handlers.value.upstream.received)
     client.closeFuture.and(upstream.closeFuture).hop(to: client.eventLoop).whenComplete { _ in
         var finished = entry
         finished.bytesReceived = handlers.value.client.bytesRead

@@ -7,7 +7,7 @@ struct AgentCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "agentctl",
         abstract: "Inspect and operate mesh-agent.",
-        subcommands: [ConfigCommand.self, CACommand.self, CertsCommand.self]
+        subcommands: [ConfigCommand.self, CACommand.self, CertsCommand.self, ConnectionsCommand.self]
     )
 }
 
