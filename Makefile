@@ -3,7 +3,7 @@
 #   make deps    install missing system packages (apt-get, when root)
 #   make build   release binaries in .build/release
 #   make test    deps + build + unit tests + integration tests (root: real kernel)
-#   make demo    capture and identity shown end to end on this machine (root)
+#   make demo    two nodes on this machine: mTLS tunnel, identities, STRICT refusing plaintext (root)
 
 SWIFT      ?= swift
 PYTHON     ?= python3

@@ -9,6 +9,30 @@ struct AgentCtl: ParsableCommand {
         abstract: "Inspect and operate mesh-agent.",
         subcommands: [ConfigCommand.self, CACommand.self, CertsCommand.self, ConnectionsCommand.self]
     )
+
+    /// `agentctl --socket PATH COMMAND` (as documented) and `agentctl COMMAND
+    /// --socket PATH` both work: the option is parsed by the commands that talk
+    /// to the agent, so a leading one is moved behind the command words.
+    static func main() {
+        main(Self.movingLeadingOptions(Array(CommandLine.arguments.dropFirst())))
+    }
+
+    static func movingLeadingOptions(_ arguments: [String]) -> [String] {
+        var leading: [String] = []
+        var rest = arguments[...]
+        while let first = rest.first, first == "--socket" || first.hasPrefix("--socket=") || first == "-o" || first == "--output" {
+            leading.append(first)
+            rest = rest.dropFirst()
+            if !first.contains("="), let value = rest.first {
+                leading.append(value)
+                rest = rest.dropFirst()
+            }
+        }
+        guard !leading.isEmpty else { return arguments }
+        // Command words come first: everything up to the first option.
+        let commandWords = rest.prefix { !$0.hasPrefix("-") }
+        return Array(commandWords) + leading + Array(rest.dropFirst(commandWords.count))
+    }
 }
 
 struct ConfigCommand: ParsableCommand {
