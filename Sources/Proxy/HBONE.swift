@@ -134,3 +134,30 @@ public enum HBONEError: Error, CustomStringConvertible, Equatable {
         }
     }
 }
+
+/// Hands the HTTP/2 parser its input in pieces of at most one TLS record.
+///
+/// swift-nio-http2's frame parser appends each input buffer to the unparsed
+/// remainder of the previous one. When DATA it emitted earlier still shares that
+/// storage (the stream has not delivered it yet), the append copies the whole
+/// storage, and a storage grown from 256 KiB reads is copied, and re-faulted in
+/// from fresh pages, on every read: a tunnel then spent its CPU in memmove and
+/// page faults at a fraction of the link's speed. With record-sized pieces the
+/// parser's storage stays record-sized, and so does any copy.
+final class HTTP2InputChunker: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    static let pieceSize = 16 * 1024
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var buffer = unwrapInboundIn(data)
+        guard buffer.readableBytes > Self.pieceSize else {
+            context.fireChannelRead(data)
+            return
+        }
+        while let piece = buffer.readSlice(length: min(Self.pieceSize, buffer.readableBytes)), piece.readableBytes > 0 {
+            context.fireChannelRead(wrapInboundOut(piece))
+        }
+    }
+}

@@ -88,6 +88,7 @@ public final class HBONEServer: Sendable {
         let peerAddress = channel.remoteAddress
         let operations = channel.pipeline.syncOperations
         try operations.addHandler(tls)
+        try operations.addHandler(HTTP2InputChunker())
         _ = try operations.configureHTTP2Pipeline(
             mode: .server,
             connectionConfiguration: HBONE.connectionConfiguration(maximumConcurrentStreams: configuration.maximumConcurrentStreams),

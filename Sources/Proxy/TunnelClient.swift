@@ -171,6 +171,7 @@ private final class LoopPool: @unchecked Sendable {
             let operations = channel.pipeline.syncOperations
             try operations.addHandler(TLSHandler(context: context))
             try operations.addHandler(HandshakeObserver(promise: handshake))
+            try operations.addHandler(HTTP2InputChunker())
             multiplexerBox.value = try operations.configureHTTP2Pipeline(
                 mode: .client,
                 connectionConfiguration: HBONE.connectionConfiguration(maximumConcurrentStreams: HBONE.defaultMaximumStreamsPerConnection),
