@@ -171,3 +171,26 @@ private final class EventRecorder: ChannelInboundHandler {
         context.fireUserInboundEventTriggered(event)
     }
 }
+
+@Suite struct HTTP2InputChunkerTests {
+    @Test func bigReadsArriveAsRecordSizedPiecesInOrder() throws {
+        let channel = EmbeddedChannel(handler: HTTP2InputChunker())
+        let input = ByteBuffer(bytes: (0..<(HTTP2InputChunker.pieceSize * 3 + 100)).map { UInt8(truncatingIfNeeded: $0 &* 7) })
+        try channel.writeInbound(input)
+        var pieces: [ByteBuffer] = []
+        while let piece = try channel.readInbound(as: ByteBuffer.self) {
+            pieces.append(piece)
+        }
+        #expect(pieces.map(\.readableBytes) == [16384, 16384, 16384, 100])
+        var joined = ByteBuffer()
+        for var piece in pieces { joined.writeBuffer(&piece) }
+        #expect(joined == input)
+    }
+
+    @Test func smallReadsPassUntouched() throws {
+        let channel = EmbeddedChannel(handler: HTTP2InputChunker())
+        try channel.writeInbound(ByteBuffer(string: "PRI * HTTP/2.0"))
+        #expect(try channel.readInbound(as: ByteBuffer.self) == ByteBuffer(string: "PRI * HTTP/2.0"))
+        #expect(try channel.readInbound(as: ByteBuffer.self) == nil)
+    }
+}
