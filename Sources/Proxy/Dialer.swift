@@ -42,11 +42,29 @@ final class ListenerSet: Sendable {
         self.name = name
     }
 
+    /// Binds a listener on every address, each accepted connection handed to
+    /// `accept` with the options the splice relies on (half-close, no Nagle, the
+    /// proxies' receive buffers).
+    func bind(
+        group: EventLoopGroup, addresses: [String], port: UInt16, warn: (String) -> Void,
+        accept: @escaping @Sendable (Channel) -> EventLoopFuture<Void>
+    ) async throws {
+        try await bind(addresses: addresses, port: port, warn: warn) {
+            ServerBootstrap(group: group)
+                .serverChannelOption(.backlog, value: 4096)
+                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+                .childChannelOption(.allowRemoteHalfClosure, value: true)
+                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                .childChannelOption(.recvAllocator, value: Dialer.receiveBuffers)
+                .childChannelInitializer(accept)
+        }
+    }
+
     /// Binds a bootstrap from `makeBootstrap` on every address. IPv6 sockets are
     /// IPv6-only, so `0.0.0.0` and `::` can both be bound and IPv4 peers keep
     /// IPv4 addresses. An IPv6 address that cannot be bound (a host without IPv6)
     /// is skipped once another address is bound.
-    func bind(addresses: [String], port: UInt16, warn: (String) -> Void, makeBootstrap: () -> ServerBootstrap) async throws {
+    private func bind(addresses: [String], port: UInt16, warn: (String) -> Void, makeBootstrap: () -> ServerBootstrap) async throws {
         var bound: [Channel] = []
         for address in addresses {
             do {

@@ -56,16 +56,8 @@ public final class HBONEServer: Sendable {
     }
 
     public func start() async throws {
-        try await listeners.bind(addresses: configuration.bindAddresses, port: configuration.port, warn: { logger.warning("\($0)") }) {
-            ServerBootstrap(group: group)
-                .serverChannelOption(.backlog, value: 4096)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.allowRemoteHalfClosure, value: true)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .childChannelOption(.recvAllocator, value: Dialer.receiveBuffers)
-                .childChannelInitializer { [self] channel in
-                    channel.eventLoop.makeCompletedFuture { try acceptPeer(channel) }
-                }
+        try await listeners.bind(group: group, addresses: configuration.bindAddresses, port: configuration.port, warn: { logger.warning("\($0)") }) { [self] channel in
+            channel.eventLoop.makeCompletedFuture { try acceptPeer(channel) }
         }
         logger.info("tunnel listener ready on port \(configuration.port)")
     }

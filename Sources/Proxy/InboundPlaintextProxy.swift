@@ -47,16 +47,8 @@ public final class InboundPlaintextProxy: Sendable {
     }
 
     public func start() async throws {
-        try await listeners.bind(addresses: configuration.bindAddresses, port: configuration.port, warn: { logger.warning("\($0)") }) {
-            ServerBootstrap(group: group)
-                .serverChannelOption(.backlog, value: 4096)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.allowRemoteHalfClosure, value: true)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .childChannelOption(.recvAllocator, value: Dialer.receiveBuffers)
-                .childChannelInitializer { [self] channel in
-                    accept(channel)
-                }
+        try await listeners.bind(group: group, addresses: configuration.bindAddresses, port: configuration.port, warn: { logger.warning("\($0)") }) { [self] channel in
+            accept(channel)
         }
         logger.info("inbound plaintext listener ready on port \(configuration.port)")
     }

@@ -73,16 +73,8 @@ public final class OutboundProxy: Sendable {
     /// Binds every listen address. The capture rules must not be installed before
     /// this succeeds, or captured connections would be refused by the kernel.
     public func start() async throws {
-        try await listeners.bind(addresses: configuration.bindAddresses, port: configuration.port, warn: { logger.warning("\($0)") }) {
-            ServerBootstrap(group: group)
-                .serverChannelOption(.backlog, value: 4096)
-                .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
-                .childChannelOption(.allowRemoteHalfClosure, value: true)
-                .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-                .childChannelOption(.recvAllocator, value: Dialer.receiveBuffers)
-                .childChannelInitializer { [self] channel in
-                    accept(channel)
-                }
+        try await listeners.bind(group: group, addresses: configuration.bindAddresses, port: configuration.port, warn: { logger.warning("\($0)") }) { [self] channel in
+            accept(channel)
         }
         logger.info("outbound listener ready on port \(configuration.port)")
     }
