@@ -46,6 +46,7 @@ public final class MeshAgent: Sendable {
         logger.info("cgroup v2 is mounted at \(mount.path)")
         let netfilter = try NetfilterClient()
         let sockDiag = try SockDiagClient()
+        let conntrack = Self.openConntrack(logger: logger)
         let registry = WorkloadRegistry(mount: mount, logger: logger)
         registry.configure(config.workloads)
         let accessLog = try AccessLogWriter(path: config.accessLog)
@@ -82,7 +83,7 @@ public final class MeshAgent: Sendable {
                 connectTimeout: connectTimeout, meshNetworks: config.meshNetworks
             ),
             group: group,
-            identifier: CgroupSourceIdentifier(sockDiag: sockDiag, registry: registry),
+            identifier: CgroupSourceIdentifier(sockDiag: sockDiag, conntrack: conntrack, registry: registry),
             destinations: destinations,
             accessLog: accessLog,
             connections: connections,
@@ -188,6 +189,18 @@ public final class MeshAgent: Sendable {
         await admin.stop()
         try? await group.shutdownGracefully()
         logger.info("mesh-agent stopped")
+    }
+
+    /// Conntrack recovers a client's port that NAT changed; without it (no
+    /// nf_conntrack_netlink) such a rare connection is refused rather than
+    /// misattributed, and the agent says so once.
+    static func openConntrack(logger: Logger) -> ConntrackClient? {
+        do {
+            return try ConntrackClient()
+        } catch {
+            logger.warning("conntrack lookups unavailable (\(error)); a workload connection whose source port NAT had to change will be refused")
+            return nil
+        }
     }
 
     /// The node CA that signs this node's workload certificates.

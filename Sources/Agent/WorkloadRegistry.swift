@@ -226,21 +226,38 @@ public final class NodeDestinations: LocalDestinations {
 
 /// Identifies the workload behind a captured connection from its client socket's
 /// cgroup, as the kernel reports it.
+///
+/// NAT may have changed the client's port: when a client reuses a source port
+/// for another destination while conntrack still remembers the first
+/// connection, both would have the same reply tuple (listener ↔ client), so the
+/// kernel picks another port for the second. The socket is then not found under
+/// the port the agent sees, and conntrack tells the real one.
 public struct CgroupSourceIdentifier: SourceIdentifier {
     let sockDiag: SockDiagClient
+    let conntrack: ConntrackClient?
     let registry: WorkloadRegistry
 
-    public init(sockDiag: SockDiagClient, registry: WorkloadRegistry) {
+    public init(sockDiag: SockDiagClient, conntrack: ConntrackClient?, registry: WorkloadRegistry) {
         self.sockDiag = sockDiag
+        self.conntrack = conntrack
         self.registry = registry
     }
 
-    public func identify(client: SocketAddress, originalDestination: SocketAddress) throws -> Workload {
-        let id = try sockDiag.cgroupID(ofClient: client, connectedTo: originalDestination)
+    public func identify(client: SocketAddress, listener: SocketAddress?, originalDestination: SocketAddress) throws -> IdentifiedSource {
+        var address = client
+        let id: CgroupID
+        do {
+            id = try sockDiag.cgroupID(ofClient: client, connectedTo: originalDestination)
+        } catch SockDiagError.notFound {
+            guard let conntrack, let listener else { throw SockDiagError.notFound }
+            address = try conntrack.originalSource(ofReplyFrom: listener, to: client)
+            guard address != client else { throw SockDiagError.notFound }
+            id = try sockDiag.cgroupID(ofClient: address, connectedTo: originalDestination)
+        }
         guard let workload = registry.workload(forCgroup: id) else {
             throw IdentificationError.noWorkload(cgroup: id)
         }
-        return workload
+        return IdentifiedSource(workload: workload, address: address)
     }
 }
 

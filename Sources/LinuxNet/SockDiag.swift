@@ -92,12 +92,11 @@ public enum SockDiagMessage {
     static let diagMessageLength = 72  // MemoryLayout<inet_diag_msg>.size
     public static let requestLength = 72  // header + inet_diag_req_v2
 
-    static let typeError: UInt16 = 2  // NLMSG_ERROR
-    static let typeDone: UInt16 = 3  // NLMSG_DONE
+    static let typeError = NetlinkMessages.typeError  // NLMSG_ERROR
+    static let typeDone = NetlinkMessages.typeDone  // NLMSG_DONE
     static let typeSockDiagByFamily: UInt16 = 20  // SOCK_DIAG_BY_FAMILY
     static let flagRequest: UInt16 = 1  // NLM_F_REQUEST
     static let attributeCgroupID: UInt16 = 21  // INET_DIAG_CGROUP_ID
-    static let attributeTypeMask: UInt16 = 0x3FFF  // ~(NLA_F_NESTED | NLA_F_NET_BYTEORDER)
     static let allStates: UInt32 = 0xFFFF_FFFF
     static let noCookie: UInt32 = 0xFFFF_FFFF  // INET_DIAG_NOCOOKIE
     static let protocolTCP: UInt8 = 6
@@ -226,44 +225,18 @@ public enum SockDiagMessage {
     /// `sequence`, throws its error, or returns nil if every message in the
     /// datagram belongs to another sequence (a stray, late reply to skip).
     static func parseDatagram(_ bytes: UnsafeRawBufferPointer, sequence: UInt32) throws -> SockDiagReply? {
-        var offset = 0
-        if bytes.isEmpty { throw SockDiagError.truncated(expected: netlinkHeaderLength, actual: 0) }
-        while offset < bytes.count {
-            let remaining = bytes.count - offset
-            guard remaining >= netlinkHeaderLength else {
-                throw SockDiagError.truncated(expected: netlinkHeaderLength, actual: remaining)
-            }
-            let length = Int(load(UInt32.self, bytes, offset))
-            let type = load(UInt16.self, bytes, offset + 4)
-            let messageSequence = load(UInt32.self, bytes, offset + 8)
-            guard length >= netlinkHeaderLength else {
-                throw SockDiagError.malformed("nlmsg_len \(length) is smaller than the netlink header")
-            }
-            guard length <= remaining else {
-                throw SockDiagError.truncated(expected: length, actual: remaining)
-            }
-            if messageSequence == sequence {
-                let payload = UnsafeRawBufferPointer(
-                    rebasing: bytes[(offset + netlinkHeaderLength)..<(offset + length)])
-                return try parseMessage(type: type, payload: payload)
-            }
-            // Another request's message: skip it (NLMSG_ALIGN, clamped to the end).
-            offset += min((length + 3) & ~3, remaining)
+        try NetlinkMessages.first(in: bytes, sequence: sequence, as: SockDiagError.self) { type, payload in
+            try parseMessage(type: type, payload: payload)
         }
-        return nil
     }
 
     private static func parseMessage(type: UInt16, payload: UnsafeRawBufferPointer) throws -> SockDiagReply {
         switch type {
         case typeError:
-            guard payload.count >= 4 else { throw SockDiagError.truncated(expected: 4, actual: payload.count) }
-            let code = load(Int32.self, payload, 0)
+            let code = try NetlinkMessages.errorCode(of: payload, as: SockDiagError.self)
             if code == 0 { throw SockDiagError.malformed("unexpected acknowledgement (NLMSG_ERROR 0)") }
-            guard code < 0, code != Int32.min else {
-                throw SockDiagError.malformed("NLMSG_ERROR with positive error \(code)")
-            }
-            if -code == ENOENT { throw SockDiagError.notFound }
-            throw SockDiagError.kernel(errno: -code)
+            if code == ENOENT { throw SockDiagError.notFound }
+            throw SockDiagError.kernel(errno: code)
         case typeDone:
             throw SockDiagError.malformed("unexpected NLMSG_DONE for an exact lookup")
         case typeSockDiagByFamily:
@@ -287,28 +260,14 @@ public enum SockDiagMessage {
             uid: load(UInt32.self, payload, 64),
             inode: load(UInt32.self, payload, 68),
             cgroupID: nil)
-        var offset = diagMessageLength
-        while offset < payload.count {
-            let remaining = payload.count - offset
-            guard remaining >= 4 else {
-                throw SockDiagError.malformed("\(remaining) stray bytes after the last attribute")
+        try NetlinkAttributes.forEach(
+            in: UnsafeRawBufferPointer(rebasing: payload[diagMessageLength...]), as: SockDiagError.self
+        ) { type, value in
+            guard type == attributeCgroupID else { return }
+            guard value.count == 8 else {
+                throw SockDiagError.malformed("INET_DIAG_CGROUP_ID of \(value.count) bytes, expected 8")
             }
-            let length = Int(load(UInt16.self, payload, offset))
-            let type = load(UInt16.self, payload, offset + 2) & attributeTypeMask
-            guard length >= 4 else {
-                throw SockDiagError.malformed("attribute length \(length) is smaller than its header")
-            }
-            guard length <= remaining else {
-                throw SockDiagError.malformed(
-                    "attribute \(type) of \(length) bytes runs past the end of the message (\(remaining) left)")
-            }
-            if type == attributeCgroupID {
-                guard length == 4 + 8 else {
-                    throw SockDiagError.malformed("INET_DIAG_CGROUP_ID of \(length - 4) bytes, expected 8")
-                }
-                reply.cgroupID = CgroupID(load(UInt64.self, payload, offset + 4))
-            }
-            offset += min((length + 3) & ~3, remaining)
+            reply.cgroupID = CgroupID(load(UInt64.self, value, 0))
         }
         return reply
     }

@@ -8,7 +8,23 @@ import NIOPosix
 /// Who opened a captured connection. The agent answers from the socket's cgroup;
 /// tests can answer however they like.
 public protocol SourceIdentifier: Sendable {
-    func identify(client: SocketAddress, originalDestination: SocketAddress) throws -> Workload
+    /// - Parameters:
+    ///   - client: the peer of the accepted connection (after NAT);
+    ///   - listener: the address it was accepted on (the redirect target);
+    ///   - originalDestination: where the client was connecting to.
+    /// - Returns: the workload, and the client's own address (NAT may have
+    ///   changed the port the agent sees).
+    func identify(client: SocketAddress, listener: SocketAddress?, originalDestination: SocketAddress) throws -> IdentifiedSource
+}
+
+public struct IdentifiedSource: Sendable {
+    public var workload: Workload
+    public var address: SocketAddress
+
+    public init(workload: Workload, address: SocketAddress) {
+        self.workload = workload
+        self.address = address
+    }
 }
 
 /// Which workload on this node, if any, a destination address belongs to.
@@ -102,8 +118,8 @@ public final class OutboundProxy: Sendable {
             return client.eventLoop.makeFailedFuture(error) as EventLoopFuture<SocketAddress>
         }.flatMap { destination in
             do {
-                let workload = try self.identifier.identify(client: peer, originalDestination: destination)
-                return self.connect(client: client, peer: peer, workload: workload, destination: destination, started: started)
+                let source = try self.identifier.identify(client: peer, listener: client.localAddress, originalDestination: destination)
+                return self.connect(client: client, peer: source.address, workload: source.workload, destination: destination, started: started)
             } catch {
                 self.metrics.refused(.unidentified)
                 self.logger.warning("refused a captured connection from \(peer) to \(destination): source not identified: \(error)")
