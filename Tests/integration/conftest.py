@@ -3,7 +3,9 @@ real agent binary.
 
 Every test gets its own namespaces ("node" runs the agent and the workloads,
 "remote" is another host on a veth link), its own cgroup directories and its own
-processes, and removes all of them even when it fails. Traffic goes only to
+processes, and removes all of them even when it fails. For node-to-node tests,
+`TwoNodes` / the `two_nodes` fixture runs an agent in each of the two namespaces,
+with node CAs issued from one shared root. Traffic goes only to
 addresses inside those namespaces (10.77.0.0/16, fd77::/64) or loopback.
 """
 import itertools
@@ -94,16 +96,26 @@ class Topology:
         self.processes.append(proc)
         return proc
 
-    def server(self, mode="echo", port=8080):
-        proc = self.spawn(self.remote, [sys.executable, str(PEER), "serve", mode, str(port)])
+    def server(self, mode="echo", port=8080, ns=None, cgroup=None, record=None):
+        """A peer.py server in namespace ns (default: remote), optionally in a
+        workload cgroup; with `record`, it appends one line per accepted
+        connection to that file (so a test can show nothing was dialled)."""
+        args = [sys.executable, str(PEER), "serve", mode, str(port)] + ([str(record)] if record else [])
+        proc = self.spawn(ns or self.remote, args, cgroup=cgroup)
         line = proc.stdout.readline()
         assert line.strip() == "listening", f"test server did not start: {proc.stderr.read()}"
         return proc
 
-    def client(self, args, cgroup=None, timeout=120):
-        """Runs a peer.py client on the node, in cgroup; returns its JSON result."""
-        proc = self.spawn(self.node, [sys.executable, str(PEER)] + [str(a) for a in args], cgroup=cgroup)
-        out, err = proc.communicate(timeout=timeout)
+    def client(self, args, cgroup=None, timeout=120, ns=None):
+        """Runs a peer.py client in namespace ns (default: node), in cgroup;
+        returns its JSON result."""
+        proc = self.spawn(ns or self.node, [sys.executable, str(PEER)] + [str(a) for a in args], cgroup=cgroup)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            out, err = proc.communicate()
+            raise AssertionError(f"client {args} did not finish within {timeout}s: {err}")
         assert proc.returncode == 0, f"client {args} failed: {err}"
         return json.loads(out)
 
@@ -181,17 +193,39 @@ def make_ca(directory, trust_domain=TRUST_DOMAIN, node="test-node"):
     return directory / "node"
 
 
-class Agent:
-    """The real mesh-agent binary, running in the node namespace."""
+def make_node_cas(directory, nodes, trust_domain=TRUST_DOMAIN):
+    """One offline root (DIR/root) and an intermediate per node (DIR/NODE), each
+    with intermediate.pem, intermediate.key and bundle.pem; returns {node: DIR/NODE}."""
+    directory = Path(directory)
+    if not (directory / "root" / "root.pem").exists():
+        agentctl("ca", "init", "--trust-domain", trust_domain, "--out", directory / "root")
+    result = {}
+    for node in nodes:
+        if not (directory / node / "intermediate.pem").exists():
+            agentctl("ca", "issue-intermediate", "--ca", directory / "root", "--name", node, "--out", directory / node)
+        result[node] = directory / node
+    return result
 
-    def __init__(self, topology, tmp_path, workloads, **settings):
+
+class Agent:
+    """The real mesh-agent binary, running in the node namespace (or in
+    `namespace`, e.g. the remote one when both ends run an agent).
+
+    `ca` is a directory with intermediate.pem, intermediate.key and bundle.pem;
+    without it the agent gets a CA of its own below tmp_path (or `ca_dir`).
+    Settings written to the config when given: node, meshNetworks (a list),
+    mtlsMode, policyDir, rootNamespace, certificateTTL, failureMode, drainTimeout.
+    """
+
+    def __init__(self, topology, tmp_path, workloads, namespace=None, ca=None, **settings):
         self.topology = topology
+        self.namespace = namespace or topology.node
         self.tmp_path = tmp_path
         self.config_path = tmp_path / "agent.yaml"
         self.access_log = tmp_path / "access.log"
         self.stderr_path = tmp_path / "agent.stderr"
         self.admin_socket = tmp_path / "admin.sock"
-        self.ca = make_ca(settings.pop("ca_dir", tmp_path / "ca"))
+        self.ca = Path(ca) if ca is not None else make_ca(settings.pop("ca_dir", tmp_path / "ca"))
         self.settings = settings
         self.write_config(workloads)
         self.proc = None
@@ -200,7 +234,7 @@ class Agent:
         settings = {**self.settings, **overrides}
         lines = [
             f"trustDomain: {TRUST_DOMAIN}",
-            "node: test-node",
+            f"node: {settings.get('node', 'test-node')}",
             f"accessLog: {self.access_log}",
             f"failureMode: {settings.get('failureMode', 'open')}",
             f"drainTimeout: {settings.get('drainTimeout', '5s')}",
@@ -210,14 +244,23 @@ class Agent:
             f"  certificate: {self.ca / 'intermediate.pem'}",
             f"  key: {self.ca / 'intermediate.key'}",
             f"  trustBundle: {self.ca / 'bundle.pem'}",
-            "workloads:",
         ]
+        if settings.get("meshNetworks") is not None:
+            lines.append(f"meshNetworks: [{', '.join(json.dumps(str(n)) for n in settings['meshNetworks'])}]")
+        for key in ("mtlsMode", "policyDir", "rootNamespace"):
+            if settings.get(key) is not None:
+                lines.append(f"{key}: {settings[key]}")
+        lines.append("workloads:")
         for w in workloads:
             lines += [
                 f"  - name: {w['name']}",
                 f"    namespace: {w.get('namespace', 'test')}",
                 f"    cgroup: {w['cgroup']}",
             ]
+            if w.get("serviceAccount"):
+                lines.append(f"    serviceAccount: {w['serviceAccount']}")
+            if w.get("labels"):
+                lines.append(f"    labels: {json.dumps(w['labels'])}")
             if w.get("ports"):
                 lines.append(f"    ports: [{', '.join(str(p) for p in w['ports'])}]")
         if not workloads:
@@ -227,7 +270,7 @@ class Agent:
     def start(self, expect_ready=True):
         self.stderr_file = open(self.stderr_path, "a")
         self.proc = subprocess.Popen(
-            self.topology.nsenter(self.topology.node) + [str(BIN / "mesh-agent"), "--config", str(self.config_path), "--log-level", "debug"],
+            self.topology.nsenter(self.namespace) + [str(BIN / "mesh-agent"), "--config", str(self.config_path), "--log-level", "debug"],
             stdout=self.stderr_file, stderr=self.stderr_file,
         )
         self.topology.processes.append(self.proc)
@@ -255,7 +298,44 @@ class Agent:
     def entries(self):
         if not self.access_log.exists():
             return []
-        return [json.loads(line) for line in self.access_log.read_text().splitlines() if line.strip()]
+        entries = []
+        lines = self.access_log.read_text().splitlines()
+        for index, line in enumerate(lines):
+            if not line.strip():
+                continue
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                if index != len(lines) - 1:  # only the line being written may be partial
+                    raise
+        return entries
+
+    def alive(self):
+        return self.proc is not None and self.proc.poll() is None
+
+    def rss_kib(self):
+        """Resident memory of the agent process (the binary nsenter exec'd)."""
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def find_entry(self, predicate, timeout=5.0, what="an access-log entry", since=0):
+        """The first access-log entry (from index `since` on) for which
+        predicate(entry) holds, waiting for it."""
+        def find():
+            for entry in self.entries()[since:]:
+                if predicate(entry):
+                    return entry
+            return None
+        return wait_for(find, timeout=timeout, what=what)
+
+    def kill(self):
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        if getattr(self, "stderr_file", None) is not None and not self.stderr_file.closed:
+            self.stderr_file.close()
 
     def entry_for_port(self, local_port, timeout=5.0):
         def find():
@@ -264,6 +344,72 @@ class Agent:
                     return entry
             return None
         return wait_for(find, timeout=timeout, what=f"an access-log entry for source port {local_port}")
+
+
+class TwoNodes:
+    """Two nodes joined by a veth pair, each able to run its own agent: node "a"
+    is the topology's `node` namespace, node "b" its `remote` one. Both node CAs
+    are issued from one shared root (DIR/ca/root -> DIR/ca/node-a, DIR/ca/node-b).
+    Workload cgroups for either node live below one test directory (`cgroups`)."""
+
+    def __init__(self, tmp_path, name):
+        self.tmp = Path(tmp_path)
+        self.agents = []
+        self.topology = Topology()
+        try:
+            self.cgroups = Cgroups(name)
+        except BaseException:
+            self.topology.close()
+            raise
+        try:
+            self.cas = make_node_cas(self.tmp / "ca", ["node-a", "node-b"])
+        except BaseException:
+            self.close()
+            raise
+
+    def namespace(self, which):
+        return self.topology.node if which == "a" else self.topology.remote
+
+    def ip(self, which, family="ipv4"):
+        t = self.topology
+        if family == "ipv4":
+            return t.node_ip if which == "a" else t.remote_ip
+        return t.node_ip6 if which == "a" else t.remote_ip6
+
+    def agent(self, which, workloads, directory=None, **settings):
+        """An agent (not started) for node "a" or "b", with its own config, admin
+        socket, access log and node CA (default: that node's CA under the shared root)."""
+        directory = Path(directory or self.tmp / which)
+        directory.mkdir(parents=True, exist_ok=True)
+        settings.setdefault("node", f"node-{which}")
+        settings.setdefault("ca", self.cas[f"node-{which}"])
+        agent = Agent(self.topology, directory, workloads, namespace=self.namespace(which), **settings)
+        self.agents.append(agent)
+        return agent
+
+    def workload(self, name, namespace="test", **extra):
+        """A workload entry whose cgroup directory exists."""
+        self.cgroups.make(name)
+        return {"name": name, "namespace": namespace, "cgroup": self.cgroups.path(name), **extra}
+
+    def close(self):
+        for agent in self.agents:
+            try:
+                agent.kill()
+            except Exception:
+                pass
+        self.topology.close()
+        if getattr(self, "cgroups", None) is not None:
+            self.cgroups.close()
+
+
+@pytest.fixture
+def two_nodes(tmp_path, request):
+    nodes = TwoNodes(tmp_path, request.node.name.split("[")[0][-20:])
+    try:
+        yield nodes
+    finally:
+        nodes.close()
 
 
 @pytest.fixture

@@ -12,8 +12,16 @@ def workload(cgroups, name):
     return {"name": name, "cgroup": cgroups.path(name)}
 
 
-def certs(agent):
+AGENT_IDENTITY = f"spiffe://{TRUST_DOMAIN}/ns/istio-system/sa/mesh-agent"
+
+
+def all_certs(agent):
     return json.loads(agent.ctl("certs", "-o", "json").stdout)
+
+
+def certs(agent):
+    """The workloads' certificates (the agent also holds its own, for the tunnel)."""
+    return [c for c in all_certs(agent) if c["identity"] != AGENT_IDENTITY]
 
 
 def valid_certs(agent, count):
@@ -27,11 +35,15 @@ def test_agent_issues_a_certificate_per_workload_that_openssl_verifies(topology,
     table = agent.ctl("certs").stdout
     lines = table.strip().splitlines()
     assert lines[0].split() == ["IDENTITY", "SERIAL", "NOT", "BEFORE", "NOT", "AFTER", "STATE"]
-    assert len(lines) == 3, table
+    assert len(lines) == 4, table
     assert all(line.split()[-1] == "valid" for line in lines[1:]), table
 
-    listed = certs(agent)
-    assert sorted(c["identity"] for c in listed) == [f"spiffe://{TRUST_DOMAIN}/ns/test/sa/checkout", f"spiffe://{TRUST_DOMAIN}/ns/test/sa/orders"]
+    listed = all_certs(agent)
+    assert sorted(c["identity"] for c in listed) == [
+        f"spiffe://{TRUST_DOMAIN}/ns/istio-system/sa/mesh-agent",
+        f"spiffe://{TRUST_DOMAIN}/ns/test/sa/checkout",
+        f"spiffe://{TRUST_DOMAIN}/ns/test/sa/orders",
+    ], "one per workload, and the agent's own for the tunnel listener"
     for cert in listed:
         assert "PRIVATE KEY" not in cert["chain_pem"]
         leaf_pem = cert["chain_pem"].split("-----END CERTIFICATE-----")[0] + "-----END CERTIFICATE-----\n"

@@ -2,20 +2,30 @@
 """Test peers for the integration tests: servers and clients that talk only to
 addresses the test gave them (loopback or test network namespaces).
 
-Servers:
+Servers (serve MODE PORT [RECORD]: with RECORD, one line "accepted ADDR" is
+appended to that file per accepted connection):
   serve echo PORT            echo every byte back; half-close answered with FIN
   serve transfer PORT        read until the client's FIN, answer "<sha256 of what came>\n"
                              followed by the number of bytes the client asked for
+  serve flood PORT           send pattern bytes without end, never read
 Clients (print one JSON object on stdout):
   transfer HOST PORT UP DOWN send UP bytes, half-close, read the answer until EOF
   echo HOST PORT TEXT        one round trip
-  many HOST PORT N           N connections open at once, each one round trip
+  many HOST PORT N [hold]    N connections open at once, each one round trip; with
+                             "hold", print the result, then keep all N open until a
+                             line arrives on stdin
   hold HOST PORT SECONDS     one connection, a round trip every 50 ms for SECONDS
   reset HOST PORT            one round trip, then more bytes and a reset (RST)
+  probe HOST PORT TEXT       connect, send TEXT, read until EOF, reset or 10 s;
+                             reports what happened instead of failing
+  sameport HOST LPORT PORT...  from local port LPORT, one round trip to each PORT
+                             in turn (closing each first), as clients that bind
+                             their source port do; reports each outcome
 """
 import hashlib
 import json
 import os
+import resource
 import socket
 import struct
 import sys
@@ -87,12 +97,24 @@ def serve_transfer(conn):
             conn.sendall(chunk)
 
 
-def serve(mode, port):
-    handler = {"echo": serve_echo, "transfer": serve_transfer}[mode]
+def serve_flood(conn):
+    with conn:
+        try:
+            while True:
+                conn.sendall(BLOCK)
+        except OSError:
+            return
+
+
+def serve(mode, port, record=None):
+    handler = {"echo": serve_echo, "transfer": serve_transfer, "flood": serve_flood}[mode]
     s = listener(port)
+    log = open(record, "a", buffering=1) if record else None
     print("listening", flush=True)
     while True:
-        conn, _ = s.accept()
+        conn, addr = s.accept()
+        if log is not None:
+            log.write(f"accepted {addr[0]} {addr[1]}\n")
         threading.Thread(target=handler, args=(conn,), daemon=True).start()
 
 
@@ -141,7 +163,7 @@ def client_echo(host, port, text):
     return {"local_port": local_port, "ok": data.decode() == text}
 
 
-def client_many(host, port, n):
+def client_many(host, port, n, hold=False):
     sockets = []
     for i in range(n):
         sockets.append(connect(host, port))
@@ -159,6 +181,24 @@ def client_many(host, port, n):
                 break
             data += chunk
         ok += data == message
+    if hold:
+        print(json.dumps({"local_ports": ports, "ok": ok}), flush=True)
+        sys.stdin.readline()
+        # Every connection still works after being held open.
+        for i, s in enumerate(sockets):
+            s.sendall(b"bye\n")
+        still = 0
+        for s in sockets:
+            data = b""
+            while len(data) < 4:
+                chunk = s.recv(CHUNK)
+                if not chunk:
+                    break
+                data += chunk
+            still += data == b"bye\n"
+        for s in sockets:
+            s.close()
+        return {"still_ok": still}
     for s in sockets:
         s.close()
     return {"local_ports": ports, "ok": ok}
@@ -203,9 +243,74 @@ def client_reset(host, port):
     return {"local_port": local_port}
 
 
+def client_probe(host, port, text):
+    """What a plain TCP client sees: refused, reset, closed or answered."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    s = socket.socket(family, socket.SOCK_STREAM)
+    s.settimeout(10)
+    result = {"connected": False, "received": "", "error": None, "local_port": None}
+    try:
+        s.connect((host, port))
+        result["connected"] = True
+        result["local_port"] = s.getsockname()[1]
+        s.sendall(text.encode())
+        data = b""
+        while len(data) < len(text):
+            chunk = s.recv(CHUNK)
+            if not chunk:
+                result["error"] = "closed"
+                break
+            data += chunk
+        result["received"] = data.decode(errors="replace")
+    except socket.timeout:
+        result["error"] = "timeout"
+    except ConnectionRefusedError:
+        result["error"] = "refused"
+    except ConnectionResetError:
+        result["error"] = "reset"
+    except OSError as error:
+        result["error"] = f"oserror: {error}"
+    finally:
+        s.close()
+    return result
+
+
+def client_sameport(host, local_port, ports):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    outcomes = []
+    for port in ports:
+        s = socket.socket(family, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.settimeout(10)
+        try:
+            s.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", local_port))
+            s.connect((host, port))
+            text = f"to {port}".encode()
+            s.sendall(text)
+            data = b""
+            while len(data) < len(text):
+                chunk = s.recv(CHUNK)
+                if not chunk:
+                    break
+                data += chunk
+            outcomes.append("ok" if data == text else f"got {data!r}")
+        except OSError as error:
+            outcomes.append(f"{type(error).__name__}: {error}")
+        finally:
+            s.close()
+    return {"local_port": local_port, "outcomes": outcomes}
+
+
+def raise_file_limit():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(argv):
+    raise_file_limit()
     if argv[0] == "serve":
-        serve(argv[1], int(argv[2]))
+        serve(argv[1], int(argv[2]), argv[3] if len(argv) > 3 else None)
         return
     command, host, port = argv[0], argv[1], int(argv[2])
     if command == "transfer":
@@ -213,11 +318,15 @@ def main(argv):
     elif command == "echo":
         result = client_echo(host, port, argv[3])
     elif command == "many":
-        result = client_many(host, port, int(argv[3]))
+        result = client_many(host, port, int(argv[3]), hold=len(argv) > 4 and argv[4] == "hold")
     elif command == "hold":
         result = client_hold(host, port, float(argv[3]))
     elif command == "reset":
         result = client_reset(host, port)
+    elif command == "probe":
+        result = client_probe(host, port, argv[3])
+    elif command == "sameport":
+        result = client_sameport(host, port, [int(a) for a in argv[3:]])
     else:
         raise SystemExit(f"unknown command {command}")
     print(json.dumps(result), flush=True)
