@@ -102,9 +102,10 @@ def test_agent_without_its_ca_key_refuses_to_start_with_advice(topology, cgroups
 
 
 def test_agentctl_explains_a_missing_agent_and_a_non_root_user(tmp_path, topology, cgroups, make_agent):
-    missing = agentctl("certs", "--socket", tmp_path / "nothing.sock", check=False)
-    assert missing.returncode == 1
-    assert "mesh-agent is not running" in missing.stderr
+    for args in (("certs", "--socket", tmp_path / "nothing.sock"), ("--socket", tmp_path / "nothing.sock", "connections")):
+        missing = agentctl(*args, check=False)
+        assert missing.returncode == 1, (args, missing.stderr)
+        assert "mesh-agent is not running" in missing.stderr and "nothing.sock" in missing.stderr, (args, missing.stderr)
 
     agent = make_agent([workload(cgroups, "orders")]).start()
     tmp_path.chmod(0o755)
