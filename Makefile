@@ -13,7 +13,7 @@ DEBUG_BIN  := .build/debug
 RELEASE_BIN := .build/release
 
 # Debian packages the build, the tests and the demo need.
-DEB_PACKAGES := libssl-dev openssl libmnl-dev libnftnl-dev pkg-config nftables iproute2 util-linux procps socat iperf3 tcpdump wrk python3
+DEB_PACKAGES := libssl-dev openssl libmnl-dev libnftnl-dev pkg-config nftables iproute2 util-linux procps socat iperf3 tcpdump wrk systemd python3
 # Python modules the integration tests use (pip, or Debian's packages for /usr/bin/python3).
 PY_MODULES := pytest h2 cryptography
 
@@ -62,8 +62,12 @@ demo: build
 install: build
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(RELEASE_BIN)/mesh-agent $(RELEASE_BIN)/agentctl $(DESTDIR)$(PREFIX)/bin/
-	install -d $(DESTDIR)/etc/mesh-agent
+	install -d $(DESTDIR)/etc/mesh-agent $(DESTDIR)/etc/mesh-agent/policies.example
 	install -m 0644 deploy/examples/agent.yaml $(DESTDIR)/etc/mesh-agent/agent.yaml.example
+	install -m 0644 deploy/examples/policies/*.yaml $(DESTDIR)/etc/mesh-agent/policies.example/
+	install -d $(DESTDIR)/etc/systemd/system
+	sed 's|/usr/local/bin|$(PREFIX)/bin|g' deploy/mesh-agent.service > $(DESTDIR)/etc/systemd/system/mesh-agent.service
+	chmod 0644 $(DESTDIR)/etc/systemd/system/mesh-agent.service
 
 clean:
 	rm -rf .build

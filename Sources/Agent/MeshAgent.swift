@@ -38,6 +38,10 @@ public final class MeshAgent: Sendable {
     /// Runs until SIGTERM or SIGINT, then drains and returns.
     public func run() async throws {
         guard Privileges.isRoot else { throw AgentError.notRoot }
+        let systemd = SystemdNotifier()
+        if let interval = systemd.watchdogInterval, interval < Self.rescanInterval {
+            logger.warning("WatchdogSec is shorter than \(Self.rescanInterval * 2): the agent pings once per \(Self.rescanInterval) and may be restarted while healthy; use WatchdogSec=10s or more")
+        }
         let config = try AgentConfig.load(path: configPath)
         let policies = try PolicyLoader.load(directory: config.policyDir, rootNamespace: config.rootNamespace, defaultMode: config.mtlsMode)
         log(policies, from: config.policyDir)
@@ -128,6 +132,7 @@ public final class MeshAgent: Sendable {
             throw error
         }
         logger.info("mesh-agent ready: node \(config.node), trust domain \(config.trustDomain), \(registry.members.count) workload(s), table inet \(capture.parameters.tableName)")
+        notify(systemd, ["READY=1", "STATUS=ready: \(registry.members.count) workload(s), capture installed"])
 
         let events = Self.events()
         var ticks = 0
@@ -147,12 +152,23 @@ public final class MeshAgent: Sendable {
                 if ticks % Self.driftCheckEvery == 0 {
                     capture.reconcile()
                 }
+                if systemd.watchdogInterval != nil {
+                    // Alive means the control loop runs and every event loop
+                    // answers; a wedged loop stops the pings and systemd restarts us.
+                    for eventLoop in group.makeIterator() {
+                        try? await eventLoop.submit {}.get()
+                    }
+                    notify(systemd, ["WATCHDOG=1"])
+                }
             case .reload:
+                notify(systemd, ["RELOADING=1", "STATUS=reloading \(configPath)"])
                 currentConfig = reload(current: currentConfig, registry: registry, capture: &capture)
                 svids.setIdentities(registry.presentIdentities.union([agentIdentity]))
                 reloadAuthority(currentConfig, svids: svids)
+                notify(systemd, ["READY=1", "STATUS=ready: \(registry.members.count) workload(s), reloaded"])
             case .terminate(let signal):
                 logger.info("received \(signal): draining")
+                notify(systemd, ["STOPPING=1", "STATUS=draining \(connections.count) connection(s)"])
                 break loop
             }
         }
@@ -257,6 +273,12 @@ public final class MeshAgent: Sendable {
         capture.sync()
         logger.info("reloaded \(configPath): \(registry.members.count) workload(s)")
         return applied
+    }
+
+    private func notify(_ systemd: SystemdNotifier, _ fields: [String]) {
+        if let error = systemd.notify(fields) {
+            logger.warning("\(error)")
+        }
     }
 
     private func log(_ policies: PolicySet, from directory: String) {

@@ -267,11 +267,12 @@ class Agent:
             lines[-1] = "workloads: []"
         self.config_path.write_text("\n".join(lines) + "\n")
 
-    def start(self, expect_ready=True):
+    def start(self, expect_ready=True, env=None):
+        """env: extra environment variables for the agent (e.g. NOTIFY_SOCKET)."""
         self.stderr_file = open(self.stderr_path, "a")
         self.proc = subprocess.Popen(
             self.topology.nsenter(self.namespace) + [str(BIN / "mesh-agent"), "--config", str(self.config_path), "--log-level", "debug"],
-            stdout=self.stderr_file, stderr=self.stderr_file,
+            stdout=self.stderr_file, stderr=self.stderr_file, env={**os.environ, **(env or {})},
         )
         self.topology.processes.append(self.proc)
         if expect_ready:
