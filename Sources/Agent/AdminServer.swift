@@ -4,44 +4,88 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
 import NIOPosix
+import Proxy
 
-/// The admin API: JSON over HTTP/1.1 on a Unix socket that only root may open
-/// (mode 0600). `agentctl` is its client. Read-only views of the agent's state;
-/// nothing it returns ever contains private key material.
+/// The agent's small HTTP/1.1 servers. The admin API: JSON on a Unix socket
+/// that only root may open (mode 0600), with `agentctl` as its client, read-only
+/// views that never contain private key material. The same server answers
+/// Prometheus (`/metrics` on 15020) and the readiness probe (15021) on TCP.
 public final class AdminServer: Sendable {
-    public typealias Route = @Sendable () throws -> Data
+    public struct Response: Sendable {
+        public var status: HTTPResponseStatus
+        public var contentType: String
+        public var body: Data
 
-    private let path: String
+        public init(status: HTTPResponseStatus = .ok, contentType: String = "application/json", body: Data) {
+            self.status = status
+            self.contentType = contentType
+            self.body = body
+        }
+    }
+
+    public typealias Route = @Sendable () throws -> Response
+
+    public enum Binding: Sendable {
+        case unixSocket(path: String)
+        /// Every address (IPv6 dual-stack, or IPv4 alone on a host without IPv6).
+        case tcp(port: UInt16)
+    }
+
+    private let binding: Binding
     private let routes: [String: Route]
     private let group: EventLoopGroup
     private let logger: Logger
     private let channel = NIOLockedValueBox<Channel?>(nil)
 
-    public init(path: String, routes: [String: Route], group: EventLoopGroup, logger: Logger) {
-        self.path = path
+    public convenience init(path: String, routes: [String: Route], group: EventLoopGroup, logger: Logger) {
+        self.init(binding: .unixSocket(path: path), routes: routes, group: group, logger: logger)
+    }
+
+    public init(binding: Binding, routes: [String: Route], group: EventLoopGroup, logger: Logger) {
+        self.binding = binding
         self.routes = routes
         self.group = group
         self.logger = logger
     }
 
     public func start() async throws {
-        let directory = (path as NSString).deletingLastPathComponent
-        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
-        try removeStaleSocket()
         let routes = self.routes
         let logger = self.logger
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.backlog, value: 64)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+                    try channel.pipeline.syncOperations.addHandler(AdminHTTPHandler(routes: routes, logger: logger))
+                }
+            }
+        switch binding {
+        case .unixSocket(let path):
+            try await startUnix(bootstrap, path: path)
+        case .tcp(let port):
+            let bound: Channel
+            do {
+                bound = try await bootstrap.bind(host: "::", port: Int(port)).get()
+            } catch {
+                do {
+                    bound = try await bootstrap.bind(host: "0.0.0.0", port: Int(port)).get()
+                } catch {
+                    throw ProxyError.cannotListen(address: "0.0.0.0", port: port, underlying: "\(error)")
+                }
+            }
+            channel.withLockedValue { $0 = bound }
+            logger.info("serving \(routes.keys.sorted().joined(separator: ", ")) on port \(port)")
+        }
+    }
+
+    private func startUnix(_ bootstrap: ServerBootstrap, path: String) async throws {
+        let directory = (path as NSString).deletingLastPathComponent
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o755])
+        try removeStaleSocket(path)
         let bound: Channel
         do {
-            bound = try await ServerBootstrap(group: group)
-                .serverChannelOption(.backlog, value: 64)
-                .childChannelInitializer { channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                        try channel.pipeline.syncOperations.addHandler(AdminHTTPHandler(routes: routes, logger: logger))
-                    }
-                }
-                .bind(unixDomainSocketPath: path)
-                .get()
+            bound = try await bootstrap.bind(unixDomainSocketPath: path).get()
         } catch {
             throw AgentError.adminSocket(path: path, reason: "\(error)")
         }
@@ -60,12 +104,14 @@ public final class AdminServer: Sendable {
         if let bound = channel.withLockedValue({ channel in defer { channel = nil }; return channel }) {
             try? await bound.close()
         }
-        unlink(path)
+        if case .unixSocket(let path) = binding {
+            unlink(path)
+        }
     }
 
     /// A socket file left by an earlier agent that did not exit cleanly; anything
     /// else at that path is not ours to delete.
-    private func removeStaleSocket() throws {
+    private func removeStaleSocket(_ path: String) throws {
         var info = stat()
         guard lstat(path, &info) == 0 else { return }
         guard info.st_mode & S_IFMT == S_IFSOCK else {
@@ -103,35 +149,30 @@ private final class AdminHTTPHandler: ChannelInboundHandler, RemovableChannelHan
 
     private func respond(context: ChannelHandlerContext, to head: HTTPRequestHead) {
         let path = String(head.uri.split(separator: "?", maxSplits: 1).first ?? "")
-        let status: HTTPResponseStatus
-        let body: Data
+        let response: AdminServer.Response
         if head.method != .GET && head.method != .POST {
-            status = .methodNotAllowed
-            body = Self.errorBody("method \(head.method) is not supported")
+            response = Self.error(.methodNotAllowed, "method \(head.method) is not supported")
         } else if let route = routes[path] {
             do {
-                body = try route()
-                status = .ok
+                response = try route()
             } catch {
                 logger.warning("admin API \(path) failed: \(error)")
-                status = .internalServerError
-                body = Self.errorBody("\(error)")
+                response = Self.error(.internalServerError, "\(error)")
             }
         } else {
-            status = .notFound
-            body = Self.errorBody("no such endpoint \(path); known: \(routes.keys.sorted().joined(separator: ", "))")
+            response = Self.error(.notFound, "no such endpoint \(path); known: \(routes.keys.sorted().joined(separator: ", "))")
         }
         var headers = HTTPHeaders()
-        headers.add(name: "Content-Type", value: "application/json")
-        headers.add(name: "Content-Length", value: String(body.count))
+        headers.add(name: "Content-Type", value: response.contentType)
+        headers.add(name: "Content-Length", value: String(response.body.count))
         headers.add(name: "Connection", value: "close")
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: status, headers: headers))), promise: nil)
-        context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: body)))), promise: nil)
+        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: response.status, headers: headers))), promise: nil)
+        context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: response.body)))), promise: nil)
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
     }
 
-    static func errorBody(_ message: String) -> Data {
-        (try? JSONSerialization.data(withJSONObject: ["error": message])) ?? Data()
+    static func error(_ status: HTTPResponseStatus, _ message: String) -> AdminServer.Response {
+        AdminServer.Response(status: status, body: (try? JSONSerialization.data(withJSONObject: ["error": message])) ?? Data())
     }
 }

@@ -7,7 +7,11 @@ import NIOCore
 import NIOPosix
 import Netfilter
 import Policy
+import Prometheus
 import Proxy
+import Metrics
+import NIOConcurrencyHelpers
+import NIOHTTP1
 
 /// The agent: owns capture (the nftables table), the workload registry and the
 /// listeners, and runs them from start to drain.
@@ -39,6 +43,7 @@ public final class MeshAgent: Sendable {
     public func run() async throws {
         guard Privileges.isRoot else { throw AgentError.notRoot }
         let systemd = SystemdNotifier()
+        _ = Self.metricsRegistry  // before any metric is made
         if let interval = systemd.watchdogInterval, interval < Self.rescanInterval {
             logger.warning("WatchdogSec is shorter than \(Self.rescanInterval * 2): the agent pings once per \(Self.rescanInterval) and may be restarted while healthy; use WatchdogSec=10s or more")
         }
@@ -62,11 +67,22 @@ public final class MeshAgent: Sendable {
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let connections = ConnectionTracker(maximum: config.limits.maxConnections)
+        let ready = NIOLockedValueBox(false)
+        let observability = [
+            AdminServer(binding: .tcp(port: config.ports.metrics), routes: ["/metrics": { Self.metricsResponse() }], group: group, logger: logger),
+            AdminServer(binding: .tcp(port: config.ports.readiness), routes: [
+                "/healthz/ready": {
+                    ready.withLockedValue { $0 }
+                        ? AdminServer.Response(contentType: "text/plain", body: Data("ready\n".utf8))
+                        : AdminServer.Response(status: .serviceUnavailable, contentType: "text/plain", body: Data("not ready\n".utf8))
+                },
+            ], group: group, logger: logger),
+        ]
         let admin = AdminServer(
             path: config.adminSocket,
             routes: [
-                "/v1/certs": { try AdminViews.encode(AdminViews.certificates(svids)) },
-                "/v1/connections": { try AdminViews.encode(AdminViews.connections(connections)) },
+                "/v1/certs": { AdminServer.Response(body: try AdminViews.encode(AdminViews.certificates(svids))) },
+                "/v1/connections": { AdminServer.Response(body: try AdminViews.encode(AdminViews.connections(connections))) },
             ],
             group: group,
             logger: logger
@@ -114,9 +130,11 @@ public final class MeshAgent: Sendable {
         let listeners = Listeners(outbound: outbound, tunnel: tunnelServer, inboundPlaintext: inboundPlaintext)
         do {
             try await admin.start()
+            for server in observability { try await server.start() }
             try await listeners.start()
         } catch {
             await listeners.stopAccepting()
+            for server in observability { await server.stop() }
             await admin.stop()
             try? await group.shutdownGracefully()
             throw error
@@ -127,10 +145,12 @@ public final class MeshAgent: Sendable {
             try capture.install()
         } catch {
             await listeners.stopAccepting()
+            for server in observability { await server.stop() }
             await admin.stop()
             try? await group.shutdownGracefully()
             throw error
         }
+        ready.withLockedValue { $0 = true }
         logger.info("mesh-agent ready: node \(config.node), trust domain \(config.trustDomain), \(registry.members.count) workload(s), table inet \(capture.parameters.tableName)")
         notify(systemd, ["READY=1", "STATUS=ready: \(registry.members.count) workload(s), capture installed"])
 
@@ -169,6 +189,7 @@ public final class MeshAgent: Sendable {
             case .terminate(let signal):
                 logger.info("received \(signal): draining")
                 notify(systemd, ["STOPPING=1", "STATUS=draining \(connections.count) connection(s)"])
+                ready.withLockedValue { $0 = false }
                 break loop
             }
         }
@@ -202,9 +223,22 @@ public final class MeshAgent: Sendable {
         if currentConfig.failureMode == .open {
             capture.remove()
         }
+        for server in observability { await server.stop() }
         await admin.stop()
         try? await group.shutdownGracefully()
         logger.info("mesh-agent stopped")
+    }
+
+    /// The process's metrics, in Prometheus text format. The metrics system is
+    /// bootstrapped once per process (swift-metrics allows no second time).
+    static let metricsRegistry: PrometheusCollectorRegistry = {
+        let registry = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: registry))
+        return registry
+    }()
+
+    static func metricsResponse() -> AdminServer.Response {
+        AdminServer.Response(contentType: "text/plain; version=0.0.4; charset=utf-8", body: Data(metricsRegistry.emitToBuffer()))
     }
 
     /// Conntrack recovers a client's port that NAT changed; without it (no

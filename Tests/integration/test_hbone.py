@@ -387,6 +387,64 @@ def test_a_source_port_reused_for_another_destination_is_still_tunnelled(mesh):
     assert all(e["reason"] == "hbone" and e["src_identity"] == identity("checkout") for e in entries), entries
 
 
+def scrape(topology, ns, url):
+    """GET url from inside a namespace: (status, body)."""
+    code = ("import sys, urllib.request, urllib.error\n"
+            "try:\n r = urllib.request.urlopen(sys.argv[1], timeout=10); print(r.status); print(r.read().decode())\n"
+            "except urllib.error.HTTPError as e:\n print(e.code); print(e.read().decode())\n")
+    out = topology.run_in(ns, sys.executable, "-c", code, url).stdout
+    status, _, body = out.partition("\n")
+    return int(status), body
+
+
+def metric_samples(text, name):
+    """{frozenset(labels): value} for every sample of `name` in Prometheus text."""
+    samples = {}
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        labels_text, _, value = line[len(name) + 1:].rpartition("} ")
+        labels = frozenset(tuple(part.split("=", 1)) for part in labels_text.replace('"', "").split(","))
+        samples[labels] = float(value)
+    return samples
+
+
+def test_prometheus_metrics_name_both_principals_and_count_the_bytes(mesh):
+    text = f"metrics {uuid.uuid4().hex}" * 10
+    before_status, before = scrape(mesh.topology, mesh.ns_b, f"http://{mesh.b_ip}:15020/metrics")
+    assert before_status == 200
+    key = frozenset({("reporter", "destination"), ("source_principal", identity("witness")),
+                     ("destination_principal", identity("orders")), ("connection_security_policy", "mutual_tls")})
+
+    def total(body, name):
+        return sum(v for labels, v in metric_samples(body, name).items() if key <= labels)
+
+    result = mesh.client(["echo", mesh.b_ip, ECHO, text], workload="witness")
+    assert result["ok"]
+    mesh.b.find_entry(lambda e: e["src_identity"] == identity("witness") and e["bytes_received"] == len(text),
+                      timeout=10, what="node b's entry for the scraped connection")
+    status, after = scrape(mesh.topology, mesh.ns_b, f"http://{mesh.b_ip}:15020/metrics")
+    assert status == 200
+    assert total(after, "istio_tcp_connections_opened_total") - total(before, "istio_tcp_connections_opened_total") == 1, after
+    assert total(after, "istio_tcp_connections_closed_total") - total(before, "istio_tcp_connections_closed_total") == 1
+    assert total(after, "istio_tcp_received_bytes_total") - total(before, "istio_tcp_received_bytes_total") == len(text)
+    assert total(after, "istio_tcp_sent_bytes_total") - total(before, "istio_tcp_sent_bytes_total") == len(text)
+    # Every sample line parses: NAME{labels} VALUE, or a # comment.
+    for line in after.splitlines():
+        assert line.startswith("#") or line == "" or (" " in line and float(line.rsplit(" ", 1)[1]) >= 0), line
+
+    source_status, source_side = scrape(mesh.topology, mesh.ns_a, f"http://127.0.0.1:15020/metrics")
+    assert source_status == 200
+    outbound = {labels: v for labels, v in metric_samples(source_side, "istio_tcp_connections_opened_total").items()
+                if ("reporter", "source") in labels and ("source_principal", identity("witness")) in labels}
+    assert outbound and all(("connection_security_policy", "mutual_tls") in labels for labels in outbound), source_side
+
+
+def test_readiness_probe_answers_ready_while_serving(mesh):
+    assert scrape(mesh.topology, mesh.ns_b, f"http://{mesh.b_ip}:15021/healthz/ready") == (200, "ready\n\n")
+    assert scrape(mesh.topology, mesh.ns_a, "http://[::1]:15021/healthz/ready")[0] == 200
+
+
 # ---------------------------------------------------------------- pooling
 
 def test_a_thousand_connections_share_a_few_tls_connections(mesh):
