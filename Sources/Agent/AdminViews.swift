@@ -1,5 +1,7 @@
 import Foundation
 import Identity
+import NIOConcurrencyHelpers
+import Policy
 import Proxy
 import TLS
 
@@ -90,9 +92,101 @@ public enum AdminViews {
         }
     }
 
+    public struct WorkloadView: Codable, Equatable, Sendable {
+        public var name: String
+        public var namespace: String
+        public var serviceAccount: String
+        public var identity: String
+        public var cgroup: String
+        public var cgroupID: UInt64?
+        public var present: Bool
+        public var ports: [UInt16]
+        /// The inbound mTLS mode of each port ("8080": "STRICT").
+        public var mtls: [String: String]
+        public var labels: [String: String]
+
+        enum CodingKeys: String, CodingKey {
+            case name, namespace, identity, cgroup, present, ports, mtls, labels
+            case serviceAccount = "service_account"
+            case cgroupID = "cgroup_id"
+        }
+    }
+
+    public static func workloads(_ registry: WorkloadRegistry, modes: PeerAuthenticationSet) -> [WorkloadView] {
+        registry.members.map { member in
+            let workload = member.workload
+            return WorkloadView(
+                name: workload.name, namespace: workload.namespace, serviceAccount: workload.serviceAccount,
+                identity: workload.identity.description, cgroup: member.cgroup.description,
+                cgroupID: member.cgroupID?.rawValue, present: member.cgroupID != nil, ports: workload.ports,
+                mtls: Dictionary(uniqueKeysWithValues: workload.ports.map {
+                    (String($0), modes.mode(namespace: workload.namespace, labels: workload.labels, port: $0).rawValue)
+                }),
+                labels: workload.labels)
+        }
+    }
+
+    public struct StatusView: Codable, Equatable, Sendable {
+        public var version: String
+        public var uptimeSeconds: Int
+        public var node: String
+        public var trustDomain: String
+        public var captureMode: String
+        public var table: String
+        /// "in sync", "installed" (not checked yet), "missing" or "differs: …".
+        public var rules: String
+        public var ready: Bool
+        public var workloads: Int
+        public var workloadsPresent: Int
+        public var connections: Int
+        public var peerAuthentications: Int
+        public var defaultMTLSMode: String
+        public var certificates: Int
+        public var earliestCertificateExpiry: String?
+
+        enum CodingKeys: String, CodingKey {
+            case version, node, table, rules, ready, workloads, connections, certificates
+            case uptimeSeconds = "uptime_seconds"
+            case trustDomain = "trust_domain"
+            case captureMode = "capture_mode"
+            case workloadsPresent = "workloads_present"
+            case peerAuthentications = "peer_authentications"
+            case defaultMTLSMode = "default_mtls_mode"
+            case earliestCertificateExpiry = "earliest_certificate_expiry"
+        }
+    }
+
     public static func encode<T: Encodable>(_ value: T) throws -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
         return try encoder.encode(value)
     }
+}
+
+/// What the control loop knows and the admin API shows: written by the loop,
+/// read by admin requests on event loops.
+final class AgentState: Sendable {
+    struct Snapshot {
+        var ready = false
+        var rules = "not installed"
+        var peerAuthentication: PeerAuthenticationSet
+    }
+
+    let started = ContinuousClock.now
+    private let snapshot: NIOLockedValueBox<Snapshot>
+
+    init(peerAuthentication: PeerAuthenticationSet) {
+        snapshot = NIOLockedValueBox(Snapshot(peerAuthentication: peerAuthentication))
+    }
+
+    var current: Snapshot { snapshot.withLockedValue { $0 } }
+
+    func update(_ change: (inout Snapshot) -> Void) {
+        snapshot.withLockedValue { change(&$0) }
+    }
+}
+
+/// The agent's version, as `agentctl status` reports it.
+public enum MeshAgentVersion {
+    public static let current = "0.4.0"
 }

@@ -9,6 +9,7 @@ import Netfilter
 import Policy
 import Prometheus
 import Proxy
+import TLS
 import Metrics
 import NIOConcurrencyHelpers
 import NIOHTTP1
@@ -67,12 +68,12 @@ public final class MeshAgent: Sendable {
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let connections = ConnectionTracker(maximum: config.limits.maxConnections)
-        let ready = NIOLockedValueBox(false)
+        let state = AgentState(peerAuthentication: policies.peerAuthentication)
         let observability = [
             AdminServer(binding: .tcp(port: config.ports.metrics), routes: ["/metrics": { Self.metricsResponse() }], group: group, logger: logger),
             AdminServer(binding: .tcp(port: config.ports.readiness), routes: [
                 "/healthz/ready": {
-                    ready.withLockedValue { $0 }
+                    state.current.ready
                         ? AdminServer.Response(contentType: "text/plain", body: Data("ready\n".utf8))
                         : AdminServer.Response(status: .serviceUnavailable, contentType: "text/plain", body: Data("not ready\n".utf8))
                 },
@@ -83,6 +84,24 @@ public final class MeshAgent: Sendable {
             routes: [
                 "/v1/certs": { AdminServer.Response(body: try AdminViews.encode(AdminViews.certificates(svids))) },
                 "/v1/connections": { AdminServer.Response(body: try AdminViews.encode(AdminViews.connections(connections))) },
+                "/v1/workloads": {
+                    AdminServer.Response(body: try AdminViews.encode(AdminViews.workloads(registry, modes: state.current.peerAuthentication)))
+                },
+                "/v1/status": {
+                    let now = state.current
+                    let certificates = svids.statuses()
+                    let members = registry.members
+                    let status = AdminViews.StatusView(
+                        version: MeshAgentVersion.current,
+                        uptimeSeconds: Int((ContinuousClock.now - state.started).components.seconds),
+                        node: config.node, trustDomain: config.trustDomain, captureMode: config.captureMode.rawValue,
+                        table: "inet mesh_agent", rules: now.rules, ready: now.ready,
+                        workloads: members.count, workloadsPresent: members.filter { $0.cgroupID != nil }.count,
+                        connections: connections.count, peerAuthentications: now.peerAuthentication.policies.count,
+                        defaultMTLSMode: now.peerAuthentication.defaultMode.rawValue, certificates: certificates.count,
+                        earliestCertificateExpiry: certificates.compactMap(\.notAfter).min().map(Certificate.formatTime))
+                    return AdminServer.Response(body: try AdminViews.encode(status))
+                },
             ],
             group: group,
             logger: logger
@@ -150,7 +169,7 @@ public final class MeshAgent: Sendable {
             try? await group.shutdownGracefully()
             throw error
         }
-        ready.withLockedValue { $0 = true }
+        state.update { $0.ready = true; $0.rules = capture.rulesStatus }
         logger.info("mesh-agent ready: node \(config.node), trust domain \(config.trustDomain), \(registry.members.count) workload(s), table inet \(capture.parameters.tableName)")
         notify(systemd, ["READY=1", "STATUS=ready: \(registry.members.count) workload(s), capture installed"])
 
@@ -171,6 +190,7 @@ public final class MeshAgent: Sendable {
                 svids.tick()
                 if ticks % Self.driftCheckEvery == 0 {
                     capture.reconcile()
+                    state.update { $0.rules = capture.rulesStatus }
                 }
                 if systemd.watchdogInterval != nil {
                     // Alive means the control loop runs and every event loop
@@ -183,13 +203,14 @@ public final class MeshAgent: Sendable {
             case .reload:
                 notify(systemd, ["RELOADING=1", "STATUS=reloading \(configPath)"])
                 currentConfig = reload(current: currentConfig, registry: registry, capture: &capture)
+                state.update { $0.peerAuthentication = capture.peerAuthentication; $0.rules = capture.rulesStatus }
                 svids.setIdentities(registry.presentIdentities.union([agentIdentity]))
                 reloadAuthority(currentConfig, svids: svids)
                 notify(systemd, ["READY=1", "STATUS=ready: \(registry.members.count) workload(s), reloaded"])
             case .terminate(let signal):
                 logger.info("received \(signal): draining")
                 notify(systemd, ["STOPPING=1", "STATUS=draining \(connections.count) connection(s)"])
-                ready.withLockedValue { $0 = false }
+                state.update { $0.ready = false }
                 break loop
             }
         }
@@ -393,6 +414,8 @@ struct Capture {
 
     /// Which workload ports accept plaintext from outside the node.
     var peerAuthentication: PeerAuthenticationSet
+    /// The table as last seen: "installed", "in sync", "missing" or "differs: …".
+    private(set) var rulesStatus = "not installed"
 
     init(config: AgentConfig, registry: WorkloadRegistry, netfilter: NetfilterClient, peerAuthentication: PeerAuthenticationSet, logger: Logger) {
         var parameters = CaptureParameters()
@@ -438,6 +461,7 @@ struct Capture {
     mutating func install() throws {
         refreshMembership()
         try netfilter.replace(desired)
+        rulesStatus = "installed"
         logger.info("installed table inet \(parameters.tableName): cgroup levels \(parameters.workloadCgroupLevels), \(parameters.workloadCgroups.values.map(\.count).reduce(0, +)) workload cgroup(s)")
     }
 
@@ -497,26 +521,35 @@ struct Capture {
     /// Compares the live table with the desired one and repairs any drift.
     mutating func reconcile() {
         refreshMembership()
+        let finding: String
         do {
             switch try netfilter.drift(desired: desired) {
             case .inSync:
+                rulesStatus = "in sync"
                 return
             case .missing:
                 logger.warning("table inet \(parameters.tableName) is gone from the kernel; reinstalling it")
+                finding = "was missing"
             case .differs(let lines):
                 logger.warning("table inet \(parameters.tableName) differs from the desired ruleset; reinstalling it: \(lines.joined(separator: "; "))")
+                finding = "differed (\(lines.count) difference(s))"
             }
         } catch {
             logger.warning("cannot read table inet \(parameters.tableName) back: \(error); reinstalling it")
+            finding = "could not be read back"
         }
-        reinstall()
+        rulesStatus = reinstall() ? "\(finding), reinstalled" : "\(finding), reinstall failed"
     }
 
-    private mutating func reinstall() {
+    @discardableResult
+    private mutating func reinstall() -> Bool {
         do {
             try install()
+            return true
         } catch {
             logger.error("cannot install table inet \(parameters.tableName): \(error); will retry")
+            rulesStatus = "install failed: \(error)"
+            return false
         }
     }
 

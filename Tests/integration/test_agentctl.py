@@ -1,0 +1,52 @@
+"""agentctl status and workloads against a running agent, as tables and JSON."""
+import json
+import os
+
+from conftest import TRUST_DOMAIN, wait_for
+
+
+def test_status_and_workloads_say_what_the_agent_is_doing(topology, cgroups, make_agent, tmp_path):
+    cgroups.make("orders")
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "strict-orders.yaml").write_text(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
+        "metadata: {name: strict-orders, namespace: test}\n"
+        "spec:\n  selector: {matchLabels: {app: orders}}\n  mtls: {mode: STRICT}\n"
+        "  portLevelMtls:\n    9090: {mode: PERMISSIVE}\n")
+    agent = make_agent([
+        {"name": "orders", "cgroup": cgroups.path("orders"), "ports": [8080, 9090], "labels": {"app": "orders"}},
+        {"name": "later", "cgroup": cgroups.path("later"), "ports": [7070]},
+    ], policyDir=policies).start()
+
+    status = json.loads(agent.ctl("status", "-o", "json").stdout)
+    assert status["ready"] is True
+    assert status["node"] == "test-node" and status["trust_domain"] == TRUST_DOMAIN and status["capture_mode"] == "host"
+    assert status["workloads"] == 2 and status["workloads_present"] == 1, status
+    assert status["peer_authentications"] == 1 and status["default_mtls_mode"] == "PERMISSIVE", status
+    assert status["certificates"] == 2, "one for the present workload, one for the agent's tunnel listener"
+    assert status["earliest_certificate_expiry"], status
+    assert status["rules"] in ("installed", "in sync"), status
+    # The drift check runs every ten seconds and finds the table as installed.
+    wait_for(lambda: json.loads(agent.ctl("status", "-o", "json").stdout)["rules"] == "in sync", timeout=20,
+             what="the periodic drift check to report the table in sync")
+    table = agent.ctl("status").stdout
+    assert "ready" in table and "in sync" in table and "1 present of 2 configured" in table, table
+
+    workloads = {w["name"]: w for w in json.loads(agent.ctl("--socket", agent.admin_socket, "workloads", "-o", "json").stdout)}
+    orders, later = workloads["orders"], workloads["later"]
+    assert orders["present"] is True and orders["cgroup_id"] == os.stat(cgroups.directory("orders")).st_ino
+    assert orders["identity"] == f"spiffe://{TRUST_DOMAIN}/ns/test/sa/orders"
+    assert orders["mtls"] == {"8080": "STRICT", "9090": "PERMISSIVE"}, orders
+    assert orders["labels"] == {"app": "orders"}
+    assert later["present"] is False and later.get("cgroup_id") is None and later["mtls"] == {"7070": "PERMISSIVE"}
+
+    lines = agent.ctl("workloads").stdout.strip().splitlines()
+    assert lines[0].split()[:3] == ["WORKLOAD", "IDENTITY", "CGROUP"], lines
+    assert any("test/later" in line and "(not present)" in line for line in lines), lines
+    assert any("8080 STRICT, 9090 PERMISSIVE" in line for line in lines), lines
+
+    # A cgroup that appears later is reported present.
+    cgroups.make("later")
+    wait_for(lambda: json.loads(agent.ctl("status", "-o", "json").stdout)["workloads_present"] == 2, timeout=10,
+             what="the new cgroup to be picked up")
