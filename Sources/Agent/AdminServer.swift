@@ -6,7 +6,8 @@ import NIOHTTP1
 import NIOPosix
 import Proxy
 
-/// The agent's small HTTP/1.1 servers. The admin API: JSON on a Unix socket
+/// The agent's small HTTP/1.1 servers. Routes keyed by a path answer GET;
+/// routes keyed "POST /path" are actions. The admin API: JSON on a Unix socket
 /// that only root may open (mode 0600), with `agentctl` as its client, read-only
 /// views that never contain private key material. The same server answers
 /// Prometheus (`/metrics` on 15020) and the readiness probe (15021) on TCP.
@@ -150,9 +151,11 @@ private final class AdminHTTPHandler: ChannelInboundHandler, RemovableChannelHan
     private func respond(context: ChannelHandlerContext, to head: HTTPRequestHead) {
         let path = String(head.uri.split(separator: "?", maxSplits: 1).first ?? "")
         let response: AdminServer.Response
-        if head.method != .GET && head.method != .POST {
-            response = Self.error(.methodNotAllowed, "method \(head.method) is not supported")
-        } else if let route = routes[path] {
+        // A plain path is a read (GET); actions are registered as "POST /path".
+        let route = head.method == .GET ? routes[path] : routes["\(head.method) \(path)"]
+        if route == nil && (routes[path] != nil || routes["POST \(path)"] != nil) {
+            response = Self.error(.methodNotAllowed, "\(head.method) is not allowed on \(path)")
+        } else if let route {
             do {
                 response = try route()
             } catch {

@@ -1,6 +1,7 @@
 import Foundation
 import Identity
 import NIOConcurrencyHelpers
+import Netfilter
 import Policy
 import Proxy
 import TLS
@@ -156,6 +157,36 @@ public enum AdminViews {
         }
     }
 
+    public struct RulesView: Codable, Equatable, Sendable {
+        public var table: String
+        public var inSync: Bool
+        /// One line per difference between the live table and the desired one.
+        public var drift: [String]
+        /// The table as the kernel holds it now, in nft syntax; nil when missing.
+        public var live: String?
+        public var desired: String
+
+        enum CodingKeys: String, CodingKey {
+            case table, drift, live, desired
+            case inSync = "in_sync"
+        }
+    }
+
+    /// Reads the table back from the kernel (a few netlink round trips).
+    public static func rules(desired: NFT.Table, netfilter: NetfilterClient) throws -> RulesView {
+        let live = try netfilter.liveTable(named: desired.name, family: desired.family)
+        let drift: Drift = live.map { Drift.between(desired: desired, live: $0) } ?? .missing
+        let lines: [String]
+        switch drift {
+        case .inSync: lines = []
+        case .missing: lines = ["table \(desired.family) \(desired.name) is missing from the kernel"]
+        case .differs(let differences): lines = differences
+        }
+        return RulesView(
+            table: "\(desired.family) \(desired.name)", inSync: drift == .inSync, drift: lines,
+            live: live?.description, desired: desired.description)
+    }
+
     public static func encode<T: Encodable>(_ value: T) throws -> Data {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
@@ -170,6 +201,8 @@ final class AgentState: Sendable {
         var ready = false
         var rules = "not installed"
         var peerAuthentication: PeerAuthenticationSet
+        /// The table the agent wants installed now.
+        var desiredTable: NFT.Table?
     }
 
     let started = ContinuousClock.now

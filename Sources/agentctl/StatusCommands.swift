@@ -61,3 +61,48 @@ struct WorkloadsCommand: ParsableCommand {
         }
     }
 }
+
+struct RulesCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "rules",
+        abstract: "The nftables table as the kernel holds it now, and whether it matches what the agent wants (exit 1 if not)."
+    )
+
+    @OptionGroup var connection: AgentConnection
+
+    func run() throws {
+        let (rules, raw) = try connection.fetch("/v1/rules", as: AdminViews.RulesView.self)
+        switch connection.output {
+        case .json:
+            print(String(decoding: raw, as: UTF8.self))
+        case .table:
+            print(rules.live ?? "(table \(rules.table) is not in the kernel)")
+            if rules.inSync {
+                print("# table \(rules.table) matches the desired ruleset")
+            } else {
+                print("# table \(rules.table) differs from the desired ruleset (the agent repairs it within 10 s):")
+                for line in rules.drift { print("#   \(line)") }
+            }
+        }
+        if !rules.inSync { throw ExitCode.failure }
+    }
+}
+
+struct ReloadCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "reload",
+        abstract: "Re-read the config and policies (the same as SIGHUP); the agent's log says what changed or why it refused."
+    )
+
+    @OptionGroup var connection: AgentConnection
+
+    func run() throws {
+        do {
+            _ = try connection.client.post("/v1/reload")
+        } catch {
+            printError("\(error)")
+            throw ExitCode.failure
+        }
+        print("reload requested; the agent's log (journalctl -u mesh-agent) says what changed, or why the new files were refused")
+    }
+}

@@ -50,3 +50,35 @@ def test_status_and_workloads_say_what_the_agent_is_doing(topology, cgroups, mak
     cgroups.make("later")
     wait_for(lambda: json.loads(agent.ctl("status", "-o", "json").stdout)["workloads_present"] == 2, timeout=10,
              what="the new cgroup to be picked up")
+
+
+def test_rules_shows_the_live_table_and_its_drift_and_reload_applies_a_new_config(topology, cgroups, make_agent):
+    cgroups.make("orders")
+    workloads = [{"name": "orders", "cgroup": cgroups.path("orders"), "ports": [8080]}]
+    agent = make_agent(workloads).start()
+
+    rules = agent.ctl("rules")
+    assert rules.returncode == 0
+    assert "table inet mesh_agent" in rules.stdout and "matches the desired ruleset" in rules.stdout, rules.stdout
+    assert "tcp dport @permissive_ports redirect to :15006" in rules.stdout
+    view = json.loads(agent.ctl("rules", "-o", "json").stdout)
+    assert view["in_sync"] is True and view["drift"] == [] and "set permissive_ports" in view["live"], view
+
+    # Someone adds a chain of their own to the agent's table.
+    topology.nft("add", "chain", "inet", "mesh_agent", "intruder")
+    drifted = agent.ctl("rules", check=False)
+    if drifted.returncode == 0:
+        # The periodic check repaired it between the two commands; it must say so.
+        assert "differs from the desired ruleset" in agent.log(), agent.log()[-2000:]
+    else:
+        assert drifted.returncode == 1
+        assert "differs from the desired ruleset" in drifted.stdout and "intruder" in drifted.stdout, drifted.stdout
+    wait_for(lambda: agent.ctl("rules", check=False).returncode == 0, timeout=20, what="the agent to repair its table")
+    assert "intruder" not in topology.nft("list", "table", "inet", "mesh_agent").stdout
+
+    # agentctl reload is SIGHUP: a workload added to the file appears.
+    cgroups.make("added")
+    agent.write_config(workloads + [{"name": "added", "cgroup": cgroups.path("added")}])
+    assert "reload requested" in agent.ctl("reload").stdout
+    wait_for(lambda: json.loads(agent.ctl("status", "-o", "json").stdout)["workloads"] == 2, timeout=10,
+             what="the reloaded config's second workload")
