@@ -68,6 +68,8 @@ install: build
 	install -d $(DESTDIR)/etc/systemd/system
 	sed 's|/usr/local/bin|$(PREFIX)/bin|g' deploy/mesh-agent.service > $(DESTDIR)/etc/systemd/system/mesh-agent.service
 	chmod 0644 $(DESTDIR)/etc/systemd/system/mesh-agent.service
+	install -d $(DESTDIR)/etc/logrotate.d
+	install -m 0644 deploy/logrotate/mesh-agent $(DESTDIR)/etc/logrotate.d/mesh-agent
 
 clean:
 	rm -rf .build

@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import Metrics
 import NIOConcurrencyHelpers
 import Proxy
@@ -19,16 +22,33 @@ public final class AccessLogWriter: AccessLogSink {
             ownsDescriptor = false
             return
         }
+        descriptor = NIOLockedValueBox(try Self.open(path))
+        ownsDescriptor = true
+    }
+
+    private static func open(_ path: String) throws -> Int32 {
         let directory = (path as NSString).deletingLastPathComponent
         if !directory.isEmpty {
             try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o750])
         }
-        let fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
+        let fd = Glibc.open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o640)
         guard fd >= 0 else {
             throw AgentError.accessLog(path: path, reason: String(cString: strerror(errno)))
         }
-        descriptor = NIOLockedValueBox(fd)
-        ownsDescriptor = true
+        return fd
+    }
+
+    /// Opens the path again, for log rotation (SIGUSR1 after logrotate moved the
+    /// file away). Lines keep going to the old file until the new one is open;
+    /// if it cannot be opened they keep going there, and the error says why.
+    public func reopen() throws {
+        guard ownsDescriptor else { return }
+        let fresh = try Self.open(path)
+        let old = descriptor.withLockedValue { fd in
+            defer { fd = fresh }
+            return fd
+        }
+        close(old)
     }
 
     public func record(_ entry: AccessLogEntry) {

@@ -37,6 +37,7 @@ public final class MeshAgent: Sendable {
     enum Event: Sendable {
         case tick
         case reload
+        case reopenLogs
         case terminate(signal: String)
     }
 
@@ -219,6 +220,13 @@ public final class MeshAgent: Sendable {
                 svids.setIdentities(registry.presentIdentities.union([agentIdentity]))
                 reloadAuthority(currentConfig, svids: svids)
                 notify(systemd, ["READY=1", "STATUS=ready: \(registry.members.count) workload(s), reloaded"])
+            case .reopenLogs:
+                do {
+                    try accessLog.reopen()
+                    logger.info("reopened the access log \(accessLog.path) (SIGUSR1)")
+                } catch {
+                    logger.error("\(error); access log lines keep going to the file that was open")
+                }
             case .terminate(let signal):
                 logger.info("received \(signal): draining")
                 notify(systemd, ["STOPPING=1", "STATUS=draining \(connections.count) connection(s)"])
@@ -360,11 +368,15 @@ public final class MeshAgent: Sendable {
         AsyncStream { continuation in
             let queue = DispatchQueue(label: "mesh-agent.signals")
             var sources: [DispatchSourceProtocol] = []
-            for (number, name) in [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT"), (SIGHUP, "SIGHUP")] {
+            for (number, name) in [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT"), (SIGHUP, "SIGHUP"), (SIGUSR1, "SIGUSR1")] {
                 signal(number, SIG_IGN)
                 let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
                 source.setEventHandler {
-                    continuation.yield(number == SIGHUP ? .reload : .terminate(signal: name))
+                    switch number {
+                    case SIGHUP: continuation.yield(.reload)
+                    case SIGUSR1: continuation.yield(.reopenLogs)
+                    default: continuation.yield(.terminate(signal: name))
+                    }
                 }
                 source.resume()
                 sources.append(source)

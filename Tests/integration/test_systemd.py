@@ -105,3 +105,29 @@ def test_the_unit_file_is_one_systemd_accepts_without_warnings(tmp_path):
     for setting in ("Type=notify", "WatchdogSec=", "ExecReload=", "NoNewPrivileges=yes", "ProtectSystem=strict",
                     "CapabilityBoundingSet=", "RestartPreventExitStatus=77 78"):
         assert setting in text, setting
+
+
+def test_sigusr1_reopens_the_access_log_after_rotation(topology, cgroups, make_agent):
+    cgroups.make("orders")
+    agent = make_agent([{"name": "orders", "cgroup": cgroups.path("orders")}]).start()
+    topology.server("echo", 8080)
+
+    def connect(text):
+        result = topology.client(["echo", topology.remote_ip, 8080, text], cgroup=cgroups.directory("orders"))
+        assert result["ok"]
+        return result["local_port"]
+
+    first = connect("before rotation")
+    agent.entry_for_port(first)
+    rotated = agent.access_log.with_name("access.log.1")
+    agent.access_log.rename(rotated)  # what logrotate does, before it signals
+    agent.proc.send_signal(signal.SIGUSR1)
+    wait_for(lambda: "reopened the access log" in agent.log(), timeout=10, what="the reopen on SIGUSR1")
+
+    second = connect("after rotation")
+    entry = agent.entry_for_port(second)  # read from the path, i.e. the new file
+    assert entry["bytes_received"] == len("after rotation")
+    old_lines = rotated.read_text().splitlines()
+    assert len(old_lines) == 1 and f":{first}\"" in old_lines[0], old_lines
+    assert f":{second}\"" not in rotated.read_text()
+    assert agent.proc.poll() is None
