@@ -44,6 +44,10 @@ public final class MeshAgent: Sendable {
     /// Runs until SIGTERM or SIGINT, then drains and returns.
     public func run() async throws {
         guard Privileges.isRoot else { throw AgentError.notRoot }
+        // Signals are taken over first: a SIGTERM that arrives while the agent
+        // starts (or just as it says ready) waits in the stream instead of
+        // being lost between ignoring the default action and watching for it.
+        let events = Self.events()
         let systemd = SystemdNotifier()
         _ = Self.metricsRegistry  // before any metric is made
         if let interval = systemd.watchdogInterval, interval < Self.rescanInterval {
@@ -185,7 +189,6 @@ public final class MeshAgent: Sendable {
         logger.info("mesh-agent ready: node \(config.node), trust domain \(config.trustDomain), \(registry.members.count) workload(s), table inet \(capture.parameters.tableName)")
         notify(systemd, ["READY=1", "STATUS=ready: \(registry.members.count) workload(s), capture installed"])
 
-        let events = Self.events()
         var ticks = 0
         var currentConfig = config
         loop: for await event in events {
