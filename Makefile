@@ -15,7 +15,8 @@ RELEASE_BIN := .build/release
 # Debian packages the build, the tests and the demo need.
 DEB_PACKAGES := libssl-dev openssl libmnl-dev libnftnl-dev pkg-config nftables iproute2 util-linux procps socat iperf3 tcpdump wrk systemd python3
 # Python modules the integration tests use (pip, or Debian's packages for /usr/bin/python3).
-PY_MODULES := pytest h2 cryptography
+# MODULE or MODULE=PIP_PACKAGE when the names differ.
+PY_MODULES := pytest h2 cryptography yaml=pyyaml
 
 .PHONY: all deps build build-debug test unit-test integration-test demo clean install
 
@@ -33,12 +34,13 @@ deps:
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
 	fi
-	@for m in $(PY_MODULES); do \
+	@for entry in $(PY_MODULES); do \
+	  m=$${entry%%=*}; p=$${entry#*=}; \
 	  $(PYTHON) -c "import $$m" 2>/dev/null && continue; \
-	  echo "installing python module $$m"; \
-	  $(PYTHON) -m pip install -q $$m 2>/dev/null || \
+	  echo "installing python module $$m ($$p)"; \
+	  $(PYTHON) -m pip install -q $$p 2>/dev/null || \
 	  { [ "$$(id -u)" -eq 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-$$m; } || \
-	  { echo "python module $$m is missing: install it with: pip install $$m"; exit 1; }; \
+	  { echo "python module $$m is missing: install it with: pip install $$p"; exit 1; }; \
 	done
 	@command -v $(SWIFT) >/dev/null || { echo "swift is not on PATH (expected Swift 6 at /opt/swift/usr/bin)"; exit 1; }
 
