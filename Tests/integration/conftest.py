@@ -338,10 +338,14 @@ class Agent:
         if getattr(self, "stderr_file", None) is not None and not self.stderr_file.closed:
             self.stderr_file.close()
 
-    def entry_for_port(self, local_port, timeout=5.0):
+    def entry_for_port(self, local_port, timeout=5.0, src_identity=None):
+        """The entry of the connection from `local_port`; with `src_identity`,
+        only that workload's (an earlier test's connection may have used the
+        same ephemeral port)."""
         def find():
             for entry in self.entries():
-                if entry.get("src_addr", "") and entry["src_addr"].rsplit(":", 1)[1] == str(local_port):
+                if entry.get("src_addr", "") and entry["src_addr"].rsplit(":", 1)[1] == str(local_port) \
+                        and (src_identity is None or entry.get("src_identity") == src_identity):
                     return entry
             return None
         return wait_for(find, timeout=timeout, what=f"an access-log entry for source port {local_port}")
