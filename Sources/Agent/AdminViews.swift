@@ -201,8 +201,18 @@ final class AgentState: Sendable {
         var ready = false
         var rules = "not installed"
         var peerAuthentication: PeerAuthenticationSet
-        /// The table the agent wants installed now.
-        var desiredTable: NFT.Table?
+        /// What the table the agent wants is built from; the table itself is
+        /// built only when someone asks (`agentctl rules`), not on every tick.
+        var captureParameters: CaptureParameters?
+    }
+
+    /// Publishes what the control loop's capture holds now.
+    func publish(_ capture: Capture) {
+        update {
+            $0.rules = capture.rulesStatus
+            $0.captureParameters = capture.parameters
+            $0.peerAuthentication = capture.peerAuthentication
+        }
     }
 
     let started = ContinuousClock.now

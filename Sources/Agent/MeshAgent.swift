@@ -90,10 +90,10 @@ public final class MeshAgent: Sendable {
                 "/v1/certs": { AdminServer.Response(body: try AdminViews.encode(AdminViews.certificates(svids))) },
                 "/v1/connections": { AdminServer.Response(body: try AdminViews.encode(AdminViews.connections(connections))) },
                 "/v1/rules": {
-                    guard let desired = state.current.desiredTable else {
+                    guard let parameters = state.current.captureParameters else {
                         return AdminServer.Response(status: .serviceUnavailable, body: Data(#"{"error":"the capture table is not installed yet"}"#.utf8))
                     }
-                    return AdminServer.Response(body: try AdminViews.encode(AdminViews.rules(desired: desired, netfilter: netfilter)))
+                    return AdminServer.Response(body: try AdminViews.encode(AdminViews.rules(desired: CaptureRules.table(for: parameters), netfilter: netfilter)))
                 },
                 // The same as SIGHUP: the control loop reloads; its log says how it went.
                 "POST /v1/reload": {
@@ -185,7 +185,8 @@ public final class MeshAgent: Sendable {
             try? await group.shutdownGracefully()
             throw error
         }
-        state.update { $0.ready = true; $0.rules = capture.rulesStatus; $0.desiredTable = capture.desired }
+        state.publish(capture)
+        state.update { $0.ready = true }
         logger.info("mesh-agent ready: node \(config.node), trust domain \(config.trustDomain), \(registry.members.count) workload(s), table inet \(capture.parameters.tableName)")
         notify(systemd, ["READY=1", "STATUS=ready: \(registry.members.count) workload(s), capture installed"])
 
@@ -197,7 +198,7 @@ public final class MeshAgent: Sendable {
                 ticks += 1
                 registry.rescan()
                 capture.sync()
-                state.update { $0.desiredTable = capture.desired }
+                state.publish(capture)
                 destinations.refreshAddresses()
                 svids.setIdentities(registry.presentIdentities.union([agentIdentity]))
                 if trustBundle.poll() != nil {
@@ -206,7 +207,7 @@ public final class MeshAgent: Sendable {
                 svids.tick()
                 if ticks % Self.driftCheckEvery == 0 {
                     capture.reconcile()
-                    state.update { $0.rules = capture.rulesStatus; $0.desiredTable = capture.desired }
+                    state.publish(capture)
                 }
                 if systemd.watchdogInterval != nil {
                     // Alive means the control loop runs and every event loop
@@ -219,7 +220,7 @@ public final class MeshAgent: Sendable {
             case .reload:
                 notify(systemd, ["RELOADING=1", "STATUS=reloading \(configPath)"])
                 currentConfig = reload(current: currentConfig, registry: registry, capture: &capture)
-                state.update { $0.peerAuthentication = capture.peerAuthentication; $0.rules = capture.rulesStatus; $0.desiredTable = capture.desired }
+                state.publish(capture)
                 svids.setIdentities(registry.presentIdentities.union([agentIdentity]))
                 reloadAuthority(currentConfig, svids: svids)
                 notify(systemd, ["READY=1", "STATUS=ready: \(registry.members.count) workload(s), reloaded"])

@@ -103,7 +103,18 @@ public final class InboundPlaintextProxy: Sendable {
     }
 }
 
-enum InboundRefusal: Error {
+/// Why the inbound-plaintext listener closed a connection (also in the access
+/// log, or the agent's log for the limit).
+enum InboundRefusal: Error, CustomStringConvertible {
     case notAWorkload
     case overLimit
+
+    var description: String {
+        switch self {
+        case .notAWorkload:
+            return "the connection was not redirected to a workload port of this node; plaintext is accepted only for PERMISSIVE workload ports"
+        case .overLimit:
+            return "limits.maxConnections connections are already open; raise the limit or find who holds them (agentctl connections)"
+        }
+    }
 }

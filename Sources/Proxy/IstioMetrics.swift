@@ -7,12 +7,15 @@ import Metrics
 /// Bytes are counted when a connection closes (Istio's proxies also report
 /// periodically while it is open).
 enum IstioTCPMetrics {
-    static func opened(_ entry: AccessLogEntry) {
-        Counter(label: "istio_tcp_connections_opened_total", dimensions: labels(entry)).increment()
+    /// A connection's labels are fixed when it opens; they are built once and
+    /// used again when it closes.
+    static func opened(_ entry: AccessLogEntry) -> [(String, String)] {
+        let labels = labels(entry)
+        Counter(label: "istio_tcp_connections_opened_total", dimensions: labels).increment()
+        return labels
     }
 
-    static func closed(_ entry: AccessLogEntry) {
-        let labels = labels(entry)
+    static func closed(_ entry: AccessLogEntry, labels: [(String, String)]) {
         Counter(label: "istio_tcp_connections_closed_total", dimensions: labels).increment()
         // Istio's "sent" is what the destination sent back, "received" what the source sent.
         Counter(label: "istio_tcp_sent_bytes_total", dimensions: labels).increment(by: Int64(clamping: entry.bytesSent))

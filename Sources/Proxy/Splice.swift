@@ -229,14 +229,14 @@ func completeSplice(
 ) throws {
     try client.pipeline.syncOperations.addHandler(handlers.value.client)
     tracker.describe(client, as: entry, received: handlers.value.client.received, sent: handlers.value.upstream.received)
-    IstioTCPMetrics.opened(entry)
+    let metricLabels = IstioTCPMetrics.opened(entry)
     client.closeFuture.and(upstream.closeFuture).hop(to: client.eventLoop).whenComplete { _ in
         var finished = entry
         finished.bytesReceived = handlers.value.client.bytesRead
         finished.bytesSent = handlers.value.upstream.bytesRead
         finished.durationMilliseconds = milliseconds(since: started)
         closed()
-        IstioTCPMetrics.closed(finished)
+        IstioTCPMetrics.closed(finished, labels: metricLabels)
         accessLog.record(finished)
     }
 }

@@ -131,7 +131,7 @@ private final class LoopPool: @unchecked Sendable {
         stream.whenComplete { [self] result in
             switch result {
             case .success(let channel):
-                channel.closeFuture.hop(to: eventLoop).assumeIsolated().whenComplete { [self] _ in release(id) }
+                channel.closeFuture.assumeIsolated().whenComplete { [self] _ in release(id) }
             case .failure:
                 release(id)
             }
