@@ -53,9 +53,10 @@ let package = Package(
         .target(
             name: "Proxy",
             dependencies: [
-                "LinuxNet", "TLS",
+                "LinuxNet", "TLS", "Policy",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "NIOHTTP2", package: "swift-nio-http2"),
                 .product(name: "NIOHPACK", package: "swift-nio-http2"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
@@ -66,6 +67,8 @@ let package = Package(
         .target(
             name: "Policy",
             dependencies: [
+                "TLS",
+                .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
@@ -93,21 +96,25 @@ let package = Package(
         .executableTarget(
             name: "agentctl",
             dependencies: [
-                "Agent",
+                "Agent", "Policy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         .testTarget(name: "NetfilterTests", dependencies: ["Netfilter"]),
         .testTarget(name: "LinuxNetTests", dependencies: ["LinuxNet"]),
         .testTarget(name: "ProxyTests", dependencies: [
-            "Proxy", "TLS",
+            "Proxy", "TLS", "Policy",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOHTTP2", package: "swift-nio-http2"),
             .product(name: "NIOHPACK", package: "swift-nio-http2"),
         ]),
         .testTarget(name: "AgentTests", dependencies: ["Agent"]),
-        .testTarget(name: "PolicyTests", dependencies: ["Policy"]),
+        .testTarget(name: "PolicyTests", dependencies: [
+            "Policy", "TLS",
+            .product(name: "NIOCore", package: "swift-nio"),
+        ]),
         .testTarget(name: "TLSTests", dependencies: [
             "TLS", "COpenSSL",
             .product(name: "NIOCore", package: "swift-nio"),

@@ -25,6 +25,8 @@ public final class AdminServer: Sendable {
     }
 
     public typealias Route = @Sendable () throws -> Response
+    /// A read that takes parameters from the query string, in order, decoded.
+    public typealias QueryRoute = @Sendable (_ parameters: [(name: String, value: String)]) throws -> Response
 
     public enum Binding: Sendable {
         case unixSocket(path: String)
@@ -34,23 +36,26 @@ public final class AdminServer: Sendable {
 
     private let binding: Binding
     private let routes: [String: Route]
+    private let queryRoutes: [String: QueryRoute]
     private let group: EventLoopGroup
     private let logger: Logger
     private let channel = NIOLockedValueBox<Channel?>(nil)
 
-    public convenience init(path: String, routes: [String: Route], group: EventLoopGroup, logger: Logger) {
-        self.init(binding: .unixSocket(path: path), routes: routes, group: group, logger: logger)
+    public convenience init(path: String, routes: [String: Route], queryRoutes: [String: QueryRoute] = [:], group: EventLoopGroup, logger: Logger) {
+        self.init(binding: .unixSocket(path: path), routes: routes, queryRoutes: queryRoutes, group: group, logger: logger)
     }
 
-    public init(binding: Binding, routes: [String: Route], group: EventLoopGroup, logger: Logger) {
+    public init(binding: Binding, routes: [String: Route], queryRoutes: [String: QueryRoute] = [:], group: EventLoopGroup, logger: Logger) {
         self.binding = binding
         self.routes = routes
+        self.queryRoutes = queryRoutes
         self.group = group
         self.logger = logger
     }
 
     public func start() async throws {
         let routes = self.routes
+        let queryRoutes = self.queryRoutes
         let logger = self.logger
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
@@ -58,7 +63,7 @@ public final class AdminServer: Sendable {
             .childChannelInitializer { channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(AdminHTTPHandler(routes: routes, logger: logger))
+                    try channel.pipeline.syncOperations.addHandler(AdminHTTPHandler(routes: routes, queryRoutes: queryRoutes, logger: logger))
                 }
             }
         switch binding {
@@ -127,11 +132,13 @@ private final class AdminHTTPHandler: ChannelInboundHandler, RemovableChannelHan
     typealias OutboundOut = HTTPServerResponsePart
 
     private let routes: [String: AdminServer.Route]
+    private let queryRoutes: [String: AdminServer.QueryRoute]
     private let logger: Logger
     private var request: HTTPRequestHead?
 
-    init(routes: [String: AdminServer.Route], logger: Logger) {
+    init(routes: [String: AdminServer.Route], queryRoutes: [String: AdminServer.QueryRoute], logger: Logger) {
         self.routes = routes
+        self.queryRoutes = queryRoutes
         self.logger = logger
     }
 
@@ -149,11 +156,18 @@ private final class AdminHTTPHandler: ChannelInboundHandler, RemovableChannelHan
     }
 
     private func respond(context: ChannelHandlerContext, to head: HTTPRequestHead) {
-        let path = String(head.uri.split(separator: "?", maxSplits: 1).first ?? "")
+        let parts = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
+        let path = String(parts.first ?? "")
         let response: AdminServer.Response
         // A plain path is a read (GET); actions are registered as "POST /path".
         let route = head.method == .GET ? routes[path] : routes["\(head.method) \(path)"]
-        if route == nil && (routes[path] != nil || routes["POST \(path)"] != nil) {
+        if head.method == .GET, let queryRoute = queryRoutes[path] {
+            do {
+                response = try queryRoute(Self.parameters(parts.count > 1 ? parts[1] : ""))
+            } catch {
+                response = Self.error(.badRequest, "\(error)")
+            }
+        } else if route == nil && (routes[path] != nil || routes["POST \(path)"] != nil) {
             response = Self.error(.methodNotAllowed, "\(head.method) is not allowed on \(path)")
         } else if let route {
             do {
@@ -173,6 +187,18 @@ private final class AdminHTTPHandler: ChannelInboundHandler, RemovableChannelHan
         context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: response.body)))), promise: nil)
         let channel = context.channel
         context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+    }
+
+    /// `a=1&b=x%20y` → [("a", "1"), ("b", "x y")]; `+` is a space, as forms write it.
+    static func parameters(_ query: Substring) -> [(name: String, value: String)] {
+        query.split(separator: "&").map { pair in
+            let halves = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+            func decode(_ text: Substring) -> String {
+                let spaced = text.replacingOccurrences(of: "+", with: " ")
+                return spaced.removingPercentEncoding ?? spaced
+            }
+            return (decode(halves[0]), halves.count > 1 ? decode(halves[1]) : "")
+        }
     }
 
     static func error(_ status: HTTPResponseStatus, _ message: String) -> AdminServer.Response {

@@ -141,6 +141,8 @@ public enum AdminViews {
         public var workloadsPresent: Int
         public var connections: Int
         public var peerAuthentications: Int
+        public var authorizationPolicies: Int
+        public var policyGeneration: Int
         public var defaultMTLSMode: String
         public var certificates: Int
         public var earliestCertificateExpiry: String?
@@ -152,6 +154,8 @@ public enum AdminViews {
             case captureMode = "capture_mode"
             case workloadsPresent = "workloads_present"
             case peerAuthentications = "peer_authentications"
+            case authorizationPolicies = "authorization_policies"
+            case policyGeneration = "policy_generation"
             case defaultMTLSMode = "default_mtls_mode"
             case earliestCertificateExpiry = "earliest_certificate_expiry"
         }
@@ -201,6 +205,7 @@ final class AgentState: Sendable {
         var ready = false
         var rules = "not installed"
         var peerAuthentication: PeerAuthenticationSet
+        var policy: PolicyStatus
         /// What the table the agent wants is built from; the table itself is
         /// built only when someone asks (`agentctl rules`), not on every tick.
         var captureParameters: CaptureParameters?
@@ -218,8 +223,8 @@ final class AgentState: Sendable {
     let started = ContinuousClock.now
     private let snapshot: NIOLockedValueBox<Snapshot>
 
-    init(peerAuthentication: PeerAuthenticationSet) {
-        snapshot = NIOLockedValueBox(Snapshot(peerAuthentication: peerAuthentication))
+    init(policy: PolicyStatus) {
+        snapshot = NIOLockedValueBox(Snapshot(peerAuthentication: policy.policies.peerAuthentication, policy: policy))
     }
 
     var current: Snapshot { snapshot.withLockedValue { $0 } }

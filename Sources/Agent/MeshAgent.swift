@@ -73,7 +73,8 @@ public final class MeshAgent: Sendable {
 
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let connections = ConnectionTracker(maximum: config.limits.maxConnections)
-        let state = AgentState(peerAuthentication: policies.peerAuthentication)
+        let state = AgentState(policy: PolicyStatus(generation: 1, loadedAt: Date().timeIntervalSince1970, directory: config.policyDir, policies: policies))
+        let authorizer = InboundAuthorizer(AuthorizationSnapshot(generation: 1, policies: policies.authorization, workloads: registry.members.map(\.workload)))
         let observability = [
             AdminServer(binding: .tcp(port: config.ports.metrics), routes: ["/metrics": { Self.metricsResponse() }], group: group, logger: logger),
             AdminServer(binding: .tcp(port: config.ports.readiness), routes: [
@@ -100,6 +101,9 @@ public final class MeshAgent: Sendable {
                     kill(getpid(), SIGHUP)
                     return AdminServer.Response(body: Data(#"{"reload":"requested"}"#.utf8))
                 },
+                "/v1/policies": {
+                    AdminServer.Response(body: try AdminViews.encode(AdminViews.policies(state.current.policy)))
+                },
                 "/v1/workloads": {
                     AdminServer.Response(body: try AdminViews.encode(AdminViews.workloads(registry, modes: state.current.peerAuthentication)))
                 },
@@ -114,9 +118,17 @@ public final class MeshAgent: Sendable {
                         table: "inet mesh_agent", rules: now.rules, ready: now.ready,
                         workloads: members.count, workloadsPresent: members.filter { $0.cgroupID != nil }.count,
                         connections: connections.count, peerAuthentications: now.peerAuthentication.policies.count,
+                        authorizationPolicies: now.policy.policies.authorization.policies.count, policyGeneration: now.policy.generation,
                         defaultMTLSMode: now.peerAuthentication.defaultMode.rawValue, certificates: certificates.count,
                         earliestCertificateExpiry: certificates.compactMap(\.notAfter).min().map(Certificate.formatTime))
                     return AdminServer.Response(body: try AdminViews.encode(status))
+                },
+            ],
+            queryRoutes: [
+                "/v1/policy/explain": { parameters in
+                    let now = state.current
+                    return AdminServer.Response(body: try AdminViews.encode(
+                        AdminViews.explain(parameters, registry: registry, authorizer: authorizer, peerAuthentication: now.peerAuthentication)))
                 },
             ],
             group: group,
@@ -143,6 +155,7 @@ public final class MeshAgent: Sendable {
             accessLog: accessLog,
             connections: connections,
             tunnel: tunnelClient,
+            authorizer: authorizer,
             logger: logger
         )
         let tunnelServer = HBONEServer(
@@ -152,6 +165,7 @@ public final class MeshAgent: Sendable {
             destinations: destinations,
             accessLog: accessLog,
             connections: connections,
+            authorizer: authorizer,
             logger: logger
         )
         let inboundPlaintext = InboundPlaintextProxy(
@@ -160,6 +174,7 @@ public final class MeshAgent: Sendable {
             destinations: destinations,
             accessLog: accessLog,
             connections: connections,
+            authorizer: authorizer,
             logger: logger
         )
         let listeners = Listeners(outbound: outbound, tunnel: tunnelServer, inboundPlaintext: inboundPlaintext)
@@ -192,10 +207,20 @@ public final class MeshAgent: Sendable {
 
         var ticks = 0
         var currentConfig = config
+        let enforcement = PolicyEnforcement(state: state, authorizer: authorizer, connections: connections, registry: registry, logger: logger)
+        var policyFingerprint = PolicyLoader.fingerprint(directory: config.policyDir)
         loop: for await event in events {
             switch event {
             case .tick:
                 ticks += 1
+                // Policy files are watched: an edit applies within a tick, without SIGHUP.
+                let fingerprint = PolicyLoader.fingerprint(directory: currentConfig.policyDir)
+                if fingerprint != policyFingerprint {
+                    policyFingerprint = fingerprint
+                    logger.info("policy files in \(currentConfig.policyDir) changed: reloading them")
+                    enforcement.reload(config: currentConfig, capture: &capture)
+                    state.publish(capture)
+                }
                 registry.rescan()
                 capture.sync()
                 state.publish(capture)
@@ -219,7 +244,8 @@ public final class MeshAgent: Sendable {
                 }
             case .reload:
                 notify(systemd, ["RELOADING=1", "STATUS=reloading \(configPath)"])
-                currentConfig = reload(current: currentConfig, registry: registry, capture: &capture)
+                currentConfig = reload(current: currentConfig, registry: registry, capture: &capture, enforcement: enforcement)
+                policyFingerprint = PolicyLoader.fingerprint(directory: currentConfig.policyDir)
                 state.publish(capture)
                 svids.setIdentities(registry.presentIdentities.union([agentIdentity]))
                 reloadAuthority(currentConfig, svids: svids)
@@ -316,7 +342,7 @@ public final class MeshAgent: Sendable {
         }
     }
 
-    private func reload(current: AgentConfig, registry: WorkloadRegistry, capture: inout Capture) -> AgentConfig {
+    private func reload(current: AgentConfig, registry: WorkloadRegistry, capture: inout Capture, enforcement: PolicyEnforcement) -> AgentConfig {
         let config: AgentConfig
         do {
             config = try AgentConfig.load(path: configPath)
@@ -339,16 +365,13 @@ public final class MeshAgent: Sendable {
         applied.workloads = config.workloads
         applied.failureMode = config.failureMode
         applied.drainTimeout = config.drainTimeout
-        do {
-            let policies = try PolicyLoader.load(directory: config.policyDir, rootNamespace: current.rootNamespace, defaultMode: config.mtlsMode)
-            log(policies, from: config.policyDir)
-            capture.peerAuthentication = policies.peerAuthentication
-            applied.policyDir = config.policyDir
-            applied.mtlsMode = config.mtlsMode
-        } catch {
-            logger.error("policies not reloaded, the previous ones stay in force: \(error)")
-        }
+        applied.policyDir = config.policyDir
+        applied.mtlsMode = config.mtlsMode
         registry.configure(config.workloads)
+        if !enforcement.reload(config: applied, capture: &capture) {
+            // The workloads may have changed even though the policies did not load.
+            enforcement.recompile()
+        }
         capture.sync()
         logger.info("reloaded \(configPath): \(registry.members.count) workload(s)")
         return applied
@@ -361,10 +384,7 @@ public final class MeshAgent: Sendable {
     }
 
     private func log(_ policies: PolicySet, from directory: String) {
-        logger.info("policies from \(directory): \(policies.files.count) file(s), \(policies.peerAuthentication.policies.count) PeerAuthentication(s), default mTLS mode \(policies.peerAuthentication.defaultMode)\(policies.skippedDocumentCount > 0 ? ", \(policies.skippedDocumentCount) document(s) of kinds not enforced yet" : "")")
-        for warning in policies.warnings {
-            logger.warning("\(warning)")
-        }
+        PolicyEnforcement.log(policies, from: directory, logger: logger)
     }
 
     /// Signals and the rescan timer as one stream, consumed by the control loop.

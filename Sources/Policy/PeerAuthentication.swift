@@ -101,30 +101,13 @@ extension PeerAuthentication {
     /// selector are errors naming the file, line and key path.
     public static func parse(_ document: YAMLNode) throws -> PeerAuthentication {
         var top = try document.mapping()
-        let apiVersionNode = try top.require("apiVersion")
-        let apiVersion = try apiVersionNode.string()
-        guard apiVersions.contains(apiVersion) else {
-            throw apiVersionNode.error("PeerAuthentication is \(apiVersions.joined(separator: " or ")), got \"\(apiVersion)\"")
-        }
-        _ = try top.require("kind")
-        var metadata = try top.require("metadata").mapping()
-        let name = try subdomainName(try metadata.require("name"))
-        let namespace = try namespaceName(try metadata.require("namespace"))
-        for key in ["labels", "annotations"] {
-            _ = try metadata.take(key)?.stringMap()
-        }
-        try metadata.finish(allowed: ["name", "namespace", "labels", "annotations"])
+        let (name, namespace) = try KubernetesNames.objectHeader(&top, kind: kind, apiVersions: apiVersions)
 
         var policy = PeerAuthentication(name: name, namespace: namespace, file: document.file, line: document.line)
         if let specNode = top.take("spec"), !specNode.isNull {
             var spec = try specNode.mapping()
             if let selectorNode = spec.take("selector") {
-                var selector = try selectorNode.mapping()
-                if let labelsNode = selector.take("matchLabels") {
-                    let matchLabels = try labels(labelsNode)
-                    policy.matchLabels = matchLabels.isEmpty ? nil : matchLabels
-                }
-                try selector.finish(allowed: ["matchLabels"])
+                policy.matchLabels = try KubernetesNames.selector(selectorNode)
             }
             if let mtls = spec.take("mtls") {
                 policy.mode = try mode(in: mtls)
@@ -167,66 +150,5 @@ extension PeerAuthentication {
             modes[port] = try mode(in: value)
         }
         return modes
-    }
-
-    /// Kubernetes label selector keys and values.
-    private static func labels(_ node: YAMLNode) throws -> [String: String] {
-        let mapping = try node.mapping()
-        var labels: [String: String] = [:]
-        for (key, value) in mapping.entries {
-            guard isLabelKey(key) else {
-                throw mapping.error(
-                    key: key, "\"\(key)\" is not a label key: an optional DNS prefix and '/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit")
-            }
-            let text = try value.string()
-            guard text.isEmpty || isLabelName(text) else {
-                throw value.error("\"\(text)\" is not a label value: at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit")
-            }
-            labels[key] = text
-        }
-        return labels
-    }
-
-    private static func isLabelKey(_ key: String) -> Bool {
-        let parts = key.split(separator: "/", maxSplits: 1, omittingEmptySubsequences: false)
-        guard parts.count == 2 else { return isLabelName(key) }
-        return isSubdomain(String(parts[0])) && isLabelName(String(parts[1]))
-    }
-
-    private static func isLabelName(_ text: String) -> Bool {
-        let extra = Set("-_.")
-        return (1...63).contains(text.count) && text.allSatisfy { isAlphanumeric($0) || extra.contains($0) }
-            && text.first.map(isAlphanumeric) == true && text.last.map(isAlphanumeric) == true
-    }
-
-    /// RFC 1123 subdomain: lowercase labels joined by dots, at most 253 characters.
-    private static func isSubdomain(_ text: String) -> Bool {
-        text.count <= 253 && !text.isEmpty && text.split(separator: ".", omittingEmptySubsequences: false).allSatisfy { isDNSLabel(String($0)) }
-    }
-
-    /// RFC 1123 label: 1 to 63 lowercase letters, digits and '-', not at either end.
-    private static func isDNSLabel(_ text: String) -> Bool {
-        (1...63).contains(text.count) && text.allSatisfy { $0 == "-" || isAlphanumeric($0) && !$0.isUppercase }
-            && text.first != "-" && text.last != "-"
-    }
-
-    private static func isAlphanumeric(_ character: Character) -> Bool {
-        character.isASCII && (character.isLetter || character.isNumber)
-    }
-
-    private static func subdomainName(_ node: YAMLNode) throws -> String {
-        let value = try node.nonEmptyString()
-        guard isSubdomain(value) else {
-            throw node.error("\"\(value)\" is not a valid name: use at most 253 lowercase letters, digits, '-' and '.'")
-        }
-        return value
-    }
-
-    private static func namespaceName(_ node: YAMLNode) throws -> String {
-        let value = try node.nonEmptyString()
-        guard isDNSLabel(value) else {
-            throw node.error("\"\(value)\" is not a valid namespace: use at most 63 lowercase letters, digits and '-', starting and ending with a letter or digit")
-        }
-        return value
     }
 }

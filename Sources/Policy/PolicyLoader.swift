@@ -3,20 +3,25 @@ import Foundation
 /// The policies read from the policy directory at one time.
 public struct PolicySet: Sendable {
     public var peerAuthentication: PeerAuthenticationSet
+    public var authorization: AuthorizationPolicySet
     /// The files read, in the order they were read.
     public var files: [String]
-    /// Documents of kinds this version does not enforce yet (AuthorizationPolicy,
-    /// RequestAuthentication, …), by kind.
+    /// Documents of other kinds (a policy directory may be shared with other
+    /// Istio resources), by kind.
     public var skippedDocuments: [String: Int]
-    /// Policies that were loaded but do not (fully) apply; see
-    /// ``PeerAuthenticationSet/warnings``.
+    /// Policies that were loaded but do not (fully) apply, or probably do not do
+    /// what their author meant.
     public var warnings: [String]
 
-    public init(peerAuthentication: PeerAuthenticationSet, files: [String] = [], skippedDocuments: [String: Int] = [:]) {
+    public init(
+        peerAuthentication: PeerAuthenticationSet, authorization: AuthorizationPolicySet? = nil, files: [String] = [],
+        skippedDocuments: [String: Int] = [:]
+    ) {
         self.peerAuthentication = peerAuthentication
+        self.authorization = authorization ?? AuthorizationPolicySet(rootNamespace: peerAuthentication.rootNamespace)
         self.files = files
         self.skippedDocuments = skippedDocuments
-        self.warnings = peerAuthentication.warnings
+        self.warnings = peerAuthentication.warnings + self.authorization.warnings
     }
 
     /// The inbound mTLS mode of `port` on a workload in `namespace` with `labels`.
@@ -47,17 +52,19 @@ public struct PolicyLoadError: Error, Equatable, CustomStringConvertible {
 /// The contents of one policy file.
 public struct PolicyFile: Hashable, Sendable {
     public var peerAuthentications: [PeerAuthentication] = []
+    public var authorizationPolicies: [AuthorizationPolicy] = []
     /// Documents of other kinds, by kind.
     public var skippedDocuments: [String: Int] = [:]
 
-    public init(peerAuthentications: [PeerAuthentication] = [], skippedDocuments: [String: Int] = [:]) {
+    public init(peerAuthentications: [PeerAuthentication] = [], authorizationPolicies: [AuthorizationPolicy] = [], skippedDocuments: [String: Int] = [:]) {
         self.peerAuthentications = peerAuthentications
+        self.authorizationPolicies = authorizationPolicies
         self.skippedDocuments = skippedDocuments
     }
 
     /// Reads every document of a (multi-document) YAML file. Each invalid
-    /// PeerAuthentication document adds its first error; documents of other kinds
-    /// are counted, not read. Empty documents are ignored.
+    /// policy document adds its first error; documents of other kinds are
+    /// counted, not read. Empty documents are ignored.
     public static func parse(_ text: String, file: String) throws(PolicyLoadError) -> PolicyFile {
         let documents: [YAMLNode]
         do {
@@ -71,11 +78,14 @@ public struct PolicyFile: Hashable, Sendable {
             do {
                 var top = try document.mapping()
                 let kind = try top.require("kind").nonEmptyString()
-                guard kind == PeerAuthentication.kind else {
+                switch kind {
+                case PeerAuthentication.kind:
+                    result.peerAuthentications.append(try PeerAuthentication.parse(document))
+                case AuthorizationPolicy.kind:
+                    result.authorizationPolicies.append(try AuthorizationPolicy.parse(document))
+                default:
                     result.skippedDocuments[kind, default: 0] += 1
-                    continue
                 }
-                result.peerAuthentications.append(try PeerAuthentication.parse(document))
             } catch {
                 errors.append(yamlError(error, file: file))
             }
@@ -117,6 +127,7 @@ public enum PolicyLoader {
             .map { (directory as NSString).appendingPathComponent($0) }
 
         var peerAuthentications: [PeerAuthentication] = []
+        var authorizationPolicies: [AuthorizationPolicy] = []
         var skipped: [String: Int] = [:]
         var errors: [YAMLError] = []
         for path in files {
@@ -130,30 +141,68 @@ public enum PolicyLoader {
             do {
                 let file = try PolicyFile.parse(text, file: path)
                 peerAuthentications += file.peerAuthentications
+                authorizationPolicies += file.authorizationPolicies
                 skipped.merge(file.skippedDocuments, uniquingKeysWith: +)
             } catch {
                 errors += error.errors
             }
         }
-        errors += duplicates(peerAuthentications)
+        errors += duplicates(peerAuthentications.map { (PeerAuthentication.kind, $0.reference, $0.file, $0.line) })
+        errors += duplicates(authorizationPolicies.map { (AuthorizationPolicy.kind, $0.reference, $0.file, $0.line) })
         guard errors.isEmpty else { throw PolicyLoadError(errors) }
         return PolicySet(
             peerAuthentication: PeerAuthenticationSet(peerAuthentications, rootNamespace: rootNamespace, defaultMode: defaultMode),
+            authorization: AuthorizationPolicySet(authorizationPolicies, rootNamespace: rootNamespace),
             files: files, skippedDocuments: skipped)
     }
 
+    /// Reads one policy file as `load(directory:…)` reads each of its files.
+    public static func load(file path: String, rootNamespace: String, defaultMode: MTLSMode) throws(PolicyLoadError) -> PolicySet {
+        let text: String
+        do {
+            text = try String(contentsOfFile: path, encoding: .utf8)
+        } catch {
+            throw PolicyLoadError([YAMLError(file: path, line: nil, keyPath: "", reason: "cannot read the policy file: \(error.localizedDescription)")])
+        }
+        let file = try PolicyFile.parse(text, file: path)
+        var errors = duplicates(file.peerAuthentications.map { (PeerAuthentication.kind, $0.reference, $0.file, $0.line) })
+        errors += duplicates(file.authorizationPolicies.map { (AuthorizationPolicy.kind, $0.reference, $0.file, $0.line) })
+        guard errors.isEmpty else { throw PolicyLoadError(errors) }
+        return PolicySet(
+            peerAuthentication: PeerAuthenticationSet(file.peerAuthentications, rootNamespace: rootNamespace, defaultMode: defaultMode),
+            authorization: AuthorizationPolicySet(file.authorizationPolicies, rootNamespace: rootNamespace),
+            files: [path], skippedDocuments: file.skippedDocuments)
+    }
+
+    /// What changes when a policy file is added, removed, replaced or edited:
+    /// each file's name, inode, size and modification time. Comparing two
+    /// fingerprints costs one `stat` per file, cheap enough to do every second.
+    public static func fingerprint(directory: String, extraFiles: [String] = []) -> [String] {
+        var stamps: [String] = []
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        let paths = names.filter { name in !name.hasPrefix(".") && extensions.contains { name.hasSuffix($0) } }.sorted()
+            .map { (directory as NSString).appendingPathComponent($0) } + extraFiles
+        for path in paths {
+            var info = stat()
+            guard stat(path, &info) == 0 else {
+                stamps.append("\(path) missing")
+                continue
+            }
+            stamps.append("\(path) \(info.st_ino) \(info.st_size) \(info.st_mtim.tv_sec).\(info.st_mtim.tv_nsec)")
+        }
+        return stamps
+    }
+
     /// A namespace holds one object of a kind by a name, as in Kubernetes.
-    static func duplicates(_ policies: [PeerAuthentication]) -> [YAMLError] {
-        var first: [String: PeerAuthentication] = [:]
+    static func duplicates(_ objects: [(kind: String, reference: String, file: String, line: Int?)]) -> [YAMLError] {
+        var first: [String: String] = [:]
         var errors: [YAMLError] = []
-        for policy in policies {
-            if let earlier = first[policy.reference] {
-                errors.append(
-                    YAMLError(
-                        file: policy.file, line: policy.line, keyPath: "",
-                        reason: "PeerAuthentication \(policy.reference) is already defined at \(earlier.source)"))
+        for object in objects {
+            let source = object.line.map { "\(object.file):\($0)" } ?? object.file
+            if let earlier = first[object.reference] {
+                errors.append(YAMLError(file: object.file, line: object.line, keyPath: "", reason: "\(object.kind) \(object.reference) is already defined at \(earlier)"))
             } else {
-                first[policy.reference] = policy
+                first[object.reference] = source
             }
         }
         return errors

@@ -26,6 +26,16 @@ public struct AccessLogEntry: Sendable, Equatable {
     public var bytesSent: UInt64 = 0
     public var bytesReceived: UInt64 = 0
     public var durationMilliseconds: Double = 0
+    /// AUDIT policies that matched, comma-separated.
+    public var audited: String?
+    /// What dry-run policies would have decided, when that differs from what
+    /// was enforced ("allow" or "deny"), and the policy that would have decided.
+    public var audit: String?
+    public var auditPolicy: String?
+    /// HTTP requests only (`protocol: http`).
+    public var method: String?
+    public var path: String?
+    public var status: Int?
 
     public init(time: Double, direction: Direction, tls: TLSMode, action: Action, reason: String) {
         self.time = time
@@ -54,6 +64,13 @@ public struct AccessLogEntry: Sendable, Equatable {
         json.add("bytes_sent", bytesSent)
         json.add("bytes_received", bytesReceived)
         json.add("duration_ms", (durationMilliseconds * 1000).rounded() / 1000)
+        // Present only when they say something, to keep plain TCP lines short.
+        json.addIfPresent("audited", audited)
+        json.addIfPresent("audit", audit)
+        json.addIfPresent("audit_policy", auditPolicy)
+        json.addIfPresent("method", method)
+        json.addIfPresent("path", path)
+        if let status { json.add("status", UInt64(max(0, status))) }
         return json.finish() + "\n"
     }
 
@@ -101,6 +118,11 @@ struct JSONObjectWriter {
             }
         }
         text += "\""
+    }
+
+    mutating func addIfPresent(_ name: String, _ value: String?) {
+        guard let value else { return }
+        add(name, value)
     }
 
     mutating func add(_ name: String, _ value: UInt64) {

@@ -1,5 +1,6 @@
 import NIOConcurrencyHelpers
 import NIOCore
+import Policy
 
 /// The connections the agent is proxying right now: admission against the
 /// configured maximum, what each one is (for `agentctl connections`), and the
@@ -10,6 +11,7 @@ public final class ConnectionTracker: Sendable {
         var entry: AccessLogEntry?
         var received: ByteCounter?
         var sent: ByteCounter?
+        var policyCheck: TrackedPolicyCheck?
     }
 
     private let tracked = NIOLockedValueBox<[ObjectIdentifier: Tracked]>([:])
@@ -40,12 +42,41 @@ public final class ConnectionTracker: Sendable {
     }
 
     /// Records what an admitted connection is, once it is proxied.
-    func describe(_ channel: Channel, as entry: AccessLogEntry, received: ByteCounter, sent: ByteCounter) {
+    func describe(_ channel: Channel, as entry: AccessLogEntry, received: ByteCounter, sent: ByteCounter, policyCheck: TrackedPolicyCheck? = nil) {
         tracked.withLockedValue { tracked in
             tracked[ObjectIdentifier(channel)]?.entry = entry
             tracked[ObjectIdentifier(channel)]?.received = received
             tracked[ObjectIdentifier(channel)]?.sent = sent
+            tracked[ObjectIdentifier(channel)]?.policyCheck = policyCheck
         }
+    }
+
+    /// Checks every inbound connection against the policy now in force and
+    /// closes those it no longer allows — revoking access takes effect on open
+    /// connections too. A connection whose policy now needs its requests
+    /// inspected, but which was not, is closed as well: the client reconnects
+    /// and is inspected. Returns how many were closed.
+    @discardableResult
+    public func recheck(_ authorizer: InboundAuthorizer) -> Int {
+        let snapshot = authorizer.snapshot
+        var closed = 0
+        for item in tracked.withLockedValue({ Array($0.values) }) {
+            guard let check = item.policyCheck else { continue }
+            let decision: AuthorizationDecision
+            switch snapshot.authorization(for: check.workload).authorize(check.attributes) {
+            case .decided(let result) where result.outcome == .deny:
+                decision = result
+            case .inspectRequests where !check.inspected:
+                decision = AuthorizationDecision(
+                    outcome: .deny, rule: nil, reason: "the policy now decides each HTTP request, which this connection was opened without")
+            default:
+                continue
+            }
+            check.revocation.revoke(decision)
+            item.channel.close(promise: nil)
+            closed += 1
+        }
+        return closed
     }
 
     /// The proxied connections now, as access log entries with the bytes so far
@@ -72,4 +103,25 @@ public final class ConnectionTracker: Sendable {
             (item.channel.parent ?? item.channel).close(promise: nil)
         }
     }
+}
+
+/// What an inbound connection was allowed as, so that it can be checked again
+/// when the policy changes.
+struct TrackedPolicyCheck: Sendable {
+    var workload: Workload
+    var attributes: ConnectionAttributes
+    /// Whether its HTTP requests are inspected (each is then decided on its own).
+    var inspected: Bool
+    let revocation = Revocation()
+}
+
+/// Set when a policy reload closed a connection, so that its log line says why.
+final class Revocation: Sendable {
+    private let value = NIOLockedValueBox<AuthorizationDecision?>(nil)
+
+    func revoke(_ decision: AuthorizationDecision) {
+        value.withLockedValue { $0 = decision }
+    }
+
+    var decision: AuthorizationDecision? { value.withLockedValue { $0 } }
 }

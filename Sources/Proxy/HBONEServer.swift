@@ -4,6 +4,7 @@ import NIOCore
 import NIOHPACK
 import NIOHTTP2
 import NIOPosix
+import Policy
 import TLS
 
 /// The tunnel listener (15008): mutual TLS with the trust bundle, HTTP/2, and one
@@ -22,6 +23,8 @@ public final class HBONEServer: Sendable {
         public var maximumConcurrentStreams = HBONE.defaultMaximumStreamsPerConnection
         /// A peer connection with no open stream for this long is closed.
         public var idleTimeout: TimeAmount = .minutes(5)
+        /// How large an inspected HTTP request head may be.
+        public var requestHeadLimit = HTTPHeadSizeLimit()
 
         public init(port: UInt16, mark: UInt32, connectTimeout: TimeAmount) {
             self.port = port
@@ -36,6 +39,7 @@ public final class HBONEServer: Sendable {
     private let destinations: LocalDestinations
     private let accessLog: AccessLogSink
     private let connections: ConnectionTracker
+    private let authorizer: InboundAuthorizer
     private let logger: Logger
     private let listeners = ListenerSet(name: "tunnel")
     private let metrics = TunnelServerMetrics()
@@ -44,9 +48,10 @@ public final class HBONEServer: Sendable {
     ///   new peer connection (it follows certificate rotation).
     public init(
         configuration: Configuration, group: EventLoopGroup, serverContext: @escaping @Sendable () throws -> TLSContext,
-        destinations: LocalDestinations, accessLog: AccessLogSink, connections: ConnectionTracker, logger: Logger
+        destinations: LocalDestinations, accessLog: AccessLogSink, connections: ConnectionTracker, authorizer: InboundAuthorizer, logger: Logger
     ) {
         self.configuration = configuration
+        self.authorizer = authorizer
         self.group = group
         self.serverContext = serverContext
         self.destinations = destinations
@@ -123,16 +128,36 @@ public final class HBONEServer: Sendable {
         }
         entry.destinationWorkload = workload.qualifiedName
         entry.destinationIdentity = workload.identity.description
+        let attributes = ConnectionAttributes(peer: peerIdentity, source: peerAddress, destination: target)
+        let inspected: Bool
+        switch authorizer.authorize(attributes, to: workload) {
+        case .decided(let decision):
+            entry.record(decision)
+            guard decision.outcome == .allow else {
+                return refuse(stream, HBONE.Refusal(status: .forbidden, reason: decision.reason), entry: entry)
+            }
+            inspected = false
+        case .inspectRequests:
+            inspected = true
+            entry.protocol = "http"
+        }
         guard connections.admit(stream) else {
             logger.warning("refused a tunnel stream from \(peerIdentity) to \(AccessLogEntry.format(target)): \(connections.maximum) connections are already open (limits.maxConnections)")
             return refuse(stream, HBONE.Refusal(status: .serviceUnavailable, reason: "over the connection limit"), entry: entry)
         }
 
-        let handlers = SpliceHandler.pair(on: stream.eventLoop)
+        let carrier: Carrier
+        if inspected {
+            let inspector = HTTPRequestInspector(workload: workload, connection: attributes, authorizer: authorizer, connectionEntry: entry)
+            carrier = .inspect(inspector, accessLog: accessLog, limit: configuration.requestHeadLimit, on: stream.eventLoop)
+        } else {
+            carrier = .splice(on: stream.eventLoop)
+        }
+        let policyCheck = TrackedPolicyCheck(workload: workload, attributes: attributes, inspected: inspected)
         let dialer = Dialer(mark: configuration.mark, connectTimeout: configuration.connectTimeout)
         let opened = entry
         return dialer.connect(to: target, on: stream.eventLoop) { channel in
-            try channel.pipeline.syncOperations.addHandler(handlers.value.upstream)
+            try carrier.installUpstream(on: channel)
         }.flatMapError { error in
             var failed = opened
             failed.durationMilliseconds = milliseconds(since: started)
@@ -142,7 +167,10 @@ public final class HBONEServer: Sendable {
             let operations = stream.pipeline.syncOperations
             operations.writeAndFlush(NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: HBONE.response(status: .ok)))), promise: nil)
             try operations.addHandler(HBONEStreamBridge())
-            try completeSplice(client: stream, upstream: upstream, handlers: handlers, entry: opened, started: started, accessLog: self.accessLog, tracker: self.connections) {
+            try completeProxy(
+                client: stream, upstream: upstream, carrier: carrier, entry: opened, started: started, accessLog: self.accessLog,
+                tracker: self.connections, policyCheck: policyCheck
+            ) {
                 self.metrics.closed()
             }
             try HBONEStreamBridge.startReading(stream)

@@ -3,6 +3,7 @@ import Logging
 import Metrics
 import NIOCore
 import NIOPosix
+import Policy
 
 /// The inbound-plaintext listener (15006): connections from outside the node to a
 /// PERMISSIVE workload port, redirected here by the inbound guard, are forwarded
@@ -18,6 +19,7 @@ public final class InboundPlaintextProxy: Sendable {
         public var bindAddresses: [String] = ["0.0.0.0", "::"]
         public var mark: UInt32
         public var connectTimeout: TimeAmount
+        public var requestHeadLimit = HTTPHeadSizeLimit()
 
         public init(port: UInt16, mark: UInt32, connectTimeout: TimeAmount) {
             self.port = port
@@ -31,14 +33,19 @@ public final class InboundPlaintextProxy: Sendable {
     private let destinations: LocalDestinations
     private let accessLog: AccessLogSink
     private let connections: ConnectionTracker
+    private let authorizer: InboundAuthorizer
     private let logger: Logger
     private let listeners = ListenerSet(name: "inbound plaintext")
     private let openedCounter = Counter(label: "mesh_agent_inbound_connections_opened_total", dimensions: [("tls", "none")])
     private let closedCounter = Counter(label: "mesh_agent_inbound_connections_closed_total", dimensions: [("tls", "none")])
     private let refusedCounter = Counter(label: "mesh_agent_inbound_plaintext_refused_total")
 
-    public init(configuration: Configuration, group: EventLoopGroup, destinations: LocalDestinations, accessLog: AccessLogSink, connections: ConnectionTracker, logger: Logger) {
+    public init(
+        configuration: Configuration, group: EventLoopGroup, destinations: LocalDestinations, accessLog: AccessLogSink, connections: ConnectionTracker,
+        authorizer: InboundAuthorizer, logger: Logger
+    ) {
         self.configuration = configuration
+        self.authorizer = authorizer
         self.group = group
         self.destinations = destinations
         self.accessLog = accessLog
@@ -75,16 +82,37 @@ public final class InboundPlaintextProxy: Sendable {
             }
             entry.destinationWorkload = workload.qualifiedName
             entry.destinationIdentity = workload.identity.description
+            let attributes = ConnectionAttributes(peer: nil, source: peer, destination: destination)
+            let inspected: Bool
+            switch self.authorizer.authorize(attributes, to: workload) {
+            case .decided(let decision):
+                entry.record(decision)
+                guard decision.outcome == .allow else {
+                    self.accessLog.record(entry)
+                    return client.eventLoop.makeFailedFuture(InboundRefusal.denied)
+                }
+                inspected = false
+            case .inspectRequests:
+                inspected = true
+                entry.protocol = "http"
+            }
             guard self.connections.admit(client) else {
                 self.refusedCounter.increment()
                 self.logger.warning("refused plaintext from \(peer): \(self.connections.maximum) connections are already open (limits.maxConnections)")
                 return client.eventLoop.makeFailedFuture(InboundRefusal.overLimit)
             }
-            let handlers = SpliceHandler.pair(on: client.eventLoop)
+            let carrier: Carrier
+            if inspected {
+                let inspector = HTTPRequestInspector(workload: workload, connection: attributes, authorizer: self.authorizer, connectionEntry: entry)
+                carrier = .inspect(inspector, accessLog: self.accessLog, limit: self.configuration.requestHeadLimit, on: client.eventLoop)
+            } else {
+                carrier = .splice(on: client.eventLoop)
+            }
+            let policyCheck = TrackedPolicyCheck(workload: workload, attributes: attributes, inspected: inspected)
             let opened = entry
             return Dialer(mark: self.configuration.mark, connectTimeout: self.configuration.connectTimeout)
                 .connect(to: destination, on: client.eventLoop) { channel in
-                    try channel.pipeline.syncOperations.addHandler(handlers.value.upstream)
+                    try carrier.installUpstream(on: channel)
                 }
                 .flatMapError { error in
                     var failed = opened
@@ -94,7 +122,10 @@ public final class InboundPlaintextProxy: Sendable {
                     return client.eventLoop.makeFailedFuture(error)
                 }
                 .flatMapThrowing { upstream in
-                    try completeSplice(client: client, upstream: upstream, handlers: handlers, entry: opened, started: started, accessLog: self.accessLog, tracker: self.connections) {
+                    try completeProxy(
+                        client: client, upstream: upstream, carrier: carrier, entry: opened, started: started, accessLog: self.accessLog,
+                        tracker: self.connections, policyCheck: policyCheck
+                    ) {
                         self.closedCounter.increment()
                     }
                     self.openedCounter.increment()
@@ -108,11 +139,14 @@ public final class InboundPlaintextProxy: Sendable {
 enum InboundRefusal: Error, CustomStringConvertible {
     case notAWorkload
     case overLimit
+    case denied
 
     var description: String {
         switch self {
         case .notAWorkload:
             return "the connection was not redirected to a workload port of this node; plaintext is accepted only for PERMISSIVE workload ports"
+        case .denied:
+            return "authorization policy denied the connection (see the access log)"
         case .overLimit:
             return "limits.maxConnections connections are already open; raise the limit or find who holds them (agentctl connections)"
         }

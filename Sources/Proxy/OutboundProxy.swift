@@ -4,6 +4,7 @@ import Metrics
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import Policy
 
 /// Who opened a captured connection. The agent answers from the socket's cgroup;
 /// tests can answer however they like.
@@ -50,6 +51,9 @@ public final class OutboundProxy: Sendable {
         /// Destinations whose agents speak HBONE: connections to them (other than
         /// to this node's workloads) go through the tunnel.
         public var meshNetworks: [IPPrefix]
+        /// How large an inspected HTTP request head may be (same-node
+        /// connections are inspected here, for the destination's policy).
+        public var requestHeadLimit = HTTPHeadSizeLimit()
 
         public init(port: UInt16, mark: UInt32, connectTimeout: TimeAmount, meshNetworks: [IPPrefix] = []) {
             self.port = port
@@ -65,6 +69,7 @@ public final class OutboundProxy: Sendable {
     private let destinations: LocalDestinations
     private let accessLog: AccessLogSink
     private let tunnel: TunnelClient?
+    private let authorizer: InboundAuthorizer
     private let logger: Logger
     public let connections: ConnectionTracker
     private let metrics = OutboundMetrics()
@@ -74,9 +79,10 @@ public final class OutboundProxy: Sendable {
     ///   every destination that is not on this node is passed through.
     public init(
         configuration: Configuration, group: EventLoopGroup, identifier: SourceIdentifier, destinations: LocalDestinations,
-        accessLog: AccessLogSink, connections: ConnectionTracker, tunnel: TunnelClient? = nil, logger: Logger
+        accessLog: AccessLogSink, connections: ConnectionTracker, tunnel: TunnelClient? = nil, authorizer: InboundAuthorizer, logger: Logger
     ) {
         self.configuration = configuration
+        self.authorizer = authorizer
         self.group = group
         self.identifier = identifier
         self.destinations = destinations
@@ -140,31 +146,53 @@ public final class OutboundProxy: Sendable {
         entry.sourceWorkload = workload.qualifiedName
         entry.sourceIdentity = workload.identity.description
         entry.destinationAddress = destination
-        let handlers = SpliceHandler.pair(on: client.eventLoop)
+        var carrier = Carrier.splice(on: client.eventLoop)
+        var policyCheck: TrackedPolicyCheck?
 
         let upstream: EventLoopFuture<Channel>
         if let local = destinations.localWorkload(at: destination) {
-            // Both ends on this node: no tunnel is needed, and both identities are
-            // known from the registry.
+            // Both ends on this node: no tunnel is needed, both identities are
+            // known from the registry, and the destination's policy is enforced
+            // here, as its agent would on a tunnel.
             entry.reason = "same-node"
             entry.destinationWorkload = local.qualifiedName
             entry.destinationIdentity = local.identity.description
-            upstream = dial(destination, on: client.eventLoop, splicing: handlers)
+            let attributes = ConnectionAttributes(peer: workload.identity, source: peer, destination: destination)
+            var inspected = false
+            switch authorizer.authorize(attributes, to: local) {
+            case .decided(let decision):
+                entry.record(decision)
+                guard decision.outcome == .allow else {
+                    metrics.refused(.denied)
+                    accessLog.record(entry)
+                    return client.eventLoop.makeFailedFuture(InboundRefusal.denied)
+                }
+            case .inspectRequests:
+                inspected = true
+                entry.protocol = "http"
+                let inspector = HTTPRequestInspector(workload: local, connection: attributes, authorizer: authorizer, connectionEntry: entry)
+                carrier = .inspect(inspector, accessLog: accessLog, limit: configuration.requestHeadLimit, on: client.eventLoop)
+            }
+            policyCheck = TrackedPolicyCheck(workload: local, attributes: attributes, inspected: inspected)
+            upstream = dial(destination, on: client.eventLoop, carrier: carrier)
         } else if let tunnel, configuration.meshNetworks.contains(where: { $0.contains(destination) }) {
             entry.reason = "hbone"
             entry.tls = .mutual
+            let tunnelCarrier = carrier
             upstream = tunnel.openStream(from: workload.identity, to: destination, on: client.eventLoop).flatMapThrowing { stream in
                 let operations = stream.pipeline.syncOperations
                 try operations.addHandler(HBONEStreamBridge())
-                try operations.addHandler(handlers.value.upstream)
+                try tunnelCarrier.installUpstream(on: stream)
                 try HBONEStreamBridge.startReading(stream)
                 return stream
             }
         } else {
-            upstream = dial(destination, on: client.eventLoop, splicing: handlers)
+            upstream = dial(destination, on: client.eventLoop, carrier: carrier)
         }
 
         let opened = entry
+        let chosen = carrier
+        let check = policyCheck
         return upstream.flatMapError { error in
             self.metrics.connectFailed()
             var failed = opened
@@ -173,16 +201,19 @@ public final class OutboundProxy: Sendable {
             self.accessLog.record(failed)
             return client.eventLoop.makeFailedFuture(error) as EventLoopFuture<Channel>
         }.flatMapThrowing { (upstreamChannel: Channel) -> Void in
-            try completeSplice(client: client, upstream: upstreamChannel, handlers: handlers, entry: opened, started: started, accessLog: self.accessLog, tracker: self.connections) {
+            try completeProxy(
+                client: client, upstream: upstreamChannel, carrier: chosen, entry: opened, started: started, accessLog: self.accessLog,
+                tracker: self.connections, policyCheck: check
+            ) {
                 self.metrics.closed()
             }
             self.metrics.opened()
         }
     }
 
-    private func dial(_ destination: SocketAddress, on eventLoop: EventLoop, splicing handlers: NIOLoopBound<SplicePair>) -> EventLoopFuture<Channel> {
+    private func dial(_ destination: SocketAddress, on eventLoop: EventLoop, carrier: Carrier) -> EventLoopFuture<Channel> {
         Dialer(mark: configuration.mark, connectTimeout: configuration.connectTimeout).connect(to: destination, on: eventLoop) { channel in
-            try channel.pipeline.syncOperations.addHandler(handlers.value.upstream)
+            try carrier.installUpstream(on: channel)
         }
     }
 }
@@ -212,6 +243,7 @@ struct OutboundMetrics: Sendable {
         case notRedirected = "not_redirected"
         case unidentified = "source_unidentified"
         case overLimit = "over_connection_limit"
+        case denied = "denied_by_policy"
     }
 
     private let refusals: [String: Counter]

@@ -227,14 +227,34 @@ func completeSplice(
     client: Channel, upstream: Channel, handlers: NIOLoopBound<SplicePair>, entry: AccessLogEntry, started: NIODeadline,
     accessLog: AccessLogSink, tracker: ConnectionTracker, closed: @escaping @Sendable () -> Void
 ) throws {
-    try client.pipeline.syncOperations.addHandler(handlers.value.client)
-    tracker.describe(client, as: entry, received: handlers.value.client.received, sent: handlers.value.upstream.received)
+    try completeProxy(
+        client: client, upstream: upstream, carrier: .splice(handlers), entry: entry, started: started, accessLog: accessLog, tracker: tracker,
+        closed: closed)
+}
+
+/// Completes a proxied connection carried by `carrier` once its upstream is
+/// connected: the client side gets its handlers, the connection is tracked
+/// (with what policy needs to check it again after a reload), and when both
+/// channels have closed it is logged with its byte counts.
+func completeProxy(
+    client: Channel, upstream: Channel, carrier: Carrier, entry: AccessLogEntry, started: NIODeadline,
+    accessLog: AccessLogSink, tracker: ConnectionTracker, policyCheck: TrackedPolicyCheck? = nil, closed: @escaping @Sendable () -> Void
+) throws {
+    try carrier.installClient(on: client)
+    tracker.describe(client, as: entry, received: carrier.received, sent: carrier.sent, policyCheck: policyCheck)
     let metricLabels = IstioTCPMetrics.opened(entry)
+    let received = carrier.received
+    let sent = carrier.sent
     client.closeFuture.and(upstream.closeFuture).hop(to: client.eventLoop).whenComplete { _ in
         var finished = entry
-        finished.bytesReceived = handlers.value.client.bytesRead
-        finished.bytesSent = handlers.value.upstream.bytesRead
+        finished.bytesReceived = received.value
+        finished.bytesSent = sent.value
         finished.durationMilliseconds = milliseconds(since: started)
+        if let revoked = policyCheck?.revocation.decision {
+            finished.action = .deny
+            finished.policy = revoked.policy
+            finished.reason = "closed after a policy reload: \(revoked.reason)"
+        }
         closed()
         IstioTCPMetrics.closed(finished, labels: metricLabels)
         accessLog.record(finished)

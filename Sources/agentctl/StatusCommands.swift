@@ -27,6 +27,7 @@ struct StatusCommand: ParsableCommand {
                 ["workloads", "\(status.workloadsPresent) present of \(status.workloads) configured"],
                 ["connections", String(status.connections)],
                 ["mTLS", "default \(status.defaultMTLSMode), \(status.peerAuthentications) PeerAuthentication(s)"],
+                ["policies", "generation \(status.policyGeneration), \(status.authorizationPolicies) AuthorizationPolicy(s)"],
                 ["certificates", "\(status.certificates), earliest expiry \(status.earliestCertificateExpiry ?? "-")"],
             ])
         }

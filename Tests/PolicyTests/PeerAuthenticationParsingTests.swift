@@ -99,13 +99,13 @@ import Testing
         let file = try parse(
             """
             ---
-            apiVersion: security.istio.io/v1
-            kind: AuthorizationPolicy
-            metadata: {name: deny-all, namespace: shop}
+            apiVersion: networking.istio.io/v1
+            kind: Sidecar
+            metadata: {name: default, namespace: shop}
             spec: {whatever: [1, 2]}
             ---
             ---
-            kind: AuthorizationPolicy
+            kind: Sidecar
             bogus: true
             ---
             apiVersion: v1
@@ -117,7 +117,7 @@ import Testing
             spec: {mtls: {mode: STRICT}}
             ...
             """)
-        #expect(file.skippedDocuments == ["AuthorizationPolicy": 2, "ConfigMap": 1])
+        #expect(file.skippedDocuments == ["Sidecar": 2, "ConfigMap": 1])
         #expect(file.peerAuthentications.map(\.reference) == ["istio-system/mesh"])
         #expect(try parse("").peerAuthentications.isEmpty)
         #expect(try parse("# only a comment\n").skippedDocuments.isEmpty)
@@ -219,7 +219,7 @@ import Testing
     @Test func everyBadDocumentOfAFileIsReportedAndTheGoodOnesDoNotCount() {
         let found = errors(
             Self.header + "spec: {mtls: {mode: STRICT}}\n---\n" + Self.header + "spec: {mtls: {mode: NOPE}}\n---\n"
-                + "kind: AuthorizationPolicy\n---\n" + Self.header + "spec: {extra: 1}\n",
+                + "kind: Sidecar\n---\n" + Self.header + "spec: {extra: 1}\n",
             file: "/etc/mesh-agent/policies/shop.yaml")
         #expect(
             found == [

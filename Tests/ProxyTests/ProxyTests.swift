@@ -1,4 +1,5 @@
 import NIOCore
+import Policy
 import NIOEmbedded
 import Testing
 @testable import Proxy

@@ -64,7 +64,7 @@ public struct IPPrefixError: Error, CustomStringConvertible {
 
 extension SocketAddress {
     /// The address in network byte order: 4 bytes for IPv4, 16 for IPv6.
-    var addressBytes: [UInt8]? {
+    public var addressBytes: [UInt8]? {
         switch self {
         case .v4(let address):
             return withUnsafeBytes(of: address.address.sin_addr) { Array($0) }

@@ -1,0 +1,206 @@
+import Foundation
+import NIOCore
+import Policy
+import Proxy
+import TLS
+
+/// The policy set in force and how the last reloads went, as the control loop
+/// publishes it for `agentctl policies`.
+public struct PolicyStatus: Sendable {
+    public var generation: Int
+    public var loadedAt: Double
+    public var directory: String
+    public var policies: PolicySet
+    /// The reasons the last reload was refused (`file:line: reason`); nil once
+    /// a later reload succeeded.
+    public var lastError: [String]?
+    public var lastErrorAt: Double?
+}
+
+extension AdminViews {
+    public struct PoliciesView: Codable, Sendable {
+        public struct Row: Codable, Sendable {
+            public var kind: String
+            public var namespace: String
+            public var name: String
+            /// `key=value,…`, or nil for namespace-wide (mesh-wide in the root namespace).
+            public var selector: String?
+            /// ALLOW / DENY / AUDIT, or the mTLS mode of a PeerAuthentication.
+            public var action: String
+            public var rules: Int?
+            public var dryRun: Bool?
+            public var source: String
+
+            enum CodingKeys: String, CodingKey {
+                case kind, namespace, name, selector, action, rules, source
+                case dryRun = "dry_run"
+            }
+        }
+
+        public var generation: Int
+        public var loadedAt: String
+        public var directory: String
+        public var files: [String]
+        public var policies: [Row]
+        public var warnings: [String]
+        public var lastReloadError: [String]?
+        public var lastReloadErrorAt: String?
+
+        enum CodingKeys: String, CodingKey {
+            case generation, directory, files, policies, warnings
+            case loadedAt = "loaded_at"
+            case lastReloadError = "last_reload_error"
+            case lastReloadErrorAt = "last_reload_error_at"
+        }
+    }
+
+    static func policies(_ status: PolicyStatus) -> PoliciesView {
+        func selector(_ labels: [String: String]?) -> String? {
+            labels.map { $0.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",") }
+        }
+        var rows: [PoliciesView.Row] = status.policies.authorization.policies.map { policy in
+            .init(
+                kind: AuthorizationPolicy.kind, namespace: policy.namespace, name: policy.name, selector: selector(policy.matchLabels),
+                action: policy.action.rawValue, rules: policy.rules.count, dryRun: policy.dryRun ? true : nil, source: policy.source)
+        }
+        rows += status.policies.peerAuthentication.policies.map { policy in
+            .init(
+                kind: PeerAuthentication.kind, namespace: policy.namespace, name: policy.name, selector: selector(policy.matchLabels),
+                action: policy.mode.rawValue, rules: nil, dryRun: nil, source: policy.source)
+        }
+        return PoliciesView(
+            generation: status.generation, loadedAt: Certificate.formatTime(Int64(status.loadedAt)), directory: status.directory,
+            files: status.policies.files, policies: rows, warnings: status.policies.warnings, lastReloadError: status.lastError,
+            lastReloadErrorAt: status.lastErrorAt.map { Certificate.formatTime(Int64($0)) })
+    }
+
+    /// The answer to `agentctl policy explain`.
+    public struct ExplainView: Codable, Sendable {
+        /// allow, deny, or "depends on the request" when L4 cannot decide and no
+        /// request was described.
+        public var decision: String
+        /// Which check decided: peer_authentication, l4 or l7.
+        public var layer: String
+        public var workload: String
+        public var source: String
+        public var port: Int
+        public var policy: String?
+        public var rule: String?
+        public var reason: String
+        public var audited: [String]?
+        public var dryRun: String?
+        public var path: String?
+
+        enum CodingKeys: String, CodingKey {
+            case decision, layer, workload, source, port, policy, rule, reason, audited, path
+            case dryRun = "dry_run"
+        }
+    }
+
+    struct ExplainError: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    /// Decides a hypothetical connection (and request) with the same
+    /// evaluator the data path uses, against the policies in force.
+    static func explain(
+        _ parameters: [(name: String, value: String)], registry: WorkloadRegistry, authorizer: InboundAuthorizer, peerAuthentication: PeerAuthenticationSet
+    ) throws -> ExplainView {
+        var values: [String: String] = [:]
+        var headers: [HTTPField] = []
+        for (name, value) in parameters {
+            if name == "header" {
+                guard let separator = value.firstIndex(where: { $0 == "=" || $0 == ":" }) else {
+                    throw ExplainError(description: "a header is NAME=VALUE, got \"\(value)\"")
+                }
+                headers.append(HTTPField(name: String(value[..<separator]), value: String(value[value.index(after: separator)...]).trimmingCharacters(in: .whitespaces)))
+            } else {
+                values[name] = value
+            }
+        }
+        let workloads = registry.members.map(\.workload)
+        func find(_ name: String) throws -> Workload {
+            let matches = workloads.filter { $0.qualifiedName == name || $0.name == name }
+            guard let workload = matches.first else {
+                throw ExplainError(description: "no workload \"\(name)\" on this node; known: \(workloads.map(\.qualifiedName).joined(separator: ", "))")
+            }
+            guard matches.count == 1 else {
+                throw ExplainError(description: "\"\(name)\" names several workloads; write NAMESPACE/NAME: \(matches.map(\.qualifiedName).joined(separator: ", "))")
+            }
+            return workload
+        }
+        guard let target = values["to_workload"] else { throw ExplainError(description: "--to-workload is required") }
+        let workload = try find(target)
+        guard let portText = values["port"], let port = UInt16(portText), port > 0 else {
+            throw ExplainError(description: "--port must be a port number from 1 to 65535")
+        }
+        var identity: SpiffeID?
+        if let from = values["from"] {
+            do {
+                identity = try SpiffeID(from.hasPrefix("spiffe://") ? from : "spiffe://\(from)")
+            } catch {
+                throw ExplainError(description: "--from \"\(from)\" is not a SPIFFE ID: \(error)")
+            }
+        } else if let from = values["from_workload"] {
+            identity = try find(from).identity
+        }
+        var source: SocketAddress?
+        if let text = values["source_ip"] {
+            guard let address = try? SocketAddress(ipAddress: text, port: 0) else { throw ExplainError(description: "--source-ip \"\(text)\" is not an IP address") }
+            source = address
+        }
+        let destination = try? SocketAddress(ipAddress: values["destination_ip"] ?? "0.0.0.0", port: Int(port))
+        let attributes = ConnectionAttributes(
+            sourcePrincipal: identity.map { String($0.description.dropFirst("spiffe://".count)) }, sourceAddress: source,
+            destinationAddress: destination, destinationPort: port)
+
+        var view = ExplainView(
+            decision: "allow", layer: "l4", workload: workload.qualifiedName, source: identity?.description ?? "plaintext (no identity)",
+            port: Int(port), reason: "")
+        if identity == nil {
+            let mode = peerAuthentication.decision(namespace: workload.namespace, labels: workload.labels, port: port)
+            if mode.mode == .STRICT {
+                view.decision = "deny"
+                view.layer = "peer_authentication"
+                view.policy = mode.policy
+                view.reason = "plaintext is refused: the port's mTLS mode is \(mode)"
+                return view
+            }
+        }
+        let authorization = authorizer.snapshot.authorization(for: workload)
+        func fill(_ decision: AuthorizationDecision) {
+            view.decision = decision.outcome.rawValue
+            view.policy = decision.policy
+            view.rule = decision.rule?.description
+            view.reason = decision.reason
+            view.audited = decision.audits.isEmpty ? nil : decision.audits
+            view.dryRun = decision.dryRun.map { "\($0.outcome.rawValue)\($0.rule.map { " (\($0))" } ?? "")" }
+        }
+        switch authorization.authorize(attributes) {
+        case .decided(let decision):
+            fill(decision)
+            return view
+        case .inspectRequests:
+            break
+        }
+        view.layer = "l7"
+        guard let method = values["method"], let rawPath = values["path"] else {
+            view.decision = "depends on the request"
+            view.reason = "a policy of \(workload.qualifiedName) names HTTP attributes; describe a request with --method and --path"
+            return view
+        }
+        let path: String
+        switch HTTPPath.normalize(rawPath) {
+        case .success(let target): path = target.path
+        case .failure(let error):
+            view.decision = "deny"
+            view.reason = "the request would be refused with 400: \(error)"
+            return view
+        }
+        view.path = path
+        let host = headers.first(where: { $0.name == "host" })?.value ?? values["host"] ?? workload.name
+        let request = HTTPRequestAttributes(method: method, path: path, host: host, headers: headers, identity: nil)
+        fill(authorization.authorize(attributes, request: request))
+        return view
+    }
+}

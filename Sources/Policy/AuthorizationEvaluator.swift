@@ -1,0 +1,422 @@
+import NIOCore
+
+/// The AuthorizationPolicies in force, indexed by namespace so that finding a
+/// workload's policies looks at its own namespace and the root namespace only.
+public struct AuthorizationPolicySet: Hashable, Sendable {
+    public let rootNamespace: String
+    /// Every policy, ordered by namespace, then name.
+    public let policies: [AuthorizationPolicy]
+    private let byNamespace: [String: [AuthorizationPolicy]]
+
+    public init(_ policies: [AuthorizationPolicy] = [], rootNamespace: String) {
+        self.rootNamespace = rootNamespace
+        self.policies = policies.sorted { ($0.namespace, $0.name) < ($1.namespace, $1.name) }
+        self.byNamespace = Dictionary(grouping: self.policies, by: \.namespace)
+    }
+
+    /// The policies that apply to a workload: those of its namespace and, as in
+    /// Istio, those of the root namespace, each when its selector picks the
+    /// workload's labels. Compile this once per workload and policy change; a
+    /// decision then costs the same however many policies other workloads have.
+    public func forWorkload(namespace: String, labels: [String: String]) -> WorkloadAuthorization {
+        var applicable = (byNamespace[rootNamespace] ?? []).filter { $0.selects(labels: labels) }
+        if namespace != rootNamespace {
+            applicable += (byNamespace[namespace] ?? []).filter { $0.selects(labels: labels) }
+        }
+        return WorkloadAuthorization(applicable)
+    }
+
+    /// Policies that are valid but probably not what their author meant.
+    public var warnings: [String] {
+        var warnings: [String] = []
+        for policy in policies where policy.rules.isEmpty && policy.action != .ALLOW {
+            warnings.append("AuthorizationPolicy \(policy.reference) (\(policy.source)) has no rules, so this \(policy.action.rawValue) policy matches nothing")
+        }
+        return warnings
+    }
+}
+
+/// What decided an authorization question.
+public struct AuthorizationDecision: Hashable, Sendable, CustomStringConvertible {
+    public enum Outcome: String, Hashable, Sendable {
+        case allow, deny
+    }
+
+    /// The rule that decided: a policy and the index of its rule.
+    public struct RuleReference: Hashable, Sendable, CustomStringConvertible {
+        public var policy: String
+        public var action: AuthorizationPolicy.Action
+        public var ruleIndex: Int
+        /// `file:line` of the rule.
+        public var source: String
+
+        public var description: String { "\(action.rawValue) policy \(policy) rules[\(ruleIndex)] (\(source))" }
+    }
+
+    public var outcome: Outcome
+    /// The deciding rule; nil when no rule decided (no policy at all, or no
+    /// ALLOW policy matched).
+    public var rule: RuleReference?
+    public var reason: String
+    /// AUDIT policies whose rules matched: logged, not enforced.
+    public var audits: [String] = []
+    /// What the policies marked `istio.io/dry-run` would change: the outcome if
+    /// they were enforced with the others. nil when no dry-run policy applies.
+    public var dryRun: DryRunResult?
+
+    public struct DryRunResult: Hashable, Sendable {
+        public var outcome: Outcome
+        public var rule: RuleReference?
+    }
+
+    public init(outcome: Outcome, rule: RuleReference?, reason: String, audits: [String] = [], dryRun: DryRunResult? = nil) {
+        self.outcome = outcome
+        self.rule = rule
+        self.reason = reason
+        self.audits = audits
+        self.dryRun = dryRun
+    }
+
+    /// `namespace/name` of the deciding policy, for the access log.
+    public var policy: String? { rule?.policy }
+
+    public var description: String { "\(outcome.rawValue): \(reason)" }
+}
+
+/// An L4 question may need the HTTP request to be answered.
+public enum ConnectionAuthorization: Hashable, Sendable {
+    case decided(AuthorizationDecision)
+    /// Some rule that could change the outcome names HTTP attributes: decide
+    /// per request.
+    case inspectRequests
+}
+
+/// The policies that apply to one workload, grouped by action, and Istio's
+/// evaluation: DENY before ALLOW; with no ALLOW policy everything not denied is
+/// allowed; with ALLOW policies something must match one. AUDIT never changes
+/// the outcome. Dry-run policies are evaluated on the side.
+public struct WorkloadAuthorization: Hashable, Sendable {
+    public let policies: [AuthorizationPolicy]
+    private let deny: [AuthorizationPolicy]
+    private let allow: [AuthorizationPolicy]
+    private let audit: [AuthorizationPolicy]
+    private let dryRunDeny: [AuthorizationPolicy]
+    private let dryRunAllow: [AuthorizationPolicy]
+
+    public init(_ policies: [AuthorizationPolicy]) {
+        self.policies = policies
+        let enforced = policies.filter { !$0.dryRun }
+        let dryRun = policies.filter(\.dryRun)
+        deny = enforced.filter { $0.action == .DENY }
+        allow = enforced.filter { $0.action == .ALLOW }
+        audit = policies.filter { $0.action == .AUDIT }
+        dryRunDeny = deny + dryRun.filter { $0.action == .DENY }
+        dryRunAllow = allow + dryRun.filter { $0.action == .ALLOW }
+    }
+
+    public var isEmpty: Bool { policies.isEmpty }
+
+    /// True if some applicable rule names HTTP attributes, so that some
+    /// connections may need their requests inspected.
+    public var mayInspectRequests: Bool { policies.contains(where: \.usesHTTPAttributes) }
+
+    /// The decision for a connection, or `.inspectRequests` when it depends on
+    /// the HTTP requests the connection carries.
+    public func authorize(_ connection: ConnectionAttributes) -> ConnectionAuthorization {
+        let context = MatchContext(connection: connection, request: nil)
+        guard case .decided(var decision) = Self.evaluate(deny: deny, allow: allow, context) else { return .inspectRequests }
+        guard decision.outcome == .allow else { return .decided(decision) }
+        // Once allowed, audits and dry-run effects are only reported; they need the
+        // request too when they name HTTP attributes.
+        var audits: [String] = []
+        for policy in audit {
+            switch policy.firstMatch(context) {
+            case .matched: audits.append(policy.reference)
+            case .unknown: return .inspectRequests
+            case .none: break
+            }
+        }
+        decision.audits = audits
+        if hasDryRun {
+            guard case .decided(let shadow) = Self.evaluate(deny: dryRunDeny, allow: dryRunAllow, context) else { return .inspectRequests }
+            decision.dryRun = .init(outcome: shadow.outcome, rule: shadow.rule)
+        }
+        return .decided(decision)
+    }
+
+    /// The decision for one HTTP request on a connection.
+    public func authorize(_ connection: ConnectionAttributes, request: HTTPRequestAttributes) -> AuthorizationDecision {
+        let context = MatchContext(connection: connection, request: request)
+        // With the request known, every match is decided.
+        guard case .decided(var decision) = Self.evaluate(deny: deny, allow: allow, context) else {
+            return AuthorizationDecision(outcome: .deny, rule: nil, reason: "policy could not be decided")
+        }
+        decision.audits = audit.filter { if case .matched = $0.firstMatch(context) { return true } else { return false } }.map(\.reference)
+        if hasDryRun, case .decided(let shadow) = Self.evaluate(deny: dryRunDeny, allow: dryRunAllow, context) {
+            decision.dryRun = .init(outcome: shadow.outcome, rule: shadow.rule)
+        }
+        return decision
+    }
+
+    private var hasDryRun: Bool { dryRunDeny.count != deny.count || dryRunAllow.count != allow.count }
+
+    private static func evaluate(deny: [AuthorizationPolicy], allow: [AuthorizationPolicy], _ context: MatchContext) -> ConnectionAuthorization {
+        var undecided = false
+        for policy in deny {
+            switch policy.firstMatch(context) {
+            case .matched(let index):
+                let rule = policy.reference(rule: index)
+                return .decided(AuthorizationDecision(outcome: .deny, rule: rule, reason: "denied by \(rule)"))
+            case .unknown:
+                undecided = true
+            case .none:
+                break
+            }
+        }
+        guard !allow.isEmpty else {
+            if undecided { return .inspectRequests }
+            return .decided(AuthorizationDecision(outcome: .allow, rule: nil, reason: "no ALLOW policy applies to the workload"))
+        }
+        var allowed: AuthorizationDecision.RuleReference?
+        var allowUndecided = false
+        for policy in allow {
+            switch policy.firstMatch(context) {
+            case .matched(let index):
+                allowed = policy.reference(rule: index)
+            case .unknown:
+                allowUndecided = true
+            case .none:
+                continue
+            }
+            if allowed != nil { break }
+        }
+        if let allowed {
+            if undecided { return .inspectRequests }
+            return .decided(AuthorizationDecision(outcome: .allow, rule: allowed, reason: "allowed by \(allowed)"))
+        }
+        if allowUndecided { return .inspectRequests }
+        let names = allow.map(\.reference).joined(separator: ", ")
+        return .decided(AuthorizationDecision(outcome: .deny, rule: nil, reason: "no ALLOW policy matched (applicable: \(names))"))
+    }
+}
+
+// MARK: - Matching
+
+/// Kleene's three values: a rule that names an HTTP attribute matches
+/// `unknown` when only the connection is known.
+enum Match: Equatable {
+    case yes, no, unknown
+
+    init(_ value: Bool) { self = value ? .yes : .no }
+
+    static func && (lhs: Match, rhs: @autoclosure () -> Match) -> Match {
+        if lhs == .no { return .no }
+        let right = rhs()
+        if right == .no { return .no }
+        return lhs == .yes && right == .yes ? .yes : .unknown
+    }
+
+    var negated: Match {
+        switch self {
+        case .yes: return .no
+        case .no: return .yes
+        case .unknown: return .unknown
+        }
+    }
+
+    /// Whether any of `items` matches.
+    static func any<S: Sequence>(_ items: S, _ match: (S.Element) -> Match) -> Match {
+        var result = Match.no
+        for item in items {
+            switch match(item) {
+            case .yes: return .yes
+            case .unknown: result = .unknown
+            case .no: break
+            }
+        }
+        return result
+    }
+}
+
+struct MatchContext {
+    var connection: ConnectionAttributes
+    var request: HTTPRequestAttributes?
+}
+
+enum PolicyMatch {
+    case matched(ruleIndex: Int)
+    case unknown
+    case none
+}
+
+extension AuthorizationPolicy {
+    /// The first rule that surely matches; `.unknown` if none does but one may.
+    func firstMatch(_ context: MatchContext) -> PolicyMatch {
+        var undecided = false
+        for (index, rule) in rules.enumerated() {
+            switch rule.matches(context) {
+            case .yes: return .matched(ruleIndex: index)
+            case .unknown: undecided = true
+            case .no: break
+            }
+        }
+        return undecided ? .unknown : .none
+    }
+
+    func reference(rule index: Int) -> AuthorizationDecision.RuleReference {
+        let line = rules[index].line ?? line
+        return AuthorizationDecision.RuleReference(
+            policy: reference, action: action, ruleIndex: index, source: line.map { "\(file):\($0)" } ?? file)
+    }
+}
+
+extension AuthorizationPolicy.Rule {
+    func matches(_ context: MatchContext) -> Match {
+        let from = self.from.map { sources in Match.any(sources) { $0.matches(context) } } ?? .yes
+        return from
+            && (to.map { operations in Match.any(operations) { $0.matches(context) } } ?? .yes)
+            && when.reduce(Match.yes) { result, condition in result && condition.matches(context) }
+    }
+}
+
+/// A list field: absent matches; present matches when any value does.
+private func field<T>(_ values: [T]?, _ match: (T) -> Match) -> Match {
+    guard let values else { return .yes }
+    return Match.any(values, match)
+}
+
+/// A `not…` field: absent matches; present matches when no value does.
+private func notField<T>(_ values: [T]?, _ match: (T) -> Match) -> Match {
+    guard let values else { return .yes }
+    return Match.any(values, match).negated
+}
+
+/// A string that only an HTTP request has: unknown without one.
+private func requestValue(_ context: MatchContext, _ value: (HTTPRequestAttributes) -> String?, _ pattern: StringPattern) -> Match {
+    guard let request = context.request else { return .unknown }
+    guard let value = value(request) else { return .no }
+    return Match(pattern.matches(value))
+}
+
+private func optional(_ value: String?, _ pattern: StringPattern) -> Match {
+    guard let value else { return .no }
+    return Match(pattern.matches(value))
+}
+
+private func address(_ address: SocketAddress?, in network: IPPrefix) -> Match {
+    guard let address else { return .no }
+    return Match(network.contains(address))
+}
+
+extension AuthorizationPolicy.Source {
+    func matches(_ context: MatchContext) -> Match {
+        let connection = context.connection
+        let source = connection.sourceAddress
+        return field(principals) { optional(connection.sourcePrincipal, $0) }
+            && notField(notPrincipals) { optional(connection.sourcePrincipal, $0) }
+            && field(namespaces) { optional(connection.sourceNamespace, $0) }
+            && notField(notNamespaces) { optional(connection.sourceNamespace, $0) }
+            && field(ipBlocks) { address(source, in: $0) }
+            && notField(notIpBlocks) { address(source, in: $0) }
+            // Without X-Forwarded-For or PROXY protocol the remote address is the peer's.
+            && field(remoteIpBlocks) { address(source, in: $0) }
+            && notField(notRemoteIpBlocks) { address(source, in: $0) }
+            && field(requestPrincipals) { requestValue(context, { $0.identity?.principal }, $0) }
+            && notField(notRequestPrincipals) { requestValue(context, { $0.identity?.principal }, $0) }
+    }
+}
+
+extension AuthorizationPolicy.Operation {
+    func matches(_ context: MatchContext) -> Match {
+        let port = context.connection.destinationPort
+        return field(ports.map(Array.init)) { Match($0 == port) }
+            && notField(notPorts.map(Array.init)) { Match($0 == port) }
+            && field(methods) { requestValue(context, { $0.method }, $0) }
+            && notField(notMethods) { requestValue(context, { $0.method }, $0) }
+            && field(paths) { requestValue(context, { $0.path }, $0) }
+            && notField(notPaths) { requestValue(context, { $0.path }, $0) }
+            && field(hosts) { hostMatch(context, $0) }
+            && notField(notHosts) { hostMatch(context, $0) }
+    }
+
+    /// Hosts compare without case, and a pattern without a port also matches the
+    /// host with its port removed (`orders.shop` matches `Orders.shop:8080`).
+    private func hostMatch(_ context: MatchContext, _ pattern: StringPattern) -> Match {
+        guard let request = context.request else { return .unknown }
+        let host = request.host
+        if pattern.matchesIgnoringCase(host) { return .yes }
+        guard !pattern.description.contains(":"), let withoutPort = Self.stripPort(host) else { return .no }
+        return Match(pattern.matchesIgnoringCase(withoutPort))
+    }
+
+    static func stripPort(_ host: String) -> String? {
+        if host.hasPrefix("[") {
+            guard let close = host.firstIndex(of: "]") else { return nil }
+            let after = host[host.index(after: close)...]
+            return after.hasPrefix(":") ? String(host[...close]) : nil
+        }
+        guard let colon = host.lastIndex(of: ":"), host.firstIndex(of: ":") == colon else { return nil }
+        return String(host[..<colon])
+    }
+}
+
+extension AuthorizationPolicy.Condition {
+    func matches(_ context: MatchContext) -> Match {
+        let positive = values.map { values in Match.any(values) { matches($0, context) } } ?? .yes
+        return positive && (notValues.map { values in Match.any(values) { matches($0, context) }.negated } ?? .yes)
+    }
+
+    private func matches(_ value: AuthorizationPolicy.ConditionValue, _ context: MatchContext) -> Match {
+        let connection = context.connection
+        switch (key, value) {
+        case (.sourceIP, .network(let network)), (.remoteIP, .network(let network)):
+            return address(connection.sourceAddress, in: network)
+        case (.destinationIP, .network(let network)):
+            return address(connection.destinationAddress, in: network)
+        case (.destinationPort, .port(let port)):
+            return Match(connection.destinationPort == port)
+        case (.sourceNamespace, .pattern(let pattern)):
+            return optional(connection.sourceNamespace, pattern)
+        case (.sourcePrincipal, .pattern(let pattern)):
+            return optional(connection.sourcePrincipal, pattern)
+        case (.requestPrincipal, .pattern(let pattern)):
+            return requestValue(context, { $0.identity?.principal }, pattern)
+        case (.requestPresenter, .pattern(let pattern)):
+            return requestValue(context, { $0.identity?.presenter }, pattern)
+        case (.requestAudiences, .pattern(let pattern)):
+            guard let request = context.request else { return .unknown }
+            return Match(request.identity?.audiences.contains(where: pattern.matches) ?? false)
+        case (.requestHeader(let name), .pattern(let pattern)):
+            return requestValue(context, { $0.header(name) }, pattern)
+        case (.requestClaim(let path), .pattern(let pattern)):
+            guard let request = context.request else { return .unknown }
+            guard var claim = request.identity?.claims else { return .no }
+            for name in path {
+                guard let member = claim[name] else { return .no }
+                claim = member
+            }
+            return Match(Self.claim(claim, matches: pattern))
+        default:
+            // The parser types every value by its key; any other pairing is unreachable.
+            return .no
+        }
+    }
+
+    /// A string claim matches the pattern; a list matches when one of its
+    /// strings does (`groups: [admin, dev]`); numbers and booleans compare as
+    /// they are written.
+    private static func claim(_ claim: JSONValue, matches pattern: StringPattern) -> Bool {
+        switch claim {
+        case .string(let value): return pattern.matches(value)
+        case .array(let values): return values.contains { value in
+            if case .string(let text) = value { return pattern.matches(text) }
+            return false
+        }
+        case .bool(let value): return pattern.matches(value ? "true" : "false")
+        case .number(let value):
+            let text = value.rounded() == value && abs(value) < 1e15 ? String(Int64(value)) : String(value)
+            return pattern.matches(text)
+        case .null, .object: return false
+        }
+    }
+}

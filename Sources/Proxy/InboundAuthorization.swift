@@ -1,0 +1,123 @@
+import Metrics
+import NIOConcurrencyHelpers
+import NIOCore
+import Policy
+import TLS
+
+/// The authorization policy in force, as one value: swapped whole on reload,
+/// so a connection or request is decided by one generation of policy, never a
+/// mix.
+public struct AuthorizationSnapshot: Sendable {
+    /// Increases with every reload that changed something.
+    public var generation: Int
+    public var policies: AuthorizationPolicySet
+    /// Compiled per workload (`namespace/name`) for the workloads the registry
+    /// held when the snapshot was made; other workloads are compiled on demand.
+    private var compiled: [String: WorkloadAuthorization]
+
+    public init(generation: Int, policies: AuthorizationPolicySet, workloads: [Workload]) {
+        self.generation = generation
+        self.policies = policies
+        var compiled: [String: WorkloadAuthorization] = [:]
+        for workload in workloads {
+            compiled[workload.qualifiedName] = policies.forWorkload(namespace: workload.namespace, labels: workload.labels)
+        }
+        self.compiled = compiled
+    }
+
+    public func authorization(for workload: Workload) -> WorkloadAuthorization {
+        compiled[workload.qualifiedName] ?? policies.forWorkload(namespace: workload.namespace, labels: workload.labels)
+    }
+}
+
+/// Decides inbound connections against the current snapshot, and counts the
+/// answers.
+public final class InboundAuthorizer: Sendable {
+    private let current: NIOLockedValueBox<AuthorizationSnapshot>
+    private let metrics = AuthorizationMetrics()
+
+    public init(_ snapshot: AuthorizationSnapshot) {
+        current = NIOLockedValueBox(snapshot)
+    }
+
+    public var snapshot: AuthorizationSnapshot {
+        current.withLockedValue { $0 }
+    }
+
+    public func update(_ snapshot: AuthorizationSnapshot) {
+        current.withLockedValue { $0 = snapshot }
+    }
+
+    /// The L4 decision for a connection to `workload`.
+    func authorize(_ connection: ConnectionAttributes, to workload: Workload) -> ConnectionAuthorization {
+        let result = snapshot.authorization(for: workload).authorize(connection)
+        metrics.record(result)
+        return result
+    }
+
+    /// The L7 decision for one request on a connection to `workload`.
+    func authorize(_ connection: ConnectionAttributes, request: HTTPRequestAttributes, to workload: Workload) -> AuthorizationDecision {
+        let decision = snapshot.authorization(for: workload).authorize(connection, request: request)
+        metrics.record(decision, layer: "l7")
+        return decision
+    }
+}
+
+extension ConnectionAttributes {
+    /// The attributes of an inbound connection to `destination` from a peer
+    /// that proved `identity` (nil: plaintext).
+    init(peer identity: SpiffeID?, source: SocketAddress?, destination: SocketAddress) {
+        self.init(
+            sourcePrincipal: identity.map(\.principal), sourceAddress: source, destinationAddress: destination,
+            destinationPort: UInt16(clamping: destination.port ?? 0))
+    }
+}
+
+extension SpiffeID {
+    /// The ID without its scheme, as Istio policies name principals.
+    var principal: String {
+        String(description.dropFirst("spiffe://".count))
+    }
+}
+
+extension AccessLogEntry {
+    /// Records what authorization decided about this connection or request.
+    mutating func record(_ decision: AuthorizationDecision) {
+        action = decision.outcome == .allow ? .allow : .deny
+        policy = decision.policy
+        if decision.outcome == .deny {
+            reason = decision.reason
+        }
+        audited = decision.audits.isEmpty ? nil : decision.audits.joined(separator: ",")
+        if let dryRun = decision.dryRun, dryRun.outcome != decision.outcome || dryRun.rule != decision.rule {
+            audit = dryRun.outcome.rawValue
+            auditPolicy = dryRun.rule?.policy
+        }
+    }
+}
+
+struct AuthorizationMetrics: Sendable {
+    private let counters: [String: Counter]
+
+    init() {
+        var counters: [String: Counter] = [:]
+        for layer in ["l4", "l7"] {
+            for decision in ["allow", "deny", "inspect"] where !(layer == "l7" && decision == "inspect") {
+                counters["\(layer)/\(decision)"] = Counter(
+                    label: "mesh_agent_authorization_decisions_total", dimensions: [("layer", layer), ("decision", decision)])
+            }
+        }
+        self.counters = counters
+    }
+
+    func record(_ result: ConnectionAuthorization) {
+        switch result {
+        case .decided(let decision): record(decision, layer: "l4")
+        case .inspectRequests: counters["l4/inspect"]?.increment()
+        }
+    }
+
+    func record(_ decision: AuthorizationDecision, layer: String) {
+        counters["\(layer)/\(decision.outcome.rawValue)"]?.increment()
+    }
+}

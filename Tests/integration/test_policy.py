@@ -1,0 +1,410 @@
+"""Authorization policy end to end, on two nodes with an agent each: Istio
+AuthorizationPolicy files enforced per connection (L4) and per HTTP request
+(L7) by the destination's agent, and on the same-node path by the source's.
+
+Node "a" runs the callers (checkout, reporting, frontend) and one server of
+its own (cart, for the same-node path); node "b" runs the servers: orders (an
+HTTP server whose policies name methods and paths) and ledger (a TCP echo
+server with an L4-only policy). Every server records what reached it, so a test
+can show that a refused connection or request never got there.
+"""
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import TRUST_DOMAIN, TwoNodes, agentctl, wait_for
+
+TOOLS = Path(__file__).resolve().parent / "tools"
+HTTP_PEER = TOOLS / "http_peer.py"
+MESH = ["10.77.0.0/16", "fd77::/64"]
+ORDERS, LEDGER, CART = 8080, 8090, 8095
+
+
+def spiffe(sa, namespace="shop"):
+    return f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{sa}"
+
+
+def principal(sa, namespace="shop"):
+    return f"{TRUST_DOMAIN}/ns/{namespace}/sa/{sa}"
+
+
+def request(method, path, headers=None, body=b"", host="orders.shop"):
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}"]
+    for name, value in (headers or {}).items():
+        lines.append(f"{name}: {value}")
+    if body:
+        lines.append(f"Content-Length: {len(body)}")
+    return "\r\n".join(lines) + "\r\n\r\n" + body.decode("latin-1")
+
+
+ORDERS_POLICIES = f"""\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: orders-allow, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: orders}}}}
+  action: ALLOW
+  rules:
+  - from: [{{source: {{principals: ["{principal('checkout')}"]}}}}]
+    to:
+    - operation: {{methods: ["POST"], paths: ["/reserve"]}}
+    - operation: {{methods: ["GET", "HEAD"], paths: ["/orders/*", "/admin*", "/public/*"]}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: orders-no-admin, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: orders}}}}
+  action: DENY
+  rules:
+  - to: [{{operation: {{paths: ["/admin", "/admin/*"]}}}}]
+"""
+
+LEDGER_POLICIES = f"""\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ledger-callers, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: ledger}}}}
+  rules:
+  - from: [{{source: {{principals: ["{principal('checkout')}", "{principal('frontend', 'web')}"]}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ledger-no-web, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: ledger}}}}
+  action: DENY
+  rules:
+  - from: [{{source: {{namespaces: ["web"]}}}}]
+"""
+
+CART_POLICY = f"""\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: cart-reporting-only, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: cart}}}}
+  rules:
+  - from: [{{source: {{principals: ["{principal('reporting')}"]}}}}]
+"""
+
+
+class PolicyMesh:
+    def __init__(self, nodes, tmp):
+        self.nodes = nodes
+        self.topology = nodes.topology
+        t = self.topology
+        self.b_ip = t.remote_ip
+        self.a_ip = t.node_ip
+        self.a_workloads = [
+            nodes.workload("checkout", namespace="shop", serviceAccount="checkout"),
+            nodes.workload("reporting", namespace="shop", serviceAccount="reporting"),
+            nodes.workload("frontend", namespace="web", serviceAccount="frontend"),
+            nodes.workload("cart", namespace="shop", serviceAccount="cart", labels={"app": "cart"}, ports=[CART]),
+        ]
+        self.b_workloads = [
+            nodes.workload("orders", namespace="shop", serviceAccount="orders", labels={"app": "orders"}, ports=[ORDERS]),
+            nodes.workload("ledger", namespace="shop", serviceAccount="ledger", labels={"app": "ledger"}, ports=[LEDGER]),
+        ]
+        self.policies_a = tmp / "policies-a"
+        self.policies_b = tmp / "policies-b"
+        self.policies_a.mkdir()
+        self.policies_b.mkdir()
+        (self.policies_b / "orders.yaml").write_text(ORDERS_POLICIES)
+        (self.policies_b / "ledger.yaml").write_text(LEDGER_POLICIES)
+        (self.policies_a / "cart.yaml").write_text(CART_POLICY)
+
+        self.orders_record = tmp / "orders-requests"
+        self.ledger_record = tmp / "ledger-accepted"
+        self.cart_record = tmp / "cart-accepted"
+        proc = t.spawn(t.remote, [sys.executable, str(HTTP_PEER), "serve", str(ORDERS), str(self.orders_record)],
+                       cgroup=nodes.cgroups.directory("orders"))
+        assert proc.stdout.readline().strip() == "listening", proc.stderr.read()
+        t.server("echo", LEDGER, ns=t.remote, cgroup=nodes.cgroups.directory("ledger"), record=self.ledger_record)
+        t.server("echo", CART, ns=t.node, cgroup=nodes.cgroups.directory("cart"), record=self.cart_record)
+
+        self.b = nodes.agent("b", self.b_workloads, meshNetworks=MESH, policyDir=self.policies_b, mtlsMode="STRICT").start()
+        self.a = nodes.agent("a", self.a_workloads, meshNetworks=MESH, policyDir=self.policies_a).start()
+        for agent, names in ((self.a, [spiffe("checkout"), spiffe("reporting"), spiffe("frontend", "web")]),
+                             (self.b, [spiffe("orders")])):
+            wait_for(lambda: all(any(c["identity"] == n and c["state"] == "valid"
+                                     for c in json.loads(agent.ctl("certs", "-o", "json").stdout)) for n in names),
+                     timeout=20, what=f"certificates for {names}")
+
+    def http(self, workload, requests, port=ORDERS, host=None, pipeline=False):
+        """Raw HTTP/1.1 requests on one connection from a workload of node a."""
+        args = ["pipeline" if pipeline else "send", host or self.b_ip, str(port), json.dumps(requests)]
+        proc = self.topology.spawn(self.topology.node, [sys.executable, str(HTTP_PEER)] + args,
+                                   cgroup=self.nodes.cgroups.directory(workload))
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, f"http client failed: {err}"
+        return json.loads(out)
+
+    def echo(self, workload, port, host=None):
+        """One round trip to an echo server; "outcome" is "echoed" when the bytes came back."""
+        text = f"hello {uuid.uuid4().hex}"
+        result = self.topology.client(["probe", host or self.b_ip, port, text], cgroup=self.nodes.cgroups.directory(workload), timeout=60)
+        result["outcome"] = "echoed" if result["received"] == text else (result["error"] or "nothing")
+        return result
+
+    def arrived(self):
+        """The requests that reached the orders server."""
+        if not self.orders_record.exists():
+            return []
+        return [json.loads(line) for line in self.orders_record.read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("policy")
+    nodes = TwoNodes(tmp, "policy")
+    try:
+        yield PolicyMesh(nodes, tmp)
+    finally:
+        nodes.close()
+
+
+def marker():
+    return uuid.uuid4().hex[:12]
+
+
+# ---------------------------------------------------------------- L7
+
+
+def test_a_permitted_caller_reaches_its_method_and_path(mesh):
+    tag = marker()
+    answers = mesh.http("checkout", [request("POST", f"/reserve", {"x-tag": tag}, body=b"item=42"),
+                                     request("GET", f"/orders/{tag}")])
+    assert [a["status"] for a in answers] == [200, 200]
+    assert json.loads(answers[1]["body"]) == {"method": "GET", "path": f"/orders/{tag}"}
+    arrived = [r for r in mesh.arrived() if r["path"] in ("/reserve", f"/orders/{tag}")]
+    assert any(r["method"] == "POST" and r["body"] == 7 and ["x-tag", tag] in r["headers"] for r in arrived)
+    entry = mesh.b.find_entry(lambda e: e.get("path") == f"/orders/{tag}", what="the request's log line")
+    assert entry["protocol"] == "http" and entry["method"] == "GET" and entry["status"] == 200
+    assert entry["action"] == "allow" and entry["policy"] == "shop/orders-allow"
+    assert entry["src_identity"] == spiffe("checkout") and entry["tls"] == "mutual"
+
+
+def test_a_forbidden_method_or_path_gets_403_and_the_connection_stays_usable(mesh):
+    tag = marker()
+    answers = mesh.http("checkout", [
+        request("GET", f"/reserve?tag={tag}"),          # wrong method
+        request("POST", f"/orders/{tag}"),             # wrong method for this path
+        request("GET", f"/secret/{tag}"),              # path no rule allows
+        request("GET", f"/orders/{tag}"),              # still served on the same connection
+    ])
+    assert [a["status"] for a in answers] == [403, 403, 403, 200]
+    assert answers[0]["body"] == "RBAC: access denied"
+    paths = [r["path"] for r in mesh.arrived()]
+    assert f"/secret/{tag}" not in paths and f"/reserve?tag={tag}" not in paths
+    assert paths.count(f"/orders/{tag}") == 1
+    denied = mesh.b.find_entry(lambda e: e.get("path") == f"/secret/{tag}", what="the refused request's log line")
+    assert denied["action"] == "deny" and denied["status"] == 403 and denied["method"] == "GET"
+    assert "no ALLOW policy matched" in denied["reason"]
+
+
+def test_pipelined_requests_are_answered_in_order(mesh):
+    tag = marker()
+    answers = mesh.http("checkout", [request("GET", f"/orders/{tag}-1"), request("DELETE", f"/orders/{tag}-2"),
+                                     request("GET", f"/orders/{tag}-3")], pipeline=True)
+    assert [a["status"] for a in answers] == [200, 403, 200]
+    assert json.loads(answers[2]["body"])["path"] == f"/orders/{tag}-3"
+
+
+@pytest.mark.parametrize("path", [
+    "/admin", "/admin/users", "/%61dmin", "/%61%64%6d%69%6e/users", "//admin", "/./admin", "/public/../admin",
+    "/public/%2e%2e/admin", "/orders/../admin/users", "/admin/./users", "/admin?x=1",
+])
+def test_path_normalization_variants_of_a_forbidden_path_are_still_forbidden(mesh, path):
+    answers = mesh.http("checkout", [request("GET", path)])
+    assert answers[0]["status"] == 403, answers
+    assert not any(r["path"].lower().lstrip("/").startswith(("admin", "%61")) for r in mesh.arrived())
+
+
+@pytest.mark.parametrize("path", ["/admin%2Fusers", "/admin%5cusers", "/admin\\users", "/admin%zz", "/admin#x", "http://orders/admin"])
+def test_ambiguous_paths_are_refused_with_400(mesh, path):
+    answers = mesh.http("checkout", [request("GET", path)])
+    assert answers[0]["status"] == 400, answers
+
+
+def test_the_workload_sees_the_normalized_path(mesh):
+    tag = marker()
+    answers = mesh.http("checkout", [request("GET", f"/public/../orders/./{tag}//x")])
+    assert answers[0]["status"] == 200
+    assert json.loads(answers[0]["body"])["path"] == f"/orders/{tag}/x"
+
+
+@pytest.mark.parametrize("raw", [
+    "POST /reserve HTTP/1.1\r\nHost: o\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    "POST /reserve HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+    "POST /reserve HTTP/1.1\r\nHost: o\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    "GET /orders/x HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    "GET /orders/x HTTP/1.1\r\n\r\n",
+    "GET /orders/x HTTP/1.1\r\nHost: o\r\nX-Long: " + "a" * 70000 + "\r\n\r\n",
+])
+def test_ambiguous_or_malformed_requests_are_refused_never_forwarded(mesh, raw):
+    before = len(mesh.arrived())
+    answers = mesh.http("checkout", [raw, request("GET", "/orders/after")])
+    assert answers[0]["status"] in (400, 431, 501), answers
+    # The connection is closed after the refusal: where the next request begins is in doubt.
+    assert answers[1]["status"] == "closed"
+    assert len(mesh.arrived()) == before
+
+
+# ---------------------------------------------------------------- L4
+
+
+def test_a_second_workload_is_refused_at_l4_before_any_byte_reaches_it(mesh):
+    accepted_before = mesh.ledger_record.read_text().count("accepted") if mesh.ledger_record.exists() else 0
+    allowed = mesh.echo("checkout", LEDGER)
+    assert allowed["outcome"] == "echoed", allowed
+    refused = mesh.echo("reporting", LEDGER)
+    assert refused["outcome"] != "echoed", refused
+    denied = mesh.echo("frontend", LEDGER)
+    assert denied["outcome"] != "echoed", denied
+    accepted = mesh.ledger_record.read_text().count("accepted")
+    assert accepted == accepted_before + 1, "only the permitted caller's connection may reach the workload"
+    no_allow = mesh.b.find_entry(lambda e: e.get("src_identity") == spiffe("reporting") and e.get("dst_workload") == "shop/ledger",
+                                 what="reporting's refusal")
+    assert no_allow["action"] == "deny" and no_allow["policy"] is None and "no ALLOW policy matched" in no_allow["reason"]
+    by_deny = mesh.b.find_entry(lambda e: e.get("src_identity") == spiffe("frontend", "web") and e.get("dst_workload") == "shop/ledger",
+                                what="frontend's refusal")
+    assert by_deny["action"] == "deny" and by_deny["policy"] == "shop/ledger-no-web"
+
+
+def test_same_node_connections_are_decided_by_the_destinations_policy(mesh):
+    refused = mesh.echo("checkout", CART, host=mesh.a_ip)
+    assert refused["outcome"] != "echoed", refused
+    allowed = mesh.echo("reporting", CART, host=mesh.a_ip)
+    assert allowed["outcome"] == "echoed", allowed
+    entry = mesh.a.find_entry(lambda e: e.get("src_identity") == spiffe("checkout") and e.get("dst_workload") == "shop/cart",
+                              what="the same-node refusal")
+    assert entry["action"] == "deny" and entry["reason"].startswith("no ALLOW policy matched")
+
+
+# ---------------------------------------------------------------- reload
+
+
+def test_a_policy_change_takes_effect_within_two_seconds_and_revokes_open_connections(mesh):
+    tag = marker()
+    assert mesh.http("checkout", [request("GET", f"/orders/{tag}")])[0]["status"] == 200
+    holder = mesh.topology.spawn(mesh.topology.node, [sys.executable, str(TOOLS / "peer.py"), "hold", mesh.b_ip, str(LEDGER), "30"],
+                                 cgroup=mesh.nodes.cgroups.directory("checkout"))
+    wait_for(lambda: any(e.get("src_identity") == spiffe("checkout") and e.get("dst_workload") == "shop/ledger"
+                         for e in json.loads(mesh.b.ctl("connections", "-o", "json").stdout)),
+             timeout=10, what="the held ledger connection")
+    generation = json.loads(mesh.b.ctl("policies", "-o", "json").stdout)["generation"]
+    deny = mesh.policies_b / "zz-revoke.yaml"
+    deny.write_text(f"""\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: revoke-checkout, namespace: shop}}
+spec:
+  action: DENY
+  rules:
+  - from: [{{source: {{principals: ["{principal('checkout')}"]}}}}]
+    to: [{{operation: {{ports: ["{LEDGER}"]}}}}]
+  - to: [{{operation: {{paths: ["/orders/{tag}"]}}}}]
+""")
+    written = time.monotonic()
+    try:
+        wait_for(lambda: mesh.http("checkout", [request("GET", f"/orders/{tag}")])[0]["status"] == 403,
+                 timeout=10, interval=0.1, what="the new DENY to apply")
+        took = time.monotonic() - written
+        assert took <= 2.0, f"the policy change took {took:.2f}s"
+        out, _ = holder.communicate(timeout=40)
+        result = json.loads(out)
+        assert not result.get("ok", False), f"the open connection outlived the revocation: {result}"
+        revoked = mesh.b.find_entry(lambda e: e.get("src_identity") == spiffe("checkout") and e.get("dst_workload") == "shop/ledger"
+                                    and "closed after a policy reload" in e.get("reason", ""), what="the revocation's log line")
+        assert revoked["action"] == "deny" and revoked["policy"] == "shop/revoke-checkout"
+        assert json.loads(mesh.b.ctl("policies", "-o", "json").stdout)["generation"] > generation
+    finally:
+        deny.unlink()
+        if holder.poll() is None:
+            holder.kill()
+    wait_for(lambda: mesh.http("checkout", [request("GET", f"/orders/{tag}")])[0]["status"] == 200,
+             timeout=10, what="the DENY to be lifted")
+
+
+def test_an_invalid_policy_file_leaves_the_previous_policy_in_force(mesh):
+    bad = mesh.policies_b / "bad.yaml"
+    bad.write_text("""\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow-everyone, namespace: shop}
+spec:
+  rules:
+  - from: [{source: {principals: ["spiffe://cluster.local/ns/shop/sa/reporting"]}}]
+""")
+    try:
+        wait_for(lambda: json.loads(mesh.b.ctl("policies", "-o", "json").stdout).get("last_reload_error"),
+                 timeout=10, what="the refused reload to be reported")
+        view = json.loads(mesh.b.ctl("policies", "-o", "json").stdout)
+        assert any(f"{bad}:6" in error and "without the spiffe:// scheme" in error for error in view["last_reload_error"]), view
+        # Had the file loaded, reporting would be let in; the old policy refuses it at L4.
+        assert mesh.http("reporting", [request("GET", "/orders/x")])[0]["status"] == "closed"
+        assert mesh.http("checkout", [request("GET", "/orders/x")])[0]["status"] == 200
+        assert "policies not loaded" in mesh.b.log()
+    finally:
+        bad.unlink()
+    wait_for(lambda: json.loads(mesh.b.ctl("policies", "-o", "json").stdout).get("last_reload_error") is None,
+             timeout=10, what="the error to clear once the file is gone")
+
+
+# ---------------------------------------------------------------- agentctl
+
+
+def test_agentctl_policies_lists_what_is_in_force(mesh):
+    view = json.loads(mesh.b.ctl("policies", "-o", "json").stdout)
+    names = {(p["kind"], f"{p['namespace']}/{p['name']}") for p in view["policies"]}
+    assert ("AuthorizationPolicy", "shop/orders-allow") in names and ("AuthorizationPolicy", "shop/ledger-no-web") in names
+    row = next(p for p in view["policies"] if p["name"] == "orders-no-admin")
+    assert row["action"] == "DENY" and row["selector"] == "app=orders" and row["source"].endswith("orders.yaml:13")
+    table = mesh.b.ctl("policies").stdout
+    assert "shop/orders-allow" in table and "generation" in table
+
+
+def test_agentctl_policy_explain_names_the_deciding_rule(mesh):
+    allowed = json.loads(mesh.b.ctl("policy", "explain", "--from", spiffe("checkout"), "--to-workload", "orders", "--port", str(ORDERS),
+                                    "--method", "POST", "--path", "/reserve", "-o", "json").stdout)
+    assert allowed["decision"] == "allow" and allowed["layer"] == "l7" and allowed["policy"] == "shop/orders-allow"
+    assert "rules[0]" in allowed["rule"]
+    denied = json.loads(mesh.b.ctl("policy", "explain", "--from", spiffe("checkout"), "--to-workload", "shop/orders", "--port", str(ORDERS),
+                                   "--method", "GET", "--path", "/public/../admin", "-o", "json").stdout)
+    assert denied["decision"] == "deny" and denied["policy"] == "shop/orders-no-admin" and denied["path"] == "/admin"
+    l4 = json.loads(mesh.b.ctl("policy", "explain", "--from", spiffe("frontend", "web"), "--to-workload", "ledger", "--port", str(LEDGER),
+                               "-o", "json").stdout)
+    assert l4["decision"] == "deny" and l4["layer"] == "l4" and l4["policy"] == "shop/ledger-no-web"
+    depends = json.loads(mesh.b.ctl("policy", "explain", "--from", spiffe("checkout"), "--to-workload", "orders", "--port", str(ORDERS),
+                                    "-o", "json").stdout)
+    assert depends["decision"] == "depends on the request"
+    plaintext = json.loads(mesh.b.ctl("policy", "explain", "--to-workload", "orders", "--port", str(ORDERS), "-o", "json").stdout)
+    assert plaintext["decision"] == "deny" and plaintext["layer"] == "peer_authentication"
+    unknown = mesh.b.ctl("policy", "explain", "--to-workload", "nobody", "--port", "1", check=False)
+    assert unknown.returncode == 1 and "no workload \"nobody\"" in unknown.stderr
+
+
+def test_agentctl_policy_check_works_without_an_agent(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text(ORDERS_POLICIES)
+    result = agentctl("policy", "check", good)
+    assert "valid (2 AuthorizationPolicy(s)" in result.stdout
+    bad = tmp_path / "policies"
+    bad.mkdir()
+    (bad / "a.yaml").write_text(ORDERS_POLICIES)
+    (bad / "b.yaml").write_text("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: x, namespace: shop}\n"
+                                "spec:\n  action: ALOW\n")
+    (bad / "c.yaml").write_text(ORDERS_POLICIES.split("---")[0])
+    result = agentctl("policy", "check", bad, check=False)
+    assert result.returncode == 1
+    assert f"{bad}/b.yaml:5: spec.action: must be one of ALLOW, DENY, AUDIT" in result.stderr
+    assert "AuthorizationPolicy shop/orders-allow is already defined at" in result.stderr
+    missing = agentctl("policy", "check", tmp_path / "nope", check=False)
+    assert missing.returncode == 1 and "no such file" in missing.stderr
