@@ -3,6 +3,7 @@
 #   make deps    install missing system packages (apt-get, when root)
 #   make build   release binaries in .build/release
 #   make test    deps + build + unit tests + integration tests (root: real kernel)
+#   make bench-policy  cost of one authorization decision with 10 and 10,000 policies
 #   make demo    two nodes on this machine: mTLS tunnel, identities, STRICT refusing plaintext (root)
 
 SWIFT      ?= swift
@@ -18,7 +19,7 @@ DEB_PACKAGES := libssl-dev openssl libmnl-dev libnftnl-dev pkg-config nftables i
 # MODULE or MODULE=PIP_PACKAGE when the names differ.
 PY_MODULES := pytest h2 cryptography yaml=pyyaml
 
-.PHONY: all deps build build-debug test unit-test integration-test demo clean install
+.PHONY: all deps build build-debug test unit-test integration-test demo clean install bench-policy
 
 all: build
 
@@ -57,6 +58,10 @@ integration-test: build-debug
 	MESH_AGENT_BIN=$(CURDIR)/$(DEBUG_BIN) $(PYTHON) -m pytest -v -p no:cacheprovider Tests/integration
 
 test: unit-test integration-test
+
+# One authorization decision (L4 and L7) with 10 and 10,000 policies loaded.
+bench-policy: build
+	$(RELEASE_BIN)/policy-bench
 
 demo: build
 	MESH_AGENT_BIN=$(CURDIR)/$(RELEASE_BIN) bash deploy/demo/demo.sh

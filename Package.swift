@@ -94,6 +94,13 @@ let package = Package(
             ]
         ),
         .executableTarget(
+            name: "policy-bench",
+            dependencies: [
+                "Policy",
+                .product(name: "NIOCore", package: "swift-nio"),
+            ]
+        ),
+        .executableTarget(
             name: "agentctl",
             dependencies: [
                 "Agent", "Policy",

@@ -57,7 +57,30 @@ public struct AuthorizationDecision: Hashable, Sendable, CustomStringConvertible
     /// The deciding rule; nil when no rule decided (no policy at all, or no
     /// ALLOW policy matched).
     public var rule: RuleReference?
-    public var reason: String
+    /// Why, in words, built only when someone reads it (decisions are made per
+    /// request; their reasons are mostly not logged).
+    public var reason: String {
+        switch why {
+        case .decidedByRule:
+            guard let rule else { return outcome == .allow ? "allowed" : "denied" }
+            return outcome == .allow ? "allowed by \(rule)" : "denied by \(rule)"
+        case .noAllowPolicy:
+            return "no ALLOW policy applies to the workload"
+        case .noAllowMatched(let names):
+            return "no ALLOW policy matched (applicable: \(names))"
+        case .text(let text):
+            return text
+        }
+    }
+
+    enum Why: Hashable, Sendable {
+        case decidedByRule
+        case noAllowPolicy
+        case noAllowMatched(String)
+        case text(String)
+    }
+
+    var why: Why
     /// AUDIT policies whose rules matched: logged, not enforced.
     public var audits: [String] = []
     /// What the policies marked `istio.io/dry-run` would change: the outcome if
@@ -70,9 +93,13 @@ public struct AuthorizationDecision: Hashable, Sendable, CustomStringConvertible
     }
 
     public init(outcome: Outcome, rule: RuleReference?, reason: String, audits: [String] = [], dryRun: DryRunResult? = nil) {
+        self.init(outcome: outcome, rule: rule, why: .text(reason), audits: audits, dryRun: dryRun)
+    }
+
+    init(outcome: Outcome, rule: RuleReference?, why: Why, audits: [String] = [], dryRun: DryRunResult? = nil) {
         self.outcome = outcome
         self.rule = rule
-        self.reason = reason
+        self.why = why
         self.audits = audits
         self.dryRun = dryRun
     }
@@ -97,21 +124,40 @@ public enum ConnectionAuthorization: Hashable, Sendable {
 /// the outcome. Dry-run policies are evaluated on the side.
 public struct WorkloadAuthorization: Hashable, Sendable {
     public let policies: [AuthorizationPolicy]
-    private let deny: [AuthorizationPolicy]
-    private let allow: [AuthorizationPolicy]
-    private let audit: [AuthorizationPolicy]
-    private let dryRunDeny: [AuthorizationPolicy]
-    private let dryRunAllow: [AuthorizationPolicy]
+    private let deny: [CompiledPolicy]
+    private let allow: [CompiledPolicy]
+    private let audit: [CompiledPolicy]
+    private let dryRunDeny: [CompiledPolicy]
+    private let dryRunAllow: [CompiledPolicy]
+    private let allowNames: String
+    private let dryRunAllowNames: String
+
+    /// A policy with what a decision reports about its rules made in advance,
+    /// so that deciding allocates nothing.
+    struct CompiledPolicy: Hashable, Sendable {
+        let policy: AuthorizationPolicy
+        let references: [AuthorizationDecision.RuleReference]
+        let reference: String
+
+        init(_ policy: AuthorizationPolicy) {
+            self.policy = policy
+            self.references = policy.rules.indices.map { policy.reference(rule: $0) }
+            self.reference = policy.reference
+        }
+    }
 
     public init(_ policies: [AuthorizationPolicy]) {
         self.policies = policies
-        let enforced = policies.filter { !$0.dryRun }
-        let dryRun = policies.filter(\.dryRun)
-        deny = enforced.filter { $0.action == .DENY }
-        allow = enforced.filter { $0.action == .ALLOW }
-        audit = policies.filter { $0.action == .AUDIT }
-        dryRunDeny = deny + dryRun.filter { $0.action == .DENY }
-        dryRunAllow = allow + dryRun.filter { $0.action == .ALLOW }
+        let compiled = policies.map(CompiledPolicy.init)
+        let enforced = compiled.filter { !$0.policy.dryRun }
+        let dryRun = compiled.filter(\.policy.dryRun)
+        deny = enforced.filter { $0.policy.action == .DENY }
+        allow = enforced.filter { $0.policy.action == .ALLOW }
+        audit = compiled.filter { $0.policy.action == .AUDIT }
+        dryRunDeny = deny + dryRun.filter { $0.policy.action == .DENY }
+        dryRunAllow = allow + dryRun.filter { $0.policy.action == .ALLOW }
+        allowNames = allow.map(\.reference).joined(separator: ", ")
+        dryRunAllowNames = dryRunAllow.map(\.reference).joined(separator: ", ")
     }
 
     public var isEmpty: Bool { policies.isEmpty }
@@ -124,21 +170,25 @@ public struct WorkloadAuthorization: Hashable, Sendable {
     /// the HTTP requests the connection carries.
     public func authorize(_ connection: ConnectionAttributes) -> ConnectionAuthorization {
         let context = MatchContext(connection: connection, request: nil)
-        guard case .decided(var decision) = Self.evaluate(deny: deny, allow: allow, context) else { return .inspectRequests }
+        guard case .decided(var decision) = Self.evaluate(deny: deny, allow: allow, allowNames: allowNames, context) else {
+            return .inspectRequests
+        }
         guard decision.outcome == .allow else { return .decided(decision) }
         // Once allowed, audits and dry-run effects are only reported; they need the
         // request too when they name HTTP attributes.
         var audits: [String] = []
-        for policy in audit {
-            switch policy.firstMatch(context) {
-            case .matched: audits.append(policy.reference)
+        for compiled in audit {
+            switch compiled.policy.firstMatch(context) {
+            case .matched: audits.append(compiled.reference)
             case .unknown: return .inspectRequests
             case .none: break
             }
         }
         decision.audits = audits
         if hasDryRun {
-            guard case .decided(let shadow) = Self.evaluate(deny: dryRunDeny, allow: dryRunAllow, context) else { return .inspectRequests }
+            guard case .decided(let shadow) = Self.evaluate(deny: dryRunDeny, allow: dryRunAllow, allowNames: dryRunAllowNames, context) else {
+                return .inspectRequests
+            }
             decision.dryRun = .init(outcome: shadow.outcome, rule: shadow.rule)
         }
         return .decided(decision)
@@ -148,11 +198,13 @@ public struct WorkloadAuthorization: Hashable, Sendable {
     public func authorize(_ connection: ConnectionAttributes, request: HTTPRequestAttributes) -> AuthorizationDecision {
         let context = MatchContext(connection: connection, request: request)
         // With the request known, every match is decided.
-        guard case .decided(var decision) = Self.evaluate(deny: deny, allow: allow, context) else {
+        guard case .decided(var decision) = Self.evaluate(deny: deny, allow: allow, allowNames: allowNames, context) else {
             return AuthorizationDecision(outcome: .deny, rule: nil, reason: "policy could not be decided")
         }
-        decision.audits = audit.filter { if case .matched = $0.firstMatch(context) { return true } else { return false } }.map(\.reference)
-        if hasDryRun, case .decided(let shadow) = Self.evaluate(deny: dryRunDeny, allow: dryRunAllow, context) {
+        if !audit.isEmpty {
+            decision.audits = audit.filter { if case .matched = $0.policy.firstMatch(context) { return true } else { return false } }.map(\.reference)
+        }
+        if hasDryRun, case .decided(let shadow) = Self.evaluate(deny: dryRunDeny, allow: dryRunAllow, allowNames: dryRunAllowNames, context) {
             decision.dryRun = .init(outcome: shadow.outcome, rule: shadow.rule)
         }
         return decision
@@ -160,13 +212,14 @@ public struct WorkloadAuthorization: Hashable, Sendable {
 
     private var hasDryRun: Bool { dryRunDeny.count != deny.count || dryRunAllow.count != allow.count }
 
-    private static func evaluate(deny: [AuthorizationPolicy], allow: [AuthorizationPolicy], _ context: MatchContext) -> ConnectionAuthorization {
+    private static func evaluate(
+        deny: [CompiledPolicy], allow: [CompiledPolicy], allowNames: String, _ context: MatchContext
+    ) -> ConnectionAuthorization {
         var undecided = false
-        for policy in deny {
-            switch policy.firstMatch(context) {
+        for compiled in deny {
+            switch compiled.policy.firstMatch(context) {
             case .matched(let index):
-                let rule = policy.reference(rule: index)
-                return .decided(AuthorizationDecision(outcome: .deny, rule: rule, reason: "denied by \(rule)"))
+                return .decided(AuthorizationDecision(outcome: .deny, rule: compiled.references[index], why: .decidedByRule))
             case .unknown:
                 undecided = true
             case .none:
@@ -175,28 +228,22 @@ public struct WorkloadAuthorization: Hashable, Sendable {
         }
         guard !allow.isEmpty else {
             if undecided { return .inspectRequests }
-            return .decided(AuthorizationDecision(outcome: .allow, rule: nil, reason: "no ALLOW policy applies to the workload"))
+            return .decided(AuthorizationDecision(outcome: .allow, rule: nil, why: .noAllowPolicy))
         }
-        var allowed: AuthorizationDecision.RuleReference?
         var allowUndecided = false
-        for policy in allow {
-            switch policy.firstMatch(context) {
+        for compiled in allow {
+            switch compiled.policy.firstMatch(context) {
             case .matched(let index):
-                allowed = policy.reference(rule: index)
+                if undecided { return .inspectRequests }
+                return .decided(AuthorizationDecision(outcome: .allow, rule: compiled.references[index], why: .decidedByRule))
             case .unknown:
                 allowUndecided = true
             case .none:
                 continue
             }
-            if allowed != nil { break }
-        }
-        if let allowed {
-            if undecided { return .inspectRequests }
-            return .decided(AuthorizationDecision(outcome: .allow, rule: allowed, reason: "allowed by \(allowed)"))
         }
         if allowUndecided { return .inspectRequests }
-        let names = allow.map(\.reference).joined(separator: ", ")
-        return .decided(AuthorizationDecision(outcome: .deny, rule: nil, reason: "no ALLOW policy matched (applicable: \(names))"))
+        return .decided(AuthorizationDecision(outcome: .deny, rule: nil, why: .noAllowMatched(allowNames)))
     }
 }
 
@@ -329,8 +376,8 @@ extension AuthorizationPolicy.Source {
 extension AuthorizationPolicy.Operation {
     func matches(_ context: MatchContext) -> Match {
         let port = context.connection.destinationPort
-        return field(ports.map(Array.init)) { Match($0 == port) }
-            && notField(notPorts.map(Array.init)) { Match($0 == port) }
+        return (ports.map { Match($0.contains(port)) } ?? .yes)
+            && (notPorts.map { Match(!$0.contains(port)) } ?? .yes)
             && field(methods) { requestValue(context, { $0.method }, $0) }
             && notField(notMethods) { requestValue(context, { $0.method }, $0) }
             && field(paths) { requestValue(context, { $0.path }, $0) }

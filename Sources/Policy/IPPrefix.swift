@@ -32,9 +32,28 @@ public struct IPPrefix: Hashable, Sendable, CustomStringConvertible {
         self.length = length
     }
 
+    /// Compares in place: this runs per policy decision, which must not allocate.
     public func contains(_ address: SocketAddress) -> Bool {
-        guard let raw = address.addressBytes, raw.count == bytes.count else { return false }
-        return Self.mask(raw, length: length) == bytes
+        switch address {
+        case .v4(let v4):
+            guard bytes.count == 4 else { return false }
+            return withUnsafeBytes(of: v4.address.sin_addr) { matches($0) }
+        case .v6(let v6):
+            guard bytes.count == 16 else { return false }
+            return withUnsafeBytes(of: v6.address.sin6_addr) { matches($0) }
+        case .unixDomainSocket:
+            return false
+        }
+    }
+
+    private func matches(_ raw: UnsafeRawBufferPointer) -> Bool {
+        var remaining = length
+        for index in 0..<bytes.count where remaining > 0 {
+            let mask: UInt8 = remaining >= 8 ? 0xFF : ~(UInt8.max >> remaining)
+            if raw[index] & mask != bytes[index] { return false }
+            remaining -= 8
+        }
+        return true
     }
 
     public var description: String { "\(Self.format(bytes))/\(length)" }

@@ -119,6 +119,10 @@ class PolicyMesh:
         (self.policies_b / "orders.yaml").write_text(ORDERS_POLICIES)
         (self.policies_b / "ledger.yaml").write_text(LEDGER_POLICIES)
         (self.policies_a / "cart.yaml").write_text(CART_POLICY)
+        # ledger also takes plaintext from outside the mesh, where policy sees no identity.
+        (self.policies_b / "ledger-permissive.yaml").write_text(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: ledger, namespace: shop}\n"
+            "spec: {selector: {matchLabels: {app: ledger}}, mtls: {mode: PERMISSIVE}}\n")
 
         self.orders_record = tmp / "orders-requests"
         self.ledger_record = tmp / "ledger-accepted"
@@ -276,6 +280,16 @@ def test_a_second_workload_is_refused_at_l4_before_any_byte_reaches_it(mesh):
     by_deny = mesh.b.find_entry(lambda e: e.get("src_identity") == spiffe("frontend", "web") and e.get("dst_workload") == "shop/ledger",
                                 what="frontend's refusal")
     assert by_deny["action"] == "deny" and by_deny["policy"] == "shop/ledger-no-web"
+
+
+def test_plaintext_is_decided_without_an_identity(mesh):
+    accepted_before = mesh.ledger_record.read_text().count("accepted")
+    text = f"plain {uuid.uuid4().hex}"
+    result = mesh.topology.client(["probe", mesh.b_ip, LEDGER, text], timeout=60)
+    assert result["received"] != text, result
+    assert mesh.ledger_record.read_text().count("accepted") == accepted_before
+    entry = mesh.b.find_entry(lambda e: e.get("tls") == "none" and e.get("dst_workload") == "shop/ledger", what="the plaintext refusal")
+    assert entry["action"] == "deny" and entry["src_identity"] is None and "no ALLOW policy matched" in entry["reason"]
 
 
 def test_same_node_connections_are_decided_by_the_destinations_policy(mesh):

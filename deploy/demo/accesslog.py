@@ -14,6 +14,8 @@ import time
 
 SHOWN = ["direction", "tls", "reason", "action", "src_identity", "src_workload", "src_addr",
          "dst_identity", "dst_workload", "dst_addr", "bytes_received", "bytes_sent"]
+# Shown only when the line has them: requests on inspected (L7) connections.
+SHOWN_IF_PRESENT = ["protocol", "method", "path", "status", "policy"]
 
 
 def entries(path, after):
@@ -52,8 +54,9 @@ def main(argv):
         found = [e for e in entries(path, after) if matches(e, wanted)]
         if found:
             entry = found[-1]
-            width = max(len(k) for k in SHOWN)
-            for key in SHOWN:
+            shown = SHOWN + [key for key in SHOWN_IF_PRESENT if key in entry and entry.get("protocol") == "http"]
+            width = max(len(k) for k in shown)
+            for key in shown:
                 value = entry.get(key)
                 print(f"    {key:<{width}}  {'null' if value is None else value}")
             return 0

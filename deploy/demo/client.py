@@ -3,6 +3,8 @@
 urllib only, so the demo needs nothing but python3.
 
   get URL          fetch URL, print the body; exit 1 if the request fails
+  send METHOD URL  one request; print "STATUS BODY" whatever the status; exit 1
+                   only when no answer came
   hold HOST PORT   open one connection and send half a request (the headers
                    are not finished), print "open", and keep the connection
                    open; on SIGUSR1 finish the request and print the status
@@ -16,6 +18,7 @@ import signal
 import socket
 import sys
 import threading
+import urllib.error
 import urllib.request
 
 
@@ -26,6 +29,18 @@ def get(url):
     except Exception as error:
         print(f"request to {url} failed: {error}", file=sys.stderr)
         sys.exit(1)
+
+
+def send(method, url):
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=10) as response:
+            status, body = response.status, response.read()
+    except urllib.error.HTTPError as error:
+        status, body = error.code, error.read()
+    except Exception as error:
+        print(f"{method} {url} failed: {error}", file=sys.stderr)
+        sys.exit(1)
+    print(f"{status} {body.decode(errors='replace').strip()}")
 
 
 def request(host, path="/"):
@@ -68,6 +83,8 @@ def probe(host, port):
 def main(argv):
     if len(argv) == 2 and argv[0] == "get":
         get(argv[1])
+    elif len(argv) == 3 and argv[0] == "send":
+        send(argv[1], argv[2])
     elif len(argv) == 3 and argv[0] in ("hold", "probe"):
         (hold if argv[0] == "hold" else probe)(argv[1], int(argv[2]))
     else:
