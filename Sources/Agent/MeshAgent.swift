@@ -74,7 +74,10 @@ public final class MeshAgent: Sendable {
         let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
         let connections = ConnectionTracker(maximum: config.limits.maxConnections)
         let state = AgentState(policy: PolicyStatus(generation: 1, loadedAt: Date().timeIntervalSince1970, directory: config.policyDir, policies: policies))
-        let authorizer = InboundAuthorizer(AuthorizationSnapshot(generation: 1, policies: policies.authorization, workloads: registry.members.map(\.workload)))
+        let authorizer = InboundAuthorizer(
+            AuthorizationSnapshot(
+                generation: 1, policies: policies.authorization, requestAuthentication: policies.requestAuthentication,
+                workloads: registry.members.map(\.workload)))
         let observability = [
             AdminServer(binding: .tcp(port: config.ports.metrics), routes: ["/metrics": { Self.metricsResponse() }], group: group, logger: logger),
             AdminServer(binding: .tcp(port: config.ports.readiness), routes: [
@@ -208,18 +211,23 @@ public final class MeshAgent: Sendable {
         var ticks = 0
         var currentConfig = config
         let enforcement = PolicyEnforcement(state: state, authorizer: authorizer, connections: connections, registry: registry, logger: logger)
-        var policyFingerprint = PolicyLoader.fingerprint(directory: config.policyDir)
+        // The policy files and the JWKS files they name: a change to either reloads.
+        func policyFingerprint(_ config: AgentConfig) -> [String] {
+            PolicyLoader.fingerprint(directory: config.policyDir, extraFiles: state.current.policy.policies.requestAuthentication.jwksFiles)
+        }
+        var lastPolicyFingerprint = policyFingerprint(config)
         loop: for await event in events {
             switch event {
             case .tick:
                 ticks += 1
                 // Policy files are watched: an edit applies within a tick, without SIGHUP.
-                let fingerprint = PolicyLoader.fingerprint(directory: currentConfig.policyDir)
-                if fingerprint != policyFingerprint {
-                    policyFingerprint = fingerprint
+                let fingerprint = policyFingerprint(currentConfig)
+                if fingerprint != lastPolicyFingerprint {
                     logger.info("policy files in \(currentConfig.policyDir) changed: reloading them")
                     enforcement.reload(config: currentConfig, capture: &capture)
                     state.publish(capture)
+                    // Taken again: a reload may have changed which JWKS files are named.
+                    lastPolicyFingerprint = policyFingerprint(currentConfig)
                 }
                 registry.rescan()
                 capture.sync()
@@ -245,7 +253,7 @@ public final class MeshAgent: Sendable {
             case .reload:
                 notify(systemd, ["RELOADING=1", "STATUS=reloading \(configPath)"])
                 currentConfig = reload(current: currentConfig, registry: registry, capture: &capture, enforcement: enforcement)
-                policyFingerprint = PolicyLoader.fingerprint(directory: currentConfig.policyDir)
+                lastPolicyFingerprint = policyFingerprint(currentConfig)
                 state.publish(capture)
                 svids.setIdentities(registry.presentIdentities.union([agentIdentity]))
                 reloadAuthority(currentConfig, svids: svids)

@@ -58,7 +58,7 @@ struct PolicyEnforcement {
         }
         reloads.increment()
         generationGauge.record(generation)
-        apply(policies.authorization, generation: generation)
+        apply(policies, generation: generation)
         return true
     }
 
@@ -66,11 +66,14 @@ struct PolicyEnforcement {
     /// the workloads changed) and re-checks open connections.
     func recompile() {
         let status = state.current.policy
-        apply(status.policies.authorization, generation: status.generation)
+        apply(status.policies, generation: status.generation)
     }
 
-    private func apply(_ policies: AuthorizationPolicySet, generation: Int) {
-        authorizer.update(AuthorizationSnapshot(generation: generation, policies: policies, workloads: registry.members.map(\.workload)))
+    private func apply(_ policies: PolicySet, generation: Int) {
+        authorizer.update(
+            AuthorizationSnapshot(
+                generation: generation, policies: policies.authorization, requestAuthentication: policies.requestAuthentication,
+                workloads: registry.members.map(\.workload)))
         let closed = connections.recheck(authorizer)
         if closed > 0 {
             revokedConnections.increment(by: closed)
@@ -81,6 +84,7 @@ struct PolicyEnforcement {
     static func log(_ policies: PolicySet, from directory: String, logger: Logger) {
         var parts = [
             "\(policies.files.count) file(s)", "\(policies.authorization.policies.count) AuthorizationPolicy(s)",
+            "\(policies.requestAuthentication.policies.count) RequestAuthentication(s)",
             "\(policies.peerAuthentication.policies.count) PeerAuthentication(s)", "default mTLS mode \(policies.peerAuthentication.defaultMode)",
         ]
         if policies.skippedDocumentCount > 0 {

@@ -63,6 +63,11 @@ extension AdminViews {
                 kind: AuthorizationPolicy.kind, namespace: policy.namespace, name: policy.name, selector: selector(policy.matchLabels),
                 action: policy.action.rawValue, rules: policy.rules.count, dryRun: policy.dryRun ? true : nil, source: policy.source)
         }
+        rows += status.policies.requestAuthentication.policies.map { policy in
+            .init(
+                kind: RequestAuthentication.kind, namespace: policy.namespace, name: policy.name, selector: selector(policy.matchLabels),
+                action: policy.jwtRules.map(\.issuer).joined(separator: ","), rules: policy.jwtRules.count, dryRun: nil, source: policy.source)
+        }
         rows += status.policies.peerAuthentication.policies.map { policy in
             .init(
                 kind: PeerAuthentication.kind, namespace: policy.namespace, name: policy.name, selector: selector(policy.matchLabels),
@@ -90,9 +95,12 @@ extension AdminViews {
         public var audited: [String]?
         public var dryRun: String?
         public var path: String?
+        /// `iss/sub` of the verified token, when a --jwt was given.
+        public var requestPrincipal: String?
 
         enum CodingKeys: String, CodingKey {
             case decision, layer, workload, source, port, policy, rule, reason, audited, path
+            case requestPrincipal = "request_principal"
             case dryRun = "dry_run"
         }
     }
@@ -167,7 +175,8 @@ extension AdminViews {
                 return view
             }
         }
-        let authorization = authorizer.snapshot.authorization(for: workload)
+        let snapshot = authorizer.snapshot
+        let policy = snapshot.policy(for: workload)
         func fill(_ decision: AuthorizationDecision) {
             view.decision = decision.outcome.rawValue
             view.policy = decision.policy
@@ -176,7 +185,7 @@ extension AdminViews {
             view.audited = decision.audits.isEmpty ? nil : decision.audits
             view.dryRun = decision.dryRun.map { "\($0.outcome.rawValue)\($0.rule.map { " (\($0))" } ?? "")" }
         }
-        switch authorization.authorize(attributes) {
+        switch snapshot.authorize(attributes, to: workload) {
         case .decided(let decision):
             fill(decision)
             return view
@@ -199,8 +208,24 @@ extension AdminViews {
         }
         view.path = path
         let host = headers.first(where: { $0.name == "host" })?.value ?? values["host"] ?? workload.name
-        let request = HTTPRequestAttributes(method: method, path: path, host: host, headers: headers, identity: nil)
-        fill(authorization.authorize(attributes, request: request))
+        if let jwt = values["jwt"] {
+            headers.append(HTTPField(name: "authorization", value: "Bearer \(jwt)"))
+        }
+        let query = rawPath.split(separator: "?", maxSplits: 1).dropFirst().first
+        var endUser: RequestIdentity?
+        switch policy.authenticator.authenticate(headers: headers, query: query, now: Date().timeIntervalSince1970) {
+        case .noToken:
+            break
+        case .authenticated(let verified):
+            endUser = verified
+            view.requestPrincipal = verified.principal
+        case .rejected(let reason):
+            view.decision = "deny"
+            view.reason = "the request would be refused with 401: request authentication failed: \(reason)"
+            return view
+        }
+        let request = HTTPRequestAttributes(method: method, path: path, host: host, headers: headers, identity: endUser)
+        fill(policy.authorization.authorize(attributes, request: request))
         return view
     }
 }

@@ -4,6 +4,7 @@ import Foundation
 public struct PolicySet: Sendable {
     public var peerAuthentication: PeerAuthenticationSet
     public var authorization: AuthorizationPolicySet
+    public var requestAuthentication: RequestAuthenticationSet
     /// The files read, in the order they were read.
     public var files: [String]
     /// Documents of other kinds (a policy directory may be shared with other
@@ -14,14 +15,15 @@ public struct PolicySet: Sendable {
     public var warnings: [String]
 
     public init(
-        peerAuthentication: PeerAuthenticationSet, authorization: AuthorizationPolicySet? = nil, files: [String] = [],
-        skippedDocuments: [String: Int] = [:]
+        peerAuthentication: PeerAuthenticationSet, authorization: AuthorizationPolicySet? = nil,
+        requestAuthentication: RequestAuthenticationSet? = nil, files: [String] = [], skippedDocuments: [String: Int] = [:]
     ) {
         self.peerAuthentication = peerAuthentication
         self.authorization = authorization ?? AuthorizationPolicySet(rootNamespace: peerAuthentication.rootNamespace)
+        self.requestAuthentication = requestAuthentication ?? RequestAuthenticationSet(rootNamespace: peerAuthentication.rootNamespace)
         self.files = files
         self.skippedDocuments = skippedDocuments
-        self.warnings = peerAuthentication.warnings + self.authorization.warnings
+        self.warnings = peerAuthentication.warnings + self.authorization.warnings + self.requestAuthentication.warnings
     }
 
     /// The inbound mTLS mode of `port` on a workload in `namespace` with `labels`.
@@ -53,12 +55,17 @@ public struct PolicyLoadError: Error, Equatable, CustomStringConvertible {
 public struct PolicyFile: Hashable, Sendable {
     public var peerAuthentications: [PeerAuthentication] = []
     public var authorizationPolicies: [AuthorizationPolicy] = []
+    public var requestAuthentications: [RequestAuthentication] = []
     /// Documents of other kinds, by kind.
     public var skippedDocuments: [String: Int] = [:]
 
-    public init(peerAuthentications: [PeerAuthentication] = [], authorizationPolicies: [AuthorizationPolicy] = [], skippedDocuments: [String: Int] = [:]) {
+    public init(
+        peerAuthentications: [PeerAuthentication] = [], authorizationPolicies: [AuthorizationPolicy] = [],
+        requestAuthentications: [RequestAuthentication] = [], skippedDocuments: [String: Int] = [:]
+    ) {
         self.peerAuthentications = peerAuthentications
         self.authorizationPolicies = authorizationPolicies
+        self.requestAuthentications = requestAuthentications
         self.skippedDocuments = skippedDocuments
     }
 
@@ -83,6 +90,8 @@ public struct PolicyFile: Hashable, Sendable {
                     result.peerAuthentications.append(try PeerAuthentication.parse(document))
                 case AuthorizationPolicy.kind:
                     result.authorizationPolicies.append(try AuthorizationPolicy.parse(document))
+                case RequestAuthentication.kind:
+                    result.requestAuthentications.append(try RequestAuthentication.parse(document))
                 default:
                     result.skippedDocuments[kind, default: 0] += 1
                 }
@@ -128,6 +137,7 @@ public enum PolicyLoader {
 
         var peerAuthentications: [PeerAuthentication] = []
         var authorizationPolicies: [AuthorizationPolicy] = []
+        var requestAuthentications: [RequestAuthentication] = []
         var skipped: [String: Int] = [:]
         var errors: [YAMLError] = []
         for path in files {
@@ -142,6 +152,7 @@ public enum PolicyLoader {
                 let file = try PolicyFile.parse(text, file: path)
                 peerAuthentications += file.peerAuthentications
                 authorizationPolicies += file.authorizationPolicies
+                requestAuthentications += file.requestAuthentications
                 skipped.merge(file.skippedDocuments, uniquingKeysWith: +)
             } catch {
                 errors += error.errors
@@ -149,11 +160,12 @@ public enum PolicyLoader {
         }
         errors += duplicates(peerAuthentications.map { (PeerAuthentication.kind, $0.reference, $0.file, $0.line) })
         errors += duplicates(authorizationPolicies.map { (AuthorizationPolicy.kind, $0.reference, $0.file, $0.line) })
-        guard errors.isEmpty else { throw PolicyLoadError(errors) }
+        let requestAuthentication = keySets(requestAuthentications, rootNamespace: rootNamespace, errors: &errors)
+        guard errors.isEmpty, let requestAuthentication else { throw PolicyLoadError(errors) }
         return PolicySet(
             peerAuthentication: PeerAuthenticationSet(peerAuthentications, rootNamespace: rootNamespace, defaultMode: defaultMode),
             authorization: AuthorizationPolicySet(authorizationPolicies, rootNamespace: rootNamespace),
-            files: files, skippedDocuments: skipped)
+            requestAuthentication: requestAuthentication, files: files, skippedDocuments: skipped)
     }
 
     /// Reads one policy file as `load(directory:…)` reads each of its files.
@@ -167,11 +179,23 @@ public enum PolicyLoader {
         let file = try PolicyFile.parse(text, file: path)
         var errors = duplicates(file.peerAuthentications.map { (PeerAuthentication.kind, $0.reference, $0.file, $0.line) })
         errors += duplicates(file.authorizationPolicies.map { (AuthorizationPolicy.kind, $0.reference, $0.file, $0.line) })
-        guard errors.isEmpty else { throw PolicyLoadError(errors) }
+        let requestAuthentication = keySets(file.requestAuthentications, rootNamespace: rootNamespace, errors: &errors)
+        guard errors.isEmpty, let requestAuthentication else { throw PolicyLoadError(errors) }
         return PolicySet(
             peerAuthentication: PeerAuthenticationSet(file.peerAuthentications, rootNamespace: rootNamespace, defaultMode: defaultMode),
             authorization: AuthorizationPolicySet(file.authorizationPolicies, rootNamespace: rootNamespace),
-            files: [path], skippedDocuments: file.skippedDocuments)
+            requestAuthentication: requestAuthentication, files: [path], skippedDocuments: file.skippedDocuments)
+    }
+
+    /// The RequestAuthentications with their key sets read (inline or from
+    /// `jwksUri` files); nil, with the reasons added to `errors`, when any fails.
+    private static func keySets(_ policies: [RequestAuthentication], rootNamespace: String, errors: inout [YAMLError]) -> RequestAuthenticationSet? {
+        do {
+            return try RequestAuthenticationSet(policies, rootNamespace: rootNamespace)
+        } catch {
+            errors += error.errors
+            return nil
+        }
     }
 
     /// What changes when a policy file is added, removed, replaced or edited:

@@ -36,6 +36,8 @@ public struct AccessLogEntry: Sendable, Equatable {
     public var method: String?
     public var path: String?
     public var status: Int?
+    /// `iss/sub` of the request's verified JWT.
+    public var requestPrincipal: String?
 
     public init(time: Double, direction: Direction, tls: TLSMode, action: Action, reason: String) {
         self.time = time
@@ -70,6 +72,7 @@ public struct AccessLogEntry: Sendable, Equatable {
         json.addIfPresent("audit_policy", auditPolicy)
         json.addIfPresent("method", method)
         json.addIfPresent("path", path)
+        json.addIfPresent("request_principal", requestPrincipal)
         if let status { json.add("status", UInt64(max(0, status))) }
         return json.finish() + "\n"
     }

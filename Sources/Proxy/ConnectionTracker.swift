@@ -63,7 +63,7 @@ public final class ConnectionTracker: Sendable {
         for item in tracked.withLockedValue({ Array($0.values) }) {
             guard let check = item.policyCheck else { continue }
             let decision: AuthorizationDecision
-            switch snapshot.authorization(for: check.workload).authorize(check.attributes) {
+            switch snapshot.authorize(check.attributes, to: check.workload) {
             case .decided(let result) where result.outcome == .deny:
                 decision = result
             case .inspectRequests where !check.inspected:

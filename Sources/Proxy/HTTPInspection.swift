@@ -37,15 +37,35 @@ struct HTTPRequestInspector: Sendable {
             validated = value
         }
         entry.path = validated.target.path
+        let headers = head.headers.map { HTTPField(name: $0.name, value: $0.value) }
+        // One snapshot decides the whole request: token rules and policy of one generation.
+        let policy = authorizer.snapshot.policy(for: workload)
+        var forwarded = validated.head
+        var identity: RequestIdentity?
+        switch policy.authenticator.authenticate(headers: headers, query: validated.target.query.map { Substring($0) }, now: wallClock()) {
+        case .noToken:
+            break
+        case .authenticated(let verified):
+            identity = verified
+            entry.requestPrincipal = verified.principal
+            for name in policy.authenticator.tokenHeadersToRemove(from: headers, issuer: verified.issuer) {
+                forwarded.headers.remove(name: name)
+            }
+        case .rejected(let reason):
+            authorizer.recordUnauthenticated()
+            entry.action = .deny
+            entry.policy = nil
+            entry.reason = "request authentication failed: \(reason)"
+            return .respond(LocalResponse(status: .unauthorized, body: "Jwt verification fails", close: !head.isKeepAlive), entry)
+        }
         let attributes = HTTPRequestAttributes(
-            method: head.method.rawValue, path: validated.target.path, host: validated.host ?? "",
-            headers: head.headers.map { HTTPField(name: $0.name, value: $0.value) }, identity: nil)
-        let decision = authorizer.authorize(connection, request: attributes, to: workload)
+            method: head.method.rawValue, path: validated.target.path, host: validated.host ?? "", headers: headers, identity: identity)
+        let decision = authorizer.authorize(connection, request: attributes, under: policy)
         entry.record(decision)
         guard decision.outcome == .allow else {
             return .respond(LocalResponse(status: .forbidden, body: "RBAC: access denied", close: !head.isKeepAlive), entry)
         }
-        return .forward(validated.head, entry)
+        return .forward(forwarded, entry)
     }
 }
 

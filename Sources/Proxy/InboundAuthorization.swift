@@ -11,22 +11,52 @@ public struct AuthorizationSnapshot: Sendable {
     /// Increases with every reload that changed something.
     public var generation: Int
     public var policies: AuthorizationPolicySet
+    public var requestAuthentication: RequestAuthenticationSet
     /// Compiled per workload (`namespace/name`) for the workloads the registry
     /// held when the snapshot was made; other workloads are compiled on demand.
-    private var compiled: [String: WorkloadAuthorization]
+    private var compiled: [String: WorkloadPolicy]
 
-    public init(generation: Int, policies: AuthorizationPolicySet, workloads: [Workload]) {
+    /// What applies to one workload.
+    public struct WorkloadPolicy: Sendable {
+        public var authorization: WorkloadAuthorization
+        /// The JWT rules of the RequestAuthentications that select it.
+        public var authenticator: RequestAuthenticator
+    }
+
+    public init(generation: Int, policies: AuthorizationPolicySet, requestAuthentication: RequestAuthenticationSet? = nil, workloads: [Workload]) {
         self.generation = generation
         self.policies = policies
-        var compiled: [String: WorkloadAuthorization] = [:]
+        self.requestAuthentication = requestAuthentication ?? RequestAuthenticationSet(rootNamespace: policies.rootNamespace)
+        self.compiled = [:]
         for workload in workloads {
-            compiled[workload.qualifiedName] = policies.forWorkload(namespace: workload.namespace, labels: workload.labels)
+            compiled[workload.qualifiedName] = compile(workload)
         }
-        self.compiled = compiled
+    }
+
+    private func compile(_ workload: Workload) -> WorkloadPolicy {
+        WorkloadPolicy(
+            authorization: policies.forWorkload(namespace: workload.namespace, labels: workload.labels),
+            authenticator: requestAuthentication.authenticator(namespace: workload.namespace, labels: workload.labels))
+    }
+
+    public func policy(for workload: Workload) -> WorkloadPolicy {
+        compiled[workload.qualifiedName] ?? compile(workload)
     }
 
     public func authorization(for workload: Workload) -> WorkloadAuthorization {
-        compiled[workload.qualifiedName] ?? policies.forWorkload(namespace: workload.namespace, labels: workload.labels)
+        policy(for: workload).authorization
+    }
+
+    /// The L4 decision for a connection to `workload`. A workload with JWT
+    /// rules has every request inspected, since an invalid token is refused
+    /// (401) whatever the authorization policy says.
+    public func authorize(_ connection: ConnectionAttributes, to workload: Workload) -> ConnectionAuthorization {
+        let policy = policy(for: workload)
+        let result = policy.authorization.authorize(connection)
+        if case .decided(let decision) = result, decision.outcome == .allow, !policy.authenticator.isEmpty {
+            return .inspectRequests
+        }
+        return result
     }
 }
 
@@ -50,16 +80,23 @@ public final class InboundAuthorizer: Sendable {
 
     /// The L4 decision for a connection to `workload`.
     func authorize(_ connection: ConnectionAttributes, to workload: Workload) -> ConnectionAuthorization {
-        let result = snapshot.authorization(for: workload).authorize(connection)
+        let result = snapshot.authorize(connection, to: workload)
         metrics.record(result)
         return result
     }
 
-    /// The L7 decision for one request on a connection to `workload`.
-    func authorize(_ connection: ConnectionAttributes, request: HTTPRequestAttributes, to workload: Workload) -> AuthorizationDecision {
-        let decision = snapshot.authorization(for: workload).authorize(connection, request: request)
+    /// The L7 decision for one request on a connection to `workload`, under
+    /// the policy of `snapshot`.
+    func authorize(
+        _ connection: ConnectionAttributes, request: HTTPRequestAttributes, under policy: AuthorizationSnapshot.WorkloadPolicy
+    ) -> AuthorizationDecision {
+        let decision = policy.authorization.authorize(connection, request: request)
         metrics.record(decision, layer: "l7")
         return decision
+    }
+
+    func recordUnauthenticated() {
+        metrics.unauthenticated.increment()
     }
 }
 
@@ -98,6 +135,7 @@ extension AccessLogEntry {
 
 struct AuthorizationMetrics: Sendable {
     private let counters: [String: Counter]
+    let unauthenticated = Counter(label: "mesh_agent_request_authentication_failures_total")
 
     init() {
         var counters: [String: Counter] = [:]

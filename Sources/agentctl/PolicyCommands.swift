@@ -151,6 +151,7 @@ struct PolicyCommand: ParsableCommand {
                     ["source", view.source],
                 ]
                 if let path = view.path { rows.append(["path", path]) }
+                if let principal = view.requestPrincipal { rows.append(["request principal", principal]) }
                 rows.append(["policy", view.policy ?? "-"])
                 if let rule = view.rule { rows.append(["rule", rule]) }
                 rows.append(["reason", view.reason])

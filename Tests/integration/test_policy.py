@@ -22,7 +22,10 @@ from conftest import TRUST_DOMAIN, TwoNodes, agentctl, wait_for
 TOOLS = Path(__file__).resolve().parent / "tools"
 HTTP_PEER = TOOLS / "http_peer.py"
 MESH = ["10.77.0.0/16", "fd77::/64"]
-ORDERS, LEDGER, CART = 8080, 8090, 8095
+ORDERS, LEDGER, CART, PROFILE = 8080, 8090, 8095, 8085
+ISSUER = "https://issuer.example"
+sys.path.insert(0, str(TOOLS))
+import jwt  # noqa: E402
 
 
 def spiffe(sa, namespace="shop"):
@@ -84,6 +87,32 @@ spec:
   - from: [{{source: {{namespaces: ["web"]}}}}]
 """
 
+def profile_policies(jwks_path):
+    return f"""\
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: profile-jwt, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: profile}}}}
+  jwtRules:
+  - issuer: "{ISSUER}"
+    audiences: ["shop"]
+    jwksUri: "{jwks_path}"
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: profile-users, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: profile}}}}
+  rules:
+  - from: [{{source: {{requestPrincipals: ["{ISSUER}/*"]}}}}]
+    to: [{{operation: {{paths: ["/me"]}}}}]
+  - to: [{{operation: {{paths: ["/ops/*"]}}}}]
+    when: [{{key: "request.auth.claims[groups]", values: ["ops"]}}]
+  - to: [{{operation: {{paths: ["/public"]}}}}]
+"""
+
+
 CART_POLICY = f"""\
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -111,6 +140,7 @@ class PolicyMesh:
         self.b_workloads = [
             nodes.workload("orders", namespace="shop", serviceAccount="orders", labels={"app": "orders"}, ports=[ORDERS]),
             nodes.workload("ledger", namespace="shop", serviceAccount="ledger", labels={"app": "ledger"}, ports=[LEDGER]),
+            nodes.workload("profile", namespace="shop", serviceAccount="profile", labels={"app": "profile"}, ports=[PROFILE]),
         ]
         self.policies_a = tmp / "policies-a"
         self.policies_b = tmp / "policies-b"
@@ -119,6 +149,10 @@ class PolicyMesh:
         (self.policies_b / "orders.yaml").write_text(ORDERS_POLICIES)
         (self.policies_b / "ledger.yaml").write_text(LEDGER_POLICIES)
         (self.policies_a / "cart.yaml").write_text(CART_POLICY)
+        self.signing = {"rsa": jwt.rsa_key(), "ec": jwt.ec_key(), "ed": jwt.ed25519_key()}
+        self.jwks = tmp / "jwks.json"
+        jwt.write_jwks(self.jwks, [(self.signing["rsa"], "rsa-1"), (self.signing["ec"], "ec-1"), (self.signing["ed"], "ed-1")])
+        (self.policies_b / "profile.yaml").write_text(profile_policies(self.jwks))
         # ledger also takes plaintext from outside the mesh, where policy sees no identity.
         (self.policies_b / "ledger-permissive.yaml").write_text(
             "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: ledger, namespace: shop}\n"
@@ -131,6 +165,10 @@ class PolicyMesh:
                        cgroup=nodes.cgroups.directory("orders"))
         assert proc.stdout.readline().strip() == "listening", proc.stderr.read()
         t.server("echo", LEDGER, ns=t.remote, cgroup=nodes.cgroups.directory("ledger"), record=self.ledger_record)
+        self.profile_record = tmp / "profile-requests"
+        proc = t.spawn(t.remote, [sys.executable, str(HTTP_PEER), "serve", str(PROFILE), str(self.profile_record)],
+                       cgroup=nodes.cgroups.directory("profile"))
+        assert proc.stdout.readline().strip() == "listening", proc.stderr.read()
         t.server("echo", CART, ns=t.node, cgroup=nodes.cgroups.directory("cart"), record=self.cart_record)
 
         self.b = nodes.agent("b", self.b_workloads, meshNetworks=MESH, policyDir=self.policies_b, mtlsMode="STRICT").start()
@@ -259,6 +297,91 @@ def test_ambiguous_or_malformed_requests_are_refused_never_forwarded(mesh, raw):
     # The connection is closed after the refusal: where the next request begins is in doubt.
     assert answers[1]["status"] == "closed"
     assert len(mesh.arrived()) == before
+
+
+# ---------------------------------------------------------------- JWT
+
+
+def bearer(token):
+    return {"Authorization": f"Bearer {token}"}
+
+
+def token_cases(mesh):
+    rsa, ec, ed = mesh.signing["rsa"], mesh.signing["ec"], mesh.signing["ed"]
+    good = jwt.claims(ISSUER, "alice", aud="shop")
+    other_key = jwt.rsa_key()
+    return {
+        "valid RS256": (jwt.mint(rsa, good, alg="RS256", kid="rsa-1"), 200),
+        "valid ES256": (jwt.mint(ec, good, alg="ES256", kid="ec-1"), 200),
+        "valid EdDSA": (jwt.mint(ed, good, alg="EdDSA", kid="ed-1"), 200),
+        "expired": (jwt.mint(rsa, jwt.claims(ISSUER, "alice", aud="shop", lifetime=-600), kid="rsa-1"), 401),
+        "not yet valid": (jwt.mint(rsa, {**good, "nbf": int(time.time()) + 3600}, kid="rsa-1"), 401),
+        "wrong issuer": (jwt.mint(rsa, jwt.claims("https://evil.example", "alice", aud="shop"), kid="rsa-1"), 401),
+        "wrong audience": (jwt.mint(rsa, jwt.claims(ISSUER, "alice", aud="billing"), kid="rsa-1"), 401),
+        "bad signature": (jwt.tamper(jwt.mint(rsa, good, kid="rsa-1")), 401),
+        "signed by another key": (jwt.mint(other_key, good, kid="rsa-1"), 401),
+        "unknown kid": (jwt.mint(rsa, good, kid="rsa-9"), 401),
+        "alg none": (jwt.forge_none(good), 401),
+        "HS256 keyed with the public key": (jwt.forge_hs256(good, jwt.rsa_modulus(rsa), kid="rsa-1"), 401),
+        "garbage": ("not.a.token", 401),
+    }
+
+
+CASES = ["valid RS256", "valid ES256", "valid EdDSA", "expired", "not yet valid", "wrong issuer", "wrong audience",
+         "bad signature", "signed by another key", "unknown kid", "alg none", "HS256 keyed with the public key", "garbage"]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_jwt_cases_behave_as_specified(mesh, case):
+    token, expected = token_cases(mesh)[case]
+    tag = marker()
+    answers = mesh.http("reporting", [request("GET", f"/me?tag={tag}", bearer(token), host="profile.shop")], port=PROFILE)
+    assert answers[0]["status"] == expected, (case, answers)
+    arrived = mesh.profile_record.read_text() if mesh.profile_record.exists() else ""
+    assert (tag in arrived) == (expected == 200)
+    entry = mesh.b.find_entry(lambda e: e.get("path") == "/me" and e.get("status") == expected
+                              and e.get("src_identity") == spiffe("reporting") and e.get("time", "") >= "", what=f"the {case} line")
+    if expected == 200:
+        assert entry["request_principal"] == f"{ISSUER}/alice" and entry["policy"] == "shop/profile-users"
+        # The token was consumed here: the workload does not receive it (forwardOriginalToken is false).
+        request_line = [json.loads(line) for line in arrived.splitlines() if tag in line][0]
+        assert not any(name == "authorization" for name, _ in request_line["headers"])
+    else:
+        assert entry["action"] == "deny"
+
+
+def test_without_a_token_there_is_no_request_principal(mesh):
+    answers = mesh.http("reporting", [request("GET", "/me", host="profile.shop"), request("GET", "/public", host="profile.shop")], port=PROFILE)
+    assert [a["status"] for a in answers] == [403, 200]
+
+
+def test_claims_are_usable_in_authorization_policy(mesh):
+    rsa = mesh.signing["rsa"]
+    ops = jwt.mint(rsa, jwt.claims(ISSUER, "bob", aud="shop", groups=["dev", "ops"]), kid="rsa-1")
+    dev = jwt.mint(rsa, jwt.claims(ISSUER, "carol", aud="shop", groups=["dev"]), kid="rsa-1")
+    answers = mesh.http("reporting", [request("GET", "/ops/deploy", bearer(ops), host="profile.shop"),
+                                      request("GET", "/ops/deploy", bearer(dev), host="profile.shop")], port=PROFILE)
+    assert [a["status"] for a in answers] == [200, 403]
+    explained = json.loads(mesh.b.ctl("policy", "explain", "--from-workload", "orders", "--to-workload", "profile", "--port", str(PROFILE),
+                                      "--method", "GET", "--path", "/ops/x", "--jwt", ops, "-o", "json").stdout)
+    assert explained["decision"] == "allow" and explained["request_principal"] == f"{ISSUER}/bob"
+    forged = json.loads(mesh.b.ctl("policy", "explain", "--to-workload", "profile", "--from", spiffe("checkout"), "--port", str(PROFILE),
+                                   "--method", "GET", "--path", "/ops/x", "--jwt", jwt.forge_none(jwt.claims(ISSUER, "eve", aud="shop")),
+                                   "-o", "json").stdout)
+    assert forged["decision"] == "deny" and "401" in forged["reason"]
+
+
+def test_a_rotated_jwks_file_is_picked_up(mesh):
+    new_key = jwt.rsa_key()
+    token = jwt.mint(new_key, jwt.claims(ISSUER, "dave", aud="shop"), kid="rsa-2")
+    assert mesh.http("reporting", [request("GET", "/me", bearer(token), host="profile.shop")], port=PROFILE)[0]["status"] == 401
+    original = mesh.jwks.read_text()
+    jwt.write_jwks(mesh.jwks, [(mesh.signing["rsa"], "rsa-1"), (mesh.signing["ec"], "ec-1"), (mesh.signing["ed"], "ed-1"), (new_key, "rsa-2")])
+    try:
+        wait_for(lambda: mesh.http("reporting", [request("GET", "/me", bearer(token), host="profile.shop")], port=PROFILE)[0]["status"] == 200,
+                 timeout=5, interval=0.2, what="the new key to be accepted")
+    finally:
+        mesh.jwks.write_text(original)
 
 
 # ---------------------------------------------------------------- L4
