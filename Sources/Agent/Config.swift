@@ -42,6 +42,9 @@ public struct AgentConfig: Equatable, Sendable {
         public var cgroup: CgroupPath
         public var labels: [String: String]
         public var ports: [UInt16]
+        /// Ports declared `protocol: tcp`: never parsed as HTTP, so policies
+        /// there are decided per connection only.
+        public var tcpPorts: Set<UInt16> = []
     }
 
     public var trustDomain: String
@@ -197,7 +200,13 @@ extension AgentConfig {
                 throw cgroupNode.error("the cgroup v2 root holds every process on the node; name the workload's own cgroup")
             }
             let labels = try map.take("labels")?.stringMap() ?? [:]
-            let ports = try map.take("ports")?.sequence().map { try $0.unsigned(UInt16.self, in: 1...65535) } ?? []
+            var ports: [UInt16] = []
+            var tcpPorts = Set<UInt16>()
+            for item in try map.take("ports")?.sequence() ?? [] {
+                let (port, protocolName) = try workloadPort(item)
+                ports.append(port)
+                if protocolName == "tcp" { tcpPorts.insert(port) }
+            }
             try map.finish(allowed: ["name", "namespace", "serviceAccount", "cgroup", "labels", "ports"])
 
             let key = "\(namespace)/\(name)"
@@ -222,9 +231,28 @@ extension AgentConfig {
                 throw nameNode.error("\(error)")
             }
             names[key] = workloads.count
-            workloads.append(WorkloadEntry(name: name, namespace: namespace, serviceAccount: serviceAccount, identity: identity, cgroup: cgroup, labels: labels, ports: ports))
+            workloads.append(WorkloadEntry(
+                    name: name, namespace: namespace, serviceAccount: serviceAccount, identity: identity, cgroup: cgroup, labels: labels, ports: ports,
+                    tcpPorts: tcpPorts))
         }
         return workloads
+    }
+
+    /// A workload port: `8080`, or `{port: 5432, protocol: tcp}` for a port that
+    /// carries no HTTP (as Istio's `appProtocol: tcp`).
+    private static func workloadPort(_ node: YAMLNode) throws -> (UInt16, String?) {
+        guard node.isMapping else {
+            return (try node.unsigned(UInt16.self, in: 1...65535), nil)
+        }
+        var map = try node.mapping()
+        let port = try map.require("port").unsigned(UInt16.self, in: 1...65535)
+        let protocolName = try map.take("protocol").map { item -> String in
+            let text = try item.string()
+            guard ["tcp", "http"].contains(text) else { throw item.error("must be tcp or http, got \"\(text)\"") }
+            return text
+        }
+        try map.finish(allowed: ["port", "protocol"])
+        return (port, protocolName)
     }
 
     // MARK: - Value rules

@@ -55,6 +55,7 @@ public final class MeshAgent: Sendable {
         }
         let config = try AgentConfig.load(path: configPath)
         let policies = try PolicyLoader.load(directory: config.policyDir, rootNamespace: config.rootNamespace, defaultMode: config.mtlsMode)
+        try policies.check(against: config.workloads)
         log(policies, from: config.policyDir)
 
         let mount = try CgroupV2Mount.discover()

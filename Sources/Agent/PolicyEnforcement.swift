@@ -35,6 +35,7 @@ struct PolicyEnforcement {
         let policies: PolicySet
         do {
             policies = try PolicyLoader.load(directory: config.policyDir, rootNamespace: config.rootNamespace, defaultMode: config.mtlsMode)
+            try policies.check(against: config.workloads)
         } catch {
             failedReloads.increment()
             logger.error("\(error)")
@@ -94,5 +95,14 @@ struct PolicyEnforcement {
         for warning in policies.warnings {
             logger.warning("\(warning)")
         }
+    }
+}
+
+extension PolicySet {
+    /// The checks that need the workloads as well as the files: a rule naming
+    /// HTTP attributes must not apply to a port declared `protocol: tcp`.
+    public func check(against workloads: [AgentConfig.WorkloadEntry]) throws(PolicyLoadError) {
+        let conflicts = authorization.tcpOnlyConflicts(workloads.map { ($0.name, $0.namespace, $0.labels, $0.tcpPorts) })
+        guard conflicts.isEmpty else { throw PolicyLoadError(conflicts) }
     }
 }

@@ -94,7 +94,7 @@ public final class WorkloadRegistry: Sendable {
                 Member(
                     workload: Workload(
                         name: entry.name, namespace: entry.namespace, serviceAccount: entry.serviceAccount,
-                        identity: entry.identity, labels: entry.labels, ports: entry.ports
+                        identity: entry.identity, labels: entry.labels, ports: entry.ports, tcpPorts: entry.tcpPorts
                     ),
                     cgroup: entry.cgroup,
                     cgroupID: previous[entry.cgroup] ?? nil

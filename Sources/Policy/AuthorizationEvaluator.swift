@@ -26,6 +26,36 @@ public struct AuthorizationPolicySet: Hashable, Sendable {
         return WorkloadAuthorization(applicable)
     }
 
+    /// Rules that name HTTP attributes yet apply to a port declared TCP-only
+    /// (`protocol: tcp`) of one of `workloads`: there no request is ever seen,
+    /// so such a rule cannot mean what it says. Istio's validation rejects
+    /// these; so does the agent, one error per rule, at the rule.
+    public func tcpOnlyConflicts(_ workloads: [(name: String, namespace: String, labels: [String: String], tcpPorts: Set<UInt16>)]) -> [YAMLError] {
+        var places: [String: (policy: AuthorizationPolicy, index: Int, ports: [String])] = [:]
+        var order: [String] = []
+        for workload in workloads where !workload.tcpPorts.isEmpty {
+            for policy in forWorkload(namespace: workload.namespace, labels: workload.labels).policies {
+                for (index, rule) in policy.rules.enumerated() where rule.usesHTTPAttributes {
+                    for port in workload.tcpPorts.sorted() where rule.mayApply(toPort: port) {
+                        let key = "\(policy.reference)#\(index)"
+                        if places[key] == nil {
+                            places[key] = (policy, index, [])
+                            order.append(key)
+                        }
+                        places[key]?.ports.append("port \(port) of \(workload.namespace)/\(workload.name)")
+                    }
+                }
+            }
+        }
+        return order.compactMap { key in
+            guard let place = places[key] else { return nil }
+            let rule = place.policy.rules[place.index]
+            return YAMLError(
+                file: place.policy.file, line: rule.line ?? place.policy.line, keyPath: "spec.rules[\(place.index)]",
+                reason: "names HTTP attributes (\(rule.httpAttributeNames.joined(separator: ", "))) but applies to \(place.ports.joined(separator: ", ")), declared protocol: tcp, where no HTTP request is seen; limit the rule with to.operation.ports, or declare the port http")
+        }
+    }
+
     /// Policies that are valid but probably not what their author meant.
     public var warnings: [String] {
         var warnings: [String] = []
@@ -168,8 +198,13 @@ public struct WorkloadAuthorization: Hashable, Sendable {
 
     /// The decision for a connection, or `.inspectRequests` when it depends on
     /// the HTTP requests the connection carries.
-    public func authorize(_ connection: ConnectionAttributes) -> ConnectionAuthorization {
-        let context = MatchContext(connection: connection, request: nil)
+    ///
+    /// On a port declared TCP-only no request will be seen, so it is decided
+    /// here, as Istio decides TCP traffic: an ALLOW rule that names HTTP
+    /// attributes matches nothing, and a DENY rule matches on its other fields
+    /// alone (failing closed).
+    public func authorize(_ connection: ConnectionAttributes, tcpOnly: Bool = false) -> ConnectionAuthorization {
+        let context = MatchContext(connection: connection, request: nil, tcpOnly: tcpOnly)
         guard case .decided(var decision) = Self.evaluate(deny: deny, allow: allow, allowNames: allowNames, context) else {
             return .inspectRequests
         }
@@ -288,6 +323,16 @@ enum Match: Equatable {
 struct MatchContext {
     var connection: ConnectionAttributes
     var request: HTTPRequestAttributes?
+    /// No request will come (a TCP-only port): HTTP fields are settled by the
+    /// action of the policy being matched.
+    var tcpOnly = false
+    var action: AuthorizationPolicy.Action = .ALLOW
+
+    /// What an HTTP field matches when there is no request.
+    var withoutRequest: Match {
+        guard tcpOnly else { return .unknown }
+        return action == .DENY ? .yes : .no
+    }
 }
 
 enum PolicyMatch {
@@ -300,6 +345,8 @@ extension AuthorizationPolicy {
     /// The first rule that surely matches; `.unknown` if none does but one may.
     func firstMatch(_ context: MatchContext) -> PolicyMatch {
         var undecided = false
+        var context = context
+        context.action = action
         for (index, rule) in rules.enumerated() {
             switch rule.matches(context) {
             case .yes: return .matched(ruleIndex: index)
@@ -318,6 +365,34 @@ extension AuthorizationPolicy {
 }
 
 extension AuthorizationPolicy.Rule {
+    /// Whether the rule's `to` entries let it apply to `port` at all.
+    func mayApply(toPort port: UInt16) -> Bool {
+        guard let to else { return true }
+        return to.contains { operation in
+            (operation.ports?.contains(port) ?? true) && !(operation.notPorts?.contains(port) ?? false)
+        }
+    }
+
+    /// The HTTP fields and keys the rule names, for messages.
+    var httpAttributeNames: [String] {
+        var names: [String] = []
+        for source in from ?? [] {
+            if source.requestPrincipals != nil { names.append("requestPrincipals") }
+            if source.notRequestPrincipals != nil { names.append("notRequestPrincipals") }
+        }
+        for operation in to ?? [] {
+            for (name, present) in [
+                ("methods", operation.methods != nil), ("notMethods", operation.notMethods != nil), ("paths", operation.paths != nil),
+                ("notPaths", operation.notPaths != nil), ("hosts", operation.hosts != nil), ("notHosts", operation.notHosts != nil),
+            ] where present {
+                names.append(name)
+            }
+        }
+        names += when.filter(\.key.isHTTP).map(\.key.description)
+        var seen = Set<String>()
+        return names.filter { seen.insert($0).inserted }
+    }
+
     func matches(_ context: MatchContext) -> Match {
         let from = self.from.map { sources in Match.any(sources) { $0.matches(context) } } ?? .yes
         return from
@@ -336,6 +411,14 @@ private func field<T>(_ values: [T]?, _ match: (T) -> Match) -> Match {
 private func notField<T>(_ values: [T]?, _ match: (T) -> Match) -> Match {
     guard let values else { return .yes }
     return Match.any(values, match).negated
+}
+
+/// A pair of HTTP fields (`methods` and `notMethods`, …). Without a request
+/// their outcome is unknown, or settled by the context on a TCP-only port.
+private func http<T>(_ context: MatchContext, _ values: [T]?, _ notValues: [T]?, _ match: (T) -> Match) -> Match {
+    guard values != nil || notValues != nil else { return .yes }
+    guard context.request != nil else { return context.withoutRequest }
+    return field(values, match) && notField(notValues, match)
 }
 
 /// A string that only an HTTP request has: unknown without one.
@@ -368,8 +451,7 @@ extension AuthorizationPolicy.Source {
             // Without X-Forwarded-For or PROXY protocol the remote address is the peer's.
             && field(remoteIpBlocks) { address(source, in: $0) }
             && notField(notRemoteIpBlocks) { address(source, in: $0) }
-            && field(requestPrincipals) { requestValue(context, { $0.identity?.principal }, $0) }
-            && notField(notRequestPrincipals) { requestValue(context, { $0.identity?.principal }, $0) }
+            && http(context, requestPrincipals, notRequestPrincipals) { requestValue(context, { $0.identity?.principal }, $0) }
     }
 }
 
@@ -378,12 +460,9 @@ extension AuthorizationPolicy.Operation {
         let port = context.connection.destinationPort
         return (ports.map { Match($0.contains(port)) } ?? .yes)
             && (notPorts.map { Match(!$0.contains(port)) } ?? .yes)
-            && field(methods) { requestValue(context, { $0.method }, $0) }
-            && notField(notMethods) { requestValue(context, { $0.method }, $0) }
-            && field(paths) { requestValue(context, { $0.path }, $0) }
-            && notField(notPaths) { requestValue(context, { $0.path }, $0) }
-            && field(hosts) { hostMatch(context, $0) }
-            && notField(notHosts) { hostMatch(context, $0) }
+            && http(context, methods, notMethods) { requestValue(context, { $0.method }, $0) }
+            && http(context, paths, notPaths) { requestValue(context, { $0.path }, $0) }
+            && http(context, hosts, notHosts) { hostMatch(context, $0) }
     }
 
     /// Hosts compare without case, and a pattern without a port also matches the
@@ -409,6 +488,7 @@ extension AuthorizationPolicy.Operation {
 
 extension AuthorizationPolicy.Condition {
     func matches(_ context: MatchContext) -> Match {
+        if key.isHTTP && context.request == nil && context.tcpOnly { return context.withoutRequest }
         let positive = values.map { values in Match.any(values) { matches($0, context) } } ?? .yes
         return positive && (notValues.map { values in Match.any(values) { matches($0, context) }.negated } ?? .yes)
     }

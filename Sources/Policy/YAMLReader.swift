@@ -63,6 +63,11 @@ public struct YAMLNode {
         }
     }
 
+    public var isMapping: Bool {
+        if case .mapping = node { return true }
+        return false
+    }
+
     public func mapping() throws -> YAMLMapping {
         guard case .mapping(let mapping) = node else {
             throw error("expected a mapping of keys to values")

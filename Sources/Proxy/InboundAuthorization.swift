@@ -52,8 +52,9 @@ public struct AuthorizationSnapshot: Sendable {
     /// (401) whatever the authorization policy says.
     public func authorize(_ connection: ConnectionAttributes, to workload: Workload) -> ConnectionAuthorization {
         let policy = policy(for: workload)
-        let result = policy.authorization.authorize(connection)
-        if case .decided(let decision) = result, decision.outcome == .allow, !policy.authenticator.isEmpty {
+        let tcpOnly = workload.tcpPorts.contains(connection.destinationPort)
+        let result = policy.authorization.authorize(connection, tcpOnly: tcpOnly)
+        if !tcpOnly, case .decided(let decision) = result, decision.outcome == .allow, !policy.authenticator.isEmpty {
             return .inspectRequests
         }
         return result

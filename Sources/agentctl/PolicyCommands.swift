@@ -51,8 +51,11 @@ struct PolicyCommand: ParsableCommand {
         @Argument(help: "A policy file, or a directory of *.yaml / *.yml files (read as the agent reads policyDir).")
         var path: String
 
-        @Option(help: "The mesh's root namespace, whose policies apply to every workload.")
-        var rootNamespace = "istio-system"
+        @Option(help: "The mesh's root namespace, whose policies apply to every workload (default: the config's, or istio-system).")
+        var rootNamespace: String?
+
+        @Option(help: "An agent config: also check the policies against its workloads (rules naming HTTP attributes on ports declared protocol: tcp).")
+        var config: String?
 
         func run() throws {
             var isDirectory: ObjCBool = false
@@ -60,6 +63,16 @@ struct PolicyCommand: ParsableCommand {
                 printError("\(path): no such file or directory")
                 throw ExitCode.failure
             }
+            var agentConfig: AgentConfig?
+            if let config {
+                do {
+                    agentConfig = try AgentConfig.load(path: config)
+                } catch {
+                    printError("\(error)")
+                    throw ExitCode.failure
+                }
+            }
+            let rootNamespace = self.rootNamespace ?? agentConfig?.rootNamespace ?? "istio-system"
             let policies: PolicySet
             do {
                 if isDirectory.boolValue {
@@ -67,13 +80,14 @@ struct PolicyCommand: ParsableCommand {
                 } else {
                     policies = try PolicyLoader.load(file: path, rootNamespace: rootNamespace, defaultMode: .PERMISSIVE)
                 }
+                if let agentConfig { try policies.check(against: agentConfig.workloads) }
             } catch {
                 FileHandle.standardError.write(Data(error.errors.map { "\($0)\n" }.joined().utf8))
                 throw ExitCode.failure
             }
             for warning in policies.warnings { print("warning: \(warning)") }
             print(
-                "\(path): valid (\(policies.authorization.policies.count) AuthorizationPolicy(s), \(policies.peerAuthentication.policies.count) PeerAuthentication(s)\(policies.skippedDocumentCount > 0 ? ", \(policies.skippedDocumentCount) document(s) of other kinds ignored" : ""))"
+                "\(path): valid (\(policies.authorization.policies.count) AuthorizationPolicy(s), \(policies.requestAuthentication.policies.count) RequestAuthentication(s), \(policies.peerAuthentication.policies.count) PeerAuthentication(s)\(policies.skippedDocumentCount > 0 ? ", \(policies.skippedDocumentCount) document(s) of other kinds ignored" : ""))"
             )
         }
     }

@@ -24,6 +24,28 @@ import Testing
         #expect(config.workloads.isEmpty)
     }
 
+    @Test func portsMayBeDeclaredTCPOnly() throws {
+        let config = try AgentConfig.parse(
+            "trustDomain: td\nworkloads:\n  - {name: db, namespace: ns, cgroup: /db, ports: [8080, {port: 5432, protocol: tcp}, {port: 9000, protocol: http}]}\n",
+            file: "agent.yaml")
+        #expect(config.workloads[0].ports == [8080, 5432, 9000])
+        #expect(config.workloads[0].tcpPorts == [5432])
+        for (text, expected) in [
+            ("{port: 5432, protocol: udp}", "agent.yaml:3: workloads[0].ports[0].protocol: must be tcp or http, got \"udp\""),
+            ("{protocol: tcp}", "agent.yaml:3: workloads[0].ports[0].port: is required"),
+            ("{port: 5432, proto: tcp}", "agent.yaml:3: workloads[0].ports[0].proto: unknown key"),
+        ] {
+            #expect(throws: (any Error).self) {
+                try AgentConfig.parse("trustDomain: td\nworkloads:\n  - {name: db, namespace: ns, cgroup: /db, ports: [\(text)]}\n", file: "agent.yaml")
+            }
+            do {
+                _ = try AgentConfig.parse("trustDomain: td\nworkloads:\n  - {name: db, namespace: ns, cgroup: /db, ports: [\(text)]}\n", file: "agent.yaml")
+            } catch {
+                #expect("\(error)".hasPrefix(expected), "\(error)")
+            }
+        }
+    }
+
     @Test func theInterfacesExampleParses() throws {
         let text = """
             trustDomain: cluster.local          # required

@@ -342,4 +342,42 @@ import Testing
         #expect(set.forWorkload(namespace: "shop", labels: ["app": "ledger"]).policies.map(\.reference) == ["istio-system/mesh"])
         #expect(set.forWorkload(namespace: "ns7", labels: [:]).policies.map(\.reference) == ["istio-system/mesh", "ns7/p"])
     }
+
+    @Test func tcpOnlyPortsAreDecidedAsIstioDecidesTCP() throws {
+        let set = try Self.policies([
+            ("shop/get-only", "  rules: [{to: [{operation: {methods: [\"GET\"]}}]}, {from: [{source: {principals: [\"\(Self.reporting)\"]}}]}]\n"),
+            ("shop/no-admin", "  action: DENY\n  rules: [{from: [{source: {principals: [\"\(Self.frontend)\"]}}], to: [{operation: {paths: [\"/admin\"]}}]}]\n"),
+            ("shop/only-api", "  action: DENY\n  rules: [{from: [{source: {namespaces: [\"blog\"]}}], to: [{operation: {notPaths: [\"/api/*\"]}}]}]\n"),
+        ])
+        let workload = set.forWorkload(namespace: "shop", labels: [:])
+        func outcome(_ principal: String, tcpOnly: Bool) -> String {
+            switch workload.authorize(Self.connection(from: principal), tcpOnly: tcpOnly) {
+            case .inspectRequests: return "inspect"
+            case .decided(let decision): return "\(decision.outcome.rawValue) \(decision.policy ?? "-")"
+            }
+        }
+        // An ALLOW rule naming methods matches nothing without requests; another rule still can.
+        #expect(outcome(Self.checkout, tcpOnly: false) == "inspect")
+        #expect(outcome(Self.checkout, tcpOnly: true) == "deny -")
+        #expect(outcome(Self.reporting, tcpOnly: true) == "allow shop/get-only")
+        // A DENY rule is enforced on its other fields alone: it fails closed.
+        #expect(outcome(Self.frontend, tcpOnly: true) == "deny shop/no-admin")
+        #expect(outcome("cluster.local/ns/blog/sa/x", tcpOnly: true) == "deny shop/only-api")
+    }
+
+    @Test func rulesNamingHTTPOnATCPPortAreRefusedAtTheRule() throws {
+        let set = try Self.policies([
+            ("shop/get-only", "  selector: {matchLabels: {app: db}}\n  rules:\n  - to: [{operation: {methods: [\"GET\"]}}]\n  - to: [{operation: {ports: [\"8080\"], paths: [\"/x\"]}}]\n"),
+            ("istio-system/mesh", "  action: DENY\n  rules:\n  - when: [{key: \"request.headers[x-debug]\", values: [\"1\"]}]\n    to: [{operation: {notPorts: [\"5432\"]}}]\n"),
+        ])
+        let conflicts = set.tcpOnlyConflicts([
+            ("db", "shop", ["app": "db"], [5432, 6379]), ("web", "shop", ["app": "web"], []),
+        ])
+        #expect(conflicts.map(\.description) == [
+            "test.yaml:17: spec.rules[0]: names HTTP attributes (request.headers[x-debug]) but applies to port 6379 of shop/db, declared protocol: tcp, where no HTTP request is seen; limit the rule with to.operation.ports, or declare the port http",
+            "test.yaml:7: spec.rules[0]: names HTTP attributes (methods) but applies to port 5432 of shop/db, port 6379 of shop/db, declared protocol: tcp, where no HTTP request is seen; limit the rule with to.operation.ports, or declare the port http",
+        ])
+        #expect(set.tcpOnlyConflicts([("db", "shop", ["app": "db"], [])]).isEmpty)
+    }
 }
+

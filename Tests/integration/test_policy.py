@@ -545,3 +545,25 @@ def test_agentctl_policy_check_works_without_an_agent(tmp_path):
     assert "AuthorizationPolicy shop/orders-allow is already defined at" in result.stderr
     missing = agentctl("policy", "check", tmp_path / "nope", check=False)
     assert missing.returncode == 1 and "no such file" in missing.stderr
+
+
+def test_agentctl_policy_check_with_a_config_refuses_http_rules_on_tcp_ports(tmp_path):
+    config = tmp_path / "agent.yaml"
+    config.write_text("trustDomain: cluster.local\nworkloads:\n"
+                      "  - {name: db, namespace: shop, cgroup: /db.slice, labels: {app: db}, ports: [{port: 5432, protocol: tcp}, 8080]}\n")
+    policy = tmp_path / "db.yaml"
+    policy.write_text("""\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: db-readers, namespace: shop}
+spec:
+  selector: {matchLabels: {app: db}}
+  rules:
+  - to: [{operation: {methods: ["GET"]}}]
+""")
+    assert agentctl("policy", "check", policy).returncode == 0
+    result = agentctl("policy", "check", policy, "--config", config, check=False)
+    assert result.returncode == 1
+    assert f"{policy}:7: spec.rules[0]: names HTTP attributes (methods) but applies to port 5432 of shop/db, declared protocol: tcp" in result.stderr
+    policy.write_text(policy.read_text().replace('methods: ["GET"]', 'ports: ["8080"], methods: ["GET"]'))
+    assert agentctl("policy", "check", policy, "--config", config).returncode == 0
