@@ -10,14 +10,20 @@
 #
 #   throughput: iperf3, 1 and 4 streams
 #   latency:    wrk, keep-alive and "Connection: close"
+#   policy:     wrk keep-alive through the mesh with an L4-only AuthorizationPolicy,
+#               then with one that names methods and paths (every request parsed
+#               and decided): the request-rate cost of L7 enforcement
 #
 # Run as root: MESH_AGENT_BIN=.build/release bash bench/mesh_two_node.sh
+# BENCH_SECTIONS picks sections (default "throughput latency policy").
 set -euo pipefail
 
 BIN=${MESH_AGENT_BIN:-$(cd "$(dirname "$0")/.." && pwd)/.build/release}
 HERE=$(cd "$(dirname "$0")" && pwd)
 SECONDS_PER_RUN=${BENCH_SECONDS:-8}
 WRK_CONNECTIONS=${WRK_CONNECTIONS:-16}
+SECTIONS=${BENCH_SECTIONS:-throughput latency policy}
+section() { case " $SECTIONS " in *" $1 "*) return 0 ;; *) return 1 ;; esac; }
 [ "$(id -u)" -eq 0 ] || { echo "run as root (network namespaces, nftables, cgroups)"; exit 1; }
 for tool in iperf3 wrk nsenter; do command -v $tool >/dev/null || { echo "$tool is missing: make deps"; exit 1; }; done
 
@@ -26,6 +32,7 @@ A="ma-$TAG-a"; B="ma-$TAG-b"
 CG2=$(awk '$0 ~ / - cgroup2 / {print $5; exit}' /proc/self/mountinfo)
 CLIENT_CG="/ma-$TAG-checkout"; SERVER_CG="/ma-$TAG-orders"
 WORK=$(mktemp -d /tmp/mesh-agent-bench.XXXXXX)
+mkdir -p "$WORK/policies"
 PIDS=()
 
 cleanup() {
@@ -85,6 +92,7 @@ cpu() { sed 's/.*) //' "/proc/$1/stat" | awk '{print $12 + $13}'; }
 gbits() { python3 -c 'import json,sys; print("%.2f" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9))'; }
 
 echo "mesh-agent two-node bench: $(nproc) cores, ${SECONDS_PER_RUN}s per run, $(date -u +%FT%TZ)"
+if section throughput; then
 echo
 echo "throughput (iperf3, Gbit/s received)"
 printf '  %-10s %10s %10s\n' streams direct mesh
@@ -93,12 +101,16 @@ for streams in 1 4; do
     mesh=$(in_cgroup "$CLIENT_CG" "$A" iperf3 -c 10.77.251.2 -p 5201 -t "$SECONDS_PER_RUN" -P "$streams" -J | gbits)
     printf '  %-10s %10s %10s\n' "$streams" "$direct" "$mesh"
 done
+fi
 
-echo
-echo "request latency (wrk -t2 -c$WRK_CONNECTIONS, ${SECONDS_PER_RUN}s; requests/s, p50, p99)"
 wrk_run() {
     "$@" 2>&1 | awk '/Requests\/sec/ {rps=$2} /^ +50%/ {p50=$2} /^ +99%/ {p99=$2} END {printf "%10s %9s %9s", rps, p50, p99}'
 }
+seconds() { awk -v d="$1" -v t="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", d / t}'; }
+
+if section latency; then
+echo
+echo "request latency (wrk -t2 -c$WRK_CONNECTIONS, ${SECONDS_PER_RUN}s; requests/s, p50, p99)"
 for mode in keep-alive close; do
     header=()
     [ "$mode" = close ] && header=(-H "Connection: close")
@@ -111,5 +123,40 @@ for mode in keep-alive close; do
         "$(awk -v d=$((a1 - a0)) -v t="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", d / t}')" \
         "$(awk -v d=$((b1 - b0)) -v t="$(getconf CLK_TCK)" 'BEGIN {printf "%.1f", d / t}')"
 done
+fi
+
+if section policy; then
+echo
+echo "L7 policy cost (wrk -t2 -c$WRK_CONNECTIONS keep-alive through the mesh, ${SECONDS_PER_RUN}s; requests/s, p50, p99)"
+generation() { "$BIN/agentctl" policies -o json --socket "$WORK/b.sock" | python3 -c 'import json,sys; print(json.load(sys.stdin)["generation"])'; }
+apply_policy() {   # FILE CONTENT: swap node B's policies and wait until they are in force
+    local before; before=$(generation)
+    rm -f "$WORK"/policies/*.yaml
+    printf '%s\n' "$1" > "$WORK/policies/bench.yaml"
+    for _ in $(seq 100); do [ "$(generation)" -gt "$before" ] && return 0; sleep 0.1; done
+    echo "node B did not load the bench policy"; exit 1
+}
+POLICY_HEAD='apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: bench, namespace: shop}
+spec:
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/shop/sa/checkout"]}}]'
+for kind in l4 l7; do
+    if [ "$kind" = l4 ]; then
+        apply_policy "$POLICY_HEAD"
+    else
+        apply_policy "$POLICY_HEAD
+    to: [{operation: {methods: [\"GET\"], paths: [\"/\", \"/api/*\"]}}]"
+    fi
+    a0=$(cpu $AGENT_A); b0=$(cpu $AGENT_B)
+    result=$(wrk_run in_cgroup "$CLIENT_CG" "$A" wrk -t2 -c"$WRK_CONNECTIONS" -d"${SECONDS_PER_RUN}s" --latency http://10.77.251.2:8080/)
+    a1=$(cpu $AGENT_A); b1=$(cpu $AGENT_B)
+    printf '  %-4s %s   (agent CPU: node A %ss, node B %ss)\n' "$kind" "$result" "$(seconds $((a1 - a0)))" "$(seconds $((b1 - b0)))"
+    denied=$(grep -c '"action":"deny"' "$WORK/b-access.log" || true)
+    [ "$denied" -eq 0 ] || { echo "node B denied $denied request(s) or connection(s): the bench policy is wrong"; exit 1; }
+done
+rm -f "$WORK"/policies/*.yaml
+fi
 echo
 echo "tunnel connections open on node A now: $(in_a ss -Htn state established '( dport = :15008 )' | wc -l)"

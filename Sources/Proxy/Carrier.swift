@@ -4,45 +4,36 @@ import Policy
 
 /// How a proxied connection is carried between its client and its upstream:
 /// bytes spliced as they are, or HTTP requests decoded, decided one by one and
-/// encoded again.
+/// encoded again (HTTP/1.1, or HTTP/2 stream by stream).
 enum Carrier {
     case splice(NIOLoopBound<SplicePair>)
-    case inspect(NIOLoopBound<(gate: HTTPRequestGate, relay: HTTPUpstreamRelay)>, limit: HTTPHeadSizeLimit)
+    case inspect(NIOLoopBound<InspectedConnection>)
 
     static func splice(on eventLoop: EventLoop) -> Carrier {
         .splice(SpliceHandler.pair(on: eventLoop))
     }
 
     static func inspect(_ inspector: HTTPRequestInspector, accessLog: AccessLogSink, limit: HTTPHeadSizeLimit, on eventLoop: EventLoop) -> Carrier {
-        let (gate, relay) = HTTPUpstreamRelay.pair(inspector: inspector, accessLog: accessLog, limit: limit)
-        return .inspect(NIOLoopBound((gate: gate, relay: relay), eventLoop: eventLoop), limit: limit)
+        .inspect(NIOLoopBound(InspectedConnection(inspector: inspector, accessLog: accessLog, limit: limit), eventLoop: eventLoop))
     }
 
     /// Adds the upstream side's handlers; called while the upstream connects.
     func installUpstream(on channel: Channel) throws {
-        let operations = channel.pipeline.syncOperations
         switch self {
         case .splice(let handlers):
-            try operations.addHandler(handlers.value.upstream)
-        case .inspect(let handlers, _):
-            // The response decoder watches the requests written through it, to
-            // know which responses (to HEAD) have no body.
-            try operations.addHandler(HTTPRequestEncoder())
-            try operations.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .forward)))
-            try operations.addHandler(handlers.value.relay)
+            try channel.pipeline.syncOperations.addHandler(handlers.value.upstream)
+        case .inspect(let connection):
+            try connection.value.installUpstream(on: channel)
         }
     }
 
     /// Adds the client side's handlers, once the upstream is connected.
     func installClient(on channel: Channel) throws {
-        let operations = channel.pipeline.syncOperations
         switch self {
         case .splice(let handlers):
-            try operations.addHandler(handlers.value.client)
-        case .inspect(let handlers, let limit):
-            try operations.addHandler(limit.makeRequestDecoder())
-            try operations.addHandler(HTTPResponseEncoder())
-            try operations.addHandler(handlers.value.gate)
+            try channel.pipeline.syncOperations.addHandler(handlers.value.client)
+        case .inspect(let connection):
+            try connection.value.installClient(on: channel)
         }
     }
 
@@ -50,7 +41,7 @@ enum Carrier {
     var received: ByteCounter {
         switch self {
         case .splice(let handlers): return handlers.value.client.received
-        case .inspect(let handlers, _): return handlers.value.gate.received
+        case .inspect(let connection): return connection.value.received
         }
     }
 
@@ -58,7 +49,110 @@ enum Carrier {
     var sent: ByteCounter {
         switch self {
         case .splice(let handlers): return handlers.value.upstream.received
-        case .inspect(let handlers, _): return handlers.value.gate.sent
+        case .inspect(let connection): return connection.value.sent
+        }
+    }
+}
+
+/// An inspected connection, whose protocol its client's first bytes decide.
+///
+/// The upstream is dialled before the client has sent anything, so its side
+/// starts with a hold that keeps it from reading, and the client's side with a
+/// sniffer. Once the sniffer knows the protocol, that protocol's handlers go in
+/// on both sides, the upstream starts reading, and the sniffer hands on the
+/// bytes it held. The byte counters are the HTTP/1.1 gate's, made up front
+/// because the connection is tracked before its protocol is known; the HTTP/2
+/// handlers count into the same ones.
+final class InspectedConnection {
+    private let inspector: HTTPRequestInspector
+    private let accessLog: AccessLogSink
+    private let limit: HTTPHeadSizeLimit
+    private let gate: HTTPRequestGate
+    private let relay: HTTPUpstreamRelay
+    private var client: Channel?
+    private var upstream: Channel?
+    private var hold: UpstreamReadHold?
+
+    init(inspector: HTTPRequestInspector, accessLog: AccessLogSink, limit: HTTPHeadSizeLimit) {
+        self.inspector = inspector
+        self.accessLog = accessLog
+        self.limit = limit
+        (gate, relay) = HTTPUpstreamRelay.pair(inspector: inspector, accessLog: accessLog, limit: limit)
+    }
+
+    var received: ByteCounter { gate.received }
+    var sent: ByteCounter { gate.sent }
+
+    func installUpstream(on channel: Channel) throws {
+        // The handlers' closures keep this object alive until the protocol is
+        // known; they leave their pipelines then (or when the channel closes).
+        let hold = UpstreamReadHold {
+            // The workload closed before the client said anything: nothing can be forwarded.
+            self.client?.close(promise: nil)
+        }
+        try channel.pipeline.syncOperations.addHandler(hold)
+        upstream = channel
+        self.hold = hold
+    }
+
+    func installClient(on channel: Channel) throws {
+        client = channel
+        let sniffer = ProtocolSniffer(
+            install: { found in
+                do {
+                    try self.install(found)
+                } catch {
+                    self.upstream?.close(promise: nil)
+                    throw error
+                }
+            },
+            abandoned: {
+                self.upstream?.close(promise: nil)
+            })
+        try channel.pipeline.syncOperations.addHandler(sniffer)
+    }
+
+    /// Installs `found`'s handlers on both sides (the client's behind the
+    /// sniffer, which is last in its pipeline) and lets the upstream read.
+    private func install(_ found: InspectedProtocol) throws {
+        guard let client, let upstream, let hold else {
+            throw InspectionSetupError.incomplete
+        }
+        guard upstream.isActive else {
+            throw InspectionSetupError.upstreamClosed
+        }
+        switch found {
+        case .http1:
+            let upstreamOperations = upstream.pipeline.syncOperations
+            // The response decoder watches the requests written through it, to
+            // know which responses (to HEAD) have no body.
+            try upstreamOperations.addHandler(HTTPRequestEncoder())
+            try upstreamOperations.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .forward)))
+            try upstreamOperations.addHandler(relay)
+            let clientOperations = client.pipeline.syncOperations
+            try clientOperations.addHandler(limit.makeRequestDecoder())
+            try clientOperations.addHandler(HTTPResponseEncoder())
+            try clientOperations.addHandler(gate)
+        case .http2:
+            try HTTP2Inspection.install(
+                client: client, upstream: upstream, inspector: inspector, accessLog: accessLog, limit: limit,
+                received: gate.received, sent: gate.sent)
+        }
+        self.hold = nil
+        hold.release()
+    }
+}
+
+enum InspectionSetupError: Error, CustomStringConvertible {
+    case incomplete
+    case upstreamClosed
+
+    var description: String {
+        switch self {
+        case .incomplete:
+            return "the inspected connection's client spoke before both of its sides were set up"
+        case .upstreamClosed:
+            return "the workload closed its connection before the client's first request"
         }
     }
 }

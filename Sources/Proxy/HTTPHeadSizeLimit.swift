@@ -1,7 +1,7 @@
 import NIOCore
 import NIOHTTP1
 
-/// How large an inbound HTTP/1.1 request head may grow before the agent refuses it
+/// How large an inbound request head (HTTP/1.1, or an HTTP/2 header block) may grow before the agent refuses it
 /// (431), so that a client cannot make the agent buffer without bound.
 ///
 /// NIOHTTP1's decoder counts the bytes of the request-target and of every header

@@ -22,7 +22,8 @@ from conftest import TRUST_DOMAIN, TwoNodes, agentctl, wait_for
 TOOLS = Path(__file__).resolve().parent / "tools"
 HTTP_PEER = TOOLS / "http_peer.py"
 MESH = ["10.77.0.0/16", "fd77::/64"]
-ORDERS, LEDGER, CART, PROFILE = 8080, 8090, 8095, 8085
+ORDERS, LEDGER, CART, PROFILE, INVENTORY = 8080, 8090, 8095, 8085, 8070
+GRPC = TOOLS / "grpc_echo.py"
 ISSUER = "https://issuer.example"
 sys.path.insert(0, str(TOOLS))
 import jwt  # noqa: E402
@@ -87,6 +88,18 @@ spec:
   - from: [{{source: {{namespaces: ["web"]}}}}]
 """
 
+INVENTORY_POLICY = f"""\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: inventory-reserve, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: inventory}}}}
+  rules:
+  - from: [{{source: {{principals: ["{principal('checkout')}"]}}}}]
+    to: [{{operation: {{methods: ["POST"], paths: ["/shop.Inventory/Reserve", "/shop.Inventory/Get*"]}}}}]
+"""
+
+
 def profile_policies(jwks_path):
     return f"""\
 apiVersion: security.istio.io/v1
@@ -141,6 +154,7 @@ class PolicyMesh:
             nodes.workload("orders", namespace="shop", serviceAccount="orders", labels={"app": "orders"}, ports=[ORDERS]),
             nodes.workload("ledger", namespace="shop", serviceAccount="ledger", labels={"app": "ledger"}, ports=[LEDGER]),
             nodes.workload("profile", namespace="shop", serviceAccount="profile", labels={"app": "profile"}, ports=[PROFILE]),
+            nodes.workload("inventory", namespace="shop", serviceAccount="inventory", labels={"app": "inventory"}, ports=[INVENTORY]),
         ]
         self.policies_a = tmp / "policies-a"
         self.policies_b = tmp / "policies-b"
@@ -153,6 +167,7 @@ class PolicyMesh:
         self.jwks = tmp / "jwks.json"
         jwt.write_jwks(self.jwks, [(self.signing["rsa"], "rsa-1"), (self.signing["ec"], "ec-1"), (self.signing["ed"], "ed-1")])
         (self.policies_b / "profile.yaml").write_text(profile_policies(self.jwks))
+        (self.policies_b / "inventory.yaml").write_text(INVENTORY_POLICY)
         # ledger also takes plaintext from outside the mesh, where policy sees no identity.
         (self.policies_b / "ledger-permissive.yaml").write_text(
             "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {name: ledger, namespace: shop}\n"
@@ -165,6 +180,10 @@ class PolicyMesh:
                        cgroup=nodes.cgroups.directory("orders"))
         assert proc.stdout.readline().strip() == "listening", proc.stderr.read()
         t.server("echo", LEDGER, ns=t.remote, cgroup=nodes.cgroups.directory("ledger"), record=self.ledger_record)
+        self.inventory_record = tmp / "inventory-calls"
+        proc = t.spawn(t.remote, [sys.executable, str(GRPC), "serve", str(INVENTORY), str(self.inventory_record)],
+                       cgroup=nodes.cgroups.directory("inventory"))
+        assert proc.stdout.readline().strip() == "listening", proc.stderr.read()
         self.profile_record = tmp / "profile-requests"
         proc = t.spawn(t.remote, [sys.executable, str(HTTP_PEER), "serve", str(PROFILE), str(self.profile_record)],
                        cgroup=nodes.cgroups.directory("profile"))
@@ -297,6 +316,41 @@ def test_ambiguous_or_malformed_requests_are_refused_never_forwarded(mesh, raw):
     # The connection is closed after the refusal: where the next request begins is in doubt.
     assert answers[1]["status"] == "closed"
     assert len(mesh.arrived()) == before
+
+
+# ---------------------------------------------------------------- gRPC
+
+
+def grpc_call(mesh, workload, path, message):
+    proc = mesh.topology.spawn(mesh.topology.node, [sys.executable, str(GRPC), "call", mesh.b_ip, str(INVENTORY), path, message],
+                               cgroup=mesh.nodes.cgroups.directory(workload))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, f"grpc client failed: {err}"
+    return json.loads(out)
+
+
+def test_grpc_over_http2_is_allowed_and_denied_per_method_path(mesh):
+    tag = marker()
+    allowed = grpc_call(mesh, "checkout", "/shop.Inventory/Reserve", f"reserve {tag}")
+    assert allowed["status"] == 200 and str(allowed["grpc_status"]) == "0" and f"reserve {tag}" in allowed["body"], allowed
+    prefix = grpc_call(mesh, "checkout", "/shop.Inventory/GetStock", f"get {tag}")
+    assert prefix["status"] == 200, prefix
+    denied = grpc_call(mesh, "checkout", "/shop.Inventory/Delete", f"delete {tag}")
+    assert denied["status"] == 403 and "RBAC: access denied" in denied["body"], denied
+    calls = mesh.inventory_record.read_text()
+    assert f"reserve {tag}" in calls or "/shop.Inventory/Reserve" in calls
+    assert "/shop.Inventory/Delete" not in calls
+    entry = mesh.b.find_entry(lambda e: e.get("path") == "/shop.Inventory/Delete" and e.get("status") == 403, what="the denied call's line")
+    assert entry["action"] == "deny" and entry["method"] == "POST" and entry["src_identity"] == spiffe("checkout")
+    ok = mesh.b.find_entry(lambda e: e.get("path") == "/shop.Inventory/Reserve" and e.get("status") == 200, what="the allowed call's line")
+    assert ok["policy"] == "shop/inventory-reserve"
+    # Another caller is refused when it connects: no HTTP/2 exchange at all.
+    other = mesh.topology.spawn(mesh.topology.node, [sys.executable, str(GRPC), "call", mesh.b_ip, str(INVENTORY), "/shop.Inventory/Reserve", "x"],
+                                cgroup=mesh.nodes.cgroups.directory("reporting"))
+    other.communicate(timeout=60)
+    refused = mesh.b.find_entry(lambda e: e.get("dst_workload") == "shop/inventory" and e.get("src_identity") == spiffe("reporting"),
+                                what="reporting's refusal")
+    assert refused["action"] == "deny" and refused.get("protocol") == "tcp"
 
 
 # ---------------------------------------------------------------- JWT
