@@ -195,6 +195,7 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
     /// The last response end written: once it completes, everything before it
     /// has gone out too, and output may be shut without dropping anything.
     private var lastEnd: EventLoopFuture<Void>?
+    private var requestCounters = ConnectionRequestCounters()
     /// Output is being ended; the workload's side closing is expected now.
     private var finishing = false
     let received = ByteCounter()
@@ -300,7 +301,9 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
     /// Writes the answers the agent owes, as long as they are next in line.
     private func writeLocalResponses() {
         guard let context else { return }
+        var wrote = false
         while let (response, _) = state.nextLocal {
+            wrote = true
             var headers = HTTPHeaders()
             headers.add(name: "content-type", value: "text/plain")
             headers.add(name: "content-length", value: String(response.body.utf8.count))
@@ -310,11 +313,13 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
             writeEnd(nil, context: context)
             sent.add(response.body.utf8.count)
             if let entry = state.completeTurn() {
-                HTTPInspectionMetrics.record(entry)
+                requestCounters.record(entry)
                 accessLog.record(entry)
             }
         }
-        context.flush()
+        // Upstream responses are flushed when the read that brought them
+        // completes; a flush per response would cost a TLS record and a write each.
+        if wrote { context.flush() }
         finishIfDone()
         resumeReading()
     }
@@ -342,7 +347,7 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
         case .end(let trailers):
             writeEnd(trailers, context: context)
             if let entry = state.completeTurn() {
-                HTTPInspectionMetrics.record(entry)
+                requestCounters.record(entry)
                 accessLog.record(entry)
             }
             writeLocalResponses()
@@ -518,11 +523,38 @@ enum HTTPInspectionMetrics {
 
     /// Istio's request metrics, labelled as its proxies label them.
     static func record(_ entry: AccessLogEntry) {
+        counter(labels(entry), status: entry.status ?? 0).increment()
+    }
+
+    static func labels(_ entry: AccessLogEntry) -> [(String, String)] {
         var labels = IstioTCPMetrics.labels(entry)
         for index in labels.indices where labels[index].0 == "request_protocol" {
             labels[index].1 = "http"
         }
-        labels.append(("response_code", String(entry.status ?? 0)))
-        Counter(label: "istio_requests_total", dimensions: labels).increment()
+        return labels
+    }
+
+    static func counter(_ labels: [(String, String)], status: Int) -> Counter {
+        Counter(label: "istio_requests_total", dimensions: labels + [("response_code", String(status))])
+    }
+}
+
+/// `istio_requests_total` for one connection: its labels are fixed but for the
+/// status, so each status's counter is looked up once, not per request.
+struct ConnectionRequestCounters {
+    private var labels: [(String, String)]?
+    private var counters: [Int: Counter] = [:]
+
+    mutating func record(_ entry: AccessLogEntry) {
+        let status = entry.status ?? 0
+        if let counter = counters[status] {
+            counter.increment()
+            return
+        }
+        let labels = self.labels ?? HTTPInspectionMetrics.labels(entry)
+        self.labels = labels
+        let counter = HTTPInspectionMetrics.counter(labels, status: status)
+        counters[status] = counter
+        counter.increment()
     }
 }
