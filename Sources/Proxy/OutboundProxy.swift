@@ -197,6 +197,10 @@ public final class OutboundProxy: Sendable {
             self.metrics.connectFailed()
             var failed = opened
             failed.reason = "connect to destination failed: \(error)"
+            if case HBONEError.refused(_, let status)? = error as? HBONEError, status == HBONE.Status.forbidden.rawValue {
+                // The destination's agent refused it: its policy, or a target it does not serve.
+                failed.action = .deny
+            }
             failed.durationMilliseconds = milliseconds(since: started)
             self.accessLog.record(failed)
             return client.eventLoop.makeFailedFuture(error) as EventLoopFuture<Channel>

@@ -457,6 +457,9 @@ def test_a_second_workload_is_refused_at_l4_before_any_byte_reaches_it(mesh):
     by_deny = mesh.b.find_entry(lambda e: e.get("src_identity") == spiffe("frontend", "web") and e.get("dst_workload") == "shop/ledger",
                                 what="frontend's refusal")
     assert by_deny["action"] == "deny" and by_deny["policy"] == "shop/ledger-no-web"
+    source_side = mesh.a.find_entry(lambda e: e.get("direction") == "outbound" and e.get("src_identity") == spiffe("reporting")
+                                    and e.get("dst_addr", "").endswith(f":{LEDGER}"), what="the source agent's line")
+    assert source_side["action"] == "deny" and "status 403" in source_side["reason"]
 
 
 def test_plaintext_is_decided_without_an_identity(mesh):
