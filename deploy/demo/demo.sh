@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # mesh-agent demo: two nodes, one agent on each, workload traffic between them
-# in mutual TLS (HBONE), and plaintext from outside refused once mTLS is STRICT.
+# in mutual TLS (HBONE), plaintext from outside refused once mTLS is STRICT, and
+# an AuthorizationPolicy allowing one request and refusing another.
 #
 #   node A (netns ma-demoN-a)                     node B (netns ma-demoN-b)
 #   10.77.250.1, fd77::fa:1                       10.77.250.2, fd77::fa:2
