@@ -111,6 +111,7 @@ let package = Package(
         .testTarget(name: "LinuxNetTests", dependencies: ["LinuxNet"]),
         .testTarget(name: "ProxyTests", dependencies: [
             "Proxy", "TLS", "Policy",
+            .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),

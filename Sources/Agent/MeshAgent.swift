@@ -443,6 +443,8 @@ struct Listeners {
         await outbound.stopAccepting()
         await inboundPlaintext.stopAccepting()
         await tunnel.stopAccepting()
+        // Pooled peer connections would otherwise keep bringing new streams.
+        tunnel.drain()
     }
 }
 

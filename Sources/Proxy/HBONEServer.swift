@@ -1,5 +1,6 @@
 import Logging
 import Metrics
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOHPACK
 import NIOHTTP2
@@ -43,6 +44,8 @@ public final class HBONEServer: Sendable {
     private let logger: Logger
     private let listeners = ListenerSet(name: "tunnel")
     private let metrics = TunnelServerMetrics()
+    /// Peer connections open now, so that a drain can tell each to stop.
+    private let peers = NIOLockedValueBox<[ObjectIdentifier: Channel]>([:])
 
     /// - Parameter serverContext: the TLS context to accept with, asked for each
     ///   new peer connection (it follows certificate rotation).
@@ -71,6 +74,16 @@ public final class HBONEServer: Sendable {
         await listeners.close()
     }
 
+    /// Tells every peer connection to open no more streams (HTTP/2 GOAWAY naming
+    /// the last stream it opened); streams already open carry on, and each
+    /// connection closes once its last stream ends. Peers then open new
+    /// connections to an agent that is still accepting, or fail fast.
+    public func drain() {
+        for peer in peers.withLockedValue({ Array($0.values) }) {
+            peer.pipeline.fireUserInboundEventTriggered(TunnelConnectionMonitor.Drain())
+        }
+    }
+
     private func acceptPeer(_ channel: Channel) throws {
         let context: TLSContext
         do {
@@ -86,18 +99,30 @@ public final class HBONEServer: Sendable {
         let operations = channel.pipeline.syncOperations
         try operations.addHandler(tls)
         try operations.addHandler(HTTP2InputChunker())
+        let monitor = TunnelConnectionMonitor(idleTimeout: configuration.idleTimeout, logger: logger, metrics: metrics)
+        let boundMonitor = NIOLoopBound(monitor, eventLoop: channel.eventLoop)
         _ = try operations.configureHTTP2Pipeline(
             mode: .server,
             connectionConfiguration: HBONE.connectionConfiguration(maximumConcurrentStreams: configuration.maximumConcurrentStreams),
             streamConfiguration: HBONE.streamConfiguration
         ) { [self] stream in
-            stream.eventLoop.makeCompletedFuture {
+            // Streams are counted here: the multiplexer keeps its stream events
+            // to itself, so the connection's own handlers never see them.
+            let streamID = (try? stream.syncOptions?.getOption(HTTP2StreamChannelOptions.streamID)) ?? HTTP2StreamID(0)
+            boundMonitor.value.streamOpened(streamID)
+            stream.closeFuture.whenComplete { _ in boundMonitor.value.streamClosed() }
+            return stream.eventLoop.makeCompletedFuture {
                 try stream.syncOptions?.setOption(.autoRead, value: false)
                 try stream.pipeline.syncOperations.addHandler(TunnelRequestHandler(
                     server: self, peerIdentity: peerTLS.value.peerIdentity, peerAddress: peerAddress))
             }
         }
-        try operations.addHandler(TunnelConnectionMonitor(idleTimeout: configuration.idleTimeout, logger: logger, metrics: metrics))
+        try operations.addHandler(monitor)
+        let key = ObjectIdentifier(channel)
+        peers.withLockedValue { $0[key] = channel }
+        channel.closeFuture.whenComplete { [peers] _ in
+            peers.withLockedValue { $0[key] = nil }
+        }
     }
 
     // MARK: Serving one stream
@@ -251,12 +276,20 @@ extension HBONEServer {
 /// streams, and reports why connections end (failed handshakes, HTTP/2 errors).
 final class TunnelConnectionMonitor: ChannelInboundHandler {
     typealias InboundIn = Never
+    typealias OutboundOut = HTTP2Frame
+
+    /// The agent is draining: send GOAWAY, and close once no stream is open.
+    struct Drain {}
 
     private let idleTimeout: TimeAmount
     private let logger: Logger
     private let metrics: TunnelServerMetrics
     private var openStreams = 0
     private var idleTimer: Scheduled<Void>?
+    /// The highest stream the peer opened: a GOAWAY naming it lets those finish
+    /// and refuses any later one.
+    private var lastStream = HTTP2StreamID(0)
+    private var draining = false
 
     init(idleTimeout: TimeAmount, logger: Logger, metrics: TunnelServerMetrics) {
         self.idleTimeout = idleTimeout
@@ -264,24 +297,46 @@ final class TunnelConnectionMonitor: ChannelInboundHandler {
         self.metrics = metrics
     }
 
+    private var context: ChannelHandlerContext?
+
     func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
         armIdleTimer(context: context)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
         idleTimer?.cancel()
+        self.context = nil
+    }
+
+    func streamOpened(_ id: HTTP2StreamID) {
+        openStreams += 1
+        lastStream = max(lastStream, id)
+        idleTimer?.cancel()
+        idleTimer = nil
+    }
+
+    func streamClosed() {
+        openStreams -= 1
+        guard openStreams == 0, let context else { return }
+        if draining {
+            context.close(promise: nil)
+        } else {
+            armIdleTimer(context: context)
+        }
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is NIOHTTP2StreamCreatedEvent {
-            openStreams += 1
-            idleTimer?.cancel()
-            idleTimer = nil
-        } else if event is StreamClosedEvent {
-            openStreams -= 1
-            if openStreams == 0 { armIdleTimer(context: context) }
+        guard event is Drain else {
+            context.fireUserInboundEventTriggered(event)
+            return
         }
-        context.fireUserInboundEventTriggered(event)
+        guard !draining else { return }
+        draining = true
+        logger.debug("draining a tunnel connection: \(openStreams) stream(s) open, the last \(lastStream)")
+        let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: lastStream, errorCode: .noError, opaqueData: nil))
+        context.writeAndFlush(wrapOutboundOut(goAway), promise: nil)
+        if openStreams == 0 { context.close(promise: nil) }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {

@@ -180,6 +180,7 @@ private final class LoopPool: @unchecked Sendable {
                 // Servers do not open streams in HBONE.
                 pushed.close()
             }
+            try operations.addHandler(GoAwayObserver { [self] in retire(id, agent: agent) })
         }
         connected.assumeIsolated().whenComplete { [self] result in
             switch result {
@@ -219,6 +220,14 @@ private final class LoopPool: @unchecked Sendable {
         }
     }
 
+    /// The peer agent said GOAWAY (it is draining): no new stream goes on this
+    /// connection; those open finish, and the peer closes it after them.
+    private func retire(_ id: Int, agent: String) {
+        logger.debug("the agent at \(agent) is going away: new streams go on another connection")
+        state.remove(id)
+        multiplexers[id] = nil
+    }
+
     private func failWaiters(_ id: Int, _ error: Error) {
         for waiter in waiters.removeValue(forKey: id) ?? [] {
             waiter.fail(error)
@@ -238,6 +247,26 @@ private final class LoopPool: @unchecked Sendable {
         }
         created.whenFailure { answered.fail($0) }
         return created.and(answered.futureResult).map { stream, _ in stream }
+    }
+}
+
+/// Watches a pooled connection's own frames (stream 0) for the peer's GOAWAY.
+private final class GoAwayObserver: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame
+
+    private let goingAway: () -> Void
+    private var seen = false
+
+    init(_ goingAway: @escaping () -> Void) {
+        self.goingAway = goingAway
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .goAway = unwrapInboundIn(data).payload, !seen {
+            seen = true
+            goingAway()
+        }
+        context.fireChannelRead(data)
     }
 }
 

@@ -1,3 +1,4 @@
+import Logging
 import NIOCore
 import NIOEmbedded
 import NIOHPACK
@@ -192,5 +193,44 @@ private final class EventRecorder: ChannelInboundHandler {
         try channel.writeInbound(ByteBuffer(string: "PRI * HTTP/2.0"))
         #expect(try channel.readInbound(as: ByteBuffer.self) == ByteBuffer(string: "PRI * HTTP/2.0"))
         #expect(try channel.readInbound(as: ByteBuffer.self) == nil)
+    }
+}
+
+@Suite struct TunnelConnectionMonitorTests {
+    func makeChannel(idleTimeout: TimeAmount) throws -> (EmbeddedChannel, TunnelConnectionMonitor) {
+        let monitor = TunnelConnectionMonitor(idleTimeout: idleTimeout, logger: Logger(label: "test"), metrics: TunnelServerMetrics())
+        let channel = EmbeddedChannel()
+        try channel.pipeline.syncOperations.addHandler(monitor)
+        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 15008)).wait()
+        return (channel, monitor)
+    }
+
+    @Test func aConnectionWithOpenStreamsIsNeverClosedAsIdle() throws {
+        let (channel, monitor) = try makeChannel(idleTimeout: .seconds(5))
+        monitor.streamOpened(HTTP2StreamID(1))
+        channel.embeddedEventLoop.advanceTime(by: .seconds(60))
+        #expect(channel.isActive)
+        monitor.streamClosed()
+        channel.embeddedEventLoop.advanceTime(by: .seconds(4))
+        #expect(channel.isActive)
+        channel.embeddedEventLoop.advanceTime(by: .seconds(2))
+        #expect(!channel.isActive)
+    }
+
+    @Test func drainSendsGoAwayNamingTheLastStreamAndClosesAfterIt() throws {
+        let (channel, monitor) = try makeChannel(idleTimeout: .seconds(5))
+        monitor.streamOpened(HTTP2StreamID(1))
+        monitor.streamOpened(HTTP2StreamID(3))
+        channel.pipeline.fireUserInboundEventTriggered(TunnelConnectionMonitor.Drain())
+        let frame = try #require(try channel.readOutbound(as: HTTP2Frame.self))
+        guard case .goAway(let last, let code, _) = frame.payload else {
+            Issue.record("expected GOAWAY, got \(frame.payload)")
+            return
+        }
+        #expect(last == HTTP2StreamID(3) && code == .noError)
+        monitor.streamClosed()
+        #expect(channel.isActive)
+        monitor.streamClosed()
+        #expect(!channel.isActive)
     }
 }

@@ -629,6 +629,42 @@ def test_rotation_does_not_break_an_open_connection(two_nodes):
                  what="node b's entry for the client after rotation")
 
 
+def test_a_draining_destination_finishes_tunnelled_connections_and_takes_no_new_ones(two_nodes):
+    """SIGTERM on node b: the connection in flight through the tunnel finishes
+    within drainTimeout; a new connection is refused, even though node a's
+    pool still holds an open TLS connection to b (b's GOAWAY retires it)."""
+    nodes = two_nodes
+    t = nodes.topology
+    server = nodes.workload("server", namespace="shop", serviceAccount="orders", ports=[ECHO])
+    client = nodes.workload("client", namespace="shop", serviceAccount="checkout")
+    record = nodes.tmp / "accepted-drain"
+    t.server("echo", ECHO, ns=t.remote, cgroup=nodes.cgroups.directory("server"), record=record)
+    b = nodes.agent("b", [server], meshNetworks=MESH, drainTimeout="30s").start()
+    a = nodes.agent("a", [client], meshNetworks=MESH).start()
+    wait_for(lambda: cert_of(a, identity("checkout")) and cert_of(b, identity("orders")), timeout=15, what="certificates")
+
+    hold_seconds = 5
+    holder = t.spawn(t.node, [sys.executable, str(PEER), "hold", t.remote_ip, str(ECHO), str(hold_seconds)],
+                     cgroup=nodes.cgroups.directory("client"))
+    wait_for(lambda: len(accepted(record)) == 1, timeout=15, what="the held connection to reach the server")
+    stopped = time.time()
+    b.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: "draining" in b.log(), timeout=10, what="node b to start draining")
+    time.sleep(0.3)
+
+    late = t.client(["probe", t.remote_ip, ECHO, "during drain"], cgroup=nodes.cgroups.directory("client"), timeout=60)
+    assert late["received"] != "during drain", f"a new connection got through a draining agent: {late}"
+    assert len(accepted(record)) == 1, "the draining agent dialled the workload for a new connection"
+
+    out, err = holder.communicate(timeout=hold_seconds + 60)
+    held = json.loads(out)
+    assert held["ok"] and held["rounds"] > 40, f"the connection in flight was cut by the drain: {held}"
+    assert b.proc.wait(timeout=30) == 0
+    assert time.time() - stopped >= hold_seconds - 1.5, "node b exited before its connection finished"
+    late_line = a.entry_for_port(late["local_port"], src_identity=identity("checkout"))
+    assert late_line["reason"].startswith("connect to destination failed"), late_line
+
+
 def ca_directory(directory, node_ca, bundles):
     """A node CA directory: node_ca's intermediate and key, and a bundle of the given roots."""
     directory.mkdir()
