@@ -217,6 +217,8 @@ public final class MeshAgent: Sendable {
             PolicyLoader.fingerprint(directory: config.policyDir, extraFiles: state.current.policy.policies.requestAuthentication.jwksFiles)
         }
         var lastPolicyFingerprint = policyFingerprint(config)
+        var agentMetrics = AgentMetrics()
+        agentMetrics.update(connections: connections.count, registry: registry, certificates: svids.statuses())
         loop: for await event in events {
             switch event {
             case .tick:
@@ -239,6 +241,7 @@ public final class MeshAgent: Sendable {
                     svids.renewAll(because: "the trust bundle \(trustBundle.path) changed")
                 }
                 svids.tick()
+                agentMetrics.update(connections: connections.count, registry: registry, certificates: svids.statuses())
                 if ticks % Self.driftCheckEvery == 0 {
                     capture.reconcile()
                     state.publish(capture)
@@ -578,6 +581,10 @@ struct Capture {
     }
 
     /// Compares the live table with the desired one and repairs any drift.
+    /// Times the live table was found not to be the desired one, by what was found.
+    private static let drift: [String: Metrics.Counter] = Dictionary(
+        uniqueKeysWithValues: ["missing", "differs", "unreadable"].map { ($0, Metrics.Counter(label: "mesh_agent_nft_drift_total", dimensions: [("found", $0)])) })
+
     mutating func reconcile() {
         refreshMembership()
         let finding: String
@@ -589,13 +596,16 @@ struct Capture {
             case .missing:
                 logger.warning("table inet \(parameters.tableName) is gone from the kernel; reinstalling it")
                 finding = "was missing"
+                Self.drift["missing"]?.increment()
             case .differs(let lines):
                 logger.warning("table inet \(parameters.tableName) differs from the desired ruleset; reinstalling it: \(lines.joined(separator: "; "))")
                 finding = "differed (\(lines.count) difference(s))"
+                Self.drift["differs"]?.increment()
             }
         } catch {
             logger.warning("cannot read table inet \(parameters.tableName) back: \(error); reinstalling it")
             finding = "could not be read back"
+            Self.drift["unreadable"]?.increment()
         }
         rulesStatus = reinstall() ? "\(finding), reinstalled" : "\(finding), reinstall failed"
     }

@@ -8,6 +8,7 @@ HTTP server whose policies name methods and paths) and ledger (a TCP echo
 server with an L4-only policy). Every server records what reached it, so a test
 can show that a refused connection or request never got there.
 """
+import datetime
 import json
 import subprocess
 import sys
@@ -624,3 +625,28 @@ spec:
     assert f"{policy}:7: spec.rules[0]: names HTTP attributes (methods) but applies to port 5432 of shop/db, declared protocol: tcp" in result.stderr
     policy.write_text(policy.read_text().replace('methods: ["GET"]', 'ports: ["8080"], methods: ["GET"]'))
     assert agentctl("policy", "check", policy, "--config", config).returncode == 0
+
+
+def test_metrics_report_policy_decisions_requests_and_certificate_expiry(mesh):
+    from test_hbone import metric_samples, scrape
+    # Some traffic of each kind, so every series exists.
+    mesh.http("checkout", [request("GET", "/orders/metrics"), request("DELETE", "/orders/metrics")])
+    mesh.echo("reporting", LEDGER)
+    status, text = scrape(mesh.topology, mesh.topology.remote, f"http://{mesh.b_ip}:15020/metrics")
+    assert status == 200
+    decisions = metric_samples(text, "mesh_agent_authorization_decisions_total")
+    assert decisions[frozenset({("layer", "l4"), ("decision", "deny")})] >= 1
+    assert decisions[frozenset({("layer", "l4"), ("decision", "inspect")})] >= 1
+    assert decisions[frozenset({("layer", "l7"), ("decision", "deny")})] >= 1
+    requests = metric_samples(text, "istio_requests_total")
+    codes = {dict(labels)["response_code"]: value for labels, value in requests.items()
+             if dict(labels)["source_principal"] == spiffe("checkout") and dict(labels)["reporter"] == "destination"}
+    assert codes.get("200", 0) >= 1 and codes.get("403", 0) >= 1, codes
+    assert all(dict(labels)["request_protocol"] == "http" for labels in requests)
+    expiry = metric_samples(text, "mesh_agent_certificate_expiry_timestamp_seconds")
+    orders = [c for c in json.loads(mesh.b.ctl("certs", "-o", "json").stdout) if c["identity"] == spiffe("orders") and c["state"] == "valid"][0]
+    not_after = datetime.datetime.fromisoformat(orders["not_after"].replace("Z", "+00:00")).timestamp()
+    assert abs(expiry[frozenset({("identity", spiffe("orders"))})] - not_after) < 2
+    assert metric_samples(text, "mesh_agent_policy_generation") or "mesh_agent_policy_generation " in text
+    assert "mesh_agent_active_connections " in text
+    assert 'mesh_agent_workloads{state="present"} 4' in text
