@@ -19,7 +19,7 @@ DEB_PACKAGES := libssl-dev openssl libmnl-dev libnftnl-dev pkg-config nftables i
 # MODULE or MODULE=PIP_PACKAGE when the names differ.
 PY_MODULES := pytest h2 cryptography yaml=pyyaml
 
-.PHONY: all deps build build-debug test unit-test integration-test demo clean install bench-policy
+.PHONY: all deps build build-debug test unit-test integration-test demo clean install install-files bench-policy
 
 all: build
 
@@ -66,7 +66,10 @@ bench-policy: build
 demo: build
 	MESH_AGENT_BIN=$(CURDIR)/$(RELEASE_BIN) bash deploy/demo/demo.sh
 
-install: build
+install: build install-files
+
+# The files of an install, from binaries already built (RELEASE_BIN).
+install-files:
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 $(RELEASE_BIN)/mesh-agent $(RELEASE_BIN)/agentctl $(DESTDIR)$(PREFIX)/bin/
 	install -d $(DESTDIR)/etc/mesh-agent $(DESTDIR)/etc/mesh-agent/policies.example
@@ -77,6 +80,9 @@ install: build
 	chmod 0644 $(DESTDIR)/etc/systemd/system/mesh-agent.service
 	install -d $(DESTDIR)/etc/logrotate.d
 	install -m 0644 deploy/logrotate/mesh-agent $(DESTDIR)/etc/logrotate.d/mesh-agent
+	install -d $(DESTDIR)$(PREFIX)/share/bash-completion/completions $(DESTDIR)$(PREFIX)/share/zsh/site-functions
+	$(RELEASE_BIN)/agentctl --generate-completion-script bash > $(DESTDIR)$(PREFIX)/share/bash-completion/completions/agentctl
+	$(RELEASE_BIN)/agentctl --generate-completion-script zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_agentctl
 
 clean:
 	rm -rf .build

@@ -80,3 +80,23 @@ def test_the_policies_in_the_configmap_are_peer_authentications():
         for doc in yaml.safe_load_all(text):
             assert doc["apiVersion"] == "security.istio.io/v1" and doc["kind"] == "PeerAuthentication", name
             assert doc["spec"]["mtls"]["mode"] in ("STRICT", "PERMISSIVE", "DISABLE", "UNSET"), name
+
+
+def test_make_install_puts_every_file_where_the_docs_say(tmp_path):
+    root = tmp_path / "root"
+    subprocess.run(["make", "-s", "-C", str(REPO), "install-files", f"DESTDIR={root}", "PREFIX=/usr/local", f"RELEASE_BIN={BIN}"],
+                   check=True, capture_output=True, text=True, timeout=120)
+    for path in ["usr/local/bin/mesh-agent", "usr/local/bin/agentctl"]:
+        assert (root / path).stat().st_mode & 0o111, path
+    unit = (root / "etc/systemd/system/mesh-agent.service").read_text()
+    assert "ExecStart=/usr/local/bin/mesh-agent" in unit
+    assert (root / "etc/mesh-agent/agent.yaml.example").exists()
+    policies = sorted(p.name for p in (root / "etc/mesh-agent/policies.example").iterdir())
+    assert "authorization.yaml" in policies and "peer-authentication.yaml" in policies
+    assert (root / "etc/logrotate.d/mesh-agent").exists()
+    bash = (root / "usr/local/share/bash-completion/completions/agentctl").read_text()
+    assert "policy" in bash and "explain" in bash
+    assert (root / "usr/local/share/zsh/site-functions/_agentctl").read_text().startswith("#compdef agentctl")
+    # The installed example policies are valid as shipped.
+    subprocess.run([str(BIN / "agentctl"), "policy", "check", str(root / "etc/mesh-agent/policies.example")], check=True,
+                   capture_output=True, timeout=30)
