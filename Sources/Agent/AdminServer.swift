@@ -1,5 +1,7 @@
 import Foundation
+import LinuxNet
 import Logging
+import Metrics
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOHTTP1
@@ -8,7 +10,8 @@ import Proxy
 
 /// The agent's small HTTP/1.1 servers. Routes keyed by a path answer GET;
 /// routes keyed "POST /path" are actions. The admin API: JSON on a Unix socket
-/// that only root may open (mode 0600), with `agentctl` as its client, read-only
+/// that only root may open (mode 0600, and checked again per connection from the
+/// kernel's record of who connected), with `agentctl` as its client, read-only
 /// views that never contain private key material. The same server answers
 /// Prometheus (`/metrics` on 15020) and the readiness probe (15021) on TCP.
 public final class AdminServer: Sendable {
@@ -39,6 +42,9 @@ public final class AdminServer: Sendable {
     private let queryRoutes: [String: QueryRoute]
     private let group: EventLoopGroup
     private let logger: Logger
+    /// On the Unix socket only: who may talk to the admin API, whatever the
+    /// socket file's mode says.
+    private let peerAccess: AdminPeerAccess?
     private let channel = NIOLockedValueBox<Channel?>(nil)
 
     public convenience init(path: String, routes: [String: Route], queryRoutes: [String: QueryRoute] = [:], group: EventLoopGroup, logger: Logger) {
@@ -51,19 +57,27 @@ public final class AdminServer: Sendable {
         self.queryRoutes = queryRoutes
         self.group = group
         self.logger = logger
+        if case .unixSocket(let path) = binding {
+            peerAccess = AdminPeerAccess(socketPath: path, agentUID: geteuid(), logger: logger)
+        } else {
+            peerAccess = nil
+        }
     }
 
     public func start() async throws {
         let routes = self.routes
         let queryRoutes = self.queryRoutes
         let logger = self.logger
+        let peerAccess = self.peerAccess
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
-                channel.eventLoop.makeCompletedFuture {
+                let access = peerAccess?.check(channel) ?? channel.eventLoop.makeSucceededFuture(.allowed)
+                return access.flatMapThrowing { access in
                     try channel.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
-                    try channel.pipeline.syncOperations.addHandler(AdminHTTPHandler(routes: routes, queryRoutes: queryRoutes, logger: logger))
+                    try channel.pipeline.syncOperations.addHandler(
+                        AdminHTTPHandler(routes: routes, queryRoutes: queryRoutes, access: access, logger: logger))
                 }
             }
         switch binding {
@@ -127,18 +141,125 @@ public final class AdminServer: Sendable {
     }
 }
 
+/// Whether a connection may reach the routes.
+enum AdminAccess: Equatable, Sendable {
+    case allowed
+    /// Every request on the connection is answered 403 with this message.
+    case refused(String)
+}
+
+/// Who may use the admin API on its Unix socket: root and the agent's own
+/// user, as the kernel recorded the connecting process (SO_PEERCRED). The
+/// socket file's mode keeps others out too, but a mode can be loosened by
+/// mistake or the directory shared; this check does not depend on either.
+final class AdminPeerAccess: Sendable {
+    private let socketPath: String
+    private let agentUID: uid_t
+    private let logger: Logger
+    private let refusals = Counter(label: "mesh_agent_admin_refused_total")
+    /// When each refused peer last got a warning; later refusals within
+    /// `warningInterval` are logged at debug, so a script retrying in a loop
+    /// cannot flood the log.
+    private let lastWarning = NIOLockedValueBox<[Peer: NIODeadline]>([:])
+    static let warningInterval = TimeAmount.minutes(1)
+
+    private enum Peer: Hashable {
+        case user(uid_t)
+        /// Its credentials could not be read.
+        case unknown
+    }
+
+    init(socketPath: String, agentUID: uid_t, logger: Logger) {
+        self.socketPath = socketPath
+        self.agentUID = agentUID
+        self.logger = logger
+    }
+
+    /// Reads the peer's credentials and decides; a refusal is logged and
+    /// counted. Completes on the channel's event loop.
+    func check(_ channel: Channel) -> EventLoopFuture<AdminAccess> {
+        PeerCredentials.of(channel)
+            .map { Result<PeerCredentials, Error>.success($0) }
+            .recover { .failure($0) }
+            .map { credentials in
+                let access = Self.decide(credentials, agentUID: self.agentUID)
+                if case .refused = access {
+                    self.recordRefusal(of: credentials)
+                }
+                return access
+            }
+    }
+
+    /// The whole decision, with the answer the refused client gets. A peer
+    /// whose credentials cannot be read is refused: not knowing who connected
+    /// is no reason to let them in.
+    static func decide(_ credentials: Result<PeerCredentials, Error>, agentUID: uid_t) -> AdminAccess {
+        switch credentials {
+        case .success(let peer) where peer.uid == 0 || peer.uid == agentUID:
+            return .allowed
+        case .success(let peer):
+            let remedy = agentUID == 0 ? "run agentctl as root (sudo agentctl …)" : "run agentctl as root (sudo agentctl …) or as uid \(agentUID)"
+            return .refused("\(allowedUsers(agentUID: agentUID)) may use the agent's admin API; it refused \(peer): \(remedy)")
+        case .failure(let error):
+            return .refused("the agent could not tell who connected to its admin API (\(error)), so it refused the connection; the agent's log has the details")
+        }
+    }
+
+    private static func allowedUsers(agentUID: uid_t) -> String {
+        agentUID == 0 ? "only root" : "only root and uid \(agentUID) (the agent's own user)"
+    }
+
+    private func recordRefusal(of credentials: Result<PeerCredentials, Error>) {
+        refusals.increment()
+        let peer: Peer
+        let message: String
+        switch credentials {
+        case .success(let credentials):
+            peer = .user(credentials.uid)
+            message = "admin API refused \(credentials) on \(socketPath): \(Self.allowedUsers(agentUID: agentUID)) may use it\(socketModeNote())"
+        case .failure(let error):
+            peer = .unknown
+            message = "admin API refused a connection on \(socketPath): the peer's credentials could not be read: \(error)"
+        }
+        let now = NIODeadline.now()
+        let warn = lastWarning.withLockedValue { lastWarning in
+            // Forget peers whose quiet period is over, so the table stays small.
+            lastWarning = lastWarning.filter { now - $0.value < Self.warningInterval }
+            guard lastWarning[peer] == nil else { return false }
+            lastWarning[peer] = now
+            return true
+        }
+        if warn {
+            logger.warning("\(message) (more refusals of the same user within a minute are logged at debug)")
+        } else {
+            logger.debug("\(message)")
+        }
+    }
+
+    /// A user other than root can only have connected if the socket file let
+    /// them; say so when its mode is wider than the 0600 the agent set.
+    private func socketModeNote() -> String {
+        var info = stat()
+        guard lstat(socketPath, &info) == 0, info.st_mode & 0o077 != 0 else { return "" }
+        let mode = String(info.st_mode & 0o777, radix: 8)
+        return "; the socket file is mode \(mode), not the 0600 the agent set: chmod 600 \(socketPath), and find what changed it"
+    }
+}
+
 private final class AdminHTTPHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPServerRequestPart
     typealias OutboundOut = HTTPServerResponsePart
 
     private let routes: [String: AdminServer.Route]
     private let queryRoutes: [String: AdminServer.QueryRoute]
+    private let access: AdminAccess
     private let logger: Logger
     private var request: HTTPRequestHead?
 
-    init(routes: [String: AdminServer.Route], queryRoutes: [String: AdminServer.QueryRoute], logger: Logger) {
+    init(routes: [String: AdminServer.Route], queryRoutes: [String: AdminServer.QueryRoute], access: AdminAccess, logger: Logger) {
         self.routes = routes
         self.queryRoutes = queryRoutes
+        self.access = access
         self.logger = logger
     }
 
@@ -161,7 +282,12 @@ private final class AdminHTTPHandler: ChannelInboundHandler, RemovableChannelHan
         let response: AdminServer.Response
         // A plain path is a read (GET); actions are registered as "POST /path".
         let route = head.method == .GET ? routes[path] : routes["\(head.method) \(path)"]
-        if head.method == .GET, let queryRoute = queryRoutes[path] {
+        // A refused peer is answered after its request is read, not before: a
+        // Unix socket closed with unread data resets the connection, and the
+        // client would see that instead of the reason.
+        if case .refused(let message) = access {
+            response = Self.error(.forbidden, message)
+        } else if head.method == .GET, let queryRoute = queryRoutes[path] {
             do {
                 response = try queryRoute(Self.parameters(parts.count > 1 ? parts[1] : ""))
             } catch {

@@ -82,3 +82,54 @@ def test_rules_shows_the_live_table_and_its_drift_and_reload_applies_a_new_confi
     assert "reload requested" in agent.ctl("reload").stdout
     wait_for(lambda: json.loads(agent.ctl("status", "-o", "json").stdout)["workloads"] == 2, timeout=10,
              what="the reloaded config's second workload")
+
+
+def test_the_admin_api_refuses_other_users_even_when_its_socket_file_lets_them_in(topology, cgroups, make_agent):
+    """The socket file's mode is one guard; the agent also asks the kernel who
+    connected (SO_PEERCRED) and answers only root and its own user."""
+    import shutil
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from conftest import BIN, sh
+
+    cgroups.make("orders")
+    workloads = [{"name": "orders", "cgroup": cgroups.path("orders"), "ports": [8080]}]
+    agent = make_agent(workloads)
+    # pytest's tmp_path is root-only; the socket goes where nobody can reach
+    # it, so that what refuses nobody is the agent, not the directory.
+    shared = Path(tempfile.mkdtemp(prefix="ma-admin-"))
+    try:
+        shared.chmod(0o755)
+        agent.admin_socket = shared / "admin.sock"
+        agent.write_config(workloads)
+        agent.start()
+        assert agent.admin_socket.stat().st_mode & 0o777 == 0o600
+        agent.admin_socket.chmod(0o666)  # the mistake this guards against
+
+        def as_nobody(*args):
+            return sh("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                      str(BIN / "agentctl"), *args, "--socket", str(agent.admin_socket), check=False)
+
+        for refused in (as_nobody("status"), as_nobody("reload")):
+            assert refused.returncode != 0, refused.stdout
+            assert "403" in refused.stderr and "uid 65534" in refused.stderr, refused.stderr
+            assert "only root may use the agent's admin API" in refused.stderr, refused.stderr
+            assert "run agentctl as root (sudo agentctl" in refused.stderr, refused.stderr
+            assert refused.stdout == "", refused.stdout
+
+        # One warning naming the user and the loosened mode; the repeat is at debug.
+        warnings = [line for line in agent.log().splitlines() if "admin API refused uid 65534" in line]
+        assert len(warnings) == 2, warnings
+        assert " warning " in warnings[0] and "mode 666" in warnings[0] and "chmod 600" in warnings[0], warnings
+        assert " debug " in warnings[1] and " warning " not in warnings[1], warnings
+        metrics = topology.run_in(topology.node, sys.executable, "-c",
+                                  "import urllib.request; print(urllib.request.urlopen("
+                                  "'http://127.0.0.1:15020/metrics', timeout=10).read().decode())").stdout
+        assert "mesh_agent_admin_refused_total 2" in metrics, [m for m in metrics.splitlines() if "admin" in m]
+
+        # Root still gets its answers through the same socket.
+        assert json.loads(agent.ctl("status", "-o", "json").stdout)["ready"] is True
+    finally:
+        shutil.rmtree(shared, ignore_errors=True)
