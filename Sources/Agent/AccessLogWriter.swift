@@ -6,24 +6,229 @@ import Metrics
 import NIOConcurrencyHelpers
 import Proxy
 
+/// How many access-log lines the agent may write (config `accessLogLimit`). A
+/// flood of connections or requests must not fill the disk: lines over the
+/// limit are dropped, counted, and a summary line in the log says how many.
+public struct AccessLogLimit: Equatable, Sendable {
+    /// Lines per second on average; 0 means no limit.
+    public var linesPerSecond: UInt32
+    /// Lines that may be written at once above the average, e.g. when every
+    /// client reconnects after a restart.
+    public var burst: UInt32
+
+    /// A busy node writes a few thousand lines a second, and a restart storm a
+    /// few seconds' worth at once; at about 400 bytes a line this bounds a
+    /// flood to some 2 MB/s.
+    public static let `default` = AccessLogLimit(linesPerSecond: 5_000, burst: 20_000)
+    public static let unlimited = AccessLogLimit(linesPerSecond: 0, burst: 0)
+
+    public init(linesPerSecond: UInt32, burst: UInt32) {
+        self.linesPerSecond = linesPerSecond
+        self.burst = burst
+    }
+
+    public var isUnlimited: Bool { linesPerSecond == 0 }
+}
+
+/// The access log's token bucket and count of dropped lines, as a value: the
+/// writer keeps it under its lock and passes the time in, so tests drive it
+/// without sleeping.
+///
+/// Deny lines have their own share, a quarter of the rate and of the burst,
+/// that allow lines cannot take: a flood of allowed requests cannot hide the
+/// refusals, and a flood of refused connections is held to the same limit.
+/// What one share's bucket cannot hold (it is full) flows to the other, so
+/// either kind alone keeps the whole rate; the burst stays split, three
+/// quarters for allow lines and one for deny lines.
+public struct AccessLogRateLimit: Sendable {
+    public enum Decision: Equatable, Sendable {
+        case write
+        case drop
+        /// Lines were dropped and a second has passed since the first of them:
+        /// write the summary line for `dropped` lines, then this line.
+        case reportThenWrite(dropped: UInt64)
+        /// This line is dropped too (it is counted in `dropped`); write the
+        /// summary line.
+        case dropAndReport(dropped: UInt64)
+    }
+
+    /// The deny lines' share of the rate and of the burst.
+    static let denyShare = 0.25
+    /// Summary lines are at least this far apart, so they cannot become a flood.
+    static let reportInterval = 1.0
+
+    private struct Bucket: Sendable {
+        var tokens: Double
+        let capacity: Double
+        let rate: Double
+
+        init(rate: Double, capacity: Double) {
+            self.rate = rate
+            self.capacity = capacity
+            tokens = capacity
+        }
+
+        /// Adds tokens up to the capacity and returns what did not fit.
+        @discardableResult
+        mutating func add(_ amount: Double) -> Double {
+            let filled = tokens + amount
+            tokens = min(filled, capacity)
+            return filled - tokens
+        }
+
+        mutating func take() -> Bool {
+            guard tokens >= 1 else { return false }
+            tokens -= 1
+            return true
+        }
+    }
+
+    private struct Shares: Sendable {
+        var allow: Bucket
+        var deny: Bucket
+        var refilledAt: Double
+
+        init(_ limit: AccessLogLimit, now: Double) {
+            let rate = Double(limit.linesPerSecond)
+            // Each share holds at least one line, or its kind could never write.
+            let denyCapacity = max(1, (Double(limit.burst) * AccessLogRateLimit.denyShare).rounded(.down))
+            let allowCapacity = max(1, Double(limit.burst) - denyCapacity)
+            deny = Bucket(rate: rate * AccessLogRateLimit.denyShare, capacity: denyCapacity)
+            allow = Bucket(rate: rate - deny.rate, capacity: allowCapacity)
+            refilledAt = now
+        }
+
+        mutating func admit(_ action: AccessLogEntry.Action, now: Double) -> Bool {
+            // Clocks read on different event loops reach the lock out of order;
+            // an earlier time adds nothing rather than taking tokens back.
+            let elapsed = max(0, now - refilledAt)
+            refilledAt = max(refilledAt, now)
+            // Between two lines nothing is taken, so what overflows now is
+            // exactly what a full bucket could not hold over the interval.
+            let allowOverflow = allow.add(elapsed * allow.rate)
+            let denyOverflow = deny.add(elapsed * deny.rate)
+            allow.add(denyOverflow)
+            deny.add(allowOverflow)
+            switch action {
+            case .allow: return allow.take()
+            case .deny: return deny.take()
+            }
+        }
+    }
+
+    private enum Budget: Sendable {
+        case unlimited
+        case limited(Shares)
+    }
+
+    /// Lines dropped and not yet reported, and when the first of them was.
+    private struct Unreported: Sendable {
+        var count: UInt64
+        let since: Double
+    }
+
+    public let limit: AccessLogLimit
+    private var budget: Budget
+    private var unreported: Unreported?
+
+    public init(_ limit: AccessLogLimit, now: Double) {
+        self.limit = limit
+        budget = limit.isUnlimited ? .unlimited : .limited(Shares(limit, now: now))
+    }
+
+    /// Whether a line with this action may be written at `now` (seconds on a
+    /// clock that never jumps), and whether the summary line is due.
+    public mutating func admit(_ action: AccessLogEntry.Action, now: Double) -> Decision {
+        let admitted: Bool
+        switch budget {
+        case .unlimited:
+            admitted = true
+        case .limited(var shares):
+            admitted = shares.admit(action, now: now)
+            budget = .limited(shares)
+        }
+        if !admitted {
+            unreported = Unreported(count: (unreported?.count ?? 0) + 1, since: unreported?.since ?? now)
+        }
+        switch (admitted, takeReport(now: now)) {
+        case (true, nil): return .write
+        case (false, nil): return .drop
+        case (true, let dropped?): return .reportThenWrite(dropped: dropped)
+        case (false, let dropped?): return .dropAndReport(dropped: dropped)
+        }
+    }
+
+    /// The number of dropped lines to report, if there are any and a second has
+    /// passed since the first of them; they count as reported.
+    public mutating func takeReport(now: Double) -> UInt64? {
+        guard let pending = unreported, now - pending.since >= Self.reportInterval else { return nil }
+        unreported = nil
+        return pending.count
+    }
+
+    /// Every dropped line not yet reported, however recent: for the last
+    /// summary line, when the log is closed.
+    public mutating func takeAllUnreported() -> UInt64? {
+        defer { unreported = nil }
+        return unreported?.count
+    }
+
+    /// Starts over with another limit (a full bucket); dropped lines not yet
+    /// reported are still reported.
+    public mutating func change(to limit: AccessLogLimit, now: Double) {
+        let pending = unreported
+        self = AccessLogRateLimit(limit, now: now)
+        unreported = pending
+    }
+}
+
+/// The writer's clocks, injectable so that tests need not sleep.
+struct AccessLogClock: Sendable {
+    /// Seconds on a clock that never jumps: the bucket refills by it.
+    var monotonic: @Sendable () -> Double
+    /// Seconds since the epoch: the summary line's `time`.
+    var wall: @Sendable () -> Double
+
+    static let system = AccessLogClock(
+        monotonic: { Self.read(CLOCK_MONOTONIC) },
+        wall: { Self.read(CLOCK_REALTIME) }
+    )
+
+    private static func read(_ clock: clockid_t) -> Double {
+        var now = timespec()
+        clock_gettime(clock, &now)
+        return Double(now.tv_sec) + Double(now.tv_nsec) / 1_000_000_000
+    }
+}
+
 /// Appends access-log lines to a file (or stdout for "-"). One `write(2)` per
 /// line under a lock: lines from different event loops never interleave, and a
-/// line is in the file by the time the connection is gone.
+/// line is in the file by the time the connection is gone. Lines over the rate
+/// limit are dropped; a summary line says how many, at most once a second.
 public final class AccessLogWriter: AccessLogSink {
-    private let descriptor: NIOLockedValueBox<Int32>
+    /// Everything a line needs, under one lock taken once per line.
+    private struct State {
+        var descriptor: Int32
+        var rateLimit: AccessLogRateLimit
+    }
+
+    private let state: NIOLockedValueBox<State>
     private let ownsDescriptor: Bool
+    private let clock: AccessLogClock
     public let path: String
     private let writeFailures = Counter(label: "mesh_agent_access_log_write_failures_total")
+    private let dropped = Counter(label: "mesh_agent_access_log_dropped_total")
 
-    public init(path: String) throws {
+    public convenience init(path: String, limit: AccessLogLimit = .default) throws {
+        try self.init(path: path, limit: limit, clock: .system)
+    }
+
+    init(path: String, limit: AccessLogLimit, clock: AccessLogClock) throws {
         self.path = path
-        if path == "-" {
-            descriptor = NIOLockedValueBox(STDOUT_FILENO)
-            ownsDescriptor = false
-            return
-        }
-        descriptor = NIOLockedValueBox(try Self.open(path))
-        ownsDescriptor = true
+        self.clock = clock
+        ownsDescriptor = path != "-"
+        let descriptor = ownsDescriptor ? try Self.open(path) : STDOUT_FILENO
+        state = NIOLockedValueBox(State(descriptor: descriptor, rateLimit: AccessLogRateLimit(limit, now: clock.monotonic())))
     }
 
     private static func open(_ path: String) throws -> Int32 {
@@ -44,35 +249,94 @@ public final class AccessLogWriter: AccessLogSink {
     public func reopen() throws {
         guard ownsDescriptor else { return }
         let fresh = try Self.open(path)
-        let old = descriptor.withLockedValue { fd in
-            defer { fd = fresh }
-            return fd
+        let old = state.withLockedValue { state in
+            defer { state.descriptor = fresh }
+            return state.descriptor
         }
         close(old)
     }
 
+    /// The limit in force.
+    public var limit: AccessLogLimit {
+        state.withLockedValue { $0.rateLimit.limit }
+    }
+
+    /// Puts another limit in force at once (a configuration reload), with a
+    /// full bucket.
+    public func change(limit: AccessLogLimit) {
+        let now = clock.monotonic()
+        state.withLockedValue { $0.rateLimit.change(to: limit, now: now) }
+    }
+
     public func record(_ entry: AccessLogEntry) {
+        // Formatted before the lock, to keep the lock short; in a flood some of
+        // this work is for lines that are then dropped.
         var line = entry.jsonLine()
-        line.withUTF8 { bytes in
-            guard let base = bytes.baseAddress else { return }
-            descriptor.withLockedValue { fd in
-                var offset = 0
-                while offset < bytes.count {
-                    let written = write(fd, base + offset, bytes.count - offset)
-                    if written < 0 {
-                        if errno == EINTR { continue }
-                        writeFailures.increment()
-                        return
-                    }
-                    offset += written
+        let now = clock.monotonic()
+        let kept = line.withUTF8 { bytes in
+            state.withLockedValue { state -> Bool in
+                switch state.rateLimit.admit(entry.action, now: now) {
+                case .write:
+                    break
+                case .drop:
+                    return false
+                case .reportThenWrite(let count):
+                    writeSummary(dropped: count, to: state.descriptor)
+                case .dropAndReport(let count):
+                    writeSummary(dropped: count, to: state.descriptor)
+                    return false
                 }
+                writeAll(bytes, to: state.descriptor)
+                return true
             }
+        }
+        if !kept { dropped.increment() }
+    }
+
+    /// Writes the summary line now if lines were dropped a second ago or more
+    /// and not yet reported. For a periodic tick: the end of a flood is then in
+    /// the log even when no further line comes to carry the summary.
+    public func writeDropSummary() {
+        let now = clock.monotonic()
+        state.withLockedValue { state in
+            guard let count = state.rateLimit.takeReport(now: now) else { return }
+            writeSummary(dropped: count, to: state.descriptor)
+        }
+    }
+
+    /// `{"time":"…","dropped":N,"reason":"access log rate limit"}`: where the
+    /// gap is, in the log itself. Called under the lock, at most once a second.
+    private func writeSummary(dropped count: UInt64, to descriptor: Int32) {
+        var line = Self.summaryLine(dropped: count, time: clock.wall())
+        line.withUTF8 { writeAll($0, to: descriptor) }
+    }
+
+    static func summaryLine(dropped count: UInt64, time: Double) -> String {
+        "{\"time\":\"\(AccessLogEntry.formatTime(time))\",\"dropped\":\(count),\"reason\":\"access log rate limit\"}\n"
+    }
+
+    private func writeAll(_ bytes: UnsafeBufferPointer<UInt8>, to descriptor: Int32) {
+        guard let base = bytes.baseAddress else { return }
+        var offset = 0
+        while offset < bytes.count {
+            let written = write(descriptor, base + offset, bytes.count - offset)
+            if written < 0 {
+                if errno == EINTR { continue }
+                writeFailures.increment()
+                return
+            }
+            offset += written
         }
     }
 
     deinit {
-        if ownsDescriptor {
-            descriptor.withLockedValue { _ = close($0) }
+        state.withLockedValue { state in
+            // The last gap is reported even if it is younger than a second.
+            if let count = state.rateLimit.takeAllUnreported() {
+                writeSummary(dropped: count, to: state.descriptor)
+            }
+            if ownsDescriptor { close(state.descriptor) }
         }
     }
 }
+

@@ -277,42 +277,64 @@ private final class AdminHTTPHandler: ChannelInboundHandler, RemovableChannelHan
     }
 
     private func respond(context: ChannelHandlerContext, to head: HTTPRequestHead) {
+        // Routes may block (reading the nftables table back is several netlink
+        // round trips): they run on the thread pool, never on the event loop
+        // that also carries workload traffic.
+        let answer = Self.answer
+        let (routes, queryRoutes, access, logger) = (self.routes, self.queryRoutes, self.access, self.logger)
+        let response = NIOThreadPool.singleton.runIfActive(eventLoop: context.eventLoop) {
+            answer(head, routes, queryRoutes, access, logger)
+        }
+        let bound = NIOLoopBound(context, eventLoop: context.eventLoop)
+        response.whenComplete { result in
+            let response = (try? result.get()) ?? Self.error(.serviceUnavailable, "the agent is shutting down")
+            Self.write(response, version: head.version, context: bound.value)
+        }
+    }
+
+    private static func answer(
+        _ head: HTTPRequestHead, _ routes: [String: AdminServer.Route], _ queryRoutes: [String: AdminServer.QueryRoute], _ access: AdminAccess,
+        _ logger: Logger
+    ) -> AdminServer.Response {
         let parts = head.uri.split(separator: "?", maxSplits: 1, omittingEmptySubsequences: false)
         let path = String(parts.first ?? "")
-        let response: AdminServer.Response
         // A plain path is a read (GET); actions are registered as "POST /path".
         let route = head.method == .GET ? routes[path] : routes["\(head.method) \(path)"]
         // A refused peer is answered after its request is read, not before: a
         // Unix socket closed with unread data resets the connection, and the
         // client would see that instead of the reason.
         if case .refused(let message) = access {
-            response = Self.error(.forbidden, message)
+            return error(.forbidden, message)
         } else if head.method == .GET, let queryRoute = queryRoutes[path] {
             do {
-                response = try queryRoute(Self.parameters(parts.count > 1 ? parts[1] : ""))
+                return try queryRoute(parameters(parts.count > 1 ? parts[1] : ""))
             } catch {
-                response = Self.error(.badRequest, "\(error)")
+                return Self.error(.badRequest, "\(error)")
             }
         } else if route == nil && (routes[path] != nil || routes["POST \(path)"] != nil) {
-            response = Self.error(.methodNotAllowed, "\(head.method) is not allowed on \(path)")
+            return error(.methodNotAllowed, "\(head.method) is not allowed on \(path)")
         } else if let route {
             do {
-                response = try route()
+                return try route()
             } catch {
                 logger.warning("admin API \(path) failed: \(error)")
-                response = Self.error(.internalServerError, "\(error)")
+                return Self.error(.internalServerError, "\(error)")
             }
-        } else {
-            response = Self.error(.notFound, "no such endpoint \(path); known: \(routes.keys.sorted().joined(separator: ", "))")
         }
+        let known = (Array(routes.keys) + Array(queryRoutes.keys)).sorted().joined(separator: ", ")
+        return error(.notFound, "no such endpoint \(path); known: \(known)")
+    }
+
+    private static func write(_ response: AdminServer.Response, version: HTTPVersion, context: ChannelHandlerContext) {
         var headers = HTTPHeaders()
         headers.add(name: "Content-Type", value: response.contentType)
         headers.add(name: "Content-Length", value: String(response.body.count))
         headers.add(name: "Connection", value: "close")
-        context.write(wrapOutboundOut(.head(HTTPResponseHead(version: head.version, status: response.status, headers: headers))), promise: nil)
-        context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(bytes: response.body)))), promise: nil)
+        let handler = NIOAny(HTTPServerResponsePart.head(HTTPResponseHead(version: version, status: response.status, headers: headers)))
+        context.write(handler, promise: nil)
+        context.write(NIOAny(HTTPServerResponsePart.body(.byteBuffer(ByteBuffer(bytes: response.body)))), promise: nil)
         let channel = context.channel
-        context.writeAndFlush(wrapOutboundOut(.end(nil))).whenComplete { _ in channel.close(promise: nil) }
+        context.writeAndFlush(NIOAny(HTTPServerResponsePart.end(nil))).whenComplete { _ in channel.close(promise: nil) }
     }
 
     /// `a=1&b=x%20y` → [("a", "1"), ("b", "x y")]; `+` is a space, as forms write it.

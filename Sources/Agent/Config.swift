@@ -56,6 +56,7 @@ public struct AgentConfig: Equatable, Sendable {
     public var ports = Ports()
     public var adminSocket = "/run/mesh-agent/admin.sock"
     public var accessLog = "/var/log/mesh-agent/access.log"
+    public var accessLogLimit = AccessLogLimit.default
     public var policyDir = "/etc/mesh-agent/policies"
     public var rootNamespace = "istio-system"
     public var certificateTTL: Duration = .seconds(24 * 3600)
@@ -113,6 +114,7 @@ extension AgentConfig {
             let value = try node.nonEmptyString()
             config.accessLog = value == "-" ? value : try absolutePath(node)
         }
+        if let node = top.take("accessLogLimit") { config.accessLogLimit = try parseAccessLogLimit(node) }
         if let node = top.take("policyDir") { config.policyDir = try absolutePath(node) }
         if let node = top.take("rootNamespace") { config.rootNamespace = try validLabel(node) }
         if let node = top.take("certificateTTL") {
@@ -130,7 +132,7 @@ extension AgentConfig {
         if let node = workloadsNode { config.workloads = try parseWorkloads(node, trustDomain: trustDomain) }
         try top.finish(allowed: [
             "trustDomain", "node", "captureMode", "mark", "markMask", "failureMode", "ports", "adminSocket",
-            "accessLog", "policyDir", "rootNamespace", "certificateTTL", "mtlsMode", "drainTimeout", "ca",
+            "accessLog", "accessLogLimit", "policyDir", "rootNamespace", "certificateTTL", "mtlsMode", "drainTimeout", "ca",
             "meshNetworks", "limits", "workloads",
         ])
         return config
@@ -178,6 +180,19 @@ extension AgentConfig {
         if let value = map.take("connectTimeout") { limits.connectTimeout = try duration(value, atLeast: .milliseconds(1)) }
         try map.finish(allowed: ["maxConnections", "connectTimeout"])
         return limits
+    }
+
+    /// `accessLogLimit: {linesPerSecond: 5000, burst: 20000}`; `linesPerSecond: 0`
+    /// writes every line.
+    private static func parseAccessLogLimit(_ node: YAMLNode) throws -> AccessLogLimit {
+        var map = try node.mapping()
+        var limit = AccessLogLimit.default
+        if let value = map.take("linesPerSecond") { limit.linesPerSecond = try value.unsigned(UInt32.self, in: 0...1_000_000) }
+        // At least 4: a quarter of the burst is kept for deny lines, and that
+        // share must hold a whole line.
+        if let value = map.take("burst") { limit.burst = try value.unsigned(UInt32.self, in: 4...10_000_000) }
+        try map.finish(allowed: ["linesPerSecond", "burst"])
+        return limit
     }
 
     private static func parseWorkloads(_ node: YAMLNode, trustDomain: String) throws -> [WorkloadEntry] {

@@ -65,7 +65,7 @@ public final class MeshAgent: Sendable {
         let conntrack = Self.openConntrack(logger: logger)
         let registry = WorkloadRegistry(mount: mount, logger: logger)
         registry.configure(config.workloads)
-        let accessLog = try AccessLogWriter(path: config.accessLog)
+        let accessLog = try AccessLogWriter(path: config.accessLog, limit: config.accessLogLimit)
         let trustBundle = try TrustBundleWatcher(path: config.ca.trustBundle, logger: logger)
         let svids = SVIDManager(issuer: try Self.loadAuthority(config), lifetime: config.certificateTTL, logger: logger)
         let agentIdentity = try config.agentIdentity
@@ -242,6 +242,7 @@ public final class MeshAgent: Sendable {
                 }
                 svids.tick()
                 agentMetrics.update(connections: connections.count, registry: registry, certificates: svids.statuses())
+                accessLog.writeDropSummary()
                 if ticks % Self.driftCheckEvery == 0 {
                     capture.reconcile()
                     state.publish(capture)
@@ -256,7 +257,13 @@ public final class MeshAgent: Sendable {
                 }
             case .reload:
                 notify(systemd, ["RELOADING=1", "STATUS=reloading \(configPath)"])
+                let previousLimit = currentConfig.accessLogLimit
                 currentConfig = reload(current: currentConfig, registry: registry, capture: &capture, enforcement: enforcement)
+                if currentConfig.accessLogLimit != previousLimit {
+                    accessLog.change(limit: currentConfig.accessLogLimit)
+                    let limit = currentConfig.accessLogLimit
+                    logger.info("access log limit is now \(limit.linesPerSecond == 0 ? "off" : "\(limit.linesPerSecond) lines/s, burst \(limit.burst)")")
+                }
                 lastPolicyFingerprint = policyFingerprint(currentConfig)
                 state.publish(capture)
                 svids.setIdentities(registry.presentIdentities.union([agentIdentity]))
@@ -377,6 +384,7 @@ public final class MeshAgent: Sendable {
         applied.workloads = config.workloads
         applied.failureMode = config.failureMode
         applied.drainTimeout = config.drainTimeout
+        applied.accessLogLimit = config.accessLogLimit
         applied.policyDir = config.policyDir
         applied.mtlsMode = config.mtlsMode
         registry.configure(config.workloads)

@@ -161,11 +161,21 @@ extension String {
 
 /// RFC 3339 UTC time with milliseconds, e.g. `2026-11-22T23:41:07.123Z`.
 func iso8601(_ secondsSinceEpoch: Double) -> String {
-    var seconds = time_t(secondsSinceEpoch.rounded(.down))
-    let millis = Int((secondsSinceEpoch - Double(seconds)) * 1000)
+    // Whole milliseconds first: `.123` is 0.12299… as a Double, and must not
+    // come out as 122.
+    let total = Int64((secondsSinceEpoch * 1000).rounded(.down))
+    var seconds = time_t(total / 1000)
+    let millis = Int(total % 1000)
     var parts = tm()
     gmtime_r(&seconds, &parts)
     func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
     let ms = millis < 10 ? "00\(millis)" : millis < 100 ? "0\(millis)" : "\(millis)"
     return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)).\(ms)Z"
+}
+
+extension AccessLogEntry {
+    /// How the access log writes a time (seconds since the epoch).
+    public static func formatTime(_ secondsSinceEpoch: Double) -> String {
+        iso8601(secondsSinceEpoch)
+    }
 }
