@@ -2,7 +2,7 @@
 import json
 import os
 
-from conftest import TRUST_DOMAIN, wait_for
+from conftest import BIN, TRUST_DOMAIN, wait_for
 
 
 def test_status_and_workloads_say_what_the_agent_is_doing(topology, cgroups, make_agent, tmp_path):
@@ -133,3 +133,30 @@ def test_the_admin_api_refuses_other_users_even_when_its_socket_file_lets_them_i
         assert json.loads(agent.ctl("status", "-o", "json").stdout)["ready"] is True
     finally:
         shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_every_read_command_answers_as_a_table_and_as_json(topology, cgroups, make_agent, tmp_path):
+    import subprocess as sp
+    cgroups.make("orders")
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "orders.yaml").write_text(
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: orders-get, namespace: test}\n"
+        "spec:\n  selector: {matchLabels: {app: orders}}\n  rules:\n  - to: [{operation: {methods: [GET]}}]\n")
+    agent = make_agent([{"name": "orders", "cgroup": cgroups.path("orders"), "ports": [8080], "labels": {"app": "orders"}}],
+                       policyDir=policies).start()
+    explain = ["policy", "explain", "--to-workload", "orders", "--port", "8080", "--method", "GET", "--path", "/"]
+    headers = {
+        ("status",): "FIELD", ("workloads",): "WORKLOAD", ("certs",): "IDENTITY", ("connections",): None, ("rules",): None,
+        ("policies",): "KIND", tuple(explain): "FIELD",
+    }
+    for command, header in headers.items():
+        table = agent.ctl(*command).stdout
+        assert table.strip(), f"agentctl {' '.join(command)} printed nothing"
+        if header:
+            assert header in table.splitlines()[0] or any(line.startswith(header) for line in table.splitlines()), (command, table)
+        json.loads(agent.ctl(*command, "-o", "json").stdout)
+    assert "decision    allow" in agent.ctl(*explain).stdout
+    # With no agent at the socket, every command says so and exits 1.
+    gone = sp.run([str(BIN / "agentctl"), "status", "--socket", str(tmp_path / "nobody.sock")], capture_output=True, text=True, timeout=30)
+    assert gone.returncode == 1 and "mesh-agent is not running" in gone.stderr, gone.stderr
