@@ -163,8 +163,9 @@ public struct WorkloadAuthorization: Hashable, Sendable {
     private let dryRunAllowNames: String
 
     /// A policy with what a decision reports about its rules made in advance,
-    /// so that deciding allocates nothing.
-    struct CompiledPolicy: Hashable, Sendable {
+    /// so that deciding builds no strings. A class: walking the lists then
+    /// costs a reference, not a copy of the policy.
+    final class CompiledPolicy: Hashable, Sendable {
         let policy: AuthorizationPolicy
         let references: [AuthorizationDecision.RuleReference]
         let reference: String
@@ -174,6 +175,9 @@ public struct WorkloadAuthorization: Hashable, Sendable {
             self.references = policy.rules.indices.map { policy.reference(rule: $0) }
             self.reference = policy.reference
         }
+
+        static func == (lhs: CompiledPolicy, rhs: CompiledPolicy) -> Bool { lhs.policy == rhs.policy }
+        func hash(into hasher: inout Hasher) { hasher.combine(policy) }
     }
 
     public init(_ policies: [AuthorizationPolicy]) {
@@ -320,13 +324,22 @@ enum Match: Equatable {
     }
 }
 
-struct MatchContext {
-    var connection: ConnectionAttributes
-    var request: HTTPRequestAttributes?
+/// One decision's inputs. A class, passed by reference through every matcher:
+/// as a struct it was copied (strings, addresses and all) at each step.
+final class MatchContext {
+    let connection: ConnectionAttributes
+    let request: HTTPRequestAttributes?
     /// No request will come (a TCP-only port): HTTP fields are settled by the
     /// action of the policy being matched.
-    var tcpOnly = false
+    let tcpOnly: Bool
+    /// The action of the policy whose rules are being matched.
     var action: AuthorizationPolicy.Action = .ALLOW
+
+    init(connection: ConnectionAttributes, request: HTTPRequestAttributes?, tcpOnly: Bool = false) {
+        self.connection = connection
+        self.request = request
+        self.tcpOnly = tcpOnly
+    }
 
     /// What an HTTP field matches when there is no request.
     var withoutRequest: Match {
@@ -345,7 +358,6 @@ extension AuthorizationPolicy {
     /// The first rule that surely matches; `.unknown` if none does but one may.
     func firstMatch(_ context: MatchContext) -> PolicyMatch {
         var undecided = false
-        var context = context
         context.action = action
         for (index, rule) in rules.enumerated() {
             switch rule.matches(context) {
