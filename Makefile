@@ -3,6 +3,7 @@
 #   make deps    install missing system packages (apt-get, when root)
 #   make build   release binaries in .build/release
 #   make test    deps + build + unit tests + integration tests (root: real kernel)
+#   make bench   every path (direct, mesh, passthrough, HAProxy mTLS) in one run -> docs/benchmarks.md (root)
 #   make bench-policy  cost of one authorization decision with 10 and 10,000 policies
 #   make demo    two nodes on this machine: mTLS tunnel, identities, STRICT refusing plaintext (root)
 
@@ -19,7 +20,7 @@ DEB_PACKAGES := libssl-dev openssl libmnl-dev libnftnl-dev pkg-config nftables i
 # MODULE or MODULE=PIP_PACKAGE when the names differ.
 PY_MODULES := pytest h2 cryptography yaml=pyyaml
 
-.PHONY: all deps build build-debug test unit-test integration-test demo clean install install-files bench-policy
+.PHONY: all deps build build-debug test unit-test integration-test demo clean install install-files bench bench-policy
 
 all: build
 
@@ -58,6 +59,15 @@ integration-test: build-debug
 	MESH_AGENT_BIN=$(CURDIR)/$(DEBUG_BIN) $(PYTHON) -m pytest -v -p no:cacheprovider Tests/integration
 
 test: unit-test integration-test
+
+# Every path (direct, mesh, mesh-passthrough, an HAProxy mTLS pair) on one
+# two-node topology in one run; writes bench/results/TIME.json and regenerates
+# docs/benchmarks.md. Root; not part of make test.
+BENCH_PACKAGES := nginx-light haproxy iperf3 wrk openssl
+bench: build
+	@missing=""; for p in $(BENCH_PACKAGES); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
+	MESH_AGENT_BIN=$(CURDIR)/$(RELEASE_BIN) $(PYTHON) bench/run.py
 
 # One authorization decision (L4 and L7) with 10 and 10,000 policies loaded.
 bench-policy: build

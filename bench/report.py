@@ -1,0 +1,153 @@
+#!/usr/bin/env python3
+"""Writes docs/benchmarks.md and docs/benchmarks.svg from one bench/results/*.json
+(the newest when none is given). The performance targets are checked here, so
+the page says which are met and by how much."""
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PATHS = ["direct", "mesh", "mesh-passthrough", "haproxy-mtls"]
+METRICS = [
+    ("iperf_1", "gbit_s", "throughput, 1 stream (Gbit/s)", True),
+    ("iperf_4", "gbit_s", "throughput, 4 streams (Gbit/s)", True),
+    ("wrk_keepalive", "requests_s", "keep-alive requests/s", True),
+    ("wrk_keepalive", "p99_ms", "keep-alive p99 (ms)", False),
+    ("wrk_close", "requests_s", "new connections/s", True),
+    ("wrk_close", "p99_ms", "new connection p99 (ms)", False),
+]
+
+
+def value(results, path, metric, field):
+    return results["paths"][path][metric][field]
+
+
+def ratio(a, b):
+    return a / b if b else float("inf")
+
+
+def targets(results):
+    mesh = lambda m, f: value(results, "mesh", m, f)  # noqa: E731
+    haproxy = lambda m, f: value(results, "haproxy-mtls", m, f)  # noqa: E731
+    direct = lambda m, f: value(results, "direct", m, f)  # noqa: E731
+    idle = results["idle_connections"]["kib_per_connection"]
+    rows = [
+        ("mesh throughput, 1 stream ≥ 1.0× haproxy-mtls", ratio(mesh("iperf_1", "gbit_s"), haproxy("iperf_1", "gbit_s")), 1.0, "×"),
+        ("mesh throughput, 4 streams ≥ 1.0× haproxy-mtls", ratio(mesh("iperf_4", "gbit_s"), haproxy("iperf_4", "gbit_s")), 1.0, "×"),
+        ("mesh keep-alive requests/s ≥ 1.0× haproxy-mtls", ratio(mesh("wrk_keepalive", "requests_s"), haproxy("wrk_keepalive", "requests_s")), 1.0, "×"),
+        ("mesh keep-alive p99 ≤ haproxy-mtls p99", ratio(haproxy("wrk_keepalive", "p99_ms"), mesh("wrk_keepalive", "p99_ms")), 1.0, "× (haproxy p99 / mesh p99)"),
+        ("mesh new connections/s ≥ 10× haproxy-mtls", ratio(mesh("wrk_close", "requests_s"), haproxy("wrk_close", "requests_s")), 10.0, "×"),
+        ("mesh new connections/s ≥ 0.5× direct", ratio(mesh("wrk_close", "requests_s"), direct("wrk_close", "requests_s")), 0.5, "×"),
+        ("mesh-passthrough throughput ≥ 0.6× direct", ratio(value(results, "mesh-passthrough", "iperf_1", "gbit_s"), direct("iperf_1", "gbit_s")), 0.6, "×"),
+    ]
+    per_connection = sum(idle.values())
+    rows.append(("≤ 16 KiB agent memory per idle connection (both agents)", per_connection, 16.0, "KiB", True))
+    rows.append(("≤ 40 MiB agent RSS at idle with 100 workloads", results["idle_100_workloads"]["rss_kib"] / 1024, 40.0, "MiB", True))
+    rows.append(("L7 policy costs ≤ 25% of keep-alive requests/s", results["policy"]["l7_cost"] * 100, 25.0, "%", True))
+    out = []
+    for row in rows:
+        name, measured, goal, unit = row[:4]
+        at_most = len(row) > 4
+        met = measured <= goal if at_most else measured >= goal
+        out.append((name, measured, goal, unit, met))
+    return out
+
+
+def svg(results):
+    """Bars of each path's keep-alive requests/s, new connections/s and
+    throughput, relative to direct."""
+    width, bar, gap, left, top = 760, 14, 6, 230, 40
+    groups = [("keep-alive requests/s", "wrk_keepalive", "requests_s"), ("new connections/s", "wrk_close", "requests_s"),
+              ("throughput, 1 stream", "iperf_1", "gbit_s"), ("throughput, 4 streams", "iperf_4", "gbit_s")]
+    colors = {"direct": "#9e9e9e", "mesh": "#1565c0", "mesh-passthrough": "#64b5f6", "haproxy-mtls": "#e65100"}
+    height = top + len(groups) * (len(PATHS) * (bar + gap) + 24) + 40
+    scale = (width - left - 80)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+             f'<text x="10" y="22" font-size="15" font-weight="bold">Each path relative to direct (1.0 = no proxy), {results["machine"]["time"]}</text>']
+    y = top
+    for title, metric, field in groups:
+        parts.append(f'<text x="10" y="{y + 12}" font-weight="bold">{title}</text>')
+        y += 18
+        base = value(results, "direct", metric, field) or 1
+        for path in PATHS:
+            share = value(results, path, metric, field) / base
+            length = max(1, min(share, 1.2) / 1.2 * scale)
+            parts.append(f'<text x="{left - 8}" y="{y + bar - 3}" text-anchor="end">{path}</text>')
+            parts.append(f'<rect x="{left}" y="{y}" width="{length:.1f}" height="{bar}" fill="{colors[path]}"/>')
+            parts.append(f'<text x="{left + length + 6:.1f}" y="{y + bar - 3}">{share:.2f}</text>')
+            y += bar + gap
+        y += 6
+    one = left + scale / 1.2
+    parts.append(f'<line x1="{one:.1f}" y1="{top}" x2="{one:.1f}" y2="{y}" stroke="#333" stroke-dasharray="4 3"/>')
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def markdown(results, source):
+    m = results["machine"]
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Generated by `make bench` (`bench/run.py`, then `bench/report.py`) from `{source}`. Do not edit by hand: run it again.",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Linux {m['kernel']}; {m['haproxy']}; {m['openssl']}. "
+        f"Run at {m['time']}, {results['seconds_per_run']} s per measurement. Clients, proxies and servers share the same cores, "
+        "so the ratios, not the absolute numbers, are what carries over to other machines.",
+        "",
+        "Paths: **direct** (no proxy), **mesh** (both agents, HBONE mutual TLS), **mesh-passthrough** (node A's agent proxying "
+        "plaintext to a destination outside `meshNetworks`), **haproxy-mtls** (HAProxy on each node, TLS 1.3 with client "
+        "certificates between them, one thread each, P-256).",
+        "",
+        "![each path relative to direct](benchmarks.svg)",
+        "",
+        "| measurement | " + " | ".join(PATHS) + " | mesh ÷ direct | mesh ÷ haproxy-mtls |",
+        "|---|" + "---|" * (len(PATHS) + 2),
+    ]
+    for metric, field, title, _ in METRICS:
+        cells = [f"{value(results, p, metric, field):,.2f}" if field != "requests_s" else f"{value(results, p, metric, field):,.0f}" for p in PATHS]
+        mesh = value(results, "mesh", metric, field)
+        lines.append(f"| {title} | " + " | ".join(cells) +
+                     f" | {ratio(mesh, value(results, 'direct', metric, field)):.2f} | {ratio(mesh, value(results, 'haproxy-mtls', metric, field)):.2f} |")
+    idle = results["idle_connections"]
+    policy = results["policy"]
+    lines += [
+        "",
+        "| mesh only | value |",
+        "|---|---|",
+        f"| agent CPU per GB, 1 stream (both agents) | {results['paths']['mesh']['agent_cpu_s_per_gb']} s |",
+        f"| agent CPU per GB, passthrough | {results['paths']['mesh-passthrough']['agent_cpu_s_per_gb']} s |",
+        f"| memory per idle proxied connection ({idle['connections']:,} held) | node A {idle['kib_per_connection']['a']} KiB, node B {idle['kib_per_connection']['b']} KiB |",
+        f"| agent RSS at idle, {results['idle_100_workloads']['workloads']} workloads with certificates | {results['idle_100_workloads']['rss_kib'] / 1024:.1f} MiB |",
+        f"| keep-alive requests/s, L4-only policy → L7 policy | {policy['l4']['requests_s']:,.0f} → {policy['l7']['requests_s']:,.0f} ({policy['l7_cost'] * 100:.0f}% fewer) |",
+    ]
+    micro = results.get("micro", {})
+    if micro:
+        described = []
+        for layer in ("l4", "l7"):
+            for count in ("10", "10000"):
+                key = f"{layer}_decision_ns_{count}_policies"
+                if key in micro:
+                    described.append(f"one {layer.upper()} decision with {int(count):,} policies loaded: {micro[key]:,} ns")
+        lines += ["", "Micro-benchmarks (`make bench-policy`): " + "; ".join(described) + "."]
+    lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    for name, measured, goal, unit, met in targets(results):
+        lines.append(f"| {name} | {measured:.2f} {unit} | {'yes' if met else '**no**'} |")
+    notes = ROOT / "docs" / "benchmarks-notes.md"
+    if notes.exists():
+        lines += ["", notes.read_text().strip()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv):
+    results_dir = ROOT / "bench" / "results"
+    # Runs are named by their UTC time, so the newest sorts last.
+    source = Path(argv[0]) if argv else max(results_dir.glob("20*.json"))
+    results = json.loads(source.read_text())
+    relative = source.resolve().relative_to(ROOT) if source.resolve().is_relative_to(ROOT) else source
+    (ROOT / "docs" / "benchmarks.md").write_text(markdown(results, relative))
+    (ROOT / "docs" / "benchmarks.svg").write_text(svg(results))
+    print(f"wrote docs/benchmarks.md and docs/benchmarks.svg from {relative}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

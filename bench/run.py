@@ -1,0 +1,428 @@
+#!/usr/bin/env python3
+"""make bench: every path on one two-node topology, in one run.
+
+Two network namespaces joined by a veth pair are the nodes. On node B, nginx and
+iperf3 listen twice: on ports the workload "orders" declares (reached through
+the mesh) and on ports no workload declares (reached directly, by passthrough
+and by HAProxy). The paths:
+
+  direct           client on A -> server on B, no proxy
+  mesh             the client in workload cgroup "checkout": both agents, HBONE mTLS
+  mesh-passthrough the client in "checkout" to an address outside meshNetworks:
+                   node A's agent proxies plaintext
+  haproxy-mtls     client on A -> HAProxy on A (plain in, TLS 1.3 out with a
+                   client certificate) -> HAProxy on B (TLS in, verify required,
+                   plain out) -> server; one thread each, P-256 certificates
+
+and what is measured on each: iperf3 with 1 and 4 streams, wrk keep-alive (16
+connections) and wrk with "Connection: close" against nginx. For the mesh also:
+agent memory per idle proxied connection, agent RSS at idle with 100
+workloads, agent CPU per GB, and the request-rate cost of an L7 policy.
+
+Results go to bench/results/<time>.json; docs/benchmarks.md and
+docs/benchmarks.svg are written from them. Run as root from the repository:
+  python3 bench/run.py            (BENCH_SECONDS, BENCH_IDLE_CONNECTIONS, MESH_AGENT_BIN)
+"""
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(os.environ.get("MESH_AGENT_BIN", ROOT / ".build" / "release"))
+SECONDS = int(os.environ.get("BENCH_SECONDS", "8"))
+IDLE_CONNECTIONS = int(os.environ.get("BENCH_IDLE_CONNECTIONS", "10000"))
+TAG = f"mb{os.getpid()}"
+A, B, C = f"ma-{TAG}-a", f"ma-{TAG}-b", f"ma-{TAG}-c"
+A_IP, B_IP = "10.77.252.1", "10.77.252.2"
+A_IP_OUTSIDE, B_IP_OUTSIDE = "10.77.253.1", "10.77.253.2"   # outside meshNetworks: passthrough
+MESH_HTTP, OTHER_HTTP, MESH_IPERF, OTHER_IPERF = 8080, 8081, 5201, 5202
+HAPROXY_HTTP, HAPROXY_IPERF, HAPROXY_TLS_HTTP, HAPROXY_TLS_IPERF = 18080, 15211, 18443, 15443
+PATHS = ["direct", "mesh", "mesh-passthrough", "haproxy-mtls"]
+
+
+def log(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def run(*cmd, check=True, capture=True, timeout=600, **kw):
+    return subprocess.run([str(c) for c in cmd], check=check, capture_output=capture, text=True, timeout=timeout, **kw)
+
+
+def cgroup2_mount():
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        if right.split(" ")[0] == "cgroup2":
+            return Path(left.split(" ")[4])
+    sys.exit("no cgroup v2 mount")
+
+
+class Bench:
+    def __init__(self):
+        self.work = Path(tempfile.mkdtemp(prefix="mesh-agent-bench."))
+        self.cg = cgroup2_mount()
+        self.cgroups = []
+        self.processes = []
+        self.namespaces = []
+
+    # ------------------------------------------------------------ plumbing
+
+    def ns(self, name):
+        return ["nsenter", f"--net=/run/netns/{name}"]
+
+    def cgroup(self, name):
+        path = self.cg / f"ma-{TAG}-{name}"
+        path.mkdir(exist_ok=True)
+        if path not in self.cgroups:
+            self.cgroups.append(path)
+        return path
+
+    def command(self, namespace, cmd, cgroup=None):
+        full = self.ns(namespace) + [str(c) for c in cmd]
+        if cgroup is not None:
+            full = ["sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(cgroup)] + full
+        return full
+
+    def spawn(self, namespace, cmd, cgroup=None, **kw):
+        proc = subprocess.Popen(self.command(namespace, cmd, cgroup), **kw)
+        self.processes.append(proc)
+        return proc
+
+    def output(self, namespace, cmd, cgroup=None, timeout=600):
+        return subprocess.run(self.command(namespace, cmd, cgroup), capture_output=True, text=True, timeout=timeout, check=True).stdout
+
+    def close(self):
+        for proc in reversed(self.processes):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in reversed(self.processes):
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        for path in reversed(self.cgroups):
+            for pid in (path / "cgroup.procs").read_text().split() if path.exists() else []:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            for _ in range(50):
+                try:
+                    path.rmdir()
+                    break
+                except OSError:
+                    time.sleep(0.1)
+        for namespace in self.namespaces:
+            run("ip", "netns", "delete", namespace, check=False)
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    # ------------------------------------------------------------ topology
+
+    def topology(self):
+        for namespace in (A, B, C):
+            run("ip", "netns", "add", namespace)
+            self.namespaces.append(namespace)
+            run("ip", "-n", namespace, "link", "set", "lo", "up")
+        run("ip", "link", "add", f"v{TAG}", "netns", A, "type", "veth", "peer", "name", f"w{TAG}", "netns", B)
+        for namespace, device, addresses in ((A, f"v{TAG}", (A_IP, A_IP_OUTSIDE)), (B, f"w{TAG}", (B_IP, B_IP_OUTSIDE))):
+            for address in addresses:
+                run("ip", "-n", namespace, "addr", "add", f"{address}/24", "dev", device)
+            run("ip", "-n", namespace, "link", "set", device, "up")
+
+    def certificates(self):
+        """A mesh CA (agentctl) for the agents, and P-256 certificates from one
+        CA for the HAProxy pair."""
+        run(BIN / "agentctl", "ca", "init", "--trust-domain", "cluster.local", "--out", self.work / "root")
+        for node in ("a", "b", "c"):
+            run(BIN / "agentctl", "ca", "issue-intermediate", "--ca", self.work / "root", "--name", f"node-{node}", "--out", self.work / node)
+        pki = self.work / "haproxy"
+        pki.mkdir()
+        run("openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2",
+            "-subj", "/CN=bench-ca", "-keyout", pki / "ca.key", "-out", pki / "ca.pem")
+        for side in ("a", "b"):
+            run("openssl", "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", f"/CN=haproxy-{side}",
+                "-keyout", pki / f"{side}.key", "-out", pki / f"{side}.csr")
+            run("openssl", "x509", "-req", "-in", pki / f"{side}.csr", "-CA", pki / "ca.pem", "-CAkey", pki / "ca.key",
+                "-CAcreateserial", "-days", "2", "-out", pki / f"{side}.crt")
+            (pki / f"{side}.pem").write_text((pki / f"{side}.crt").read_text() + (pki / f"{side}.key").read_text())
+        return pki
+
+    def agent_config(self, node, workloads, mesh_networks, mtls="STRICT", policies=None):
+        directory = self.work / node
+        policy_dir = policies or directory / "policies"
+        policy_dir.mkdir(exist_ok=True)
+        lines = [
+            "trustDomain: cluster.local", f"node: node-{node}", f"adminSocket: {directory}/admin.sock",
+            f"accessLog: {directory}/access.log", f"policyDir: {policy_dir}", f"mtlsMode: {mtls}",
+            "accessLogLimit: {linesPerSecond: 0}",
+            f"ca: {{certificate: {directory}/intermediate.pem, key: {directory}/intermediate.key, trustBundle: {directory}/bundle.pem}}",
+            f"meshNetworks: [{mesh_networks}]", "limits: {maxConnections: 100000}", "workloads:",
+        ]
+        lines += workloads
+        path = directory / "agent.yaml"
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def start_agent(self, namespace, config, node):
+        stderr = open(self.work / node / "agent.log", "w")
+        proc = self.spawn(namespace, [BIN / "mesh-agent", "--config", config], stdout=stderr, stderr=stderr)
+        for _ in range(300):
+            if "mesh-agent ready" in (self.work / node / "agent.log").read_text():
+                return proc
+            if proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        sys.exit(f"agent {node} did not start:\n{(self.work / node / 'agent.log').read_text()[-2000:]}")
+
+    def servers(self, orders):
+        nginx = self.work / "nginx.conf"
+        nginx.write_text(f"""
+daemon off; worker_processes 1; worker_rlimit_nofile 20000; pid {self.work}/nginx.pid; error_log {self.work}/nginx.err;
+events {{ worker_connections 19000; }}
+http {{
+  access_log off; keepalive_requests 1000000; keepalive_timeout 300s; client_header_timeout 300s;
+  client_body_temp_path {self.work}/nginx-body; proxy_temp_path {self.work}/nginx-proxy;
+  fastcgi_temp_path {self.work}/nginx-fcgi; uwsgi_temp_path {self.work}/nginx-uwsgi; scgi_temp_path {self.work}/nginx-scgi;
+  server {{ listen {MESH_HTTP} reuseport backlog=65535; listen {OTHER_HTTP} backlog=65535; location / {{ return 200 "ok\\n"; }} }}
+}}
+""")
+        self.spawn(B, ["nginx", "-c", nginx], cgroup=orders, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for port in (MESH_IPERF, OTHER_IPERF):
+            self.spawn(B, ["iperf3", "-s", "-p", port], cgroup=orders, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def haproxy(self, pki):
+        common = "global\n  nbthread 1\n  maxconn 9000\n  ssl-default-server-options ssl-min-ver TLSv1.3\n  ssl-default-bind-options ssl-min-ver TLSv1.3\n" \
+                 "defaults\n  mode tcp\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n"
+        a = common + f"""
+frontend http
+  bind 127.0.0.1:{HAPROXY_HTTP}
+  default_backend http
+backend http
+  server b {B_IP}:{HAPROXY_TLS_HTTP} ssl crt {pki}/a.pem ca-file {pki}/ca.pem verify required verifyhost haproxy-b
+frontend iperf
+  bind 127.0.0.1:{HAPROXY_IPERF}
+  default_backend iperf
+backend iperf
+  server b {B_IP}:{HAPROXY_TLS_IPERF} ssl crt {pki}/a.pem ca-file {pki}/ca.pem verify required verifyhost haproxy-b
+"""
+        b = common + f"""
+frontend http
+  bind {B_IP}:{HAPROXY_TLS_HTTP} ssl crt {pki}/b.pem ca-file {pki}/ca.pem verify required
+  default_backend http
+backend http
+  server nginx 127.0.0.1:{OTHER_HTTP}
+frontend iperf
+  bind {B_IP}:{HAPROXY_TLS_IPERF} ssl crt {pki}/b.pem ca-file {pki}/ca.pem verify required
+  default_backend iperf
+backend iperf
+  server iperf 127.0.0.1:{OTHER_IPERF}
+"""
+        for namespace, name, text in ((A, "a", a), (B, "b", b)):
+            path = self.work / f"haproxy-{name}.cfg"
+            path.write_text(text)
+            run("haproxy", "-c", "-f", path)
+            self.spawn(namespace, ["haproxy", "-db", "-f", path], stdout=subprocess.DEVNULL, stderr=open(self.work / f"haproxy-{name}.log", "w"))
+
+    # ------------------------------------------------------------ measurements
+
+    def targets(self, path):
+        """(namespace, cgroup, http url, iperf host, iperf port) for a path."""
+        client = self.cgroup("checkout")
+        return {
+            "direct": (A, None, f"http://{B_IP}:{OTHER_HTTP}/", B_IP, OTHER_IPERF),
+            "mesh": (A, client, f"http://{B_IP}:{MESH_HTTP}/", B_IP, MESH_IPERF),
+            "mesh-passthrough": (A, client, f"http://{B_IP_OUTSIDE}:{OTHER_HTTP}/", B_IP_OUTSIDE, OTHER_IPERF),
+            "haproxy-mtls": (A, None, f"http://127.0.0.1:{HAPROXY_HTTP}/", "127.0.0.1", HAPROXY_IPERF),
+        }[path]
+
+    def iperf(self, path, streams):
+        namespace, cgroup, _, host, port = self.targets(path)
+        out = self.output(namespace, ["iperf3", "-c", host, "-p", port, "-t", SECONDS, "-P", streams, "-J"], cgroup)
+        report = json.loads(out)
+        if "error" in report:
+            logs = "".join(f"\n--- {f.name}:\n{f.read_text()[-1500:]}" for f in sorted(self.work.glob("haproxy-*.log")))
+            sys.exit(f"iperf3 on {path} failed: {report['error']}{logs if path == 'haproxy-mtls' else ''}")
+        end = report["end"]
+        return {"gbit_s": round(end["sum_received"]["bits_per_second"] / 1e9, 3), "bytes": end["sum_received"]["bytes"]}
+
+    def wrk(self, path, close):
+        namespace, cgroup, url, _, _ = self.targets(path)
+        cmd = ["wrk", "-t2", "-c16", f"-d{SECONDS}s", "--latency"] + (["-H", "Connection: close"] if close else []) + [url]
+        out = self.output(namespace, cmd, cgroup)
+        return parse_wrk(out)
+
+    def cpu_seconds(self, proc):
+        fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def rss_kib(self, proc):
+        for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        return 0
+
+    def idle_connections(self, agents, count):
+        """Agent memory per idle proxied connection: `count` connections from the
+        workload to nginx through the mesh, opened and left idle."""
+        holder_code = (
+            "import socket,sys,resource,time\n"
+            "s,h=resource.getrlimit(resource.RLIMIT_NOFILE); resource.setrlimit(resource.RLIMIT_NOFILE,(h,h))\n"
+            "n=int(sys.argv[3]); socks=[]\n"
+            "for i in range(n):\n"
+            "  c=socket.create_connection((sys.argv[1],int(sys.argv[2])),timeout=30); socks.append(c)\n"
+            "print(len(socks),flush=True); sys.stdin.readline()\n")
+        before = {name: self.rss_kib(proc) for name, proc in agents.items()}
+        holder = self.spawn(A, [sys.executable, "-c", holder_code, B_IP, MESH_HTTP, count], cgroup=self.cgroup("checkout"),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        opened = int(holder.stdout.readline().strip() or 0)
+        time.sleep(3)
+        during = {name: self.rss_kib(proc) for name, proc in agents.items()}
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        holder.wait(timeout=60)
+        return {
+            "connections": opened,
+            "rss_kib_before": before, "rss_kib_with_connections": during,
+            "kib_per_connection": {name: round((during[name] - before[name]) / max(opened, 1), 2) for name in agents},
+        }
+
+    def idle_with_workloads(self, count=100):
+        """RSS of an agent at idle with `count` present workloads (node C, alone)."""
+        entries = []
+        for index in range(count):
+            cgroup = self.cgroup(f"w{index}")
+            entries.append(f"  - {{name: w{index}, namespace: bench, cgroup: /{cgroup.name}, ports: [{20000 + index}]}}")
+        config = self.agent_config("c", entries, "10.77.254.0/24")
+        agent = self.start_agent(C, config, "c")
+        for _ in range(100):
+            status = json.loads(run(BIN / "agentctl", "status", "-o", "json", "--socket", self.work / "c" / "admin.sock").stdout)
+            if status["certificates"] >= count + 1:
+                break
+            time.sleep(0.2)
+        time.sleep(2)
+        rss = self.rss_kib(agent)
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(timeout=30)
+        return {"workloads": count, "certificates": status["certificates"], "rss_kib": rss}
+
+    def policy_cost(self, agents):
+        """Keep-alive requests/s through the mesh with an L4-only policy, then an L7 one."""
+        policies = self.work / "b" / "policies"
+        head = ("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: bench, namespace: shop}\n"
+                "spec:\n  rules:\n  - from: [{source: {principals: [\"cluster.local/ns/shop/sa/checkout\"]}}]\n")
+        result = {}
+        for kind, text in (("l4", head), ("l7", head + "    to: [{operation: {methods: [\"GET\"], paths: [\"/\", \"/api/*\"]}}]\n")):
+            generation = self.generation()
+            (policies / "bench.yaml").write_text(text)
+            for _ in range(100):
+                if self.generation() > generation:
+                    break
+                time.sleep(0.1)
+            else:
+                sys.exit("node B did not load the bench policy")
+            result[kind] = self.wrk("mesh", close=False)
+        (policies / "bench.yaml").unlink()
+        result["l7_cost"] = round(1 - result["l7"]["requests_s"] / result["l4"]["requests_s"], 3)
+        return result
+
+    def generation(self):
+        return json.loads(run(BIN / "agentctl", "policies", "-o", "json", "--socket", self.work / "b" / "admin.sock").stdout)["generation"]
+
+    # ------------------------------------------------------------ the run
+
+    def main(self):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        self.topology()
+        pki = self.certificates()
+        checkout, orders = self.cgroup("checkout"), self.cgroup("orders")
+        config_a = self.agent_config("a", [f"  - {{name: checkout, namespace: shop, cgroup: /{checkout.name}}}"], "10.77.252.0/24")
+        config_b = self.agent_config("b", [f"  - {{name: orders, namespace: shop, cgroup: /{orders.name}, ports: [{MESH_IPERF}, {MESH_HTTP}]}}"],
+                                     "10.77.252.0/24")
+        agents = {"a": self.start_agent(A, config_a, "a"), "b": self.start_agent(B, config_b, "b")}
+        self.servers(orders)
+        self.haproxy(pki)
+        time.sleep(1.5)
+
+        results = {"paths": {}}
+        for path in PATHS:
+            log(f"path {path}")
+            measured = {}
+            cpu0 = {name: self.cpu_seconds(proc) for name, proc in agents.items()}
+            measured["iperf_1"] = self.iperf(path, 1)
+            cpu1 = {name: self.cpu_seconds(proc) for name, proc in agents.items()}
+            measured["iperf_4"] = self.iperf(path, 4)
+            measured["wrk_keepalive"] = self.wrk(path, close=False)
+            measured["wrk_close"] = self.wrk(path, close=True)
+            if path.startswith("mesh"):
+                gigabytes = measured["iperf_1"]["bytes"] / 1e9
+                measured["agent_cpu_s_per_gb"] = round(sum(cpu1[n] - cpu0[n] for n in agents) / gigabytes, 3)
+            results["paths"][path] = measured
+            log(f"  {json.dumps(measured)}")
+        log("idle connections")
+        results["idle_connections"] = self.idle_connections(agents, IDLE_CONNECTIONS)
+        log(f"  {json.dumps(results['idle_connections'])}")
+        log("L7 policy cost")
+        results["policy"] = self.policy_cost(agents)
+        log(f"  {json.dumps(results['policy'])}")
+        log("100 workloads at idle")
+        results["idle_100_workloads"] = self.idle_with_workloads()
+        log(f"  {json.dumps(results['idle_100_workloads'])}")
+        results["micro"] = micro_benchmarks()
+        results["machine"] = machine()
+        results["seconds_per_run"] = SECONDS
+        return results
+
+
+def parse_wrk(text):
+    def milliseconds(value):
+        number, unit = re.match(r"([\d.]+)(\w+)", value).groups()
+        return round(float(number) * {"us": 0.001, "ms": 1, "s": 1000}[unit], 3)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+    p50 = milliseconds(re.search(r"^\s+50%\s+(\S+)", text, re.M).group(1))
+    p99 = milliseconds(re.search(r"^\s+99%\s+(\S+)", text, re.M).group(1))
+    errors = re.search(r"Socket errors: (.*)", text)
+    return {"requests_s": round(rps, 1), "p50_ms": p50, "p99_ms": p99, "socket_errors": errors.group(1) if errors else None}
+
+
+def micro_benchmarks():
+    out = run(BIN / "policy-bench").stdout
+    results = {}
+    for line in out.splitlines():
+        found = re.match(r"(L4|L7) decision, (\d+) policies\s+(\d+) ns", line)
+        if found:
+            results[f"{found.group(1).lower()}_decision_ns_{found.group(2)}_policies"] = int(found.group(3))
+    return results
+
+
+def machine():
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")), "?")
+    return {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release(),
+            "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "haproxy": run("haproxy", "-v").stdout.splitlines()[0], "openssl": run("openssl", "version").stdout.strip()}
+
+
+if __name__ == "__main__":
+    if os.geteuid() != 0:
+        sys.exit("make bench needs root (network namespaces, nftables, cgroups)")
+    bench = Bench()
+    try:
+        results = bench.main()
+    finally:
+        bench.close()
+    out = ROOT / "bench" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    stamp = results["machine"]["time"].replace(":", "")
+    (out / f"{stamp}.json").write_text(json.dumps(results, indent=2) + "\n")
+    subprocess.run([sys.executable, str(ROOT / "bench" / "report.py"), str(out / f"{stamp}.json")], check=True)
