@@ -1,4 +1,5 @@
 import Metrics
+import NIOConcurrencyHelpers
 
 /// Istio's standard TCP metrics, with its names and labels, so that Istio's
 /// Grafana dashboards read the agent's numbers unchanged. Label values come
@@ -7,19 +8,45 @@ import Metrics
 /// Bytes are counted when a connection closes (Istio's proxies also report
 /// periodically while it is open).
 enum IstioTCPMetrics {
-    /// A connection's labels are fixed when it opens; they are built once and
-    /// used again when it closes.
-    static func opened(_ entry: AccessLogEntry) -> [(String, String)] {
-        let labels = labels(entry)
-        Counter(label: "istio_tcp_connections_opened_total", dimensions: labels).increment()
-        return labels
+    /// The four counters of one label set. A connection's labels are fixed
+    /// when it opens, so its counters are found once then, and kept per label
+    /// set: asking the registry for a labelled counter validates and hashes
+    /// every label, which cost more than the rest of a short connection's
+    /// bookkeeping.
+    final class Counters: Sendable {
+        let opened: Counter
+        let closed: Counter
+        let sent: Counter
+        let received: Counter
+
+        init(_ labels: [(String, String)]) {
+            opened = Counter(label: "istio_tcp_connections_opened_total", dimensions: labels)
+            closed = Counter(label: "istio_tcp_connections_closed_total", dimensions: labels)
+            sent = Counter(label: "istio_tcp_sent_bytes_total", dimensions: labels)
+            received = Counter(label: "istio_tcp_received_bytes_total", dimensions: labels)
+        }
     }
 
-    static func closed(_ entry: AccessLogEntry, labels: [(String, String)]) {
-        Counter(label: "istio_tcp_connections_closed_total", dimensions: labels).increment()
+    private static let known = NIOLockedValueBox<[String: Counters]>([:])
+
+    static func opened(_ entry: AccessLogEntry) -> Counters {
+        let labels = labels(entry)
+        let key = labels.map { "\($0.0)=\($0.1)" }.joined(separator: "\u{1}")
+        let counters = known.withLockedValue { known in
+            if let found = known[key] { return found }
+            let made = Counters(labels)
+            known[key] = made
+            return made
+        }
+        counters.opened.increment()
+        return counters
+    }
+
+    static func closed(_ entry: AccessLogEntry, counters: Counters) {
+        counters.closed.increment()
         // Istio's "sent" is what the destination sent back, "received" what the source sent.
-        Counter(label: "istio_tcp_sent_bytes_total", dimensions: labels).increment(by: Int64(clamping: entry.bytesSent))
-        Counter(label: "istio_tcp_received_bytes_total", dimensions: labels).increment(by: Int64(clamping: entry.bytesReceived))
+        counters.sent.increment(by: Int64(clamping: entry.bytesSent))
+        counters.received.increment(by: Int64(clamping: entry.bytesReceived))
     }
 
     static func labels(_ entry: AccessLogEntry) -> [(String, String)] {

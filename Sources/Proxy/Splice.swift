@@ -242,7 +242,7 @@ func completeProxy(
 ) throws {
     try carrier.installClient(on: client)
     tracker.describe(client, as: entry, received: carrier.received, sent: carrier.sent, policyCheck: policyCheck)
-    let metricLabels = IstioTCPMetrics.opened(entry)
+    let metricCounters = IstioTCPMetrics.opened(entry)
     let received = carrier.received
     let sent = carrier.sent
     client.closeFuture.and(upstream.closeFuture).hop(to: client.eventLoop).whenComplete { _ in
@@ -256,7 +256,7 @@ func completeProxy(
             finished.reason = "closed after a policy reload: \(revoked.reason)"
         }
         closed()
-        IstioTCPMetrics.closed(finished, labels: metricLabels)
+        IstioTCPMetrics.closed(finished, counters: metricCounters)
         accessLog.record(finished)
     }
 }
