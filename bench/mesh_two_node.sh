@@ -41,7 +41,8 @@ cleanup() {
     for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null; done
     for cg in "$CLIENT_CG" "$SERVER_CG"; do
         for pid in $(cat "$CG2$cg/cgroup.procs" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
-        rmdir "$CG2$cg" 2>/dev/null
+        # A killed process leaves its cgroup only once it is gone: retry.
+        for _ in $(seq 50); do rmdir "$CG2$cg" 2>/dev/null && break; [ -d "$CG2$cg" ] || break; sleep 0.1; done
     done
     ip netns delete "$A" 2>/dev/null; ip netns delete "$B" 2>/dev/null
     rm -rf "$WORK"
