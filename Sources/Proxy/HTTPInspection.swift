@@ -399,8 +399,10 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
         afterWrites(context) { [relay] in
             context.close(mode: .output, promise: nil)
             relay?.finish()
+            // The channel, not this context: the handler may be gone by then.
+            let channel = context.channel
             context.eventLoop.assumeIsolated().scheduleTask(in: Self.lingerTime) {
-                context.close(promise: nil)
+                channel.close(promise: nil)
             }
         }
     }
