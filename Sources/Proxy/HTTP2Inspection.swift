@@ -57,7 +57,13 @@ enum HTTP2Inspection {
         _ = try clientOperations.configureHTTP2Pipeline(
             mode: .server, connectionConfiguration: connectionConfiguration(limit: limit), streamConfiguration: streamConfiguration
         ) { stream in
-            stream.eventLoop.makeCompletedFuture {
+            // The multiplexer keeps its stream events to itself, so the client's
+            // streams are counted here, where they are made: a GOAWAY must name
+            // the last of them, or it cancels them.
+            if let id = try? stream.syncOptions?.getOption(HTTP2StreamChannelOptions.streamID) {
+                bound.value.streamCreated(id)
+            }
+            return stream.eventLoop.makeCompletedFuture {
                 // Reads are gated by the handler (back-pressure), as on a socket.
                 try stream.syncOptions?.setOption(.autoRead, value: true)
                 try stream.pipeline.syncOperations.addHandler(HTTP2RequestStream(connection: bound.value))
@@ -1032,9 +1038,7 @@ final class HTTP2ConnectionWatcher: ChannelInboundHandler {
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let created = event as? NIOHTTP2StreamCreatedEvent, side == .client {
-            connection?.streamCreated(created.streamID)
-        } else if let event = event as? ChannelEvent, event == .inputClosed {
+        if let event = event as? ChannelEvent, event == .inputClosed {
             switch side {
             case .client: connection?.clientInputEnded()
             // An HTTP/2 server that stops sending can answer nothing more.

@@ -687,6 +687,22 @@ private func step<T>(_ body: () -> T) -> T {
         #expect(harness.log.entries.first?.status == 502)
     }
 
+    @Test func aWorkloadGoingAwayLetsTheClientsOpenStreamFinish() throws {
+        let harness = try Harness()
+        let call = try harness.stream([.headers(.init(headers: Harness.request("/shop.Orders/Reserve"))), Self.data("part", end: false)])
+        #expect(harness.seen.started == ["/shop.Orders/Reserve"])
+        // The workload takes no new streams but finishes this one; the client is
+        // told the same, naming its open stream as the last one processed.
+        let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: HTTP2StreamID(1), errorCode: .noError, opaqueData: nil))
+        harness.workload.writeAndFlush(goAway, promise: nil)
+        try harness.pump()
+        call.send(Self.data(" rest", end: true))
+        try harness.pump()
+        #expect(call.reset == nil, "the open stream was cut: \(String(describing: call.reset))")
+        #expect(call.status == "200")
+        #expect(call.ended)
+    }
+
     @Test func http1StillGoesThroughTheHTTP1Gate() throws {
         let harness = try Harness(http2Client: false, http2Workload: false)
         try harness.agentClient.writeInbound(ByteBuffer(string: "GET //shop.Orders/Reserve HTTP/1.1\r\nHost: orders.shop\r\n\r\n"))
