@@ -204,11 +204,13 @@ final class AgentState: Sendable {
     struct Snapshot {
         var ready = false
         var rules = "not installed"
-        var peerAuthentication: PeerAuthenticationSet
         var policy: PolicyStatus
         /// What the table the agent wants is built from; the table itself is
         /// built only when someone asks (`agentctl rules`), not on every tick.
         var captureParameters: CaptureParameters?
+
+        /// The mTLS modes in force: those of the policies in force.
+        var peerAuthentication: PeerAuthenticationSet { policy.policies.peerAuthentication }
     }
 
     /// Publishes what the control loop's capture holds now.
@@ -216,7 +218,6 @@ final class AgentState: Sendable {
         update {
             $0.rules = capture.rulesStatus
             $0.captureParameters = capture.parameters
-            $0.peerAuthentication = capture.peerAuthentication
         }
     }
 
@@ -224,7 +225,7 @@ final class AgentState: Sendable {
     private let snapshot: NIOLockedValueBox<Snapshot>
 
     init(policy: PolicyStatus) {
-        snapshot = NIOLockedValueBox(Snapshot(peerAuthentication: policy.policies.peerAuthentication, policy: policy))
+        snapshot = NIOLockedValueBox(Snapshot(policy: policy))
     }
 
     var current: Snapshot { snapshot.withLockedValue { $0 } }

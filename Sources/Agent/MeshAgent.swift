@@ -56,7 +56,7 @@ public final class MeshAgent: Sendable {
         let config = try AgentConfig.load(path: configPath)
         let policies = try PolicyLoader.load(directory: config.policyDir, rootNamespace: config.rootNamespace, defaultMode: config.mtlsMode)
         try policies.check(against: config.workloads)
-        log(policies, from: config.policyDir)
+        PolicyEnforcement.log(policies, from: config.policyDir, logger: logger)
 
         let mount = try CgroupV2Mount.discover()
         logger.info("cgroup v2 is mounted at \(mount.path)")
@@ -401,10 +401,6 @@ public final class MeshAgent: Sendable {
         if let error = systemd.notify(fields) {
             logger.warning("\(error)")
         }
-    }
-
-    private func log(_ policies: PolicySet, from directory: String) {
-        PolicyEnforcement.log(policies, from: directory, logger: logger)
     }
 
     /// Signals and the rescan timer as one stream, consumed by the control loop.

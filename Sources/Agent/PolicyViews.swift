@@ -157,10 +157,8 @@ extension AdminViews {
             guard let address = try? SocketAddress(ipAddress: text, port: 0) else { throw ExplainError(description: "--source-ip \"\(text)\" is not an IP address") }
             source = address
         }
-        let destination = try? SocketAddress(ipAddress: values["destination_ip"] ?? "0.0.0.0", port: Int(port))
-        let attributes = ConnectionAttributes(
-            sourcePrincipal: identity.map { String($0.description.dropFirst("spiffe://".count)) }, sourceAddress: source,
-            destinationAddress: destination, destinationPort: port)
+        // The node address a caller dialled is not asked for: destination.ip rules do not match.
+        let attributes = ConnectionAttributes(peer: identity, source: source, destination: try SocketAddress(ipAddress: "0.0.0.0", port: Int(port)))
 
         var view = ExplainView(
             decision: "allow", layer: "l4", workload: workload.qualifiedName, source: identity?.description ?? "plaintext (no identity)",

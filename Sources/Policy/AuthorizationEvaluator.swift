@@ -194,12 +194,6 @@ public struct WorkloadAuthorization: Hashable, Sendable {
         dryRunAllowNames = dryRunAllow.map(\.reference).joined(separator: ", ")
     }
 
-    public var isEmpty: Bool { policies.isEmpty }
-
-    /// True if some applicable rule names HTTP attributes, so that some
-    /// connections may need their requests inspected.
-    public var mayInspectRequests: Bool { policies.contains(where: \.usesHTTPAttributes) }
-
     /// The decision for a connection, or `.inspectRequests` when it depends on
     /// the HTTP requests the connection carries.
     ///
@@ -427,17 +421,12 @@ private func notField<T>(_ values: [T]?, _ match: (T) -> Match) -> Match {
 
 /// A pair of HTTP fields (`methods` and `notMethods`, …). Without a request
 /// their outcome is unknown, or settled by the context on a TCP-only port.
-private func http<T>(_ context: MatchContext, _ values: [T]?, _ notValues: [T]?, _ match: (T) -> Match) -> Match {
+private func http<T>(
+    _ context: MatchContext, _ values: [T]?, _ notValues: [T]?, _ match: (HTTPRequestAttributes, T) -> Match
+) -> Match {
     guard values != nil || notValues != nil else { return .yes }
-    guard context.request != nil else { return context.withoutRequest }
-    return field(values, match) && notField(notValues, match)
-}
-
-/// A string that only an HTTP request has: unknown without one.
-private func requestValue(_ context: MatchContext, _ value: (HTTPRequestAttributes) -> String?, _ pattern: StringPattern) -> Match {
-    guard let request = context.request else { return .unknown }
-    guard let value = value(request) else { return .no }
-    return Match(pattern.matches(value))
+    guard let request = context.request else { return context.withoutRequest }
+    return field(values) { match(request, $0) } && notField(notValues) { match(request, $0) }
 }
 
 private func optional(_ value: String?, _ pattern: StringPattern) -> Match {
@@ -463,7 +452,7 @@ extension AuthorizationPolicy.Source {
             // Without X-Forwarded-For or PROXY protocol the remote address is the peer's.
             && field(remoteIpBlocks) { address(source, in: $0) }
             && notField(notRemoteIpBlocks) { address(source, in: $0) }
-            && http(context, requestPrincipals, notRequestPrincipals) { requestValue(context, { $0.identity?.principal }, $0) }
+            && http(context, requestPrincipals, notRequestPrincipals) { request, pattern in optional(request.identity?.principal, pattern) }
     }
 }
 
@@ -472,16 +461,14 @@ extension AuthorizationPolicy.Operation {
         let port = context.connection.destinationPort
         return (ports.map { Match($0.contains(port)) } ?? .yes)
             && (notPorts.map { Match(!$0.contains(port)) } ?? .yes)
-            && http(context, methods, notMethods) { requestValue(context, { $0.method }, $0) }
-            && http(context, paths, notPaths) { requestValue(context, { $0.path }, $0) }
-            && http(context, hosts, notHosts) { hostMatch(context, $0) }
+            && http(context, methods, notMethods) { request, pattern in Match(pattern.matches(request.method)) }
+            && http(context, paths, notPaths) { request, pattern in Match(pattern.matches(request.path)) }
+            && http(context, hosts, notHosts) { request, pattern in Self.host(request.host, matches: pattern) }
     }
 
     /// Hosts compare without case, and a pattern without a port also matches the
     /// host with its port removed (`orders.shop` matches `Orders.shop:8080`).
-    private func hostMatch(_ context: MatchContext, _ pattern: StringPattern) -> Match {
-        guard let request = context.request else { return .unknown }
-        let host = request.host
+    private static func host(_ host: String, matches pattern: StringPattern) -> Match {
         if pattern.matchesIgnoringCase(host) { return .yes }
         guard !pattern.description.contains(":"), let withoutPort = Self.stripPort(host) else { return .no }
         return Match(pattern.matchesIgnoringCase(withoutPort))
@@ -500,13 +487,20 @@ extension AuthorizationPolicy.Operation {
 
 extension AuthorizationPolicy.Condition {
     func matches(_ context: MatchContext) -> Match {
-        if key.isHTTP && context.request == nil && context.tcpOnly { return context.withoutRequest }
-        let positive = values.map { values in Match.any(values) { matches($0, context) } } ?? .yes
-        return positive && (notValues.map { values in Match.any(values) { matches($0, context) }.negated } ?? .yes)
+        let match: (AuthorizationPolicy.ConditionValue) -> Match
+        if key.isHTTP {
+            guard let request = context.request else { return context.withoutRequest }
+            match = { matches($0, request) }
+        } else {
+            match = { matches($0, context.connection) }
+        }
+        return (values.map { Match.any($0, match) } ?? .yes) && (notValues.map { Match.any($0, match).negated } ?? .yes)
     }
 
-    private func matches(_ value: AuthorizationPolicy.ConditionValue, _ context: MatchContext) -> Match {
-        let connection = context.connection
+    // The parser types every value by its key: pairings not listed are
+    // unreachable, and match nothing.
+
+    private func matches(_ value: AuthorizationPolicy.ConditionValue, _ connection: ConnectionAttributes) -> Match {
         switch (key, value) {
         case (.sourceIP, .network(let network)), (.remoteIP, .network(let network)):
             return address(connection.sourceAddress, in: network)
@@ -518,17 +512,23 @@ extension AuthorizationPolicy.Condition {
             return optional(connection.sourceNamespace, pattern)
         case (.sourcePrincipal, .pattern(let pattern)):
             return optional(connection.sourcePrincipal, pattern)
-        case (.requestPrincipal, .pattern(let pattern)):
-            return requestValue(context, { $0.identity?.principal }, pattern)
-        case (.requestPresenter, .pattern(let pattern)):
-            return requestValue(context, { $0.identity?.presenter }, pattern)
-        case (.requestAudiences, .pattern(let pattern)):
-            guard let request = context.request else { return .unknown }
+        default:
+            return .no
+        }
+    }
+
+    private func matches(_ value: AuthorizationPolicy.ConditionValue, _ request: HTTPRequestAttributes) -> Match {
+        guard case .pattern(let pattern) = value else { return .no }
+        switch key {
+        case .requestPrincipal:
+            return optional(request.identity?.principal, pattern)
+        case .requestPresenter:
+            return optional(request.identity?.presenter, pattern)
+        case .requestAudiences:
             return Match(request.identity?.audiences.contains(where: pattern.matches) ?? false)
-        case (.requestHeader(let name), .pattern(let pattern)):
-            return requestValue(context, { $0.header(name) }, pattern)
-        case (.requestClaim(let path), .pattern(let pattern)):
-            guard let request = context.request else { return .unknown }
+        case .requestHeader(let name):
+            return optional(request.header(name), pattern)
+        case .requestClaim(let path):
             guard var claim = request.identity?.claims else { return .no }
             for name in path {
                 guard let member = claim[name] else { return .no }
@@ -536,7 +536,6 @@ extension AuthorizationPolicy.Condition {
             }
             return Match(Self.claim(claim, matches: pattern))
         default:
-            // The parser types every value by its key; any other pairing is unreachable.
             return .no
         }
     }

@@ -19,7 +19,7 @@
 /// and a field matches when any of its values does (for `not…` fields: when
 /// none does). A policy without rules matches nothing; a rule `{}` matches
 /// everything.
-public struct AuthorizationPolicy: Hashable, Sendable {
+public struct AuthorizationPolicy: PolicyObject, Hashable, Sendable {
     public enum Action: String, Hashable, Sendable, CaseIterable {
         case ALLOW, DENY, AUDIT
     }
@@ -52,14 +52,6 @@ public struct AuthorizationPolicy: Hashable, Sendable {
         self.dryRun = dryRun
         self.file = file
         self.line = line
-    }
-
-    public var reference: String { "\(namespace)/\(name)" }
-    public var source: String { line.map { "\(file):\($0)" } ?? file }
-
-    public func selects(labels: [String: String]) -> Bool {
-        guard let matchLabels else { return true }
-        return matchLabels.allSatisfy { labels[$0.key] == $0.value }
     }
 
     /// True if some rule needs an HTTP request to be decided.

@@ -23,7 +23,7 @@ public enum MTLSMode: String, Sendable {
 /// ```
 ///
 /// A policy without a selector in the root namespace is mesh-wide.
-public struct PeerAuthentication: Hashable, Sendable {
+public struct PeerAuthentication: PolicyObject, Hashable, Sendable {
     /// The mode as written. `effective` turns it into what the agent enforces.
     public enum Mode: String, Hashable, Sendable, CaseIterable {
         /// Inherit from the enclosing level (port → workload → namespace → mesh → config).
@@ -74,22 +74,6 @@ public struct PeerAuthentication: Hashable, Sendable {
         self.portLevelModes = portLevelModes
         self.file = file
         self.line = line
-    }
-
-    /// `file:line`, for messages.
-    public var source: String { line.map { "\(file):\($0)" } ?? file }
-
-    /// `namespace/name`, as policies are named in logs and warnings.
-    public var reference: String { "\(namespace)/\(name)" }
-
-    /// True if the policy has no selector: it covers its whole namespace.
-    public var isNamespaceWide: Bool { matchLabels == nil }
-
-    /// Whether the selector picks a workload with these labels (every label it
-    /// names, with the same value). A namespace-wide policy selects everything.
-    public func selects(labels: [String: String]) -> Bool {
-        guard let matchLabels else { return true }
-        return matchLabels.allSatisfy { labels[$0.key] == $0.value }
     }
 }
 

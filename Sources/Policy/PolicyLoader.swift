@@ -69,6 +69,14 @@ public struct PolicyFile: Hashable, Sendable {
         self.skippedDocuments = skippedDocuments
     }
 
+    /// Adds another file's contents (as a directory's files are read together).
+    mutating func append(_ other: PolicyFile) {
+        peerAuthentications += other.peerAuthentications
+        authorizationPolicies += other.authorizationPolicies
+        requestAuthentications += other.requestAuthentications
+        skippedDocuments.merge(other.skippedDocuments, uniquingKeysWith: +)
+    }
+
     /// Reads every document of a (multi-document) YAML file. Each invalid
     /// policy document adds its first error; documents of other kinds are
     /// counted, not read. Empty documents are ignored.
@@ -131,71 +139,61 @@ public enum PolicyLoader {
         } catch {
             throw failure("cannot read the policy directory: \(error.localizedDescription)")
         }
-        let files = names.filter { name in !name.hasPrefix(".") && extensions.contains { name.hasSuffix($0) } }
-            .sorted()
-            .map { (directory as NSString).appendingPathComponent($0) }
-
-        var peerAuthentications: [PeerAuthentication] = []
-        var authorizationPolicies: [AuthorizationPolicy] = []
-        var requestAuthentications: [RequestAuthentication] = []
-        var skipped: [String: Int] = [:]
+        let files = policyFiles(in: directory, names: names)
+        var contents = PolicyFile()
         var errors: [YAMLError] = []
         for path in files {
-            let text: String
             do {
-                text = try String(contentsOfFile: path, encoding: .utf8)
-            } catch {
-                errors.append(YAMLError(file: path, line: nil, keyPath: "", reason: "cannot read the policy file: \(error.localizedDescription)"))
-                continue
-            }
-            do {
-                let file = try PolicyFile.parse(text, file: path)
-                peerAuthentications += file.peerAuthentications
-                authorizationPolicies += file.authorizationPolicies
-                requestAuthentications += file.requestAuthentications
-                skipped.merge(file.skippedDocuments, uniquingKeysWith: +)
+                contents.append(try read(path))
             } catch {
                 errors += error.errors
             }
         }
-        errors += duplicates(peerAuthentications.map { (PeerAuthentication.kind, $0.reference, $0.file, $0.line) })
-        errors += duplicates(authorizationPolicies.map { (AuthorizationPolicy.kind, $0.reference, $0.file, $0.line) })
-        let requestAuthentication = keySets(requestAuthentications, rootNamespace: rootNamespace, errors: &errors)
-        guard errors.isEmpty, let requestAuthentication else { throw PolicyLoadError(errors) }
-        return PolicySet(
-            peerAuthentication: PeerAuthenticationSet(peerAuthentications, rootNamespace: rootNamespace, defaultMode: defaultMode),
-            authorization: AuthorizationPolicySet(authorizationPolicies, rootNamespace: rootNamespace),
-            requestAuthentication: requestAuthentication, files: files, skippedDocuments: skipped)
+        return try assemble(contents, files: files, errors: errors, rootNamespace: rootNamespace, defaultMode: defaultMode)
     }
 
     /// Reads one policy file as `load(directory:…)` reads each of its files.
     public static func load(file path: String, rootNamespace: String, defaultMode: MTLSMode) throws(PolicyLoadError) -> PolicySet {
+        try assemble(try read(path), files: [path], errors: [], rootNamespace: rootNamespace, defaultMode: defaultMode)
+    }
+
+    /// The policy files of a directory, given its entries: `*.yaml` and
+    /// `*.yml`, not hidden, in name order.
+    private static func policyFiles(in directory: String, names: [String]) -> [String] {
+        names.filter { name in !name.hasPrefix(".") && extensions.contains { name.hasSuffix($0) } }
+            .sorted()
+            .map { (directory as NSString).appendingPathComponent($0) }
+    }
+
+    private static func read(_ path: String) throws(PolicyLoadError) -> PolicyFile {
         let text: String
         do {
             text = try String(contentsOfFile: path, encoding: .utf8)
         } catch {
             throw PolicyLoadError([YAMLError(file: path, line: nil, keyPath: "", reason: "cannot read the policy file: \(error.localizedDescription)")])
         }
-        let file = try PolicyFile.parse(text, file: path)
-        var errors = duplicates(file.peerAuthentications.map { (PeerAuthentication.kind, $0.reference, $0.file, $0.line) })
-        errors += duplicates(file.authorizationPolicies.map { (AuthorizationPolicy.kind, $0.reference, $0.file, $0.line) })
-        let requestAuthentication = keySets(file.requestAuthentications, rootNamespace: rootNamespace, errors: &errors)
-        guard errors.isEmpty, let requestAuthentication else { throw PolicyLoadError(errors) }
-        return PolicySet(
-            peerAuthentication: PeerAuthenticationSet(file.peerAuthentications, rootNamespace: rootNamespace, defaultMode: defaultMode),
-            authorization: AuthorizationPolicySet(file.authorizationPolicies, rootNamespace: rootNamespace),
-            requestAuthentication: requestAuthentication, files: [path], skippedDocuments: file.skippedDocuments)
+        return try PolicyFile.parse(text, file: path)
     }
 
-    /// The RequestAuthentications with their key sets read (inline or from
-    /// `jwksUri` files); nil, with the reasons added to `errors`, when any fails.
-    private static func keySets(_ policies: [RequestAuthentication], rootNamespace: String, errors: inout [YAMLError]) -> RequestAuthenticationSet? {
+    /// The checks across files (a policy defined twice, key sets that cannot be
+    /// read), then the set; `errors` are those found reading the files.
+    private static func assemble(
+        _ contents: PolicyFile, files: [String], errors: [YAMLError], rootNamespace: String, defaultMode: MTLSMode
+    ) throws(PolicyLoadError) -> PolicySet {
+        var errors = errors + duplicates(contents.peerAuthentications) + duplicates(contents.authorizationPolicies)
+        let requestAuthentication: RequestAuthenticationSet?
         do {
-            return try RequestAuthenticationSet(policies, rootNamespace: rootNamespace)
+            // Reads the key sets, and reports RequestAuthentications defined twice.
+            requestAuthentication = try RequestAuthenticationSet(contents.requestAuthentications, rootNamespace: rootNamespace)
         } catch {
             errors += error.errors
-            return nil
+            requestAuthentication = nil
         }
+        guard errors.isEmpty, let requestAuthentication else { throw PolicyLoadError(errors) }
+        return PolicySet(
+            peerAuthentication: PeerAuthenticationSet(contents.peerAuthentications, rootNamespace: rootNamespace, defaultMode: defaultMode),
+            authorization: AuthorizationPolicySet(contents.authorizationPolicies, rootNamespace: rootNamespace),
+            requestAuthentication: requestAuthentication, files: files, skippedDocuments: contents.skippedDocuments)
     }
 
     /// What changes when a policy file is added, removed, replaced or edited:
@@ -204,9 +202,7 @@ public enum PolicyLoader {
     public static func fingerprint(directory: String, extraFiles: [String] = []) -> [String] {
         var stamps: [String] = []
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-        let paths = names.filter { name in !name.hasPrefix(".") && extensions.contains { name.hasSuffix($0) } }.sorted()
-            .map { (directory as NSString).appendingPathComponent($0) } + extraFiles
-        for path in paths {
+        for path in policyFiles(in: directory, names: names) + extraFiles {
             var info = stat()
             guard stat(path, &info) == 0 else {
                 stamps.append("\(path) missing")
@@ -217,21 +213,20 @@ public enum PolicyLoader {
         return stamps
     }
 
-    /// A namespace holds one object of a kind by a name, as in Kubernetes.
-    static func duplicates(_ objects: [(kind: String, reference: String, file: String, line: Int?)]) -> [YAMLError] {
+    /// A namespace holds one object of a kind by a name, as in Kubernetes:
+    /// every later definition of a `namespace/name` is an error at its place.
+    static func duplicates<Object: PolicyObject>(_ objects: [Object]) -> [YAMLError] {
         var first: [String: String] = [:]
         var errors: [YAMLError] = []
         for object in objects {
-            let source = object.line.map { "\(object.file):\($0)" } ?? object.file
             if let earlier = first[object.reference] {
-                errors.append(YAMLError(file: object.file, line: object.line, keyPath: "", reason: "\(object.kind) \(object.reference) is already defined at \(earlier)"))
+                errors.append(YAMLError(file: object.file, line: object.line, keyPath: "", reason: "\(Object.kind) \(object.reference) is already defined at \(earlier)"))
             } else {
-                first[object.reference] = source
+                first[object.reference] = object.source
             }
         }
         return errors
     }
-
 }
 
 private func yamlError(_ error: Error, file: String) -> YAMLError {

@@ -25,7 +25,7 @@ import Foundation
 /// `outputClaimToHeaders`), `fromCookies` and `timeout` are refused rather than
 /// ignored, as are `targetRef` and `targetRefs` (there are no gateways or
 /// services to attach to).
-public struct RequestAuthentication: Hashable, Sendable {
+public struct RequestAuthentication: PolicyObject, Hashable, Sendable {
     public static let apiVersions = ["security.istio.io/v1", "security.istio.io/v1beta1"]
     public static let kind = "RequestAuthentication"
 
@@ -100,21 +100,6 @@ public struct RequestAuthentication: Hashable, Sendable {
         self.jwtRules = jwtRules
         self.file = file
         self.line = line
-    }
-
-    /// `file:line`, for messages.
-    public var source: String { line.map { "\(file):\($0)" } ?? file }
-
-    /// `namespace/name`, as policies are named in logs and warnings.
-    public var reference: String { "\(namespace)/\(name)" }
-
-    public var isNamespaceWide: Bool { matchLabels == nil }
-
-    /// Whether the selector picks a workload with these labels (every label it
-    /// names, with the same value). A policy without a selector selects everything.
-    public func selects(labels: [String: String]) -> Bool {
-        guard let matchLabels else { return true }
-        return matchLabels.allSatisfy { labels[$0.key] == $0.value }
     }
 }
 

@@ -34,20 +34,9 @@ public struct RequestAuthenticationSet: Sendable {
         _ policies: [RequestAuthentication] = [], rootNamespace: String,
         readFile: (String) throws -> Data = RequestAuthenticationSet.readKeySetFile
     ) throws(PolicyLoadError) {
-        var errors: [YAMLError] = []
-        var first: [String: RequestAuthentication] = [:]
-        var unique: [RequestAuthentication] = []
-        for policy in policies {
-            if let earlier = first[policy.reference] {
-                errors.append(
-                    YAMLError(
-                        file: policy.file, line: policy.line, keyPath: "",
-                        reason: "RequestAuthentication \(policy.reference) is already defined at \(earlier.source)"))
-            } else {
-                first[policy.reference] = policy
-                unique.append(policy)
-            }
-        }
+        var errors = PolicyLoader.duplicates(policies)
+        var seen = Set<String>()
+        let unique = policies.filter { seen.insert($0.reference).inserted }
 
         var files: [String: Result<Data, Error>] = [:]
         var warnings: [String] = []

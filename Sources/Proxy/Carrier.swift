@@ -60,28 +60,24 @@ enum Carrier {
 /// starts with a hold that keeps it from reading, and the client's side with a
 /// sniffer. Once the sniffer knows the protocol, that protocol's handlers go in
 /// on both sides, the upstream starts reading, and the sniffer hands on the
-/// bytes it held. The byte counters are the HTTP/1.1 gate's, made up front
-/// because the connection is tracked before its protocol is known; the HTTP/2
-/// handlers count into the same ones.
+/// bytes it held. The byte counters are made up front, because the connection
+/// is tracked before its protocol is known; either protocol counts into them.
 final class InspectedConnection {
     private let inspector: HTTPRequestInspector
     private let accessLog: AccessLogSink
     private let limit: HTTPHeadSizeLimit
-    private let gate: HTTPRequestGate
-    private let relay: HTTPUpstreamRelay
     private var client: Channel?
     private var upstream: Channel?
     private var hold: UpstreamReadHold?
+    /// Bytes from the client, and back to it.
+    let received = ByteCounter()
+    let sent = ByteCounter()
 
     init(inspector: HTTPRequestInspector, accessLog: AccessLogSink, limit: HTTPHeadSizeLimit) {
         self.inspector = inspector
         self.accessLog = accessLog
         self.limit = limit
-        (gate, relay) = HTTPUpstreamRelay.pair(inspector: inspector, accessLog: accessLog, limit: limit)
     }
-
-    var received: ByteCounter { gate.received }
-    var sent: ByteCounter { gate.sent }
 
     func installUpstream(on channel: Channel) throws {
         // The handlers' closures keep this object alive until the protocol is
@@ -123,6 +119,7 @@ final class InspectedConnection {
         }
         switch found {
         case .http1:
+            let (gate, relay) = HTTPUpstreamRelay.pair(inspector: inspector, accessLog: accessLog, limit: limit, received: received, sent: sent)
             let upstreamOperations = upstream.pipeline.syncOperations
             // The response decoder watches the requests written through it, to
             // know which responses (to HEAD) have no body.
@@ -136,7 +133,7 @@ final class InspectedConnection {
         case .http2:
             try HTTP2Inspection.install(
                 client: client, upstream: upstream, inspector: inspector, accessLog: accessLog, limit: limit,
-                received: gate.received, sent: gate.sent)
+                received: received, sent: sent)
         }
         self.hold = nil
         hold.release()

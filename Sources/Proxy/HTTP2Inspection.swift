@@ -531,16 +531,7 @@ final class HTTP2RequestStream: ChannelDuplexHandler {
         let request: HTTP2Request
         switch HTTP2Request.parse(block, limit: connection.limit) {
         case .failure(let refusal):
-            var entry = connection.inspector.connectionEntry
-            entry.time = wallClock()
-            entry.protocol = "http"
-            entry.method = block.first(name: ":method").map { String($0.prefix(64)) }
-            entry.action = .deny
-            entry.policy = nil
-            entry.reason = "refused request: \(refusal.reason)"
-            entry.bytesSent = 0
-            entry.bytesReceived = 0
-            self.entry = entry
+            entry = connection.inspector.refusedEntry(refusal.reason, method: block.first(name: ":method").map { String($0.prefix(64)) })
             answer(LocalResponse(status: refusal.status, body: "\(refusal.reason)\n", close: false))
             return
         case .success(let parsed):
@@ -649,15 +640,7 @@ final class HTTP2RequestStream: ChannelDuplexHandler {
 
     private func resetClient(_ code: HTTP2ErrorCode) {
         guard let context else { return }
-        let send = { [self] in
-            context.writeAndFlush(wrapOutboundOut(.rstStream(code)), promise: nil)
-        }
-        if code == .noError, let lastWrite {
-            context.flush()
-            lastWrite.assumeIsolated().whenComplete { _ in send() }
-        } else {
-            send()
-        }
+        resetStream(context, code, after: lastWrite)
     }
 
     private func logFinished() {
@@ -673,8 +656,7 @@ final class HTTP2RequestStream: ChannelDuplexHandler {
                 entry.reason = "stream reset by the \(reset.by.rawValue) (\(HTTP2Inspection.name(of: reset.code)))"
             }
         }
-        HTTPInspectionMetrics.record(entry)
-        connection.accessLog.record(entry)
+        connection.report(entry)
     }
 }
 
@@ -809,15 +791,7 @@ final class HTTP2WorkloadStream: ChannelDuplexHandler {
             queued = []
             return
         }
-        let send = { [self] in
-            context.writeAndFlush(wrapOutboundOut(.rstStream(code)), promise: nil)
-        }
-        if code == .noError, let lastWrite {
-            context.flush()
-            lastWrite.assumeIsolated().whenComplete { _ in send() }
-        } else {
-            send()
-        }
+        resetStream(context, code, after: lastWrite)
     }
 
     private func write(_ payload: HTTP2Frame.FramePayload, context: ChannelHandlerContext) {
@@ -906,6 +880,7 @@ final class HTTP2ProxyConnection {
     private var multiplexer: NIOHTTP2Handler.StreamMultiplexer?
     private var clientWatcher: HTTP2ConnectionWatcher?
     private var workloadWatcher: HTTP2ConnectionWatcher?
+    private var requestCounters = ConnectionRequestCounters()
 
     init(
         inspector: HTTPRequestInspector, accessLog: AccessLogSink, limit: HTTPHeadSizeLimit, received: ByteCounter, sent: ByteCounter,
@@ -917,6 +892,12 @@ final class HTTP2ProxyConnection {
         self.received = received
         self.sent = sent
         self.eventLoop = eventLoop
+    }
+
+    /// One line and one count per finished request.
+    fileprivate func report(_ entry: AccessLogEntry) {
+        requestCounters.record(entry)
+        accessLog.record(entry)
     }
 
     fileprivate func attachWorkload(multiplexer: NIOHTTP2Handler.StreamMultiplexer, watcher: HTTP2ConnectionWatcher) {
@@ -1115,14 +1096,20 @@ extension HTTP2ProxyConnection {
     /// PROTOCOL_ERROR, as RFC 9113 asks); it never became a stream, so this
     /// is its only line.
     fileprivate func refusedHeaderBlock(_ error: Error) {
-        var entry = inspector.connectionEntry
-        entry.time = wallClock()
-        entry.protocol = "http"
-        entry.action = .deny
-        entry.policy = nil
-        entry.reason = "refused request: malformed HTTP/2 header block (\(String(describing: type(of: error))))"
-        entry.bytesSent = 0
-        entry.bytesReceived = 0
-        accessLog.record(entry)
+        accessLog.record(inspector.refusedEntry("malformed HTTP/2 header block (\(String(describing: type(of: error))))"))
+    }
+}
+
+/// Resets a stream. A NO_ERROR reset ("nothing more is needed from you") waits
+/// for what was written before it: sent at once, it would discard it.
+private func resetStream(_ context: ChannelHandlerContext, _ code: HTTP2ErrorCode, after lastWrite: EventLoopFuture<Void>?) {
+    let send = {
+        context.writeAndFlush(NIOAny(HTTP2Frame.FramePayload.rstStream(code)), promise: nil)
+    }
+    if code == .noError, let lastWrite {
+        context.flush()
+        lastWrite.assumeIsolated().whenComplete { _ in send() }
+    } else {
+        send()
     }
 }

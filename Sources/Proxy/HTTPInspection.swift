@@ -19,23 +19,38 @@ struct HTTPRequestInspector: Sendable {
     /// The connection's log entry, which each request's entry starts from.
     let connectionEntry: AccessLogEntry
 
-    func inspect(_ head: HTTPRequestHead) -> Outcome {
+    /// A new request's log line, starting from the connection's.
+    func requestEntry() -> AccessLogEntry {
         var entry = connectionEntry
         entry.time = wallClock()
         entry.protocol = "http"
-        entry.method = head.method.rawValue
         entry.bytesSent = 0
         entry.bytesReceived = 0
+        return entry
+    }
+
+    /// The log line of a request refused before policy saw it: malformed or
+    /// ambiguous, so that no rule decided.
+    func refusedEntry(_ reason: String, method: String? = nil) -> AccessLogEntry {
+        var entry = requestEntry()
+        entry.method = method
+        entry.action = .deny
+        entry.policy = nil
+        entry.reason = "refused request: \(reason)"
+        return entry
+    }
+
+    func inspect(_ head: HTTPRequestHead) -> Outcome {
         let validated: ValidatedRequestHead
         switch HTTPRequestValidation.validate(head) {
         case .failure(let refusal):
-            entry.action = .deny
-            entry.policy = nil
-            entry.reason = "refused request: \(refusal.reason)"
-            return .respond(LocalResponse(status: refusal.status, body: "\(refusal.reason)\n", close: true), entry)
+            return .respond(
+                LocalResponse(status: refusal.status, body: "\(refusal.reason)\n", close: true), refusedEntry(refusal.reason, method: head.method.rawValue))
         case .success(let value):
             validated = value
         }
+        var entry = requestEntry()
+        entry.method = head.method.rawValue
         entry.path = validated.target.path
         let headers = head.headers.map { HTTPField(name: $0.name, value: $0.value) }
         // One snapshot decides the whole request: token rules and policy of one generation.
@@ -102,7 +117,6 @@ struct HTTPExchangeState {
     /// The most requests one connection may have waiting for responses.
     static let maximumPipelined = 64
 
-    var isIdle: Bool { turns.isEmpty && requestBody == .none }
     var mayRead: Bool { turns.count < Self.maximumPipelined }
 
     /// Whether a request head should be looked at (not after a closing refusal).
@@ -198,13 +212,16 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
     private var requestCounters = ConnectionRequestCounters()
     /// Output is being ended; the workload's side closing is expected now.
     private var finishing = false
-    let received = ByteCounter()
-    let sent = ByteCounter()
+    /// The connection's byte counts: what came from the client, what went back.
+    private let received: ByteCounter
+    private let sent: ByteCounter
 
-    init(inspector: HTTPRequestInspector, accessLog: AccessLogSink, limit: HTTPHeadSizeLimit) {
+    init(inspector: HTTPRequestInspector, accessLog: AccessLogSink, limit: HTTPHeadSizeLimit, received: ByteCounter, sent: ByteCounter) {
         self.inspector = inspector
         self.accessLog = accessLog
         self.limit = limit
+        self.received = received
+        self.sent = sent
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -273,16 +290,8 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
         }
         guard state.acceptsRequests else { return }
         let refusal = HTTPRequestRefusal(decoderError: error, limit: limit)
-        var entry = inspector.connectionEntry
-        entry.time = wallClock()
-        entry.protocol = "http"
-        entry.action = .deny
-        entry.policy = nil
-        entry.reason = "refused request: \(refusal.reason)"
-        entry.bytesSent = 0
-        entry.bytesReceived = 0
         HTTPInspectionMetrics.malformed.increment()
-        state.malformed(LocalResponse(status: refusal.status, body: "\(refusal.reason)\n", close: true), entry)
+        state.malformed(LocalResponse(status: refusal.status, body: "\(refusal.reason)\n", close: true), inspector.refusedEntry(refusal.reason))
         writeLocalResponses()
     }
 
@@ -312,10 +321,7 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
             context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: response.body)))), promise: nil)
             writeEnd(nil, context: context)
             sent.add(response.body.utf8.count)
-            if let entry = state.completeTurn() {
-                requestCounters.record(entry)
-                accessLog.record(entry)
-            }
+            if let entry = state.completeTurn() { report(entry) }
         }
         // Upstream responses are flushed when the read that brought them
         // completes; a flush per response would cost a TLS record and a write each.
@@ -346,16 +352,19 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
             context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
         case .end(let trailers):
             writeEnd(trailers, context: context)
-            if let entry = state.completeTurn() {
-                requestCounters.record(entry)
-                accessLog.record(entry)
-            }
+            if let entry = state.completeTurn() { report(entry) }
             writeLocalResponses()
         }
     }
 
     fileprivate func upstreamFlush() {
         context?.flush()
+    }
+
+    /// One line and one count per finished request.
+    private func report(_ entry: AccessLogEntry) {
+        requestCounters.record(entry)
+        accessLog.record(entry)
     }
 
     private func writeEnd(_ trailers: HTTPHeaders?, context: ChannelHandlerContext) {
@@ -443,8 +452,10 @@ final class HTTPUpstreamRelay: ChannelDuplexHandler, RemovableChannelHandler {
         gate = nil
     }
 
-    static func pair(inspector: HTTPRequestInspector, accessLog: AccessLogSink, limit: HTTPHeadSizeLimit) -> (HTTPRequestGate, HTTPUpstreamRelay) {
-        let gate = HTTPRequestGate(inspector: inspector, accessLog: accessLog, limit: limit)
+    static func pair(
+        inspector: HTTPRequestInspector, accessLog: AccessLogSink, limit: HTTPHeadSizeLimit, received: ByteCounter, sent: ByteCounter
+    ) -> (HTTPRequestGate, HTTPUpstreamRelay) {
+        let gate = HTTPRequestGate(inspector: inspector, accessLog: accessLog, limit: limit, received: received, sent: sent)
         let relay = HTTPUpstreamRelay()
         gate.relay = relay
         relay.gate = gate
@@ -522,11 +533,6 @@ final class HTTPUpstreamRelay: ChannelDuplexHandler, RemovableChannelHandler {
 enum HTTPInspectionMetrics {
     static let malformed = Counter(label: "mesh_agent_http_requests_refused_total", dimensions: [("reason", "malformed")])
     static let upstreamReset = Counter(label: "mesh_agent_http_upstream_resets_total")
-
-    /// Istio's request metrics, labelled as its proxies label them.
-    static func record(_ entry: AccessLogEntry) {
-        counter(labels(entry), status: entry.status ?? 0).increment()
-    }
 
     static func labels(_ entry: AccessLogEntry) -> [(String, String)] {
         var labels = IstioTCPMetrics.labels(entry)

@@ -104,17 +104,10 @@ public final class InboundAuthorizer: Sendable {
 extension ConnectionAttributes {
     /// The attributes of an inbound connection to `destination` from a peer
     /// that proved `identity` (nil: plaintext).
-    init(peer identity: SpiffeID?, source: SocketAddress?, destination: SocketAddress) {
+    public init(peer identity: SpiffeID?, source: SocketAddress?, destination: SocketAddress) {
         self.init(
             sourcePrincipal: identity.map(\.principal), sourceAddress: source, destinationAddress: destination,
             destinationPort: UInt16(clamping: destination.port ?? 0))
-    }
-}
-
-extension SpiffeID {
-    /// The ID without its scheme, as Istio policies name principals.
-    var principal: String {
-        String(description.dropFirst("spiffe://".count))
     }
 }
 

@@ -53,6 +53,12 @@ public struct SpiffeID: Hashable, Sendable, CustomStringConvertible, Comparable 
         path.isEmpty ? "spiffe://\(trustDomain)" : "spiffe://\(trustDomain)/\(path)"
     }
 
+    /// The ID without its scheme, `TD/PATH`, as Istio's authorization policies
+    /// write principals.
+    public var principal: String {
+        path.isEmpty ? trustDomain : "\(trustDomain)/\(path)"
+    }
+
     /// The namespace and service account, when the path has Istio's `ns/X/sa/Y` shape.
     public var namespaceAndServiceAccount: (namespace: String, serviceAccount: String)? {
         let parts = path.split(separator: "/")

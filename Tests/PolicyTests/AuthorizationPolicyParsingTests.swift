@@ -154,7 +154,7 @@ import Testing
 
     @Test func aPolicyDefinedTwiceIsRefused() throws {
         let found = PolicyLoader.duplicates([
-            (AuthorizationPolicy.kind, "shop/p", "/a.yaml", 1), (AuthorizationPolicy.kind, "shop/p", "/b.yaml", 4),
+            AuthorizationPolicy(name: "p", namespace: "shop", file: "/a.yaml", line: 1), AuthorizationPolicy(name: "p", namespace: "shop", file: "/b.yaml", line: 4),
         ])
         #expect(found.map(\.description) == ["/b.yaml:4: AuthorizationPolicy shop/p is already defined at /a.yaml:1"])
     }

@@ -10,6 +10,7 @@ can show that a refused connection or request never got there.
 """
 import datetime
 import json
+import re
 import subprocess
 import sys
 import time
@@ -390,12 +391,15 @@ CASES = ["valid RS256", "valid ES256", "valid EdDSA", "expired", "not yet valid"
 def test_jwt_cases_behave_as_specified(mesh, case):
     token, expected = token_cases(mesh)[case]
     tag = marker()
+    logged_before = len(mesh.b.entries())
     answers = mesh.http("reporting", [request("GET", f"/me?tag={tag}", bearer(token), host="profile.shop")], port=PROFILE)
     assert answers[0]["status"] == expected, (case, answers)
     arrived = mesh.profile_record.read_text() if mesh.profile_record.exists() else ""
     assert (tag in arrived) == (expected == 200)
-    entry = mesh.b.find_entry(lambda e: e.get("path") == "/me" and e.get("status") == expected
-                              and e.get("src_identity") == spiffe("reporting") and e.get("time", "") >= "", what=f"the {case} line")
+    # This case's own line: the first request line logged after it was sent.
+    entry = mesh.b.find_entry(lambda e: e.get("path") == "/me" and e.get("src_identity") == spiffe("reporting"),
+                              since=logged_before, what=f"the {case} line")
+    assert entry["status"] == expected, entry
     if expected == 200:
         assert entry["request_principal"] == f"{ISSUER}/alice" and entry["policy"] == "shop/profile-users"
         # The token was consumed here: the workload does not receive it (forwardOriginalToken is false).
@@ -647,6 +651,7 @@ def test_metrics_report_policy_decisions_requests_and_certificate_expiry(mesh):
     orders = [c for c in json.loads(mesh.b.ctl("certs", "-o", "json").stdout) if c["identity"] == spiffe("orders") and c["state"] == "valid"][0]
     not_after = datetime.datetime.fromisoformat(orders["not_after"].replace("Z", "+00:00")).timestamp()
     assert abs(expiry[frozenset({("identity", spiffe("orders"))})] - not_after) < 2
-    assert metric_samples(text, "mesh_agent_policy_generation") or "mesh_agent_policy_generation " in text
-    assert "mesh_agent_active_connections " in text
+    generation = json.loads(mesh.b.ctl("policies", "-o", "json").stdout)["generation"]
+    assert re.search(rf"^mesh_agent_policy_generation {generation}(\.0)?$", text, re.M), "the generation gauge is not agentctl's"
+    assert re.search(r"^mesh_agent_active_connections \d+", text, re.M)
     assert 'mesh_agent_workloads{state="present"} 4' in text
