@@ -4,7 +4,7 @@
 #   make build   release binaries in .build/release
 #   make test    deps + build + unit tests + integration tests (root: real kernel)
 #   make bench   every path (direct, mesh, passthrough, HAProxy mTLS) in one run -> docs/benchmarks.md (root)
-#   make bench-policy  cost of one authorization decision with 10 and 10,000 policies
+#   make bench-micro   cost of the hot pure pieces: an authorization decision, an identity lookup, an HBONE stream
 #   make demo    two nodes on this machine: mTLS tunnel, identities, STRICT refusing plaintext (root)
 
 SWIFT      ?= swift
@@ -20,7 +20,7 @@ DEB_PACKAGES := libssl-dev openssl libmnl-dev libnftnl-dev pkg-config nftables i
 # MODULE or MODULE=PIP_PACKAGE when the names differ.
 PY_MODULES := pytest h2 cryptography yaml=pyyaml
 
-.PHONY: all deps build build-debug test unit-test integration-test demo clean install install-files bench bench-policy
+.PHONY: all deps build build-debug test unit-test integration-test demo clean install install-files bench bench-micro
 
 all: build
 
@@ -69,9 +69,11 @@ bench: build
 	if [ -n "$$missing" ]; then echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; fi
 	MESH_AGENT_BIN=$(CURDIR)/$(RELEASE_BIN) $(PYTHON) bench/run.py
 
-# One authorization decision (L4 and L7) with 10 and 10,000 policies loaded.
-bench-policy: build
-	$(RELEASE_BIN)/policy-bench
+# The hot pure pieces of the data path, in memory: one authorization decision
+# (L4 and L7) with 10 and 10,000 policies loaded, one cgroup-to-workload lookup
+# with 100 and 1,000 workloads, one HBONE stream opened and closed.
+bench-micro: build
+	$(RELEASE_BIN)/micro-bench
 
 demo: build
 	MESH_AGENT_BIN=$(CURDIR)/$(RELEASE_BIN) bash deploy/demo/demo.sh

@@ -94,10 +94,13 @@ let package = Package(
             ]
         ),
         .executableTarget(
-            name: "policy-bench",
+            name: "micro-bench",
             dependencies: [
-                "Policy",
+                "Policy", "Agent", "Proxy", "LinuxNet",
+                .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+                .product(name: "NIOHTTP2", package: "swift-nio-http2"),
             ]
         ),
         .executableTarget(

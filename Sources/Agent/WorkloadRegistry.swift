@@ -43,12 +43,23 @@ public final class WorkloadRegistry: Sendable {
     /// of cgroup tree walks.
     static let missRescanInterval: Duration = .milliseconds(200)
 
-    private let mount: CgroupV2Mount
+    /// A cgroup and every cgroup below it, with their ids, as
+    /// `CgroupV2Mount.subtree(of:)` reads them.
+    package typealias SubtreeReader = @Sendable (CgroupPath) throws -> [(path: CgroupPath, id: CgroupID)]
+
+    private let readSubtree: SubtreeReader
     private let state = NIOLockedValueBox(State())
     private let logger: Logger
 
-    public init(mount: CgroupV2Mount, logger: Logger) {
-        self.mount = mount
+    public convenience init(mount: CgroupV2Mount, logger: Logger) {
+        self.init(logger: logger) { cgroup in try mount.subtree(of: cgroup) }
+    }
+
+    /// A registry that learns cgroup ids from `readSubtree` rather than from the
+    /// kernel: micro-bench fills it with thousands of workloads this way, and
+    /// then measures the lookup the data path makes.
+    package init(logger: Logger, readSubtree: @escaping SubtreeReader) {
+        self.readSubtree = readSubtree
         self.logger = logger
     }
 
@@ -117,7 +128,7 @@ public final class WorkloadRegistry: Sendable {
         var owners: [CgroupID: Int] = [:]
         for (index, member) in snapshot.enumerated() {
             do {
-                let tree = try mount.subtree(of: member.cgroup)
+                let tree = try readSubtree(member.cgroup)
                 let id = tree.first(where: { $0.path == member.cgroup })?.id
                 found.append(id)
                 for node in tree { owners[node.id] = index }

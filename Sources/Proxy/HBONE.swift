@@ -17,7 +17,7 @@ public enum HBONE {
     public static let connectionWindow = 16 * 1024 * 1024
 
     /// The HTTP/2 settings and windows both ends of a tunnel use.
-    static func connectionConfiguration(maximumConcurrentStreams: Int) -> NIOHTTP2Handler.ConnectionConfiguration {
+    package static func connectionConfiguration(maximumConcurrentStreams: Int) -> NIOHTTP2Handler.ConnectionConfiguration {
         var configuration = NIOHTTP2Handler.ConnectionConfiguration()
         configuration.initialSettings = [
             HTTP2Setting(parameter: .maxConcurrentStreams, value: maximumConcurrentStreams),
@@ -28,7 +28,7 @@ public enum HBONE {
         return configuration
     }
 
-    static var streamConfiguration: NIOHTTP2Handler.StreamConfiguration {
+    package static var streamConfiguration: NIOHTTP2Handler.StreamConfiguration {
         var configuration = NIOHTTP2Handler.StreamConfiguration()
         configuration.targetWindowSize = streamWindow
         // A splice writes up to one receive buffer (256 KiB) at a time; a stream
@@ -44,7 +44,7 @@ public enum HBONE {
         [":method": "CONNECT", ":authority": AccessLogEntry.format(destination)]
     }
 
-    static func response(status: Status) -> HPACKHeaders {
+    package static func response(status: Status) -> HPACKHeaders {
         [":status": String(status.rawValue)]
     }
 
@@ -57,14 +57,14 @@ public enum HBONE {
     }
 
     /// Why the server did not open a tunnel: the answer to send and the reason to log.
-    struct Refusal: Error, Equatable {
-        var status: Status
-        var reason: String
+    package struct Refusal: Error, Equatable {
+        package var status: Status
+        package var reason: String
     }
 
     /// The target of a tunnel request, or why it is refused. Only plain `CONNECT`
     /// (not the extended CONNECT of RFC 8441) to an IP literal and port is HBONE.
-    static func target(of request: HPACKHeaders) -> Result<SocketAddress, Refusal> {
+    package static func target(of request: HPACKHeaders) -> Result<SocketAddress, Refusal> {
         guard let method = request.first(name: ":method") else {
             return .failure(Refusal(status: .badRequest, reason: "request has no :method"))
         }
@@ -144,13 +144,15 @@ public enum HBONEError: Error, CustomStringConvertible, Equatable {
 /// from fresh pages, on every read: a tunnel then spent its CPU in memmove and
 /// page faults at a fraction of the link's speed. With record-sized pieces the
 /// parser's storage stays record-sized, and so does any copy.
-final class HTTP2InputChunker: ChannelInboundHandler {
-    typealias InboundIn = ByteBuffer
-    typealias InboundOut = ByteBuffer
+package final class HTTP2InputChunker: ChannelInboundHandler {
+    package typealias InboundIn = ByteBuffer
+    package typealias InboundOut = ByteBuffer
 
     static let pieceSize = 16 * 1024
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    package init() {}
+
+    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = unwrapInboundIn(data)
         guard buffer.readableBytes > Self.pieceSize else {
             context.fireChannelRead(data)

@@ -1,0 +1,198 @@
+import NIOCore
+import NIOEmbedded
+import NIOHTTP2
+import Proxy
+
+/// One HBONE tunnel stream opened and closed on an established HTTP/2
+/// connection: the client sends the CONNECT, the server answers 200, then each
+/// side ends its half of the stream. Both ends run the product's HTTP/2
+/// configuration on in-memory channels, without sockets or TLS.
+func measureTunnelStreams() throws {
+    let tunnel = try InMemoryTunnel()
+    let iterations = 20_000
+    let completed: Int
+    do {
+        completed = try measure("HTTP/2 stream open+close", per: "stream", iterations: iterations, counting: "answered 200 and closed") {
+            try tunnel.openAndCloseStream()
+        }
+    } catch {
+        // When streams go wrong the connection gives up too (too many resets,
+        // say); the first stream that went wrong tells why.
+        fail("the in-memory HTTP/2 connection failed (\(error))\(tunnel.tally.firstFailureDescription)")
+    }
+    guard completed == iterations else {
+        fail("only \(completed) of \(iterations) tunnel streams were answered 200 and closed\(tunnel.tally.firstFailureDescription)")
+    }
+}
+
+/// What happened to the streams so far, counted on the event loop.
+final class StreamTally {
+    /// Client streams whose CONNECT the server answered with 200.
+    var answered = 0
+    /// Stream channels closed, on either end.
+    var closed = 0
+    /// What went wrong first, for the message that ends a failed run.
+    private var firstFailure: String?
+
+    func failed(_ reason: String) {
+        if firstFailure == nil { firstFailure = reason }
+    }
+
+    var firstFailureDescription: String {
+        firstFailure.map { "; first failure: \($0)" } ?? ""
+    }
+}
+
+/// A tunnel client and a tunnel server joined in memory: the bytes each end's
+/// HTTP/2 connection writes are handed to the other end as it reads them.
+final class InMemoryTunnel {
+    let tally = StreamTally()
+    private let loop = EmbeddedEventLoop()
+    private let client: EmbeddedChannel
+    private let server: EmbeddedChannel
+    private let clientStreams: NIOHTTP2Handler.StreamMultiplexer
+    private let destination: SocketAddress
+
+    init() throws {
+        client = EmbeddedChannel(loop: loop)
+        server = EmbeddedChannel(loop: loop)
+        destination = try SocketAddress(ipAddress: "10.77.0.2", port: 8080)
+        let configuration = HBONE.connectionConfiguration(maximumConcurrentStreams: HBONE.defaultMaximumStreamsPerConnection)
+
+        // As TunnelClient's pooled connections, less TLS.
+        try client.pipeline.syncOperations.addHandler(HTTP2InputChunker())
+        clientStreams = try client.pipeline.syncOperations.configureHTTP2Pipeline(
+            mode: .client, connectionConfiguration: configuration, streamConfiguration: HBONE.streamConfiguration
+        ) { pushed in
+            pushed.close()
+        }
+
+        // As HBONEServer's peer connections, less TLS and the idle monitor:
+        // streams start without reading, and the first handler reads the request.
+        let boundTally = NIOLoopBound(tally, eventLoop: loop)
+        try server.pipeline.syncOperations.addHandler(HTTP2InputChunker())
+        _ = try server.pipeline.syncOperations.configureHTTP2Pipeline(
+            mode: .server, connectionConfiguration: configuration, streamConfiguration: HBONE.streamConfiguration
+        ) { stream in
+            stream.closeFuture.whenComplete { _ in boundTally.value.closed += 1 }
+            return stream.eventLoop.makeCompletedFuture {
+                try stream.syncOptions?.setOption(.autoRead, value: false)
+                try stream.pipeline.syncOperations.addHandler(TunnelAnswerer(tally: boundTally.value))
+            }
+        }
+
+        let address = try SocketAddress(ipAddress: "10.77.0.1", port: 15008)
+        client.connect(to: address, promise: nil)
+        server.connect(to: address, promise: nil)
+        // The prefaces and SETTINGS: after this the connection is established.
+        try exchangeUntilQuiet()
+    }
+
+    /// Opens one stream with the tunnel client's own code, ends it from both
+    /// sides once it is answered, and returns whether it was answered 200 and
+    /// both its ends closed.
+    func openAndCloseStream() throws -> Bool {
+        let answeredBefore = tally.answered
+        let closedBefore = tally.closed
+        let opened = TunnelClient.openStream(on: clientStreams, to: destination, timeout: .seconds(10), eventLoop: loop)
+        opened.assumeIsolated().whenComplete { [tally] result in
+            switch result {
+            case .success(let stream):
+                // TunnelClient succeeds only once the answer was 200.
+                tally.answered += 1
+                stream.closeFuture.assumeIsolated().whenComplete { _ in tally.closed += 1 }
+                // As the outbound proxy does once the stream is spliced: read
+                // it, and end it when the workload's client half-closes.
+                do {
+                    try stream.syncOptions?.setOption(.autoRead, value: true)
+                } catch {
+                    tally.failed("cannot read the client stream: \(error)")
+                }
+                stream.read()
+                stream.writeAndFlush(HTTP2Frame.FramePayload.endOfStream, promise: nil)
+            case .failure(let error):
+                tally.failed("the client's stream failed: \(error)")
+            }
+        }
+        try exchangeUntilQuiet()
+        return tally.answered == answeredBefore + 1 && tally.closed == closedBefore + 2
+    }
+
+    /// Hands each end's output to the other until neither has anything to send.
+    private func exchangeUntilQuiet() throws {
+        var moved = true
+        while moved {
+            loop.run()
+            moved = try forward(from: client, to: server)
+            moved = try forward(from: server, to: client) || moved
+        }
+    }
+
+    private func forward(from sender: EmbeddedChannel, to receiver: EmbeddedChannel) throws -> Bool {
+        var moved = false
+        while let bytes = try sender.readOutbound(as: ByteBuffer.self) {
+            try receiver.writeInbound(bytes)
+            moved = true
+        }
+        // Connection-level frames (SETTINGS, their ACKs) reach the end of the
+        // pipeline; nothing reads them there, so drop them.
+        while try receiver.readInbound(as: HTTP2Frame.self) != nil {}
+        return moved
+    }
+}
+
+/// The server end of one tunnel stream: answers a CONNECT with 200, as the
+/// tunnel server does once the workload's connection is up, and ends its half
+/// of the stream when the client ends its.
+final class TunnelAnswerer: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias OutboundOut = HTTP2Frame.FramePayload
+
+    private let tally: StreamTally
+    private var requestSeen = false
+
+    init(tally: StreamTally) {
+        self.tally = tally
+    }
+
+    // The stream does not read on its own until it is answered (autoRead off,
+    // as on the tunnel server): these reads fetch the request.
+    func handlerAdded(context: ChannelHandlerContext) {
+        if context.channel.isActive { context.read() }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        context.fireChannelActive()
+        context.read()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        if !requestSeen {
+            requestSeen = true
+            guard case .headers(let request) = frame, !request.endStream, case .success = HBONE.target(of: request.headers) else {
+                tally.failed("the server got a stream that did not start with a tunnel CONNECT: \(frame)")
+                context.close(promise: nil)
+                return
+            }
+            context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: HBONE.response(status: .ok)))), promise: nil)
+            do {
+                try context.channel.syncOptions?.setOption(.autoRead, value: true)
+            } catch {
+                tally.failed("cannot read the server stream: \(error)")
+            }
+            context.read()
+            return
+        }
+        if case .data(let data) = frame, data.endStream {
+            context.writeAndFlush(wrapOutboundOut(.endOfStream), promise: nil)
+        }
+    }
+}
+
+extension HTTP2Frame.FramePayload {
+    /// An empty DATA frame with END_STREAM: how a tunnel end says its side is done.
+    static var endOfStream: HTTP2Frame.FramePayload {
+        .data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))
+    }
+}
