@@ -15,15 +15,32 @@ METRICS = [
     ("wrk_keepalive", "p99_ms", "keep-alive p99 (ms)", False),
     ("wrk_close", "requests_s", "new connections/s", True),
     ("wrk_close", "p99_ms", "new connection p99 (ms)", False),
+    ("proxy", "proxy_cpu_s_per_gb", "proxy CPU per GB, 1 stream (s)", False),
+    ("wrk_keepalive", "proxy_cpu_us_per_request", "proxy CPU per keep-alive request (µs)", False),
+    ("wrk_close", "proxy_cpu_us_per_request", "proxy CPU per new connection (µs)", False),
 ]
 
 
 def value(results, path, metric, field):
-    return results["paths"][path][metric][field]
+    """A path's measurement; None where the path has none (direct has no proxy CPU)."""
+    measured = results["paths"][path]
+    return (measured if metric == "proxy" else measured[metric]).get(field)
+
+
+def cell(number, field):
+    if number is None:
+        return "—"
+    return f"{number:,.0f}" if field == "requests_s" or "_us_" in field else f"{number:,.2f}"
 
 
 def ratio(a, b):
+    if a is None or b is None:
+        return None
     return a / b if b else float("inf")
+
+
+def ratio_cell(number):
+    return "—" if number is None else f"{number:.2f}"
 
 
 def targets(results):
@@ -104,31 +121,30 @@ def markdown(results, source):
         "|---|" + "---|" * (len(PATHS) + 2),
     ]
     for metric, field, title, _ in METRICS:
-        cells = [f"{value(results, p, metric, field):,.2f}" if field != "requests_s" else f"{value(results, p, metric, field):,.0f}" for p in PATHS]
+        cells = [cell(value(results, p, metric, field), field) for p in PATHS]
         mesh = value(results, "mesh", metric, field)
         lines.append(f"| {title} | " + " | ".join(cells) +
-                     f" | {ratio(mesh, value(results, 'direct', metric, field)):.2f} | {ratio(mesh, value(results, 'haproxy-mtls', metric, field)):.2f} |")
+                     f" | {ratio_cell(ratio(mesh, value(results, 'direct', metric, field)))}"
+                     f" | {ratio_cell(ratio(mesh, value(results, 'haproxy-mtls', metric, field)))} |")
+    lines += ["", "Proxy CPU is the user and system time of the processes that carry the path (both agents for the mesh, "
+              "both HAProxy processes for haproxy-mtls; node A's agent alone does the work of mesh-passthrough), "
+              "from `/proc/PID/stat`, divided by what the measurement moved."]
     idle = results["idle_connections"]
     policy = results["policy"]
     lines += [
         "",
         "| mesh only | value |",
         "|---|---|",
-        f"| agent CPU per GB, 1 stream (both agents) | {results['paths']['mesh']['agent_cpu_s_per_gb']} s |",
-        f"| agent CPU per GB, passthrough | {results['paths']['mesh-passthrough']['agent_cpu_s_per_gb']} s |",
         f"| memory per idle proxied connection ({idle['connections']:,} held) | node A {idle['kib_per_connection']['a']} KiB, node B {idle['kib_per_connection']['b']} KiB |",
         f"| agent RSS at idle, {results['idle_100_workloads']['workloads']} workloads with certificates | {results['idle_100_workloads']['rss_kib'] / 1024:.1f} MiB |",
         f"| keep-alive requests/s, L4-only policy → L7 policy | {policy['l4']['requests_s']:,.0f} → {policy['l7']['requests_s']:,.0f} ({policy['l7_cost'] * 100:.0f}% fewer) |",
     ]
     micro = results.get("micro", {})
     if micro:
-        described = []
-        for layer in ("l4", "l7"):
-            for count in ("10", "10000"):
-                key = f"{layer}_decision_ns_{count}_policies"
-                if key in micro:
-                    described.append(f"one {layer.upper()} decision with {int(count):,} policies loaded: {micro[key]:,} ns")
-        lines += ["", "Micro-benchmarks (`make bench-policy`): " + "; ".join(described) + "."]
+        lines += ["", "Micro-benchmarks of the hot pure pieces (`make bench-micro`, release build, one core):", "",
+                  "| piece | ns |", "|---|---|"]
+        for name, measured in micro.items():
+            lines.append(f"| {name} | {measured['ns']:,} per {measured['per']} |")
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for name, measured, goal, unit, met in targets(results):
         lines.append(f"| {name} | {measured:.2f} {unit} | {'yes' if met else '**no**'} |")

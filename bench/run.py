@@ -22,7 +22,13 @@ workloads, agent CPU per GB, and the request-rate cost of an L7 policy.
 Results go to bench/results/<time>.json; docs/benchmarks.md and
 docs/benchmarks.svg are written from them. Run as root from the repository:
   python3 bench/run.py            (BENCH_SECONDS, BENCH_IDLE_CONNECTIONS, MESH_AGENT_BIN)
+
+To look at one part while working on it, BENCH_PATHS (e.g. "mesh haproxy-mtls")
+and BENCH_PARTS (any of "iperf wrk idle policy workloads micro") narrow the run; a
+narrowed run prints its JSON and writes no result or report. BENCH_PROFILE=DIR
+records `perf record -g` of both agents during each mesh measurement into DIR.
 """
+import contextlib
 import datetime
 import json
 import os
@@ -35,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,7 +54,18 @@ A_IP, B_IP = "10.77.252.1", "10.77.252.2"
 A_IP_OUTSIDE, B_IP_OUTSIDE = "10.77.253.1", "10.77.253.2"   # outside meshNetworks: passthrough
 MESH_HTTP, OTHER_HTTP, MESH_IPERF, OTHER_IPERF = 8080, 8081, 5201, 5202
 HAPROXY_HTTP, HAPROXY_IPERF, HAPROXY_TLS_HTTP, HAPROXY_TLS_IPERF = 18080, 15211, 18443, 15443
-PATHS = ["direct", "mesh", "mesh-passthrough", "haproxy-mtls"]
+ALL_PATHS = ["direct", "mesh", "mesh-passthrough", "haproxy-mtls"]
+ALL_PARTS = ["iperf", "wrk", "idle", "policy", "workloads", "micro"]
+PATHS = os.environ.get("BENCH_PATHS", " ".join(ALL_PATHS)).split()
+PARTS = os.environ.get("BENCH_PARTS", " ".join(ALL_PARTS)).split()
+PROFILE = os.environ.get("BENCH_PROFILE")
+for name in PATHS:
+    if name not in ALL_PATHS:
+        sys.exit(f"BENCH_PATHS: unknown path {name!r}; the paths are {' '.join(ALL_PATHS)}")
+for name in PARTS:
+    if name not in ALL_PARTS:
+        sys.exit(f"BENCH_PARTS: unknown part {name!r}; the parts are {' '.join(ALL_PARTS)}")
+COMPLETE = PATHS == ALL_PATHS and PARTS == ALL_PARTS
 
 
 def log(message):
@@ -227,11 +245,14 @@ frontend iperf
 backend iperf
   server iperf 127.0.0.1:{OTHER_IPERF}
 """
+        haproxies = {}
         for namespace, name, text in ((A, "a", a), (B, "b", b)):
             path = self.work / f"haproxy-{name}.cfg"
             path.write_text(text)
             run("haproxy", "-c", "-f", path)
-            self.spawn(namespace, ["haproxy", "-db", "-f", path], stdout=subprocess.DEVNULL, stderr=open(self.work / f"haproxy-{name}.log", "w"))
+            haproxies[name] = self.spawn(namespace, ["haproxy", "-db", "-f", path], stdout=subprocess.DEVNULL,
+                                         stderr=open(self.work / f"haproxy-{name}.log", "w"))
+        return haproxies
 
     # ------------------------------------------------------------ measurements
 
@@ -262,8 +283,24 @@ backend iperf
         return parse_wrk(out)
 
     def cpu_seconds(self, proc):
+        return sum(self.cpu_split(proc))
+
+    @contextlib.contextmanager
+    def cpu_of(self, processes):
+        """User and system CPU seconds the processes spend inside the block."""
+        spent = types.SimpleNamespace(user=0.0, system=0.0, total=0.0)
+        before = {name: self.cpu_split(proc) for name, proc in processes.items()}
+        yield spent
+        for name, proc in processes.items():
+            user, system = self.cpu_split(proc)
+            spent.user += user - before[name][0]
+            spent.system += system - before[name][1]
+        spent.total = spent.user + spent.system
+
+    def cpu_split(self, proc):
+        """(user, system) CPU seconds of a process so far."""
         fields = Path(f"/proc/{proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return int(fields[11]) / os.sysconf("SC_CLK_TCK"), int(fields[12]) / os.sysconf("SC_CLK_TCK")
 
     def rss_kib(self, proc):
         for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
@@ -335,6 +372,23 @@ backend iperf
         result["l7_cost"] = round(1 - result["l7"]["requests_s"] / result["l4"]["requests_s"], 3)
         return result
 
+    @contextlib.contextmanager
+    def profiled(self, path, measurement):
+        """perf record of both agents while a mesh measurement runs (BENCH_PROFILE)."""
+        if not PROFILE or not path.startswith("mesh"):
+            yield
+            return
+        directory = Path(PROFILE)
+        directory.mkdir(parents=True, exist_ok=True)
+        pids = ",".join(str(proc.pid) for proc in self.agents.values())
+        perf = subprocess.Popen(["perf", "record", "-g", "-q", "-p", pids, "-o", directory / f"{path}-{measurement}.data"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            yield
+        finally:
+            perf.send_signal(signal.SIGINT)
+            perf.wait(timeout=60)
+
     def generation(self):
         return json.loads(run(BIN / "agentctl", "policies", "-o", "json", "--socket", self.work / "b" / "admin.sock").stdout)["generation"]
 
@@ -351,34 +405,47 @@ backend iperf
                                      "10.77.252.0/24")
         agents = {"a": self.start_agent(A, config_a, "a"), "b": self.start_agent(B, config_b, "b")}
         self.servers(orders)
-        self.haproxy(pki)
+        haproxies = self.haproxy(pki)
         time.sleep(1.5)
 
+        self.agents = agents
         results = {"paths": {}}
         for path in PATHS:
             log(f"path {path}")
+            # The processes that carry this path: their CPU is the proxying cost.
+            proxies = {} if path == "direct" else haproxies if path == "haproxy-mtls" else agents
             measured = {}
-            cpu0 = {name: self.cpu_seconds(proc) for name, proc in agents.items()}
-            measured["iperf_1"] = self.iperf(path, 1)
-            cpu1 = {name: self.cpu_seconds(proc) for name, proc in agents.items()}
-            measured["iperf_4"] = self.iperf(path, 4)
-            measured["wrk_keepalive"] = self.wrk(path, close=False)
-            measured["wrk_close"] = self.wrk(path, close=True)
-            if path.startswith("mesh"):
-                gigabytes = measured["iperf_1"]["bytes"] / 1e9
-                measured["agent_cpu_s_per_gb"] = round(sum(cpu1[n] - cpu0[n] for n in agents) / gigabytes, 3)
+            if "iperf" in PARTS:
+                with self.cpu_of(proxies) as cpu, self.profiled(path, "iperf_1"):
+                    measured["iperf_1"] = self.iperf(path, 1)
+                if proxies:
+                    measured["proxy_cpu_s_per_gb"] = round(cpu.total / (measured["iperf_1"]["bytes"] / 1e9), 3)
+                with self.profiled(path, "iperf_4"):
+                    measured["iperf_4"] = self.iperf(path, 4)
+            if "wrk" in PARTS:
+                for name, close in (("wrk_keepalive", False), ("wrk_close", True)):
+                    with self.cpu_of(proxies) as cpu, self.profiled(path, name):
+                        measured[name] = self.wrk(path, close=close)
+                    if proxies:
+                        requests = max(measured[name]["requests_s"] * SECONDS, 1)
+                        measured[name]["proxy_cpu_us_per_request"] = round(cpu.total / requests * 1e6, 1)
+                        measured[name]["proxy_user_us_per_request"] = round(cpu.user / requests * 1e6, 1)
             results["paths"][path] = measured
             log(f"  {json.dumps(measured)}")
-        log("idle connections")
-        results["idle_connections"] = self.idle_connections(agents, IDLE_CONNECTIONS)
-        log(f"  {json.dumps(results['idle_connections'])}")
-        log("L7 policy cost")
-        results["policy"] = self.policy_cost(agents)
-        log(f"  {json.dumps(results['policy'])}")
-        log("100 workloads at idle")
-        results["idle_100_workloads"] = self.idle_with_workloads()
-        log(f"  {json.dumps(results['idle_100_workloads'])}")
-        results["micro"] = micro_benchmarks()
+        if "idle" in PARTS:
+            log("idle connections")
+            results["idle_connections"] = self.idle_connections(agents, IDLE_CONNECTIONS)
+            log(f"  {json.dumps(results['idle_connections'])}")
+        if "policy" in PARTS:
+            log("L7 policy cost")
+            results["policy"] = self.policy_cost(agents)
+            log(f"  {json.dumps(results['policy'])}")
+        if "workloads" in PARTS:
+            log("100 workloads at idle")
+            results["idle_100_workloads"] = self.idle_with_workloads()
+            log(f"  {json.dumps(results['idle_100_workloads'])}")
+        if "micro" in PARTS:
+            results["micro"] = micro_benchmarks()
         results["machine"] = machine()
         results["seconds_per_run"] = SECONDS
         return results
@@ -396,12 +463,13 @@ def parse_wrk(text):
 
 
 def micro_benchmarks():
-    out = run(BIN / "policy-bench").stdout
+    """`micro-bench`'s lines, "NAME   N ns/UNIT  (...)", as {NAME: {"ns": N, "per": UNIT}}."""
+    out = run(BIN / "micro-bench").stdout
     results = {}
     for line in out.splitlines():
-        found = re.match(r"(L4|L7) decision, (\d+) policies\s+(\d+) ns", line)
+        found = re.match(r"(\S.*?)\s{2,}(\d+) ns/(\w+)", line)
         if found:
-            results[f"{found.group(1).lower()}_decision_ns_{found.group(2)}_policies"] = int(found.group(3))
+            results[found.group(1)] = {"ns": int(found.group(2)), "per": found.group(3)}
     return results
 
 
@@ -421,6 +489,9 @@ if __name__ == "__main__":
         results = bench.main()
     finally:
         bench.close()
+    if not COMPLETE:
+        print(json.dumps(results, indent=2))
+        sys.exit(0)
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)
     stamp = results["machine"]["time"].replace(":", "")
