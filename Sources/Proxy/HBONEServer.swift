@@ -99,6 +99,7 @@ public final class HBONEServer: Sendable {
         let operations = channel.pipeline.syncOperations
         try operations.addHandler(tls)
         try operations.addHandler(HTTP2InputChunker())
+        try operations.addHandler(FlushCoalescer())
         let monitor = TunnelConnectionMonitor(idleTimeout: configuration.idleTimeout, logger: logger, metrics: metrics)
         let boundMonitor = NIOLoopBound(monitor, eventLoop: channel.eventLoop)
         _ = try operations.configureHTTP2Pipeline(

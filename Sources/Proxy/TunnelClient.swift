@@ -172,6 +172,7 @@ private final class LoopPool: @unchecked Sendable {
             try operations.addHandler(TLSHandler(context: context))
             try operations.addHandler(HandshakeObserver(promise: handshake))
             try operations.addHandler(HTTP2InputChunker())
+            try operations.addHandler(FlushCoalescer())
             multiplexerBox.value = try operations.configureHTTP2Pipeline(
                 mode: .client,
                 connectionConfiguration: HBONE.connectionConfiguration(maximumConcurrentStreams: HBONE.defaultMaximumStreamsPerConnection),
