@@ -316,6 +316,8 @@ public final class MeshAgent: Sendable {
         for server in observability { await server.stop() }
         await admin.stop()
         try? await group.shutdownGracefully()
+        // Lines of the loops' last tick, if their scheduled write did not run.
+        accessLog.flush()
         logger.info("mesh-agent stopped")
     }
 
