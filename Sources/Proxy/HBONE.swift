@@ -86,24 +86,38 @@ public enum HBONE {
     /// `10.77.0.2:8080` or `[fd77::2]:8080`: an IP literal (never a name, so the
     /// server resolves nothing) and a port from 1 to 65535.
     static func parseAuthority(_ authority: String) -> SocketAddress? {
-        let host: Substring
-        let port: Substring
-        if authority.hasPrefix("[") {
-            guard let close = authority.firstIndex(of: "]") else { return nil }
-            host = authority[authority.index(after: authority.startIndex)..<close]
-            let rest = authority[authority.index(after: close)...]
-            guard rest.hasPrefix(":") else { return nil }
+        // Scanned as UTF-8: every byte that matters here is ASCII, and a scan by
+        // Character (grapheme breaking, Unicode digit properties) cost more than
+        // the rest of opening a stream.
+        let bytes = authority.utf8
+        let host: Substring.UTF8View
+        let port: Substring.UTF8View
+        if bytes.first == UInt8(ascii: "[") {
+            guard let close = bytes.firstIndex(of: UInt8(ascii: "]")) else { return nil }
+            host = authority[bytes.index(after: bytes.startIndex)..<close].utf8
+            let rest = authority[bytes.index(after: close)...].utf8
+            guard rest.first == UInt8(ascii: ":") else { return nil }
             port = rest.dropFirst()
-            guard host.contains(":") else { return nil }
+            guard host.contains(UInt8(ascii: ":")) else { return nil }
         } else {
-            guard let colon = authority.lastIndex(of: ":") else { return nil }
-            host = authority[..<colon]
-            port = authority[authority.index(after: colon)...]
-            guard !host.contains(":") else { return nil }
+            guard let colon = bytes.lastIndex(of: UInt8(ascii: ":")) else { return nil }
+            host = authority[..<colon].utf8
+            port = authority[bytes.index(after: colon)...].utf8
+            guard !host.contains(UInt8(ascii: ":")) else { return nil }
         }
-        guard !port.isEmpty, port.count <= 5, port.allSatisfy({ $0.isASCII && $0.isNumber }),
-              let number = Int(port), (1...65535).contains(number), !host.isEmpty else { return nil }
-        return try? SocketAddress(ipAddress: String(host), port: number)
+        guard !host.isEmpty, let number = portNumber(port) else { return nil }
+        return try? SocketAddress(ipAddress: String(Substring(host)), port: number)
+    }
+
+    /// A port written as 1 to 5 ASCII digits, 1...65535.
+    private static func portNumber(_ digits: Substring.UTF8View) -> Int? {
+        guard (1...5).contains(digits.count) else { return nil }
+        var number = 0
+        for byte in digits {
+            guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
+            number = number * 10 + Int(byte - UInt8(ascii: "0"))
+        }
+        return (1...65535).contains(number) ? number : nil
     }
 
     /// The status of a tunnel response, if it is a well-formed one.
