@@ -66,6 +66,8 @@ for name in PARTS:
     if name not in ALL_PARTS:
         sys.exit(f"BENCH_PARTS: unknown part {name!r}; the parts are {' '.join(ALL_PARTS)}")
 COMPLETE = PATHS == ALL_PATHS and PARTS == ALL_PARTS
+if PROFILE and not shutil.which("perf"):
+    sys.exit("BENCH_PROFILE needs perf: apt-get install linux-perf")
 
 
 def log(message):
@@ -367,7 +369,8 @@ backend iperf
                 time.sleep(0.1)
             else:
                 sys.exit("node B did not load the bench policy")
-            result[kind] = self.wrk("mesh", close=False)
+            with self.profiled("mesh", f"policy_{kind}"):
+                result[kind] = self.wrk("mesh", close=False)
         (policies / "bench.yaml").unlink()
         result["l7_cost"] = round(1 - result["l7"]["requests_s"] / result["l4"]["requests_s"], 3)
         return result
