@@ -39,6 +39,10 @@ struct HBONEStreamState {
 ///
 /// Writes on a stream leave in order, so output needs no draining before
 /// END_STREAM: an empty write (the splice's drain marker) completes at once.
+///
+/// Small writes of one flush leave as one DATA frame: an HTTP response that
+/// NIOHTTP1 encodes as a head and a body would otherwise cost two trips through
+/// the stream channel and the connection's HTTP/2 handler.
 final class HBONEStreamBridge: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTP2Frame.FramePayload
     typealias InboundOut = ByteBuffer
@@ -46,6 +50,12 @@ final class HBONEStreamBridge: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundOut = HTTP2Frame.FramePayload
 
     private var state = HBONEStreamState()
+    /// Small writes since the last flush, gathered into one DATA frame.
+    private var gathered: ByteBuffer?
+    private var gatheredPromise: EventLoopPromise<Void>?
+    /// Writes at least this large go out as they are: copying them would cost
+    /// more than the frame they save.
+    static let gatherLimit = 8 * 1024
 
     /// Tunnel streams are made with `autoRead` off, so that nothing arrives
     /// before the splice is in place; this turns it on once it is. A stream
@@ -80,25 +90,76 @@ final class HBONEStreamBridge: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
-        let buffer = unwrapOutboundIn(data)
+        var buffer = unwrapOutboundIn(data)
         guard buffer.readableBytes > 0 else {
             promise?.succeed()
             return
         }
+        if var pending = gathered {
+            if pending.readableBytes + buffer.readableBytes <= Self.gatherLimit {
+                pending.writeBuffer(&buffer)
+                gathered = pending
+                completeWithGathered(promise)
+                return
+            }
+            sendGathered(context: context)
+        }
+        if buffer.readableBytes < Self.gatherLimit {
+            gathered = buffer
+            gatheredPromise = promise
+            return
+        }
         context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(buffer)))), promise: promise)
+    }
+
+    func flush(context: ChannelHandlerContext) {
+        sendGathered(context: context)
+        context.flush()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        sendGathered(context: context)
+    }
+
+    /// `promise` completes when the gathered frame is written.
+    private func completeWithGathered(_ promise: EventLoopPromise<Void>?) {
+        guard let promise else { return }
+        if let gatheredPromise {
+            gatheredPromise.futureResult.cascade(to: promise)
+        } else {
+            gatheredPromise = promise
+        }
+    }
+
+    /// Passes the gathered writes on as one DATA frame, ending the stream with it
+    /// when `endStream`.
+    private func sendGathered(context: ChannelHandlerContext, endStream: Bool = false) {
+        guard let buffer = gathered else { return }
+        let promise = gatheredPromise
+        gathered = nil
+        gatheredPromise = nil
+        context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(buffer), endStream: endStream))), promise: promise)
     }
 
     func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
         switch mode {
         case .output:
             if state.endOutput() {
-                context.writeAndFlush(wrapOutboundOut(.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))), promise: promise)
+                if gathered != nil {
+                    // What is gathered and the end of the stream, in one frame.
+                    completeWithGathered(promise)
+                    sendGathered(context: context, endStream: true)
+                    context.flush()
+                } else {
+                    context.writeAndFlush(wrapOutboundOut(.data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))), promise: promise)
+                }
             } else {
                 promise?.succeed()
             }
         case .input:
             promise?.fail(ChannelError.operationUnsupported)
         case .all:
+            sendGathered(context: context)
             switch state.closeRequested() {
             case .waitForStreamClose:
                 if let promise {

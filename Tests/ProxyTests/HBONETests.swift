@@ -148,6 +148,56 @@ import Testing
         #expect(channel.isActive, "half-closed, not closed")
     }
 
+    /// The DATA frames a channel wrote, as (bytes, END_STREAM).
+    private func dataFrames(_ channel: EmbeddedChannel) throws -> [(String, Bool)] {
+        var frames: [(String, Bool)] = []
+        while let payload = try channel.readOutbound(as: HTTP2Frame.FramePayload.self) {
+            guard case .data(let data) = payload, case .byteBuffer(let bytes) = data.data else {
+                Issue.record("not a DATA frame: \(payload)")
+                continue
+            }
+            frames.append((String(buffer: bytes), data.endStream))
+        }
+        return frames
+    }
+
+    @Test func smallWritesOfOneFlushLeaveAsOneFrame() throws {
+        let channel = try makeChannel()
+        let head = channel.eventLoop.makePromise(of: Void.self)
+        let body = channel.eventLoop.makePromise(of: Void.self)
+        channel.write(ByteBuffer(string: "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n"), promise: head)
+        channel.write(ByteBuffer(string: "ok\n"), promise: body)
+        #expect(try dataFrames(channel).isEmpty, "nothing leaves before the flush")
+        channel.flush()
+        let frames = try dataFrames(channel)
+        #expect(frames.count == 1)
+        #expect(frames.first?.0 == "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
+        #expect(throws: Never.self) { try head.futureResult.wait() }
+        #expect(throws: Never.self) { try body.futureResult.wait() }
+    }
+
+    @Test func aLargeWriteIsNotCopiedAndOrderIsKept() throws {
+        let channel = try makeChannel()
+        let large = String(repeating: "x", count: HBONEStreamBridge.gatherLimit)
+        channel.write(ByteBuffer(string: "small"), promise: nil)
+        channel.write(ByteBuffer(string: large), promise: nil)
+        channel.write(ByteBuffer(string: "tail"), promise: nil)
+        channel.flush()
+        let frames = try dataFrames(channel)
+        #expect(frames.map(\.0) == ["small", large, "tail"])
+    }
+
+    @Test func endingOutputSendsWhatIsGatheredWithEndStream() throws {
+        let channel = try makeChannel()
+        channel.write(ByteBuffer(string: "last words"), promise: nil)
+        let ended = channel.eventLoop.makePromise(of: Void.self)
+        channel.close(mode: .output, promise: ended)
+        #expect(throws: Never.self) { try ended.futureResult.wait() }
+        let frames = try dataFrames(channel)
+        #expect(frames.count == 1)
+        #expect(frames.first?.0 == "last words" && frames.first?.1 == true)
+    }
+
     @Test func closingAfterBothEndsWaitsButAnAbortResets() throws {
         var state = HBONEStreamState()
         #expect(state.closeRequested() == .reset)
