@@ -283,11 +283,11 @@ public final class AccessLogWriter: AccessLogSink {
     public func record(_ entry: AccessLogEntry) {
         // Formatted before the lock, to keep the lock short; in a flood some of
         // this work is for lines that are then dropped.
-        var line = entry.jsonLine()
+        let line = entry.jsonLineBytes()
         let now = clock.monotonic()
         let loop = MultiThreadedEventLoopGroup.currentEventLoop
         var scheduleWrite = false
-        let kept = line.withUTF8 { bytes in
+        let kept = line.withUnsafeBufferPointer { bytes in
             state.withLockedValue { state -> Bool in
                 switch state.rateLimit.admit(entry.action, now: now) {
                 case .write:

@@ -49,13 +49,18 @@ public struct AccessLogEntry: Sendable, Equatable {
 
     /// The entry as one JSON object on one line, ending in a newline.
     public func jsonLine() -> String {
+        String(decoding: jsonLineBytes(), as: UTF8.self)
+    }
+
+    /// `jsonLine()` as UTF-8, which is what the access log writes.
+    public func jsonLineBytes() -> [UInt8] {
         var json = JSONObjectWriter()
-        json.add("time", iso8601(time))
+        json.addTime("time", time)
         json.add("direction", direction.rawValue)
-        json.add("src_addr", sourceAddress.map(Self.format))
+        json.add("src_addr", sourceAddress)
         json.add("src_workload", sourceWorkload)
         json.add("src_identity", sourceIdentity)
-        json.add("dst_addr", destinationAddress.map(Self.format))
+        json.add("dst_addr", destinationAddress)
         json.add("dst_workload", destinationWorkload)
         json.add("dst_identity", destinationIdentity)
         json.add("tls", tls.rawValue)
@@ -74,7 +79,7 @@ public struct AccessLogEntry: Sendable, Equatable {
         json.addIfPresent("path", path)
         json.addIfPresent("request_principal", requestPrincipal)
         if let status { json.add("status", UInt64(max(0, status))) }
-        return json.finish() + "\n"
+        return json.finishLine()
     }
 
     /// `ip:port`, with IPv6 in brackets, as `:authority` and URLs write it.
@@ -88,89 +93,169 @@ public struct AccessLogEntry: Sendable, Equatable {
     }
 }
 
-/// Builds one JSON object without Foundation's encoder: the access log is written
-/// once per connection and must stay cheap.
+/// Builds one JSON object as UTF-8 bytes, without Foundation's encoder. The
+/// access log writes a line per connection and per inspected request; building
+/// it as a `String` (appends, interpolation, an address and a time formatted as
+/// Strings first) cost about 12 µs a line, several percent of an L7 request.
 struct JSONObjectWriter {
-    private var text: String
+    private var bytes: [UInt8]
     private var first = true
 
     init() {
-        text = "{"
-        // An access-log line is a few hundred bytes: one allocation, not a dozen.
-        text.reserveCapacity(640)
+        // A line is a few hundred bytes: one allocation.
+        bytes = []
+        bytes.reserveCapacity(640)
+        bytes.append(UInt8(ascii: "{"))
     }
 
-    private mutating func key(_ name: String) {
-        text += first ? "\"" : ",\""
+    private mutating func key(_ name: StaticString) {
+        bytes.append(first ? UInt8(ascii: "\"") : UInt8(ascii: ","))
+        if !first { bytes.append(UInt8(ascii: "\"")) }
         first = false
-        text += name
-        text += "\":"
+        name.withUTF8Buffer { bytes.append(contentsOf: $0) }
+        bytes.append(UInt8(ascii: "\""))
+        bytes.append(UInt8(ascii: ":"))
     }
 
-    mutating func add(_ name: String, _ value: String?) {
+    private mutating func null() {
+        bytes.append(contentsOf: [UInt8(ascii: "n"), UInt8(ascii: "u"), UInt8(ascii: "l"), UInt8(ascii: "l")])
+    }
+
+    mutating func add(_ name: StaticString, _ value: String?) {
         key(name)
-        guard let value else {
-            text += "null"
-            return
-        }
-        text += "\""
-        // Most values need no escaping: append them whole, not scalar by scalar.
-        if !value.utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) {
-            text += value
-            text += "\""
-            return
-        }
-        for scalar in value.unicodeScalars {
-            switch scalar {
-            case "\"": text += "\\\""
-            case "\\": text += "\\\\"
-            case "\n": text += "\\n"
-            case "\r": text += "\\r"
-            case "\t": text += "\\t"
-            case let control where control.value < 0x20:
-                text += "\\u00" + String(control.value, radix: 16).leftPadded(to: 2)
-            default: text.unicodeScalars.append(scalar)
-            }
-        }
-        text += "\""
+        guard var value else { return null() }
+        bytes.append(UInt8(ascii: "\""))
+        value.withUTF8 { appendEscaped($0) }
+        bytes.append(UInt8(ascii: "\""))
     }
 
-    mutating func addIfPresent(_ name: String, _ value: String?) {
-        guard let value else { return }
+    mutating func addIfPresent(_ name: StaticString, _ value: String?) {
+        guard value != nil else { return }
         add(name, value)
     }
 
-    mutating func add(_ name: String, _ value: UInt64) {
+    /// An address as `ip:port` (IPv6 in brackets), as a string.
+    mutating func add(_ name: StaticString, _ address: SocketAddress?) {
+        guard case .v4(let v4) = address else {
+            return add(name, address.map(AccessLogEntry.format))
+        }
         key(name)
-        text += String(value)
+        bytes.append(UInt8(ascii: "\""))
+        // s_addr holds the address in network order: its bytes are the octets.
+        withUnsafeBytes(of: v4.address.sin_addr.s_addr) { octets in
+            for (index, octet) in octets.enumerated() {
+                if index > 0 { bytes.append(UInt8(ascii: ".")) }
+                appendDecimal(UInt64(octet))
+            }
+        }
+        bytes.append(UInt8(ascii: ":"))
+        appendDecimal(UInt64(UInt16(bigEndian: v4.address.sin_port)))
+        bytes.append(UInt8(ascii: "\""))
     }
 
-    mutating func add(_ name: String, _ value: Double) {
+    mutating func add(_ name: StaticString, _ value: UInt64) {
         key(name)
-        text += value.isFinite ? String(value) : "null"
+        appendDecimal(value)
     }
 
-    func finish() -> String { text + "}" }
+    mutating func add(_ name: StaticString, _ value: Double) {
+        key(name)
+        guard value.isFinite else { return null() }
+        bytes.append(contentsOf: value.description.utf8)
+    }
+
+    /// RFC 3339 UTC time with milliseconds, as a string.
+    mutating func addTime(_ name: StaticString, _ secondsSinceEpoch: Double) {
+        key(name)
+        bytes.append(UInt8(ascii: "\""))
+        appendTime(secondsSinceEpoch, to: &bytes)
+        bytes.append(UInt8(ascii: "\""))
+    }
+
+    /// The object, closed, with the line's newline.
+    func finishLine() -> [UInt8] {
+        var line = bytes
+        line.append(UInt8(ascii: "}"))
+        line.append(UInt8(ascii: "\n"))
+        return line
+    }
+
+    /// JSON string content: quote, backslash and control bytes escaped; the rest
+    /// (UTF-8 included) as it is.
+    private mutating func appendEscaped(_ utf8: UnsafeBufferPointer<UInt8>) {
+        // Most values need no escaping: append them whole, not byte by byte.
+        guard utf8.contains(where: { $0 < 0x20 || $0 == UInt8(ascii: "\"") || $0 == UInt8(ascii: "\\") }) else {
+            bytes.append(contentsOf: utf8)
+            return
+        }
+        for byte in utf8 {
+            switch byte {
+            case UInt8(ascii: "\""): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\"")])
+            case UInt8(ascii: "\\"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\\")])
+            case UInt8(ascii: "\n"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "n")])
+            case UInt8(ascii: "\r"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "r")])
+            case UInt8(ascii: "\t"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "t")])
+            case ..<0x20:
+                bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"),
+                                          Self.hexDigits[Int(byte >> 4)], Self.hexDigits[Int(byte & 0x0f)]])
+            default: bytes.append(byte)
+            }
+        }
+    }
+
+    private static let hexDigits = Array("0123456789abcdef".utf8)
+
+    private mutating func appendDecimal(_ value: UInt64) {
+        appendDecimalDigits(value, to: &bytes)
+    }
 }
 
-extension String {
-    fileprivate func leftPadded(to width: Int) -> String {
-        count >= width ? self : String(repeating: "0", count: width - count) + self
+/// `value` in decimal, at least `width` digits (zero-padded).
+private func appendDecimalDigits(_ value: UInt64, width: Int = 1, to bytes: inout [UInt8]) {
+    // 32 bytes hold any UInt64's 20 digits.
+    var digits: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
+    var count = 0
+    var rest = value
+    withUnsafeMutableBytes(of: &digits) { buffer in
+        repeat {
+            buffer[31 - count] = UInt8(ascii: "0") + UInt8(rest % 10)
+            rest /= 10
+            count += 1
+        } while rest > 0 || count < width
+        bytes.append(contentsOf: buffer[(32 - count)...])
     }
 }
 
-/// RFC 3339 UTC time with milliseconds, e.g. `2026-11-22T23:41:07.123Z`.
-func iso8601(_ secondsSinceEpoch: Double) -> String {
+/// Appends `secondsSinceEpoch` as RFC 3339 UTC with milliseconds.
+private func appendTime(_ secondsSinceEpoch: Double, to bytes: inout [UInt8]) {
     // Whole milliseconds first: `.123` is 0.12299… as a Double, and must not
     // come out as 122.
     let total = Int64((secondsSinceEpoch * 1000).rounded(.down))
     var seconds = time_t(total / 1000)
-    let millis = Int(total % 1000)
+    let millis = UInt64(total % 1000)
     var parts = tm()
     gmtime_r(&seconds, &parts)
-    func two(_ value: Int32) -> String { value < 10 ? "0\(value)" : "\(value)" }
-    let ms = millis < 10 ? "00\(millis)" : millis < 100 ? "0\(millis)" : "\(millis)"
-    return "\(parts.tm_year + 1900)-\(two(parts.tm_mon + 1))-\(two(parts.tm_mday))T\(two(parts.tm_hour)):\(two(parts.tm_min)):\(two(parts.tm_sec)).\(ms)Z"
+    appendDecimalDigits(UInt64(max(0, parts.tm_year + 1900)), width: 4, to: &bytes)
+    func twoDigits(after separator: Unicode.Scalar, _ value: Int32) {
+        bytes.append(UInt8(ascii: separator))
+        appendDecimalDigits(UInt64(max(0, value)), width: 2, to: &bytes)
+    }
+    twoDigits(after: "-", parts.tm_mon + 1)
+    twoDigits(after: "-", parts.tm_mday)
+    twoDigits(after: "T", parts.tm_hour)
+    twoDigits(after: ":", parts.tm_min)
+    twoDigits(after: ":", parts.tm_sec)
+    bytes.append(UInt8(ascii: "."))
+    appendDecimalDigits(millis, width: 3, to: &bytes)
+    bytes.append(UInt8(ascii: "Z"))
+}
+
+/// RFC 3339 UTC time with milliseconds, e.g. `2026-11-22T23:41:07.123Z`.
+func iso8601(_ secondsSinceEpoch: Double) -> String {
+    var bytes: [UInt8] = []
+    bytes.reserveCapacity(24)
+    appendTime(secondsSinceEpoch, to: &bytes)
+    return String(decoding: bytes, as: UTF8.self)
 }
 
 extension AccessLogEntry {

@@ -53,6 +53,47 @@ import Testing
     }
 }
 
+extension AccessLogEntryTests {
+    /// Every field set, one line compared whole: the format is a contract
+    /// (DESIGN.md §6), whatever builds it.
+    @Test func aFullRequestLineIsExactlyThis() throws {
+        var entry = AccessLogEntry(time: 1_795_000_000.007, direction: .inbound, tls: .mutual, action: .deny, reason: "denied by policy")
+        entry.sourceAddress = try SocketAddress(ipAddress: "10.77.0.1", port: 5)
+        entry.destinationAddress = try SocketAddress(ipAddress: "255.0.10.200", port: 65535)
+        entry.sourceWorkload = "shop/checkout"
+        entry.sourceIdentity = "spiffe://cluster.local/ns/shop/sa/checkout"
+        entry.destinationWorkload = "shop/orders"
+        entry.destinationIdentity = "spiffe://cluster.local/ns/shop/sa/orders"
+        entry.protocol = "http"
+        entry.policy = "shop/deny-delete"
+        entry.bytesSent = 18_446_744_073_709_551_615
+        entry.bytesReceived = 0
+        entry.durationMilliseconds = 12.3456
+        entry.audited = "shop/audit-all"
+        entry.audit = "allow"
+        entry.auditPolicy = "shop/dry"
+        entry.method = "DELETE"
+        entry.path = "/orders/ü\u{7f}\t"
+        entry.status = 403
+        entry.requestPrincipal = "issuer/subject"
+        let expected = #"{"time":"2026-11-18T11:06:40.007Z","direction":"inbound","src_addr":"10.77.0.1:5","src_workload":"shop/checkout","#
+            + #""src_identity":"spiffe://cluster.local/ns/shop/sa/checkout","dst_addr":"255.0.10.200:65535","dst_workload":"shop/orders","#
+            + #""dst_identity":"spiffe://cluster.local/ns/shop/sa/orders","tls":"mutual","protocol":"http","action":"deny","#
+            + #""policy":"shop/deny-delete","reason":"denied by policy","bytes_sent":18446744073709551615,"bytes_received":0,"#
+            + #""duration_ms":12.346,"audited":"shop/audit-all","audit":"allow","audit_policy":"shop/dry","method":"DELETE","#
+            + #""path":"/orders/ü"# + "\u{7f}" + #"\t","request_principal":"issuer/subject","status":403}"# + "\n"
+        #expect(entry.jsonLine() == expected)
+    }
+
+    @Test func durationsKeepTheirShortestForm() {
+        for (milliseconds, written) in [(0.0, "0.0"), (1.0, "1.0"), (0.0004, "0.0"), (0.001, "0.001"), (2.5, "2.5"), (1234.5678, "1234.568")] {
+            var entry = AccessLogEntry(time: 0, direction: .outbound, tls: .none, action: .allow, reason: "r")
+            entry.durationMilliseconds = milliseconds
+            #expect(entry.jsonLine().contains("\"duration_ms\":\(written)}"), "\(milliseconds)")
+        }
+    }
+}
+
 @Suite struct SpliceStateTests {
     @Test func outputEndsOnlyAfterTheQueueDrains() {
         var state = SpliceSideState()
