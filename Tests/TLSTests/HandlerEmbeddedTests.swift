@@ -76,6 +76,30 @@ import Testing
         #expect(big.first?.readableBytes == (1 << 20) + 64 * TLSConnection.recordOverhead)
     }
 
+    @Test func aFrameHeaderSharesItsPayloadsRecords() throws {
+        let pair = try EmbeddedTLSPair()
+        try pair.activateAndHandshake()
+        // How HTTP/2 writes bulk DATA: a 9-byte header, then 16 KiB of payload, four
+        // times. Each header on a record of its own would make 8 records; sharing,
+        // the 65,572 bytes fill 5.
+        var sent = ByteBuffer()
+        for index in 0..<4 {
+            let header = testBytes(9, seed: UInt64(index))
+            let payload = testBytes(16_384, seed: UInt64(index) + 100)
+            pair.client.write(header, promise: nil)
+            pair.client.write(payload, promise: nil)
+            sent.writeImmutableBuffer(header)
+            sent.writeImmutableBuffer(payload)
+        }
+        pair.client.flush()
+        let out = try pair.takeOutbound(pair.client)
+        #expect(out.count == 1)
+        #expect(out.first?.readableBytes == 4 * (9 + 16_384) + 5 * TLSConnection.recordOverhead)
+        for buffer in out { pair.server.pipeline.fireChannelRead(buffer) }
+        try pair.shuttle()
+        #expect(pair.serverRecorder.received == sent)
+    }
+
     @Test func interleavedWritesAndFlushes() throws {
         let pair = try EmbeddedTLSPair()
         try pair.activateAndHandshake()
