@@ -289,9 +289,6 @@ backend iperf
         out = self.output(namespace, cmd, cgroup)
         return parse_wrk(out)
 
-    def cpu_seconds(self, proc):
-        return sum(self.cpu_split(proc))
-
     @contextlib.contextmanager
     def cpu_of(self, processes):
         """User and system CPU seconds the processes spend inside the block."""

@@ -109,21 +109,19 @@ struct JSONObjectWriter {
     }
 
     private mutating func key(_ name: StaticString) {
-        bytes.append(first ? UInt8(ascii: "\"") : UInt8(ascii: ","))
-        if !first { bytes.append(UInt8(ascii: "\"")) }
+        append(first ? "\"" : ",\"")
         first = false
-        name.withUTF8Buffer { bytes.append(contentsOf: $0) }
-        bytes.append(UInt8(ascii: "\""))
-        bytes.append(UInt8(ascii: ":"))
+        append(name)
+        append("\":")
     }
 
-    private mutating func null() {
-        bytes.append(contentsOf: [UInt8(ascii: "n"), UInt8(ascii: "u"), UInt8(ascii: "l"), UInt8(ascii: "l")])
+    private mutating func append(_ literal: StaticString) {
+        literal.withUTF8Buffer { bytes.append(contentsOf: $0) }
     }
 
     mutating func add(_ name: StaticString, _ value: String?) {
         key(name)
-        guard var value else { return null() }
+        guard var value else { return append("null") }
         bytes.append(UInt8(ascii: "\""))
         value.withUTF8 { appendEscaped($0) }
         bytes.append(UInt8(ascii: "\""))
@@ -160,7 +158,7 @@ struct JSONObjectWriter {
 
     mutating func add(_ name: StaticString, _ value: Double) {
         key(name)
-        guard value.isFinite else { return null() }
+        guard value.isFinite else { return append("null") }
         bytes.append(contentsOf: value.description.utf8)
     }
 
@@ -190,14 +188,15 @@ struct JSONObjectWriter {
         }
         for byte in utf8 {
             switch byte {
-            case UInt8(ascii: "\""): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\"")])
-            case UInt8(ascii: "\\"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "\\")])
-            case UInt8(ascii: "\n"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "n")])
-            case UInt8(ascii: "\r"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "r")])
-            case UInt8(ascii: "\t"): bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "t")])
+            case UInt8(ascii: "\""): append("\\\"")
+            case UInt8(ascii: "\\"): append("\\\\")
+            case UInt8(ascii: "\n"): append("\\n")
+            case UInt8(ascii: "\r"): append("\\r")
+            case UInt8(ascii: "\t"): append("\\t")
             case ..<0x20:
-                bytes.append(contentsOf: [UInt8(ascii: "\\"), UInt8(ascii: "u"), UInt8(ascii: "0"), UInt8(ascii: "0"),
-                                          Self.hexDigits[Int(byte >> 4)], Self.hexDigits[Int(byte & 0x0f)]])
+                append("\\u00")
+                bytes.append(Self.hexDigits[Int(byte >> 4)])
+                bytes.append(Self.hexDigits[Int(byte & 0x0f)])
             default: bytes.append(byte)
             }
         }

@@ -16,8 +16,26 @@ public enum HBONE {
     public static let streamWindow = 4 * 1024 * 1024
     public static let connectionWindow = 16 * 1024 * 1024
 
+    /// Adds what both ends of a tunnel run between TLS and the streams: the
+    /// parser's input in record-sized pieces, one flush per event-loop tick, and
+    /// HTTP/2 with the tunnel's settings. `inboundStreamInitializer` sets up the
+    /// streams the peer opens.
+    package static func configureConnection(
+        _ operations: ChannelPipeline.SynchronousOperations, mode: NIOHTTP2Handler.ParserMode, maximumConcurrentStreams: Int,
+        inboundStreamInitializer: @escaping NIOChannelInitializer
+    ) throws -> NIOHTTP2Handler.StreamMultiplexer {
+        try operations.addHandler(HTTP2InputChunker())
+        try operations.addHandler(FlushCoalescer())
+        return try operations.configureHTTP2Pipeline(
+            mode: mode,
+            connectionConfiguration: connectionConfiguration(maximumConcurrentStreams: maximumConcurrentStreams),
+            streamConfiguration: streamConfiguration,
+            inboundStreamInitializer: inboundStreamInitializer
+        )
+    }
+
     /// The HTTP/2 settings and windows both ends of a tunnel use.
-    package static func connectionConfiguration(maximumConcurrentStreams: Int) -> NIOHTTP2Handler.ConnectionConfiguration {
+    static func connectionConfiguration(maximumConcurrentStreams: Int) -> NIOHTTP2Handler.ConnectionConfiguration {
         var configuration = NIOHTTP2Handler.ConnectionConfiguration()
         configuration.initialSettings = [
             HTTP2Setting(parameter: .maxConcurrentStreams, value: maximumConcurrentStreams),
@@ -28,7 +46,7 @@ public enum HBONE {
         return configuration
     }
 
-    package static var streamConfiguration: NIOHTTP2Handler.StreamConfiguration {
+    static var streamConfiguration: NIOHTTP2Handler.StreamConfiguration {
         var configuration = NIOHTTP2Handler.StreamConfiguration()
         configuration.targetWindowSize = streamWindow
         // A splice writes up to one receive buffer (256 KiB) at a time; a stream
@@ -158,15 +176,13 @@ public enum HBONEError: Error, CustomStringConvertible, Equatable {
 /// from fresh pages, on every read: a tunnel then spent its CPU in memmove and
 /// page faults at a fraction of the link's speed. With record-sized pieces the
 /// parser's storage stays record-sized, and so does any copy.
-package final class HTTP2InputChunker: ChannelInboundHandler {
-    package typealias InboundIn = ByteBuffer
-    package typealias InboundOut = ByteBuffer
+final class HTTP2InputChunker: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
 
     static let pieceSize = 16 * 1024
 
-    package init() {}
-
-    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = unwrapInboundIn(data)
         guard buffer.readableBytes > Self.pieceSize else {
             context.fireChannelRead(data)

@@ -98,15 +98,9 @@ public final class HBONEServer: Sendable {
         let peerAddress = channel.remoteAddress
         let operations = channel.pipeline.syncOperations
         try operations.addHandler(tls)
-        try operations.addHandler(HTTP2InputChunker())
-        try operations.addHandler(FlushCoalescer())
         let monitor = TunnelConnectionMonitor(idleTimeout: configuration.idleTimeout, logger: logger, metrics: metrics)
         let boundMonitor = NIOLoopBound(monitor, eventLoop: channel.eventLoop)
-        _ = try operations.configureHTTP2Pipeline(
-            mode: .server,
-            connectionConfiguration: HBONE.connectionConfiguration(maximumConcurrentStreams: configuration.maximumConcurrentStreams),
-            streamConfiguration: HBONE.streamConfiguration
-        ) { [self] stream in
+        _ = try HBONE.configureConnection(operations, mode: .server, maximumConcurrentStreams: configuration.maximumConcurrentStreams) { [self] stream in
             // Streams are counted here: the multiplexer keeps its stream events
             // to itself, so the connection's own handlers never see them.
             let streamID = (try? stream.syncOptions?.getOption(HTTP2StreamChannelOptions.streamID)) ?? HTTP2StreamID(0)

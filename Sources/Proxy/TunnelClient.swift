@@ -171,12 +171,8 @@ private final class LoopPool: @unchecked Sendable {
             let operations = channel.pipeline.syncOperations
             try operations.addHandler(TLSHandler(context: context))
             try operations.addHandler(HandshakeObserver(promise: handshake))
-            try operations.addHandler(HTTP2InputChunker())
-            try operations.addHandler(FlushCoalescer())
-            multiplexerBox.value = try operations.configureHTTP2Pipeline(
-                mode: .client,
-                connectionConfiguration: HBONE.connectionConfiguration(maximumConcurrentStreams: HBONE.defaultMaximumStreamsPerConnection),
-                streamConfiguration: HBONE.streamConfiguration
+            multiplexerBox.value = try HBONE.configureConnection(
+                operations, mode: .client, maximumConcurrentStreams: HBONE.defaultMaximumStreamsPerConnection
             ) { pushed in
                 // Servers do not open streams in HBONE.
                 pushed.close()

@@ -57,22 +57,17 @@ final class InMemoryTunnel {
         client = EmbeddedChannel(loop: loop)
         server = EmbeddedChannel(loop: loop)
         destination = try SocketAddress(ipAddress: "10.77.0.2", port: 8080)
-        let configuration = HBONE.connectionConfiguration(maximumConcurrentStreams: HBONE.defaultMaximumStreamsPerConnection)
-
-        // As TunnelClient's pooled connections, less TLS.
-        try client.pipeline.syncOperations.addHandler(HTTP2InputChunker())
-        clientStreams = try client.pipeline.syncOperations.configureHTTP2Pipeline(
-            mode: .client, connectionConfiguration: configuration, streamConfiguration: HBONE.streamConfiguration
+        // As TunnelClient's pooled connections and HBONEServer's peer
+        // connections, less TLS (and, on the server, the idle monitor): streams
+        // start without reading, and the first handler reads the request.
+        clientStreams = try HBONE.configureConnection(
+            client.pipeline.syncOperations, mode: .client, maximumConcurrentStreams: HBONE.defaultMaximumStreamsPerConnection
         ) { pushed in
             pushed.close()
         }
-
-        // As HBONEServer's peer connections, less TLS and the idle monitor:
-        // streams start without reading, and the first handler reads the request.
         let boundTally = NIOLoopBound(tally, eventLoop: loop)
-        try server.pipeline.syncOperations.addHandler(HTTP2InputChunker())
-        _ = try server.pipeline.syncOperations.configureHTTP2Pipeline(
-            mode: .server, connectionConfiguration: configuration, streamConfiguration: HBONE.streamConfiguration
+        _ = try HBONE.configureConnection(
+            server.pipeline.syncOperations, mode: .server, maximumConcurrentStreams: HBONE.defaultMaximumStreamsPerConnection
         ) { stream in
             stream.closeFuture.whenComplete { _ in boundTally.value.closed += 1 }
             return stream.eventLoop.makeCompletedFuture {

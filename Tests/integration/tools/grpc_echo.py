@@ -34,6 +34,8 @@ from h2.events import (ConnectionTerminated, DataReceived, RequestReceived, Resp
                        TrailersReceived, WindowUpdated)
 from h2.exceptions import ProtocolError
 
+from peer import listener
+
 
 def frame(message):
     """One gRPC message: uncompressed flag, 4-byte big-endian length, payload."""
@@ -86,11 +88,7 @@ class Sender:
 
 def serve(port, record=None):
     lock = threading.Lock()
-    listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("::", port))
-    listener.listen(128)
+    server = listener(port)
     print("listening", flush=True)
 
     def handle(sock):
@@ -137,7 +135,7 @@ def serve(port, record=None):
         sender.send(stream_id, frame(body if message is None else message), trailers=[("grpc-status", "0")])
 
     while True:
-        sock, _ = listener.accept()
+        sock, _ = server.accept()
         threading.Thread(target=handle, args=(sock,), daemon=True).start()
 
 

@@ -16,6 +16,8 @@ import socket
 import sys
 import threading
 
+from peer import listener
+
 
 def read_head(reader):
     line = reader.readline()
@@ -51,11 +53,7 @@ def read_body(reader, headers, no_body=False):
 
 def serve(port, record):
     lock = threading.Lock()
-    listener = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
-    listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind(("::", port))
-    listener.listen(128)
+    server = listener(port)
     print("listening", flush=True)
 
     def handle(connection):
@@ -81,7 +79,7 @@ def serve(port, record):
             connection.close()
 
     while True:
-        connection, _ = listener.accept()
+        connection, _ = server.accept()
         threading.Thread(target=handle, args=(connection,), daemon=True).start()
 
 
