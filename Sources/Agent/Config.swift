@@ -17,6 +17,15 @@ public struct AgentConfig: Equatable, Sendable {
         public var tunnel: UInt16 = 15008
         public var metrics: UInt16 = 15020
         public var readiness: UInt16 = 15021
+
+        /// Every port the agent listens on.
+        public var all: Set<UInt16> { [outbound, inboundPlaintext, tunnel, metrics, readiness] }
+
+        /// The config key of the agent listener on `port`, if one is.
+        func name(of port: UInt16) -> String? {
+            [("outbound", outbound), ("inboundPlaintext", inboundPlaintext), ("tunnel", tunnel), ("metrics", metrics), ("readiness", readiness)]
+                .first { $0.1 == port }?.0
+        }
     }
 
     public struct CertificateAuthority: Equatable, Sendable {
@@ -129,7 +138,7 @@ extension AgentConfig {
             }
         }
         if let node = top.take("limits") { config.limits = try parseLimits(node) }
-        if let node = workloadsNode { config.workloads = try parseWorkloads(node, trustDomain: trustDomain) }
+        if let node = workloadsNode { config.workloads = try parseWorkloads(node, trustDomain: trustDomain, agentPorts: config.ports) }
         try top.finish(allowed: [
             "trustDomain", "node", "captureMode", "mark", "markMask", "failureMode", "ports", "adminSocket",
             "accessLog", "accessLogLimit", "policyDir", "rootNamespace", "certificateTTL", "mtlsMode", "drainTimeout", "ca",
@@ -195,7 +204,7 @@ extension AgentConfig {
         return limit
     }
 
-    private static func parseWorkloads(_ node: YAMLNode, trustDomain: String) throws -> [WorkloadEntry] {
+    private static func parseWorkloads(_ node: YAMLNode, trustDomain: String, agentPorts: Ports) throws -> [WorkloadEntry] {
         var workloads: [WorkloadEntry] = []
         var names: [String: Int] = [:]
         for item in try node.sequence() {
@@ -219,6 +228,9 @@ extension AgentConfig {
             var tcpPorts = Set<UInt16>()
             for item in try map.take("ports")?.sequence() ?? [] {
                 let (port, protocolName) = try workloadPort(item)
+                if let listener = agentPorts.name(of: port) {
+                    throw item.error("port \(port) is the agent's own ports.\(listener); a workload cannot serve it (the agent never forwards to its own ports)")
+                }
                 ports.append(port)
                 if protocolName == "tcp" { tcpPorts.insert(port) }
             }

@@ -138,7 +138,7 @@ public final class MeshAgent: Sendable {
             group: group,
             logger: logger
         )
-        let destinations = NodeDestinations(registry: registry, logger: logger)
+        let destinations = NodeDestinations(registry: registry, agentPorts: config.ports.all, logger: logger)
         let connectTimeout = config.limits.connectTimeout.timeAmount
         // The source agent presents the workload's certificate and accepts only an
         // agent at the other end; the destination agent answers as itself.

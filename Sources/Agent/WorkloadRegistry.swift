@@ -205,14 +205,23 @@ public final class WorkloadRegistry: Sendable {
 }
 
 /// Answers "is this destination a workload on this node?": the address must be
-/// one of the node's own and the port one that a present workload serves.
+/// one of the node's own routable addresses (never loopback, link-local and the
+/// like: `ForbiddenDestination`) and the port one that a present workload
+/// serves, and never one of the agent's own.
 public final class NodeDestinations: LocalDestinations {
+    private struct Addresses {
+        var node: Set<String> = []
+        var broadcast: Set<UInt32> = []
+    }
+
     private let registry: WorkloadRegistry
-    private let addresses = NIOLockedValueBox<Set<String>>([])
+    private let agentPorts: Set<UInt16>
+    private let addresses = NIOLockedValueBox(Addresses())
     private let logger: Logger
 
-    public init(registry: WorkloadRegistry, logger: Logger) {
+    public init(registry: WorkloadRegistry, agentPorts: Set<UInt16>, logger: Logger) {
         self.registry = registry
+        self.agentPorts = agentPorts
         self.logger = logger
         refreshAddresses()
     }
@@ -221,17 +230,31 @@ public final class NodeDestinations: LocalDestinations {
     /// interfaces, pods coming and going).
     public func refreshAddresses() {
         do {
-            let current = Set(try InterfaceAddresses.current().compactMap(\.ipAddress))
-            addresses.withLockedValue { $0 = current }
+            let interfaces = try InterfaceAddresses.current()
+            let broadcast = Set(interfaces.broadcast)
+            // Loopback and link-local addresses are on interfaces too, but no
+            // connection is ever sent to a workload there.
+            let node = Set(interfaces.addresses.filter {
+                ForbiddenDestination.classify($0, agentPorts: [], broadcastAddresses: broadcast) == nil
+            }.compactMap(\.ipAddress))
+            addresses.withLockedValue { $0 = Addresses(node: node, broadcast: broadcast) }
         } catch {
             logger.warning("\(error); same-node destinations are recognised by the last known addresses")
         }
     }
 
-    public func localWorkload(at destination: SocketAddress) -> Workload? {
-        guard let port = destination.port, let ip = destination.ipAddress,
-              addresses.withLockedValue({ $0.contains(ip) }) else { return nil }
-        return registry.presentWorkload(servingPort: UInt16(port))
+    public func resolve(_ destination: SocketAddress) -> LocalDestination {
+        let known = addresses.withLockedValue { $0 }
+        if let kind = ForbiddenDestination.classify(destination, agentPorts: [], broadcastAddresses: known.broadcast) {
+            return .forbidden(kind)
+        }
+        guard let port = destination.port.map({ UInt16(clamping: $0) }), let ip = destination.ipAddress, known.node.contains(ip) else {
+            return .elsewhere
+        }
+        if agentPorts.contains(port) {
+            return .forbidden(.agentPort)
+        }
+        return registry.presentWorkload(servingPort: port).map(LocalDestination.workload) ?? .elsewhere
     }
 }
 

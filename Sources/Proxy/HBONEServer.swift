@@ -44,6 +44,7 @@ public final class HBONEServer: Sendable {
     private let logger: Logger
     private let listeners = ListenerSet(name: "tunnel")
     private let metrics = TunnelServerMetrics()
+    private let forbidden = ForbiddenDestinationMetrics(path: "tunnel")
     /// Peer connections open now, so that a drain can tell each to stop.
     private let peers = NIOLockedValueBox<[ObjectIdentifier: Channel]>([:])
 
@@ -143,7 +144,14 @@ public final class HBONEServer: Sendable {
             // Cannot happen after a verified handshake; refused rather than trusted.
             return refuse(stream, HBONE.Refusal(status: .forbidden, reason: "peer has no verified identity"), entry: entry)
         }
-        guard let workload = destinations.localWorkload(at: target) else {
+        let workload: Workload
+        switch destinations.resolve(target) {
+        case .workload(let found):
+            workload = found
+        case .forbidden(let kind):
+            forbidden.refused(kind)
+            return refuse(stream, HBONE.Refusal(status: .forbidden, reason: "CONNECT target \(kind.reason(target))"), entry: entry)
+        case .elsewhere:
             return refuse(stream, HBONE.Refusal(status: .forbidden, reason: "CONNECT target \(AccessLogEntry.format(target)) is not a workload on this node"), entry: entry)
         }
         entry.destinationWorkload = workload.qualifiedName

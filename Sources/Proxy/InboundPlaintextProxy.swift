@@ -39,6 +39,7 @@ public final class InboundPlaintextProxy: Sendable {
     private let openedCounter = Counter(label: "mesh_agent_inbound_connections_opened_total", dimensions: [("tls", "none")])
     private let closedCounter = Counter(label: "mesh_agent_inbound_connections_closed_total", dimensions: [("tls", "none")])
     private let refusedCounter = Counter(label: "mesh_agent_inbound_plaintext_refused_total")
+    private let forbidden = ForbiddenDestinationMetrics(path: "inbound_plaintext")
 
     public init(
         configuration: Configuration, group: EventLoopGroup, destinations: LocalDestinations, accessLog: AccessLogSink, connections: ConnectionTracker,
@@ -73,7 +74,18 @@ public final class InboundPlaintextProxy: Sendable {
             var entry = AccessLogEntry(time: wallClock(), direction: .inbound, tls: .none, action: .allow, reason: "permissive")
             entry.sourceAddress = peer
             entry.destinationAddress = destination
-            guard let workload = self.destinations.localWorkload(at: destination) else {
+            let workload: Workload
+            switch self.destinations.resolve(destination) {
+            case .workload(let found):
+                workload = found
+            case .forbidden(let kind):
+                self.refusedCounter.increment()
+                self.forbidden.refused(kind)
+                entry.action = .deny
+                entry.reason = "plaintext to \(kind.reason(destination))"
+                self.accessLog.record(entry)
+                return client.eventLoop.makeFailedFuture(InboundRefusal.notAWorkload)
+            case .elsewhere:
                 self.refusedCounter.increment()
                 entry.action = .deny
                 entry.reason = "plaintext to \(AccessLogEntry.format(destination)), which is not a workload port on this node"

@@ -28,9 +28,19 @@ public struct IdentifiedSource: Sendable {
     }
 }
 
+/// What a destination address is on this node.
+public enum LocalDestination: Equatable, Sendable {
+    /// A port a present workload serves, at one of the node's own addresses.
+    case workload(Workload)
+    /// An address or port no workload connection is ever sent to.
+    case forbidden(ForbiddenDestination)
+    /// Not on this node, or no present workload serves it.
+    case elsewhere
+}
+
 /// Which workload on this node, if any, a destination address belongs to.
 public protocol LocalDestinations: Sendable {
-    func localWorkload(at destination: SocketAddress) -> Workload?
+    func resolve(_ destination: SocketAddress) -> LocalDestination
 }
 
 /// Where finished connections are reported.
@@ -150,7 +160,9 @@ public final class OutboundProxy: Sendable {
         var policyCheck: TrackedPolicyCheck?
 
         let upstream: EventLoopFuture<Channel>
-        if let local = destinations.localWorkload(at: destination) {
+        // A forbidden destination is never a workload here; a link-local one
+        // (a cloud metadata service) is still passed through, as before capture.
+        if case .workload(let local) = destinations.resolve(destination) {
             // Both ends on this node: no tunnel is needed, both identities are
             // known from the registry, and the destination's policy is enforced
             // here, as its agent would on a tunnel.

@@ -116,6 +116,8 @@ import Testing
         ("trustDomain: td\nworkloads:\n  - {name: a, namespace: ns, cgroup: /x}\n  - {name: b, namespace: ns, cgroup: /x}\n", "workloads[1].cgroup: cgroup /x is already the cgroup of workloads[0]"),
         ("trustDomain: td\nworkloads:\n  - {name: a, namespace: ns, cgroup: /x}\n  - {name: b, namespace: ns, cgroup: /x/y}\n", "are nested"),
         ("trustDomain: td\nworkloads:\n  - {name: a, namespace: ns, cgroup: /x, ports: [80, 8080]}\n  - {name: b, namespace: ns, cgroup: /y, ports: [8080]}\n", "workloads[1].name: port 8080 is already served by workloads[0]"),
+        ("trustDomain: td\nworkloads:\n  - {name: a, namespace: ns, cgroup: /x, ports: [8080, 15008]}\n", "workloads[0].ports[1]: port 15008 is the agent's own ports.tunnel"),
+        ("trustDomain: td\nports: {metrics: 9000}\nworkloads:\n  - {name: a, namespace: ns, cgroup: /x, ports: [{port: 9000}]}\n", "port 9000 is the agent's own ports.metrics"),
         ("trustDomain: td\nworkloads:\n  - {name: A_B, namespace: ns, cgroup: /x}\n", "workloads[0].name: \"A_B\" is not a valid name"),
         ("trustDomain: td\nworkloads:\n  - {name: a, namespace: ns, cgroup: /x, port: [1]}\n", "workloads[0].port: unknown key"),
         ("trustDomain: [td\n", "agent.yaml:2: not valid YAML"),

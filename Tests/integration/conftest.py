@@ -74,7 +74,7 @@ class Topology:
                 sh("ip", "-n", ns, "link", "set", "lo", "up")
             sh("ip", "link", "add", self.veth[0], "netns", self.node, "type", "veth", "peer", "name", self.veth[1], "netns", self.remote)
             for ns, dev, ip, ip6 in ((self.node, self.veth[0], self.node_ip, self.node_ip6), (self.remote, self.veth[1], self.remote_ip, self.remote_ip6)):
-                sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "dev", dev)
+                sh("ip", "-n", ns, "addr", "add", f"{ip}/24", "brd", "+", "dev", dev)
                 sh("ip", "-n", ns, "addr", "add", f"{ip6}/64", "dev", dev, "nodad")
                 sh("ip", "-n", ns, "link", "set", dev, "up")
         except Exception:
@@ -96,11 +96,12 @@ class Topology:
         self.processes.append(proc)
         return proc
 
-    def server(self, mode="echo", port=8080, ns=None, cgroup=None, record=None):
+    def server(self, mode="echo", port=8080, ns=None, cgroup=None, record=None, bind=None):
         """A peer.py server in namespace ns (default: remote), optionally in a
         workload cgroup; with `record`, it appends one line per accepted
-        connection to that file (so a test can show nothing was dialled)."""
-        args = [sys.executable, str(PEER), "serve", mode, str(port)] + ([str(record)] if record else [])
+        connection to that file (so a test can show nothing was dialled); with
+        `bind` (a list of addresses), it listens on those only."""
+        args = [sys.executable, str(PEER), "serve", mode, str(port), str(record or "")] + ([",".join(bind)] if bind else [])
         proc = self.spawn(ns or self.remote, args, cgroup=cgroup)
         line = proc.stdout.readline()
         assert line.strip() == "listening", f"test server did not start: {proc.stderr.read()}"

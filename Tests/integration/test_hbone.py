@@ -34,6 +34,7 @@ ECHO, TRANSFER, VAULT, FLOOD = 8080, 8081, 8082, 8083
 UNSERVED = 9090     # a port on node b that no workload serves (an uncaptured listener is there)
 ON_A = 9091         # a listener on node a: not an address of node b
 GHOST = 9092        # served by a configured workload whose cgroup does not exist (not present)
+LOOPBACK_ONLY = 9093  # a port the server workload declares, but whose listener on node b is bound to loopback only
 AGENT_IDENTITY = f"spiffe://{TRUST_DOMAIN}/ns/istio-system/sa/mesh-agent"
 PROBE_IDENTITY = f"spiffe://{TRUST_DOMAIN}/ns/test/sa/probe"
 MiB = 1024 * 1024
@@ -135,7 +136,8 @@ class Mesh:
         ]
         # Node b: servers. "vault" is switched to STRICT by a PeerAuthentication.
         self.b_workloads = [
-            nodes.workload("server", namespace="shop", serviceAccount="orders", labels={"app": "orders"}, ports=[ECHO, TRANSFER, FLOOD]),
+            nodes.workload("server", namespace="shop", serviceAccount="orders", labels={"app": "orders"},
+                           ports=[ECHO, TRANSFER, FLOOD, LOOPBACK_ONLY]),
             nodes.workload("vault", namespace="shop", serviceAccount="vault", labels={"app": "vault"}, ports=[VAULT]),
             {"name": "ghost", "namespace": "shop", "cgroup": cg.path("ghost"), "ports": [GHOST]},
         ]
@@ -143,7 +145,7 @@ class Mesh:
         self.policy_b.mkdir()
         peer_authentication(self.policy_b, "vault-strict", "shop", "STRICT", {"app": "vault"})
 
-        self.records = {port: tmp / f"accepted-{port}" for port in (ECHO, TRANSFER, VAULT, FLOOD, UNSERVED, ON_A, GHOST)}
+        self.records = {port: tmp / f"accepted-{port}" for port in (ECHO, TRANSFER, VAULT, FLOOD, UNSERVED, ON_A, GHOST, LOOPBACK_ONLY)}
         t.server("echo", ECHO, ns=self.ns_b, cgroup=cg.directory("server"), record=self.records[ECHO])
         t.server("transfer", TRANSFER, ns=self.ns_b, cgroup=cg.directory("server"), record=self.records[TRANSFER])
         t.server("flood", FLOOD, ns=self.ns_b, cgroup=cg.directory("server"), record=self.records[FLOOD])
@@ -151,6 +153,8 @@ class Mesh:
         t.server("echo", UNSERVED, ns=self.ns_b, record=self.records[UNSERVED])
         t.server("echo", ON_A, ns=self.ns_a, record=self.records[ON_A])
         t.server("echo", GHOST, ns=self.ns_b, record=self.records[GHOST])
+        t.server("echo", LOOPBACK_ONLY, ns=self.ns_b, cgroup=cg.directory("server"), record=self.records[LOOPBACK_ONLY],
+                 bind=["127.0.0.1", "::1"])
 
         self.b = nodes.agent("b", self.b_workloads, meshNetworks=MESH, policyDir=self.policy_b).start()
         self.a = nodes.agent("a", self.a_workloads, meshNetworks=MESH).start()
@@ -511,6 +515,69 @@ def test_connect_to_a_non_local_address_or_unserved_port_is_refused_and_nothing_
     assert mesh.topology.client(["probe", mesh.a_ip, ON_A, "x"], ns=mesh.ns_a)["received"] == "x"
     assert mesh.topology.client(["probe", mesh.b_ip, UNSERVED, "x"], ns=mesh.ns_b)["received"] == "x"
     assert len(accepted(mesh.records[ON_A])) == 1 and len(accepted(mesh.records[UNSERVED])) == 1
+
+
+def link_local_address(topology, ns):
+    out = topology.run_in(ns, "ip", "-6", "-o", "addr", "show", "scope", "link").stdout
+    match = re.search(r"inet6 (fe80::[0-9a-f:]+)/", out)
+    assert match, f"no link-local address in {ns}: {out}"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_connect_to_loopback_special_addresses_or_the_agents_ports_is_refused_and_nothing_is_dialled(mesh, family):
+    """A peer with a valid workload certificate must not reach what node b
+    keeps to itself: a service bound to loopback, or the agent's own ports."""
+    if family == "ipv4":
+        subnet_broadcast = mesh.b_ip.rsplit(".", 1)[0] + ".255"
+        refused = {
+            authority("127.0.0.1", LOOPBACK_ONLY): "loopback",   # the listener that chose loopback
+            authority("127.0.0.1", ECHO): "loopback",            # a dual-stack workload listener, reached by loopback
+            authority("127.1.2.3", ECHO): "loopback",
+            authority("0.0.0.0", ECHO): "unspecified",
+            authority("169.254.1.1", ECHO): "link-local",
+            authority("224.0.0.1", ECHO): "multicast",
+            authority("255.255.255.255", ECHO): "broadcast",
+            authority(subnet_broadcast, ECHO): "broadcast",
+            authority(mesh.b_ip, 15008): "agent's own ports",
+            authority(mesh.b_ip, 15006): "agent's own ports",
+            authority(mesh.b_ip, 15021): "agent's own ports",
+        }
+    else:
+        refused = {
+            authority("::1", LOOPBACK_ONLY): "loopback",
+            authority("::1", ECHO): "loopback",
+            authority("::", ECHO): "unspecified",
+            authority(link_local_address(mesh.topology, mesh.ns_b), ECHO): "link-local",
+            authority("ff02::1", ECHO): "multicast",
+            authority("::ffff:127.0.0.1", LOOPBACK_ONLY): "IPv4-mapped",
+            authority(f"::ffff:{mesh.b_ip}", ECHO): "IPv4-mapped",
+            authority(mesh.b_ip6, 15008): "agent's own ports",
+            authority(mesh.b_ip6, 15020): "agent's own ports",
+        }
+    echo_before = len(accepted(mesh.records[ECHO]))
+    loopback_before = len(accepted(mesh.records[LOOPBACK_ONLY]))
+    _, metrics_before = scrape(mesh.topology, mesh.ns_b, f"http://{mesh.b_ip}:15020/metrics")
+    for target in refused:
+        result = mesh.hbone("connect", "--authority", target, "--send", "should not arrive")
+        assert result["status"] == 403, f"CONNECT {target}: {result}"
+        assert result["echo"] is None, f"CONNECT {target} reached something: {result}"
+    for target, kind in refused.items():
+        entry = mesh.b.find_entry(lambda e: e["src_identity"] == PROBE_IDENTITY and e["dst_addr"] == target and e["action"] == "deny",
+                                  timeout=10, what=f"a deny entry for CONNECT {target}")
+        assert entry["direction"] == "inbound" and kind in entry["reason"], entry
+    # Settle before reading the records: a dial would have landed by now.
+    mesh.assert_serving("loopback and special-address CONNECTs")
+    assert len(accepted(mesh.records[LOOPBACK_ONLY])) == loopback_before, "the agent dialled a listener bound to loopback"
+    assert len(accepted(mesh.records[ECHO])) == echo_before + 1, "the agent dialled the workload for a refused target"
+    _, metrics_after = scrape(mesh.topology, mesh.ns_b, f"http://{mesh.b_ip}:15020/metrics")
+    counted = {labels: v for labels, v in metric_samples(metrics_after, "mesh_agent_forbidden_destinations_total").items()
+               if ("path", "tunnel") in labels}
+    before = metric_samples(metrics_before, "mesh_agent_forbidden_destinations_total")
+    assert sum(counted.values()) - sum(v for labels, v in before.items() if ("path", "tunnel") in labels) == len(refused), counted
+    # The loopback listener is there and does record (so the empty record above means something).
+    assert mesh.topology.client(["probe", "127.0.0.1", LOOPBACK_ONLY, "x"], ns=mesh.ns_b)["received"] == "x"
+    assert len(accepted(mesh.records[LOOPBACK_ONLY])) == loopback_before + 1
 
 
 def test_non_connect_method_and_malformed_authority_get_400(mesh):

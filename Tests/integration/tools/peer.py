@@ -2,8 +2,9 @@
 """Test peers for the integration tests: servers and clients that talk only to
 addresses the test gave them (loopback or test network namespaces).
 
-Servers (serve MODE PORT [RECORD]: with RECORD, one line "accepted ADDR" is
-appended to that file per accepted connection):
+Servers (serve MODE PORT [RECORD [BIND]]: with RECORD, one line "accepted ADDR" is
+appended to that file per accepted connection; BIND, comma-separated addresses,
+listens on those only instead of every address):
   serve echo PORT            echo every byte back; half-close answered with FIN
   serve transfer PORT        read until the client's FIN, answer "<sha256 of what came>\n"
                              followed by the number of bytes the client asked for
@@ -106,16 +107,33 @@ def serve_flood(conn):
             return
 
 
-def serve(mode, port, record=None):
+def bound_listener(address, port):
+    """A listener on one address only (a service that chose loopback, say)."""
+    s = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind((address, port))
+    s.listen(4096)
+    return s
+
+
+def serve(mode, port, record=None, bind=None):
     handler = {"echo": serve_echo, "transfer": serve_transfer, "flood": serve_flood}[mode]
-    s = listener(port)
+    sockets = [bound_listener(a, port) for a in bind.split(",")] if bind else [listener(port)]
     log = open(record, "a", buffering=1) if record else None
+    lock = threading.Lock()
+
+    def accept_on(s):
+        while True:
+            conn, addr = s.accept()
+            if log is not None:
+                with lock:
+                    log.write(f"accepted {addr[0]} {addr[1]}\n")
+            threading.Thread(target=handler, args=(conn,), daemon=True).start()
+
+    for s in sockets[1:]:
+        threading.Thread(target=accept_on, args=(s,), daemon=True).start()
     print("listening", flush=True)
-    while True:
-        conn, addr = s.accept()
-        if log is not None:
-            log.write(f"accepted {addr[0]} {addr[1]}\n")
-        threading.Thread(target=handler, args=(conn,), daemon=True).start()
+    accept_on(sockets[0])
 
 
 def connect(host, port):
@@ -310,7 +328,7 @@ def raise_file_limit():
 def main(argv):
     raise_file_limit()
     if argv[0] == "serve":
-        serve(argv[1], int(argv[2]), argv[3] if len(argv) > 3 else None)
+        serve(argv[1], int(argv[2]), argv[3] if len(argv) > 3 and argv[3] else None, argv[4] if len(argv) > 4 else None)
         return
     command, host, port = argv[0], argv[1], int(argv[2])
     if command == "transfer":
