@@ -162,7 +162,7 @@ public final class MeshAgent: Sendable {
             authorizer: authorizer,
             logger: logger
         )
-        let tunnelServer = HBONEServer(
+        let tunnelServer = TunnelServer(
             configuration: .init(port: config.ports.tunnel, mark: config.mark, connectTimeout: connectTimeout),
             group: group,
             serverContext: { try workloadTLS.context(for: agentIdentity, role: .server) },
@@ -439,7 +439,7 @@ public final class MeshAgent: Sendable {
 /// together when it drains.
 struct Listeners {
     let outbound: OutboundProxy
-    let tunnel: HBONEServer
+    let tunnel: TunnelServer
     let inboundPlaintext: InboundPlaintextProxy
 
     func start() async throws {

@@ -57,7 +57,7 @@ final class InMemoryTunnel {
         client = EmbeddedChannel(loop: loop)
         server = EmbeddedChannel(loop: loop)
         destination = try SocketAddress(ipAddress: "10.77.0.2", port: 8080)
-        // As TunnelClient's pooled connections and HBONEServer's peer
+        // As TunnelClient's pooled connections and TunnelServer's peer
         // connections, less TLS (and, on the server, the idle monitor): streams
         // start without reading, and the first handler reads the request.
         clientStreams = try HBONE.configureConnection(

@@ -106,10 +106,10 @@ import Testing
     }
 }
 
-@Suite struct HBONEStreamBridgeTests {
+@Suite struct TunnelStreamBridgeTests {
     private func makeChannel() throws -> EmbeddedChannel {
         let channel = EmbeddedChannel()
-        try channel.pipeline.syncOperations.addHandler(HBONEStreamBridge())
+        try channel.pipeline.syncOperations.addHandler(TunnelStreamBridge())
         try channel.pipeline.syncOperations.addHandler(EventRecorder())
         try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
         return channel
@@ -178,7 +178,7 @@ import Testing
 
     @Test func aLargeWriteIsNotCopiedAndOrderIsKept() throws {
         let channel = try makeChannel()
-        let large = String(repeating: "x", count: HBONEStreamBridge.gatherLimit)
+        let large = String(repeating: "x", count: TunnelStreamBridge.gatherLimit)
         channel.write(ByteBuffer(string: "small"), promise: nil)
         channel.write(ByteBuffer(string: large), promise: nil)
         channel.write(ByteBuffer(string: "tail"), promise: nil)

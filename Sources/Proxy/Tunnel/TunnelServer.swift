@@ -14,7 +14,7 @@ import TLS
 /// An authenticated peer must not turn the agent into an open proxy: a target
 /// that is not a node address and a port a present workload serves is refused
 /// with 403, and nothing is dialled.
-public final class HBONEServer: Sendable {
+public final class TunnelServer: Sendable {
     public struct Configuration: Sendable {
         public var port: UInt16
         public var bindAddresses: [String] = ["0.0.0.0", "::"]
@@ -194,14 +194,14 @@ public final class HBONEServer: Sendable {
         }.flatMapThrowing { (upstream: Channel) -> Void in
             let operations = stream.pipeline.syncOperations
             operations.writeAndFlush(NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: HBONE.response(status: .ok)))), promise: nil)
-            try operations.addHandler(HBONEStreamBridge())
+            try operations.addHandler(TunnelStreamBridge())
             try completeProxy(
                 client: stream, upstream: upstream, carrier: carrier, entry: opened, started: started, accessLog: self.accessLog,
                 tracker: self.connections, policyCheck: policyCheck
             ) {
                 self.metrics.closed()
             }
-            try HBONEStreamBridge.startReading(stream)
+            try TunnelStreamBridge.startReading(stream)
             self.metrics.opened()
         }
     }
@@ -224,13 +224,13 @@ public final class HBONEServer: Sendable {
 private final class TunnelRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = HTTP2Frame.FramePayload
 
-    private let server: HBONEServer
+    private let server: TunnelServer
     private let peerIdentity: SpiffeID?
     private let peerAddress: SocketAddress?
     private let started = NIODeadline.now()
     private var requestSeen = false
 
-    init(server: HBONEServer, peerIdentity: SpiffeID?, peerAddress: SocketAddress?) {
+    init(server: TunnelServer, peerIdentity: SpiffeID?, peerAddress: SocketAddress?) {
         self.server = server
         self.peerIdentity = peerIdentity
         self.peerAddress = peerAddress
@@ -269,7 +269,7 @@ private final class TunnelRequestHandler: ChannelInboundHandler, RemovableChanne
     }
 }
 
-extension HBONEServer {
+extension TunnelServer {
     fileprivate func log(_ entry: AccessLogEntry) {
         accessLog.record(entry)
     }

@@ -43,7 +43,7 @@ struct HBONEStreamState {
 /// Small writes of one flush leave as one DATA frame: an HTTP response that
 /// NIOHTTP1 encodes as a head and a body would otherwise cost two trips through
 /// the stream channel and the connection's HTTP/2 handler.
-final class HBONEStreamBridge: ChannelDuplexHandler, RemovableChannelHandler {
+final class TunnelStreamBridge: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTP2Frame.FramePayload
     typealias InboundOut = ByteBuffer
     typealias OutboundIn = ByteBuffer

@@ -144,7 +144,7 @@ public enum HBONE {
     }
 }
 
-public enum HBONEError: Error, CustomStringConvertible, Equatable {
+public enum TunnelError: Error, CustomStringConvertible, Equatable {
     /// The destination's agent answered the CONNECT with something other than 200.
     case refused(destination: String, status: Int)
     /// The stream ended, or the connection failed, before the answer came.

@@ -64,7 +64,7 @@ public final class TunnelClient: Sendable {
     func openStream(from source: SpiffeID, to destination: SocketAddress, on eventLoop: EventLoop) -> EventLoopFuture<Channel> {
         eventLoop.preconditionInEventLoop()
         guard let pool = pools[ObjectIdentifier(eventLoop)] else {
-            return eventLoop.makeFailedFuture(HBONEError.tunnelFailed(agent: AccessLogEntry.format(destination), reason: "event loop not served by the tunnel client"))
+            return eventLoop.makeFailedFuture(TunnelError.tunnelFailed(agent: AccessLogEntry.format(destination), reason: "event loop not served by the tunnel client"))
         }
         var agent = destination
         agent.port = Int(configuration.tunnelPort)
@@ -187,7 +187,7 @@ private final class LoopPool: @unchecked Sendable {
                     state.remove(id)
                     multiplexers[id] = nil
                     channels[id] = nil
-                    failWaiters(id, HBONEError.tunnelFailed(agent: agent, reason: "connection closed"))
+                    failWaiters(id, TunnelError.tunnelFailed(agent: agent, reason: "connection closed"))
                 }
             case .failure(let error):
                 handshake.fail(error)
@@ -195,7 +195,7 @@ private final class LoopPool: @unchecked Sendable {
         }
         handshake.futureResult.assumeIsolated().flatMapThrowing { () -> Multiplexer in
             guard let multiplexer = multiplexerBox.value else {
-                throw HBONEError.tunnelFailed(agent: agent, reason: "the HTTP/2 pipeline was not set up")
+                throw TunnelError.tunnelFailed(agent: agent, reason: "the HTTP/2 pipeline was not set up")
             }
             return multiplexer
         }.whenComplete { [self] result in
@@ -212,7 +212,7 @@ private final class LoopPool: @unchecked Sendable {
                 logger.warning("cannot open a tunnel to the agent at \(agent): \(error)")
                 state.remove(id)
                 channels.removeValue(forKey: id)?.close(promise: nil)
-                failWaiters(id, HBONEError.tunnelFailed(agent: agent, reason: "\(error)"))
+                failWaiters(id, TunnelError.tunnelFailed(agent: agent, reason: "\(error)"))
             }
         }
     }
@@ -289,7 +289,7 @@ private final class HandshakeObserver: ChannelInboundHandler {
             if established.negotiatedProtocol == HBONE.applicationProtocol {
                 promise?.succeed()
             } else {
-                promise?.fail(HBONEError.tunnelFailed(
+                promise?.fail(TunnelError.tunnelFailed(
                     agent: context.channel.remoteAddress.map(AccessLogEntry.format) ?? "?",
                     reason: "the peer (\(established.peerIdentity)) did not agree to HTTP/2 (ALPN \(established.negotiatedProtocol ?? "none")); it is not a tunnel endpoint"))
                 context.close(promise: nil)
@@ -306,7 +306,7 @@ private final class HandshakeObserver: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        promise?.fail(HBONEError.tunnelFailed(agent: context.channel.remoteAddress.map(AccessLogEntry.format) ?? "?", reason: "closed during the TLS handshake"))
+        promise?.fail(TunnelError.tunnelFailed(agent: context.channel.remoteAddress.map(AccessLogEntry.format) ?? "?", reason: "closed during the TLS handshake"))
         promise = nil
         context.fireChannelInactive()
     }
@@ -334,7 +334,7 @@ private final class TunnelResponseHandler: ChannelInboundHandler, RemovableChann
         let request = HTTP2Frame.FramePayload.headers(.init(headers: HBONE.connectRequest(to: destination)))
         context.writeAndFlush(wrapOutboundOut(request), promise: nil)
         timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
-            fail(HBONEError.noResponse(destination: AccessLogEntry.format(destination), after: timeout), context: context)
+            fail(TunnelError.noResponse(destination: AccessLogEntry.format(destination), after: timeout), context: context)
         }
         context.read()
     }
@@ -346,12 +346,12 @@ private final class TunnelResponseHandler: ChannelInboundHandler, RemovableChann
         }
         guard case .headers(let response) = unwrapInboundIn(data) else {
             // Nothing but the answer may come first.
-            fail(HBONEError.streamClosedBeforeResponse(destination: AccessLogEntry.format(destination)), context: context)
+            fail(TunnelError.streamClosedBeforeResponse(destination: AccessLogEntry.format(destination)), context: context)
             return
         }
         let status = HBONE.status(of: response.headers) ?? 0
         guard status == HBONE.Status.ok.rawValue, !response.endStream else {
-            fail(HBONEError.refused(destination: AccessLogEntry.format(destination), status: status), context: context)
+            fail(TunnelError.refused(destination: AccessLogEntry.format(destination), status: status), context: context)
             return
         }
         timer?.cancel()
@@ -362,7 +362,7 @@ private final class TunnelResponseHandler: ChannelInboundHandler, RemovableChann
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        fail(HBONEError.streamClosedBeforeResponse(destination: AccessLogEntry.format(destination)), context: context)
+        fail(TunnelError.streamClosedBeforeResponse(destination: AccessLogEntry.format(destination)), context: context)
         context.fireChannelInactive()
     }
 

@@ -193,9 +193,9 @@ public final class OutboundProxy: Sendable {
             let tunnelCarrier = carrier
             upstream = tunnel.openStream(from: workload.identity, to: destination, on: client.eventLoop).flatMapThrowing { stream in
                 let operations = stream.pipeline.syncOperations
-                try operations.addHandler(HBONEStreamBridge())
+                try operations.addHandler(TunnelStreamBridge())
                 try tunnelCarrier.installUpstream(on: stream)
-                try HBONEStreamBridge.startReading(stream)
+                try TunnelStreamBridge.startReading(stream)
                 return stream
             }
         } else {
@@ -209,7 +209,7 @@ public final class OutboundProxy: Sendable {
             self.metrics.connectFailed()
             var failed = opened
             failed.reason = "connect to destination failed: \(error)"
-            if case HBONEError.refused(_, let status)? = error as? HBONEError, status == HBONE.Status.forbidden.rawValue {
+            if case TunnelError.refused(_, let status)? = error as? TunnelError, status == HBONE.Status.forbidden.rawValue {
                 // The destination's agent refused it: its policy, or a target it does not serve.
                 failed.action = .deny
             }
