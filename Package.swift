@@ -28,6 +28,16 @@ let package = Package(
             ]
         ),
         .target(
+            name: "Workloads",
+            dependencies: [
+                "LinuxNet", "TLS",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
+        .target(
             name: "Netfilter",
             dependencies: ["CNetlink", "LinuxNet"]
         ),
@@ -53,7 +63,7 @@ let package = Package(
         .target(
             name: "Proxy",
             dependencies: [
-                "LinuxNet", "TLS", "Policy",
+                "LinuxNet", "TLS", "Policy", "Workloads",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -75,7 +85,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
-                "Proxy", "Netfilter", "LinuxNet", "TLS", "Identity", "Policy",
+                "Proxy", "Workloads", "Netfilter", "LinuxNet", "TLS", "Identity", "Policy",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -96,7 +106,7 @@ let package = Package(
         .executableTarget(
             name: "micro-bench",
             dependencies: [
-                "Policy", "Agent", "Proxy", "LinuxNet",
+                "Policy", "Agent", "Proxy", "Workloads", "LinuxNet",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -110,10 +120,19 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        // Keys and tokens shared by the test targets (not part of any product).
+        .target(name: "TestFixtures", path: "Tests/Fixtures"),
         .testTarget(name: "NetfilterTests", dependencies: ["Netfilter"]),
         .testTarget(name: "LinuxNetTests", dependencies: ["LinuxNet"]),
+        .testTarget(name: "WorkloadsTests", dependencies: [
+            "Workloads", "LinuxNet", "TLS",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ]),
         .testTarget(name: "ProxyTests", dependencies: [
-            "Proxy", "TLS", "Policy",
+            "Proxy", "TLS", "Policy", "Workloads",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -121,9 +140,13 @@ let package = Package(
             .product(name: "NIOHTTP2", package: "swift-nio-http2"),
             .product(name: "NIOHPACK", package: "swift-nio-http2"),
         ]),
-        .testTarget(name: "AgentTests", dependencies: ["Agent"]),
+        .testTarget(name: "AgentTests", dependencies: [
+            "Agent", "Workloads", "Proxy", "Policy", "TestFixtures",
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+        ]),
         .testTarget(name: "PolicyTests", dependencies: [
-            "Policy", "TLS",
+            "Policy", "TLS", "TestFixtures",
             .product(name: "NIOCore", package: "swift-nio"),
         ]),
         .testTarget(name: "TLSTests", dependencies: [

@@ -5,6 +5,7 @@ import Netfilter
 import Policy
 import Proxy
 import TLS
+import Workloads
 
 /// What the admin API returns, as Codable values shared with `agentctl`.
 /// Field names are snake_case and match the access log where they mean the same.
@@ -78,10 +79,10 @@ public enum AdminViews {
         tracker.snapshot().map { entry in
             ConnectionView(
                 direction: entry.direction.rawValue,
-                sourceAddress: entry.sourceAddress.map(AccessLogEntry.format),
+                sourceAddress: entry.sourceAddress.map(\.authority),
                 sourceWorkload: entry.sourceWorkload,
                 sourceIdentity: entry.sourceIdentity,
-                destinationAddress: entry.destinationAddress.map(AccessLogEntry.format),
+                destinationAddress: entry.destinationAddress.map(\.authority),
                 destinationWorkload: entry.destinationWorkload,
                 destinationIdentity: entry.destinationIdentity,
                 tls: entry.tls.rawValue,

@@ -1,6 +1,7 @@
 import Identity
 import Metrics
 import TLS
+import Workloads
 
 /// The agent's own gauges, set once per control-loop tick from the state they
 /// describe (connections, workloads, certificates), so that scraping costs the
@@ -17,7 +18,7 @@ struct AgentMetrics {
     mutating func update(connections: Int, registry: WorkloadRegistry, certificates: [SVIDManager.Status]) {
         activeConnections.record(connections)
         let members = registry.members
-        let present = members.filter { $0.cgroupID != nil }.count
+        let present = members.filter(\.isPresent).count
         workloadsPresent.record(present)
         workloadsAbsent.record(members.count - present)
 

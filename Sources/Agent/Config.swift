@@ -3,6 +3,7 @@ import LinuxNet
 import Policy
 import Proxy
 import TLS
+import Workloads
 
 /// The agent's configuration file (`/etc/mesh-agent/agent.yaml`). Every field but
 /// `trustDomain` has a default; unknown keys are errors with their key path.
@@ -43,19 +44,6 @@ public struct AgentConfig: Equatable, Sendable {
         public var connectTimeout: Duration = .seconds(10)
     }
 
-    public struct WorkloadEntry: Equatable, Sendable {
-        public var name: String
-        public var namespace: String
-        public var serviceAccount: String
-        public var identity: SpiffeID
-        public var cgroup: CgroupPath
-        public var labels: [String: String]
-        public var ports: [UInt16]
-        /// Ports declared `protocol: tcp`: never parsed as HTTP, so policies
-        /// there are decided per connection only.
-        public var tcpPorts: Set<UInt16> = []
-    }
-
     public var trustDomain: String
     public var node: String
     public var captureMode: CaptureMode = .host
@@ -74,7 +62,8 @@ public struct AgentConfig: Equatable, Sendable {
     public var ca = CertificateAuthority()
     public var meshNetworks: [IPPrefix] = []
     public var limits = Limits()
-    public var workloads: [WorkloadEntry] = []
+    /// The `workloads:` list: the config file's own workload source.
+    public var workloads: [WorkloadSpec] = []
 
     public init(trustDomain: String, node: String) {
         self.trustDomain = trustDomain
@@ -204,8 +193,8 @@ extension AgentConfig {
         return limit
     }
 
-    private static func parseWorkloads(_ node: YAMLNode, trustDomain: String, agentPorts: Ports) throws -> [WorkloadEntry] {
-        var workloads: [WorkloadEntry] = []
+    private static func parseWorkloads(_ node: YAMLNode, trustDomain: String, agentPorts: Ports) throws -> [WorkloadSpec] {
+        var workloads: [WorkloadSpec] = []
         var names: [String: Int] = [:]
         for item in try node.sequence() {
             var map = try item.mapping()
@@ -240,15 +229,16 @@ extension AgentConfig {
             if let first = names[key] {
                 throw nameNode.error("workload \(key) is already defined by workloads[\(first)]")
             }
-            for (index, other) in workloads.enumerated() {
+            for (index, spec) in workloads.enumerated() {
+                let other = spec.workload
                 if let shared = ports.first(where: other.ports.contains) {
                     throw nameNode.error("port \(shared) is already served by workloads[\(index)] (\(other.namespace)/\(other.name)); in host mode a port on the node belongs to one workload")
                 }
-                if other.cgroup == cgroup {
+                if spec.cgroup == cgroup {
                     throw cgroupNode.error("cgroup \(cgroup) is already the cgroup of workloads[\(index)] (\(other.namespace)/\(other.name))")
                 }
-                if cgroup.isDescendant(ofOrEqualTo: other.cgroup) || other.cgroup.isDescendant(ofOrEqualTo: cgroup) {
-                    throw cgroupNode.error("cgroup \(cgroup) and the cgroup \(other.cgroup) of workloads[\(index)] are nested; a socket in the inner one would belong to both")
+                if cgroup.isDescendant(ofOrEqualTo: spec.cgroup) || spec.cgroup.isDescendant(ofOrEqualTo: cgroup) {
+                    throw cgroupNode.error("cgroup \(cgroup) and the cgroup \(spec.cgroup) of workloads[\(index)] are nested; a socket in the inner one would belong to both")
                 }
             }
             let identity: SpiffeID
@@ -258,9 +248,10 @@ extension AgentConfig {
                 throw nameNode.error("\(error)")
             }
             names[key] = workloads.count
-            workloads.append(WorkloadEntry(
-                    name: name, namespace: namespace, serviceAccount: serviceAccount, identity: identity, cgroup: cgroup, labels: labels, ports: ports,
-                    tcpPorts: tcpPorts))
+            workloads.append(WorkloadSpec(
+                workload: Workload(
+                    name: name, namespace: namespace, serviceAccount: serviceAccount, identity: identity, labels: labels, ports: ports, tcpPorts: tcpPorts),
+                cgroup: cgroup, source: .config))
         }
         return workloads
     }

@@ -10,6 +10,7 @@ import Policy
 import Prometheus
 import Proxy
 import TLS
+import Workloads
 import Metrics
 import NIOConcurrencyHelpers
 import NIOHTTP1
@@ -64,7 +65,7 @@ public final class MeshAgent: Sendable {
         let sockDiag = try SockDiagClient()
         let conntrack = Self.openConntrack(logger: logger)
         let registry = WorkloadRegistry(mount: mount, logger: logger)
-        registry.configure(config.workloads)
+        registry.update(config.workloads, from: .config)
         let accessLog = try AccessLogWriter(path: config.accessLog, limit: config.accessLogLimit)
         let trustBundle = try TrustBundleWatcher(path: config.ca.trustBundle, logger: logger)
         let svids = SVIDManager(issuer: try Self.loadAuthority(config), lifetime: config.certificateTTL, logger: logger)
@@ -389,7 +390,7 @@ public final class MeshAgent: Sendable {
         applied.accessLogLimit = config.accessLogLimit
         applied.policyDir = config.policyDir
         applied.mtlsMode = config.mtlsMode
-        registry.configure(config.workloads)
+        registry.update(config.workloads, from: .config)
         if !enforcement.reload(config: applied, capture: &capture) {
             // The workloads may have changed even though the policies did not load.
             enforcement.recompile()

@@ -3,6 +3,7 @@ import Logging
 import Metrics
 import Policy
 import Proxy
+import Workloads
 
 /// Loads the policy directory and puts the result in force everywhere at once:
 /// the capture table's guarded ports (PeerAuthentication), the data path's
@@ -101,8 +102,8 @@ struct PolicyEnforcement {
 extension PolicySet {
     /// The checks that need the workloads as well as the files: a rule naming
     /// HTTP attributes must not apply to a port declared `protocol: tcp`.
-    public func check(against workloads: [AgentConfig.WorkloadEntry]) throws(PolicyLoadError) {
-        let conflicts = authorization.tcpOnlyConflicts(workloads.map { ($0.name, $0.namespace, $0.labels, $0.tcpPorts) })
+    public func check(against workloads: [WorkloadSpec]) throws(PolicyLoadError) {
+        let conflicts = authorization.tcpOnlyConflicts(workloads.map { ($0.workload.name, $0.workload.namespace, $0.workload.labels, $0.workload.tcpPorts) })
         guard conflicts.isEmpty else { throw PolicyLoadError(conflicts) }
     }
 }

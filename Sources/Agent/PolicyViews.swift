@@ -3,6 +3,7 @@ import NIOCore
 import Policy
 import Proxy
 import TLS
+import Workloads
 
 /// The policy set in force and how the last reloads went, as the control loop
 /// publishes it for `agentctl policies`.
@@ -97,11 +98,15 @@ extension AdminViews {
         public var path: String?
         /// `iss/sub` of the verified token, when a --jwt was given.
         public var requestPrincipal: String?
+        /// The status the agent would answer the request with itself (400,
+        /// 401, 403); nil when the request would be forwarded.
+        public var responseStatus: Int?
 
         enum CodingKeys: String, CodingKey {
             case decision, layer, workload, source, port, policy, rule, reason, audited, path
             case requestPrincipal = "request_principal"
             case dryRun = "dry_run"
+            case responseStatus = "response_status"
         }
     }
 
@@ -112,7 +117,8 @@ extension AdminViews {
     /// Decides a hypothetical connection (and request) with the same
     /// evaluator the data path uses, against the policies in force.
     static func explain(
-        _ parameters: [(name: String, value: String)], registry: WorkloadRegistry, authorizer: InboundAuthorizer, peerAuthentication: PeerAuthenticationSet
+        _ parameters: [(name: String, value: String)], registry: WorkloadRegistry, authorizer: InboundAuthorizer, peerAuthentication: PeerAuthenticationSet,
+        now: Double = wallClock()
     ) throws -> ExplainView {
         var values: [String: String] = [:]
         var headers: [HTTPField] = []
@@ -173,8 +179,7 @@ extension AdminViews {
                 return view
             }
         }
-        let snapshot = authorizer.snapshot
-        let policy = snapshot.policy(for: workload)
+        let policy = authorizer.snapshot.policy(for: workload)
         func fill(_ decision: AuthorizationDecision) {
             view.decision = decision.outcome.rawValue
             view.policy = decision.policy
@@ -183,7 +188,7 @@ extension AdminViews {
             view.audited = decision.audits.isEmpty ? nil : decision.audits
             view.dryRun = decision.dryRun.map { "\($0.outcome.rawValue)\($0.rule.map { " (\($0))" } ?? "")" }
         }
-        switch snapshot.authorize(attributes, to: workload) {
+        switch policy.decide(attributes) {
         case .decided(let decision):
             fill(decision)
             return view
@@ -191,39 +196,37 @@ extension AdminViews {
             break
         }
         view.layer = "l7"
-        guard let method = values["method"], let rawPath = values["path"] else {
+        guard let method = values["method"], let target = values["path"] else {
             view.decision = "depends on the request"
             view.reason = "a policy of \(workload.qualifiedName) names HTTP attributes; describe a request with --method and --path"
             return view
         }
-        let path: String
-        switch HTTPPath.normalize(rawPath) {
-        case .success(let target): path = target.path
-        case .failure(let error):
-            view.decision = "deny"
-            view.reason = "the request would be refused with 400: \(error)"
-            return view
+        // The request as a client would send it: a Host (the workload's name
+        // unless --host or a host header says otherwise), the headers given, and
+        // the token as a bearer.
+        var fields = headers
+        if !fields.contains(where: { $0.name == "host" }) {
+            fields.insert(HTTPField(name: "host", value: values["host"] ?? workload.name), at: 0)
         }
-        view.path = path
-        let host = headers.first(where: { $0.name == "host" })?.value ?? values["host"] ?? workload.name
         if let jwt = values["jwt"] {
-            headers.append(HTTPField(name: "authorization", value: "Bearer \(jwt)"))
+            fields.append(HTTPField(name: "authorization", value: "Bearer \(jwt)"))
         }
-        let query = rawPath.split(separator: "?", maxSplits: 1).dropFirst().first
-        var endUser: RequestIdentity?
-        switch policy.authenticator.authenticate(headers: headers, query: query, now: Date().timeIntervalSince1970) {
-        case .noToken:
-            break
-        case .authenticated(let verified):
-            endUser = verified
-            view.requestPrincipal = verified.principal
-        case .rejected(let reason):
+        switch policy.decide(RequestHead(method: method, target: target, fields: fields), on: attributes, now: now) {
+        case .refused(let refusal):
             view.decision = "deny"
+            view.responseStatus = refusal.status.rawValue
+            view.reason = "the request would be refused with \(refusal.status.rawValue): \(refusal.reason)"
+        case .unauthenticated(let reason, let checked):
+            view.path = checked.target.path
+            view.decision = "deny"
+            view.responseStatus = 401
             view.reason = "the request would be refused with 401: request authentication failed: \(reason)"
-            return view
+        case .decided(let decision, let request):
+            view.path = request.checked.target.path
+            view.requestPrincipal = request.identity?.principal
+            fill(decision)
+            if decision.outcome == .deny { view.responseStatus = 403 }
         }
-        let request = HTTPRequestAttributes(method: method, path: path, host: host, headers: headers, identity: endUser)
-        fill(policy.authorization.authorize(attributes, request: request))
         return view
     }
 }

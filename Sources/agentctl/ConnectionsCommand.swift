@@ -1,6 +1,7 @@
 import Agent
 import ArgumentParser
 import Foundation
+import Workloads
 
 struct ConnectionsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

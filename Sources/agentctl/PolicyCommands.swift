@@ -2,6 +2,7 @@ import Agent
 import ArgumentParser
 import Foundation
 import Policy
+import Workloads
 
 struct PoliciesCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

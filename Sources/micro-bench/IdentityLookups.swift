@@ -1,6 +1,7 @@
 import Agent
 import LinuxNet
 import Logging
+import Workloads
 
 /// The lookup that names the workload behind a captured connection, from the
 /// cgroup id the kernel reports for its socket, with 100 and with 1,000
@@ -17,7 +18,7 @@ func measureIdentityLookups() throws {
             return registry.workload(forCgroup: id) != nil
         }
         guard found == 1_000_000 else {
-            fail("identity lookup with \(count) workloads found a workload in only \(found) of 1000000 lookups; a miss rescans cgroups, which is not the path this measures")
+            fail("identity lookup with \(count) workloads found a workload in only \(found) of 1000000 lookups; a miss waits for a cgroup walk, which is not the path this measures")
         }
     }
 }
@@ -42,6 +43,6 @@ private func registry(workloads count: Int) throws -> (WorkloadRegistry, [Cgroup
         guard let id = cgroupIDs[cgroup] else { throw CgroupError.notFound(cgroup) }
         return [(path: cgroup, id: id)]
     }
-    registry.configure(config.workloads)
+    registry.update(config.workloads, from: .config)
     return (registry, config.workloads.compactMap { ids[$0.cgroup] })
 }

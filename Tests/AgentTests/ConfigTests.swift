@@ -28,8 +28,8 @@ import Testing
         let config = try AgentConfig.parse(
             "trustDomain: td\nworkloads:\n  - {name: db, namespace: ns, cgroup: /db, ports: [8080, {port: 5432, protocol: tcp}, {port: 9000, protocol: http}]}\n",
             file: "agent.yaml")
-        #expect(config.workloads[0].ports == [8080, 5432, 9000])
-        #expect(config.workloads[0].tcpPorts == [5432])
+        #expect(config.workloads[0].workload.ports == [8080, 5432, 9000])
+        #expect(config.workloads[0].workload.tcpPorts == [5432])
         for (text, expected) in [
             ("{port: 5432, protocol: udp}", "agent.yaml:3: workloads[0].ports[0].protocol: must be tcp or http, got \"udp\""),
             ("{protocol: tcp}", "agent.yaml:3: workloads[0].ports[0].port: is required"),
@@ -86,11 +86,11 @@ import Testing
         #expect(config.drainTimeout == .seconds(90))
         #expect(config.meshNetworks.map(\.description) == ["10.77.0.0/16", "fd77::/64"])
         #expect(config.workloads.count == 2)
-        #expect(config.workloads[0].serviceAccount == "orders-sa")
+        #expect(config.workloads[0].workload.serviceAccount == "orders-sa")
         #expect(config.workloads[0].cgroup.string == "/system.slice/orders.service")
-        #expect(config.workloads[0].labels == ["app": "orders"])
-        #expect(config.workloads[0].ports == [8080])
-        #expect(config.workloads[1].serviceAccount == "checkout", "the service account defaults to the workload name")
+        #expect(config.workloads[0].workload.labels == ["app": "orders"])
+        #expect(config.workloads[0].workload.ports == [8080])
+        #expect(config.workloads[1].workload.serviceAccount == "checkout", "the service account defaults to the workload name")
     }
 
     /// Each bad config must fail with the file, the line and the key path.

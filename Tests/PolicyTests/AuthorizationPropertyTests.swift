@@ -1,4 +1,5 @@
 import NIOCore
+import TestFixtures
 import Testing
 
 @testable import Policy
@@ -8,18 +9,6 @@ import Testing
 /// answer given from the connection alone is the answer every request on it
 /// would get.
 @Suite struct AuthorizationPropertyTests {
-    /// A small deterministic generator, so a failure can be replayed from its seed.
-    struct SplitMix: RandomNumberGenerator {
-        var state: UInt64
-        mutating func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
-    }
-
     static let principals = ["cluster.local/ns/shop/sa/checkout", "cluster.local/ns/shop/sa/reporting", "cluster.local/ns/web/sa/frontend"]
     static let principalPatterns = principals + ["*", "*/sa/checkout", "cluster.local/ns/web/*"]
     static let namespaces = ["shop", "web", "sh*", "*"]
@@ -30,19 +19,19 @@ import Testing
     static let sourceIPs = ["10.77.0.5", "10.77.1.5", "10.77.9.5"]
     static let ports: [UInt16] = [8080, 9090]
 
-    static func pick<T>(_ items: [T], _ random: inout SplitMix) -> T {
+    static func pick<T>(_ items: [T], _ random: inout SeededRandom) -> T {
         items[Int(random.next() % UInt64(items.count))]
     }
 
-    static func some<T>(_ items: [T], _ random: inout SplitMix) -> [T] {
+    static func some<T>(_ items: [T], _ random: inout SeededRandom) -> [T] {
         (0..<(1 + Int(random.next() % 2))).map { _ in pick(items, &random) }
     }
 
-    static func maybe(_ random: inout SplitMix, _ percent: UInt64 = 30) -> Bool {
+    static func maybe(_ random: inout SeededRandom, _ percent: UInt64 = 30) -> Bool {
         random.next() % 100 < percent
     }
 
-    static func rule(_ random: inout SplitMix) -> AuthorizationPolicy.Rule {
+    static func rule(_ random: inout SeededRandom) -> AuthorizationPolicy.Rule {
         var rule = AuthorizationPolicy.Rule()
         if maybe(&random, 60) {
             var source = AuthorizationPolicy.Source()
@@ -70,7 +59,7 @@ import Testing
         return rule
     }
 
-    static func policySet(_ random: inout SplitMix) -> [AuthorizationPolicy] {
+    static func policySet(_ random: inout SeededRandom) -> [AuthorizationPolicy] {
         (0..<(1 + Int(random.next() % 5))).map { index in
             let action = pick([AuthorizationPolicy.Action.ALLOW, .DENY, .DENY, .AUDIT], &random)
             let rules = (0..<Int(random.next() % 3)).map { _ in rule(&random) }
@@ -78,7 +67,7 @@ import Testing
         }
     }
 
-    static func connection(_ random: inout SplitMix) -> ConnectionAttributes {
+    static func connection(_ random: inout SeededRandom) -> ConnectionAttributes {
         let principal: String? = maybe(&random, 20) ? nil : pick(principals, &random)
         let port = pick(ports, &random)
         return ConnectionAttributes(
@@ -86,7 +75,7 @@ import Testing
             destinationAddress: try? SocketAddress(ipAddress: "10.77.0.2", port: Int(port)), destinationPort: port)
     }
 
-    static func request(_ random: inout SplitMix) -> HTTPRequestAttributes {
+    static func request(_ random: inout SeededRandom) -> HTTPRequestAttributes {
         HTTPRequestAttributes(
             method: pick(methods, &random), path: pick(paths, &random), host: "orders.shop",
             headers: maybe(&random, 50) ? [HTTPField(name: "X-Tenant", value: "acme")] : [],
@@ -95,7 +84,7 @@ import Testing
 
     @Test(arguments: 0..<8)
     func propertiesHoldForRandomPolicySets(_ batch: Int) {
-        var random = SplitMix(state: UInt64(batch) &* 7919)
+        var random = SeededRandom(seed: UInt64(batch) &* 7919)
         for _ in 0..<250 {
             let policies = Self.policySet(&random)
             let workload = WorkloadAuthorization(policies)

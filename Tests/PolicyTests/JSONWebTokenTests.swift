@@ -1,5 +1,6 @@
 import Foundation
 import TLS
+import TestFixtures
 import Testing
 
 @testable import Policy

@@ -8,6 +8,7 @@ import Synchronization
 import TLS
 import Testing
 @testable import Proxy
+import Workloads
 
 extension HTTP2InspectionTests {
     @Suite struct Sniff {
@@ -131,7 +132,7 @@ extension HTTP2InspectionTests {
             #expect(request.head.headers["te"] == ["trailers"])
             #expect(request.scheme == "http")
             #expect(request.authority == "orders.shop:8080")
-            #expect(HTTPRequestValidation.validate(request.head).map(\.host) == .success("orders.shop:8080"))
+            #expect(RequestHeadCheck.check(RequestHead(request.head)).map(\.host) == .success("orders.shop:8080"))
         }
 
         @Test func theWorkloadIsAskedForTheForwardedPathWithCredentialsStillNeverIndexed() throws {
@@ -178,7 +179,7 @@ extension HTTP2InspectionTests {
                 Issue.record("accepted \(fields)")
                 return
             }
-            #expect(Int(refusal.status.code) == status)
+            #expect(refusal.status.rawValue == status)
             #expect(refusal.reason.contains(reason), "\(refusal.reason)")
         }
 

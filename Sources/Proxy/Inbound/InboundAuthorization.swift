@@ -3,6 +3,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import Policy
 import TLS
+import Workloads
 
 /// The authorization policy in force, as one value: swapped whole on reload,
 /// so a connection or request is decided by one generation of policy, never a
@@ -15,13 +16,6 @@ public struct AuthorizationSnapshot: Sendable {
     /// Compiled per workload (`namespace/name`) for the workloads the registry
     /// held when the snapshot was made; other workloads are compiled on demand.
     private var compiled: [String: WorkloadPolicy]
-
-    /// What applies to one workload.
-    public struct WorkloadPolicy: Sendable {
-        public var authorization: WorkloadAuthorization
-        /// The JWT rules of the RequestAuthentications that select it.
-        public var authenticator: RequestAuthenticator
-    }
 
     public init(generation: Int, policies: AuthorizationPolicySet, requestAuthentication: RequestAuthenticationSet? = nil, workloads: [Workload]) {
         self.generation = generation
@@ -36,28 +30,17 @@ public struct AuthorizationSnapshot: Sendable {
     private func compile(_ workload: Workload) -> WorkloadPolicy {
         WorkloadPolicy(
             authorization: policies.forWorkload(namespace: workload.namespace, labels: workload.labels),
-            authenticator: requestAuthentication.authenticator(namespace: workload.namespace, labels: workload.labels))
+            authenticator: requestAuthentication.authenticator(namespace: workload.namespace, labels: workload.labels),
+            tcpPorts: workload.tcpPorts)
     }
 
     public func policy(for workload: Workload) -> WorkloadPolicy {
         compiled[workload.qualifiedName] ?? compile(workload)
     }
 
-    public func authorization(for workload: Workload) -> WorkloadAuthorization {
-        policy(for: workload).authorization
-    }
-
-    /// The L4 decision for a connection to `workload`. A workload with JWT
-    /// rules has every request inspected, since an invalid token is refused
-    /// (401) whatever the authorization policy says.
+    /// The L4 decision for a connection to `workload`.
     public func authorize(_ connection: ConnectionAttributes, to workload: Workload) -> ConnectionAuthorization {
-        let policy = policy(for: workload)
-        let tcpOnly = workload.tcpPorts.contains(connection.destinationPort)
-        let result = policy.authorization.authorize(connection, tcpOnly: tcpOnly)
-        if !tcpOnly, case .decided(let decision) = result, decision.outcome == .allow, !policy.authenticator.isEmpty {
-            return .inspectRequests
-        }
-        return result
+        policy(for: workload).decide(connection)
     }
 }
 
@@ -86,18 +69,13 @@ public final class InboundAuthorizer: Sendable {
         return result
     }
 
-    /// The L7 decision for one request on a connection to `workload`, under
-    /// the policy of `snapshot`.
-    func authorize(
-        _ connection: ConnectionAttributes, request: HTTPRequestAttributes, under policy: AuthorizationSnapshot.WorkloadPolicy
-    ) -> AuthorizationDecision {
-        let decision = policy.authorization.authorize(connection, request: request)
-        metrics.record(decision, layer: "l7")
-        return decision
-    }
-
-    func recordUnauthenticated() {
-        metrics.unauthenticated.increment()
+    /// Counts what the request decision said.
+    func record(_ verdict: RequestVerdict) {
+        switch verdict {
+        case .refused: break
+        case .unauthenticated: metrics.unauthenticated.increment()
+        case .decided(let decision, _): metrics.record(decision, layer: "l7")
+        }
     }
 }
 
@@ -116,6 +94,7 @@ extension AccessLogEntry {
     mutating func record(_ decision: AuthorizationDecision) {
         action = decision.outcome == .allow ? .allow : .deny
         policy = decision.policy
+        rule = decision.rule?.ruleIndex
         if decision.outcome == .deny {
             reason = decision.reason
         }

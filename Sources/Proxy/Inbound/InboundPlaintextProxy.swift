@@ -4,6 +4,7 @@ import Metrics
 import NIOCore
 import NIOPosix
 import Policy
+import Workloads
 
 /// The inbound-plaintext listener (15006): connections from outside the node to a
 /// PERMISSIVE workload port, redirected here by the inbound guard, are forwarded
@@ -88,7 +89,7 @@ public final class InboundPlaintextProxy: Sendable {
             case .elsewhere:
                 self.refusedCounter.increment()
                 entry.action = .deny
-                entry.reason = "plaintext to \(AccessLogEntry.format(destination)), which is not a workload port on this node"
+                entry.reason = "plaintext to \(destination.authority), which is not a workload port on this node"
                 self.accessLog.record(entry)
                 return client.eventLoop.makeFailedFuture(InboundRefusal.notAWorkload)
             }

@@ -1,6 +1,7 @@
 import NIOCore
 #if canImport(Glibc)
 import Glibc
+import Workloads
 #endif
 
 /// One line of the access log: a finished connection (or, on L7 paths, request).
@@ -22,6 +23,8 @@ public struct AccessLogEntry: Sendable, Equatable {
     public var `protocol` = "tcp"
     public var action: Action
     public var policy: String?
+    /// The index of the rule in `policy` that decided (`spec.rules[N]`).
+    public var rule: Int?
     public var reason: String
     public var bytesSent: UInt64 = 0
     public var bytesReceived: UInt64 = 0
@@ -67,6 +70,7 @@ public struct AccessLogEntry: Sendable, Equatable {
         json.add("protocol", self.protocol)
         json.add("action", action.rawValue)
         json.add("policy", policy)
+        if let rule { json.add("rule", UInt64(max(0, rule))) }
         json.add("reason", reason)
         json.add("bytes_sent", bytesSent)
         json.add("bytes_received", bytesReceived)
@@ -82,15 +86,6 @@ public struct AccessLogEntry: Sendable, Equatable {
         return json.finishLine()
     }
 
-    /// `ip:port`, with IPv6 in brackets, as `:authority` and URLs write it.
-    public static func format(_ address: SocketAddress) -> String {
-        switch address {
-        case .v6:
-            return "[\(address.ipAddress ?? "?")]:\(address.port ?? 0)"
-        default:
-            return "\(address.ipAddress ?? "?"):\(address.port ?? 0)"
-        }
-    }
 }
 
 /// Builds one JSON object as UTF-8 bytes, without Foundation's encoder. The
@@ -135,7 +130,7 @@ struct JSONObjectWriter {
     /// An address as `ip:port` (IPv6 in brackets), as a string.
     mutating func add(_ name: StaticString, _ address: SocketAddress?) {
         guard case .v4(let v4) = address else {
-            return add(name, address.map(AccessLogEntry.format))
+            return add(name, address.map(\.authority))
         }
         key(name)
         bytes.append(UInt8(ascii: "\""))

@@ -1,6 +1,7 @@
 import NIOConcurrencyHelpers
 import NIOCore
 import Policy
+import Workloads
 
 /// The connections the agent is proxying right now: admission against the
 /// configured maximum, what each one is (for `agentctl connections`), and the

@@ -5,43 +5,7 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Policy
-
-/// Who opened a captured connection. The agent answers from the socket's cgroup;
-/// tests can answer however they like.
-public protocol SourceIdentifier: Sendable {
-    /// - Parameters:
-    ///   - client: the peer of the accepted connection (after NAT);
-    ///   - listener: the address it was accepted on (the redirect target);
-    ///   - originalDestination: where the client was connecting to.
-    /// - Returns: the workload, and the client's own address (NAT may have
-    ///   changed the port the agent sees).
-    func identify(client: SocketAddress, listener: SocketAddress?, originalDestination: SocketAddress) throws -> IdentifiedSource
-}
-
-public struct IdentifiedSource: Sendable {
-    public var workload: Workload
-    public var address: SocketAddress
-
-    public init(workload: Workload, address: SocketAddress) {
-        self.workload = workload
-        self.address = address
-    }
-}
-
-/// What a destination address is on this node.
-public enum LocalDestination: Equatable, Sendable {
-    /// A port a present workload serves, at one of the node's own addresses.
-    case workload(Workload)
-    /// An address or port no workload connection is ever sent to.
-    case forbidden(ForbiddenDestination)
-    /// Not on this node, or no present workload serves it.
-    case elsewhere
-}
-
-/// Which workload on this node, if any, a destination address belongs to.
-public protocol LocalDestinations: Sendable {
-    func resolve(_ destination: SocketAddress) -> LocalDestination
-}
+import Workloads
 
 /// Where finished connections are reported.
 public protocol AccessLogSink: Sendable {
@@ -133,18 +97,19 @@ public final class OutboundProxy: Sendable {
             self.logger.debug("refused a direct connection to the outbound port from \(peer): \(error)")
             return client.eventLoop.makeFailedFuture(error) as EventLoopFuture<SocketAddress>
         }.flatMap { destination in
-            do {
-                let source = try self.identifier.identify(client: peer, listener: client.localAddress, originalDestination: destination)
-                return self.connect(client: client, peer: source.address, workload: source.workload, destination: destination, started: started)
-            } catch {
-                self.metrics.refused(.unidentified)
-                self.logger.warning("refused a captured connection from \(peer) to \(destination): source not identified: \(error)")
-                var entry = AccessLogEntry(time: wallClock(), direction: .outbound, tls: .none, action: .deny, reason: "source not identified: \(error)")
-                entry.sourceAddress = peer
-                entry.destinationAddress = destination
-                self.accessLog.record(entry)
-                return client.eventLoop.makeFailedFuture(error)
-            }
+            self.identifier.identify(client: peer, listener: client.localAddress, originalDestination: destination, on: client.eventLoop)
+                .flatMapError { error in
+                    self.metrics.refused(.unidentified)
+                    self.logger.warning("refused a captured connection from \(peer) to \(destination): source not identified: \(error)")
+                    var entry = AccessLogEntry(time: wallClock(), direction: .outbound, tls: .none, action: .deny, reason: "source not identified: \(error)")
+                    entry.sourceAddress = peer
+                    entry.destinationAddress = destination
+                    self.accessLog.record(entry)
+                    return client.eventLoop.makeFailedFuture(error)
+                }
+                .flatMap { source in
+                    self.connect(client: client, peer: source.address, workload: source.workload, destination: destination, started: started)
+                }
         }
     }
 
@@ -245,11 +210,6 @@ public enum ProxyError: Error, CustomStringConvertible {
     }
 }
 
-func wallClock() -> Double {
-    var now = timespec()
-    clock_gettime(CLOCK_REALTIME, &now)
-    return Double(now.tv_sec) + Double(now.tv_nsec) / 1_000_000_000
-}
 
 
 /// Counters for the outbound path, created once: swift-metrics looks the backend

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHPACK
 import NIOHTTP2
+import Workloads
 
 /// HBONE as Istio ambient speaks it: TLS 1.3 with ALPN `h2`, then one HTTP/2
 /// `CONNECT` stream per tunnelled TCP connection, whose `:authority` is the
@@ -59,7 +60,7 @@ public enum HBONE {
 
     /// The request that opens a tunnel to `destination`.
     static func connectRequest(to destination: SocketAddress) -> HPACKHeaders {
-        [":method": "CONNECT", ":authority": AccessLogEntry.format(destination)]
+        [":method": "CONNECT", ":authority": destination.authority]
     }
 
     package static func response(status: Status) -> HPACKHeaders {

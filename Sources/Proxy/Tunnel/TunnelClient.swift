@@ -5,6 +5,7 @@ import NIOHPACK
 import NIOHTTP2
 import NIOPosix
 import TLS
+import Workloads
 
 /// Opens HBONE tunnel streams to other nodes' agents over pooled mutual-TLS
 /// connections: a new workload connection costs one HTTP/2 stream, not one TLS
@@ -64,7 +65,7 @@ public final class TunnelClient: Sendable {
     func openStream(from source: SpiffeID, to destination: SocketAddress, on eventLoop: EventLoop) -> EventLoopFuture<Channel> {
         eventLoop.preconditionInEventLoop()
         guard let pool = pools[ObjectIdentifier(eventLoop)] else {
-            return eventLoop.makeFailedFuture(TunnelError.tunnelFailed(agent: AccessLogEntry.format(destination), reason: "event loop not served by the tunnel client"))
+            return eventLoop.makeFailedFuture(TunnelError.tunnelFailed(agent: destination.authority, reason: "event loop not served by the tunnel client"))
         }
         var agent = destination
         agent.port = Int(configuration.tunnelPort)
@@ -165,7 +166,7 @@ private final class LoopPool: @unchecked Sendable {
     private func connect(id: Int, key: Key, context: TLSContext) {
         let handshake = eventLoop.makePromise(of: Void.self)
         let multiplexerBox = NIOLoopBoundBox<Multiplexer?>.makeEmptyBox(valueType: Multiplexer.self, eventLoop: eventLoop)
-        let agent = AccessLogEntry.format(key.agent)
+        let agent = key.agent.authority
         let dialer = Dialer(mark: configuration.mark, connectTimeout: configuration.connectTimeout)
         let connected = dialer.connect(to: key.agent, on: eventLoop) { channel in
             let operations = channel.pipeline.syncOperations
@@ -290,7 +291,7 @@ private final class HandshakeObserver: ChannelInboundHandler {
                 promise?.succeed()
             } else {
                 promise?.fail(TunnelError.tunnelFailed(
-                    agent: context.channel.remoteAddress.map(AccessLogEntry.format) ?? "?",
+                    agent: context.channel.remoteAddress.map(\.authority) ?? "?",
                     reason: "the peer (\(established.peerIdentity)) did not agree to HTTP/2 (ALPN \(established.negotiatedProtocol ?? "none")); it is not a tunnel endpoint"))
                 context.close(promise: nil)
             }
@@ -306,7 +307,7 @@ private final class HandshakeObserver: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        promise?.fail(TunnelError.tunnelFailed(agent: context.channel.remoteAddress.map(AccessLogEntry.format) ?? "?", reason: "closed during the TLS handshake"))
+        promise?.fail(TunnelError.tunnelFailed(agent: context.channel.remoteAddress.map(\.authority) ?? "?", reason: "closed during the TLS handshake"))
         promise = nil
         context.fireChannelInactive()
     }
@@ -334,7 +335,7 @@ private final class TunnelResponseHandler: ChannelInboundHandler, RemovableChann
         let request = HTTP2Frame.FramePayload.headers(.init(headers: HBONE.connectRequest(to: destination)))
         context.writeAndFlush(wrapOutboundOut(request), promise: nil)
         timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
-            fail(TunnelError.noResponse(destination: AccessLogEntry.format(destination), after: timeout), context: context)
+            fail(TunnelError.noResponse(destination: destination.authority, after: timeout), context: context)
         }
         context.read()
     }
@@ -346,12 +347,12 @@ private final class TunnelResponseHandler: ChannelInboundHandler, RemovableChann
         }
         guard case .headers(let response) = unwrapInboundIn(data) else {
             // Nothing but the answer may come first.
-            fail(TunnelError.streamClosedBeforeResponse(destination: AccessLogEntry.format(destination)), context: context)
+            fail(TunnelError.streamClosedBeforeResponse(destination: destination.authority), context: context)
             return
         }
         let status = HBONE.status(of: response.headers) ?? 0
         guard status == HBONE.Status.ok.rawValue, !response.endStream else {
-            fail(TunnelError.refused(destination: AccessLogEntry.format(destination), status: status), context: context)
+            fail(TunnelError.refused(destination: destination.authority, status: status), context: context)
             return
         }
         timer?.cancel()
@@ -362,7 +363,7 @@ private final class TunnelResponseHandler: ChannelInboundHandler, RemovableChann
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        fail(TunnelError.streamClosedBeforeResponse(destination: AccessLogEntry.format(destination)), context: context)
+        fail(TunnelError.streamClosedBeforeResponse(destination: destination.authority), context: context)
         context.fireChannelInactive()
     }
 

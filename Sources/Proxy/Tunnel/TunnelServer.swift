@@ -7,6 +7,7 @@ import NIOHTTP2
 import NIOPosix
 import Policy
 import TLS
+import Workloads
 
 /// The tunnel listener (15008): mutual TLS with the trust bundle, HTTP/2, and one
 /// `CONNECT` stream per tunnelled connection, each to a workload on this node.
@@ -91,7 +92,7 @@ public final class TunnelServer: Sendable {
             context = try serverContext()
         } catch {
             metrics.refusedPeer("no_certificate")
-            logger.error("refused a tunnel connection from \(channel.remoteAddress.map(AccessLogEntry.format) ?? "?"): the agent has no certificate to answer with: \(error)")
+            logger.error("refused a tunnel connection from \(channel.remoteAddress.map(\.authority) ?? "?"): the agent has no certificate to answer with: \(error)")
             throw error
         }
         let tls = TLSHandler(context: context)
@@ -152,7 +153,7 @@ public final class TunnelServer: Sendable {
             forbidden.refused(kind)
             return refuse(stream, HBONE.Refusal(status: .forbidden, reason: "CONNECT target \(kind.reason(target))"), entry: entry)
         case .elsewhere:
-            return refuse(stream, HBONE.Refusal(status: .forbidden, reason: "CONNECT target \(AccessLogEntry.format(target)) is not a workload on this node"), entry: entry)
+            return refuse(stream, HBONE.Refusal(status: .forbidden, reason: "CONNECT target \(target.authority) is not a workload on this node"), entry: entry)
         }
         entry.destinationWorkload = workload.qualifiedName
         entry.destinationIdentity = workload.identity.description
@@ -170,7 +171,7 @@ public final class TunnelServer: Sendable {
             entry.protocol = "http"
         }
         guard connections.admit(stream) else {
-            logger.warning("refused a tunnel stream from \(peerIdentity) to \(AccessLogEntry.format(target)): \(connections.maximum) connections are already open (limits.maxConnections)")
+            logger.warning("refused a tunnel stream from \(peerIdentity) to \(target.authority): \(connections.maximum) connections are already open (limits.maxConnections)")
             return refuse(stream, HBONE.Refusal(status: .serviceUnavailable, reason: "over the connection limit"), entry: entry)
         }
 
@@ -343,7 +344,7 @@ final class TunnelConnectionMonitor: ChannelInboundHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        let peer = context.channel.remoteAddress.map(AccessLogEntry.format) ?? "?"
+        let peer = context.channel.remoteAddress.map(\.authority) ?? "?"
         if let tlsError = error as? TLSError {
             metrics.refusedPeer(tlsError.reasonLabel)
             logger.info("tunnel connection from \(peer) failed: \(tlsError)")
@@ -357,7 +358,7 @@ final class TunnelConnectionMonitor: ChannelInboundHandler {
     private func armIdleTimer(context: ChannelHandlerContext) {
         idleTimer?.cancel()
         idleTimer = context.eventLoop.assumeIsolated().scheduleTask(in: idleTimeout) { [logger] in
-            logger.debug("closing an idle tunnel connection from \(context.channel.remoteAddress.map(AccessLogEntry.format) ?? "?")")
+            logger.debug("closing an idle tunnel connection from \(context.channel.remoteAddress.map(\.authority) ?? "?")")
             context.close(promise: nil)
         }
     }

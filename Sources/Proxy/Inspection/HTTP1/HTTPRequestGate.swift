@@ -1,5 +1,6 @@
 import NIOCore
 import NIOHTTP1
+import Policy
 
 /// The client side of an inspected connection: decodes requests, has each one
 /// decided, sends allowed ones to `HTTPUpstreamRelay` and answers the others,
@@ -99,9 +100,9 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         guard state.acceptsRequests else { return }
-        let refusal = HTTPRequestRefusal(decoderError: error, limit: limit)
+        let refusal = RequestRefusal(decoderError: error, limit: limit)
         HTTPInspectionMetrics.malformed.increment()
-        state.malformed(LocalResponse(status: refusal.status, body: "\(refusal.reason)\n", close: true), inspector.refusedEntry(refusal.reason))
+        state.malformed(LocalResponse(status: refusal.responseStatus, body: "\(refusal.reason)\n", close: true), inspector.refusedEntry(refusal.reason))
         writeLocalResponses()
     }
 

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHTTP1
 import Policy
+import Workloads
 
 /// Decides one inbound HTTP request: framing and target checks, the request's
 /// token, then L7 policy. Pure apart from the policy snapshot it reads.
@@ -39,47 +40,58 @@ struct HTTPRequestInspector: Sendable {
         return entry
     }
 
-    func inspect(_ head: HTTPRequestHead) -> Outcome {
-        let validated: ValidatedRequestHead
-        switch HTTPRequestValidation.validate(head) {
-        case .failure(let refusal):
-            return .respond(
-                LocalResponse(status: refusal.status, body: "\(refusal.reason)\n", close: true), refusedEntry(refusal.reason, method: head.method.rawValue))
-        case .success(let value):
-            validated = value
-        }
-        var entry = requestEntry()
-        entry.method = head.method.rawValue
-        entry.path = validated.target.path
-        let headers = head.headers.map { HTTPField(name: $0.name, value: $0.value) }
+    /// Decides `head` with the one request decision (`WorkloadPolicy.decide`)
+    /// under the policy in force, and says what to do with it.
+    func inspect(_ head: HTTPRequestHead, now: Double = wallClock()) -> Outcome {
         // One snapshot decides the whole request: token rules and policy of one generation.
         let policy = authorizer.snapshot.policy(for: workload)
-        var forwarded = validated.head
-        var identity: RequestIdentity?
-        switch policy.authenticator.authenticate(headers: headers, query: validated.target.query.map { Substring($0) }, now: wallClock()) {
-        case .noToken:
-            break
-        case .authenticated(let verified):
-            identity = verified
-            entry.requestPrincipal = verified.principal
-            for name in policy.authenticator.tokenHeadersToRemove(from: headers, issuer: verified.issuer) {
-                forwarded.headers.remove(name: name)
-            }
-        case .rejected(let reason):
-            authorizer.recordUnauthenticated()
+        let verdict = policy.decide(RequestHead(head), on: connection, now: now)
+        authorizer.record(verdict)
+        return outcome(of: verdict, for: head)
+    }
+
+    /// What the data path does with a verdict on `head`.
+    func outcome(of verdict: RequestVerdict, for head: HTTPRequestHead) -> Outcome {
+        switch verdict {
+        case .refused(let refusal):
+            return .respond(
+                LocalResponse(status: refusal.responseStatus, body: "\(refusal.reason)\n", close: true),
+                refusedEntry(refusal.reason, method: head.method.rawValue))
+        case .unauthenticated(let reason, let checked):
+            var entry = requestEntry()
+            entry.method = head.method.rawValue
+            entry.path = checked.target.path
             entry.action = .deny
             entry.policy = nil
             entry.reason = "request authentication failed: \(reason)"
             return .respond(LocalResponse(status: .unauthorized, body: "Jwt verification fails", close: !head.isKeepAlive), entry)
+        case .decided(let decision, let request):
+            var entry = requestEntry()
+            entry.method = head.method.rawValue
+            entry.path = request.checked.target.path
+            entry.requestPrincipal = request.identity?.principal
+            entry.record(decision)
+            guard decision.outcome == .allow else {
+                return .respond(LocalResponse(status: .forbidden, body: "RBAC: access denied", close: !head.isKeepAlive), entry)
+            }
+            // The workload is asked for exactly what policy checked.
+            var forwarded = head
+            forwarded.uri = request.checked.target.target
+            for name in request.tokenHeadersToRemove {
+                forwarded.headers.remove(name: name)
+            }
+            return .forward(forwarded, entry)
         }
-        let attributes = HTTPRequestAttributes(
-            method: head.method.rawValue, path: validated.target.path, host: validated.host ?? "", headers: headers, identity: identity)
-        let decision = authorizer.authorize(connection, request: attributes, under: policy)
-        entry.record(decision)
-        guard decision.outcome == .allow else {
-            return .respond(LocalResponse(status: .forbidden, body: "RBAC: access denied", close: !head.isKeepAlive), entry)
-        }
-        return .forward(forwarded, entry)
+    }
+}
+
+extension RequestHead {
+    /// An HTTP/1.x head as NIOHTTP1 decoded it (or as an HTTP/2 header block was
+    /// turned into one).
+    init(_ head: HTTPRequestHead) {
+        self.init(
+            method: head.method.rawValue, target: head.uri, version: Version(major: head.version.major, minor: head.version.minor),
+            fields: head.headers.map { HTTPField(name: $0.name, value: $0.value) })
     }
 }
 

@@ -21,10 +21,10 @@ struct HTTP2Request: Equatable {
     /// (credentials); they go to the workload the same way.
     var neverIndexed: Set<HTTPField>
 
-    static func parse(_ block: HPACKHeaders, limit: HTTPHeadSizeLimit) -> Result<HTTP2Request, HTTPRequestRefusal> {
+    static func parse(_ block: HPACKHeaders, limit: HTTPHeadSizeLimit) -> Result<HTTP2Request, RequestRefusal> {
         let size = block.reduce(0) { $0 + $1.name.utf8.count + $1.value.utf8.count }
         guard block.count <= limit.maximumFields, size <= limit.maximumBytes else {
-            return .failure(HTTPRequestRefusal(.requestHeaderFieldsTooLarge, "request head is over \(limit.maximumBytes) bytes or \(limit.maximumFields) fields"))
+            return .failure(RequestRefusal(.requestHeaderFieldsTooLarge, "request head is over \(limit.maximumBytes) bytes or \(limit.maximumFields) fields"))
         }
         var method: String?
         var scheme: String?
@@ -37,13 +37,13 @@ struct HTTP2Request: Equatable {
 
         for (name, value, indexing) in block {
             if let first = value.utf8.first, let last = value.utf8.last, isWhitespace(first) || isWhitespace(last) {
-                return .failure(HTTPRequestRefusal(.badRequest, "header \(name.prefix(64)) has whitespace at the start or end of its value"))
+                return .failure(RequestRefusal(.badRequest, "header \(name.prefix(64)) has whitespace at the start or end of its value"))
             }
             if name.hasPrefix(":") {
                 guard !regularSeen else {
-                    return .failure(HTTPRequestRefusal(.badRequest, "pseudo-header \(name.prefix(64)) comes after a regular header field"))
+                    return .failure(RequestRefusal(.badRequest, "pseudo-header \(name.prefix(64)) comes after a regular header field"))
                 }
-                let once = HTTPRequestRefusal(.badRequest, "request has \(name.prefix(64)) more than once")
+                let once = RequestRefusal(.badRequest, "request has \(name.prefix(64)) more than once")
                 switch name {
                 case ":method":
                     guard method == nil else { return .failure(once) }
@@ -58,21 +58,21 @@ struct HTTP2Request: Equatable {
                     guard path == nil else { return .failure(once) }
                     path = value
                 case ":protocol":
-                    return .failure(HTTPRequestRefusal(.notImplemented, "extended CONNECT (:protocol) is not forwarded to workloads"))
+                    return .failure(RequestRefusal(.notImplemented, "extended CONNECT (:protocol) is not forwarded to workloads"))
                 default:
-                    return .failure(HTTPRequestRefusal(.badRequest, "request has the unknown pseudo-header \(name.prefix(64))"))
+                    return .failure(RequestRefusal(.badRequest, "request has the unknown pseudo-header \(name.prefix(64))"))
                 }
                 continue
             }
             regularSeen = true
             if name.utf8.contains(where: { (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains($0) }) {
-                return .failure(HTTPRequestRefusal(.badRequest, "header field name \(name.prefix(64)) is not lowercase, as HTTP/2 requires"))
+                return .failure(RequestRefusal(.badRequest, "header field name \(name.prefix(64)) is not lowercase, as HTTP/2 requires"))
             }
             switch name {
             case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
-                return .failure(HTTPRequestRefusal(.badRequest, "connection-specific header \(name) is not allowed in HTTP/2"))
+                return .failure(RequestRefusal(.badRequest, "connection-specific header \(name) is not allowed in HTTP/2"))
             case "te" where value != "trailers":
-                return .failure(HTTPRequestRefusal(.badRequest, "TE other than \"trailers\" is not allowed in HTTP/2"))
+                return .failure(RequestRefusal(.badRequest, "TE other than \"trailers\" is not allowed in HTTP/2"))
             case "host":
                 hosts.append(value)
             default:
@@ -84,29 +84,29 @@ struct HTTP2Request: Equatable {
         }
 
         guard let method else {
-            return .failure(HTTPRequestRefusal(.badRequest, "request has no :method"))
+            return .failure(RequestRefusal(.badRequest, "request has no :method"))
         }
         if method == "CONNECT" {
-            return .failure(HTTPRequestRefusal(.notImplemented, "CONNECT is not forwarded to workloads"))
+            return .failure(RequestRefusal(.notImplemented, "CONNECT is not forwarded to workloads"))
         }
         guard let scheme else {
-            return .failure(HTTPRequestRefusal(.badRequest, "request has no :scheme"))
+            return .failure(RequestRefusal(.badRequest, "request has no :scheme"))
         }
         guard scheme == "http" || scheme == "https" else {
-            return .failure(HTTPRequestRefusal(.badRequest, ":scheme is neither http nor https"))
+            return .failure(RequestRefusal(.badRequest, ":scheme is neither http nor https"))
         }
         guard let path, !path.isEmpty else {
-            return .failure(HTTPRequestRefusal(.badRequest, "request has no :path"))
+            return .failure(RequestRefusal(.badRequest, "request has no :path"))
         }
         guard hosts.count <= 1 else {
-            return .failure(HTTPRequestRefusal(.badRequest, "request has \(hosts.count) host fields"))
+            return .failure(RequestRefusal(.badRequest, "request has \(hosts.count) host fields"))
         }
         let target: String
         switch (authority, hosts.first) {
         case (let authority?, let host?):
             // Two names for the request's target: policy could check one while the workload serves the other.
             guard authority.lowercased() == host.lowercased() else {
-                return .failure(HTTPRequestRefusal(.badRequest, ":authority and host name different targets"))
+                return .failure(RequestRefusal(.badRequest, ":authority and host name different targets"))
             }
             target = authority
         case (let authority?, nil):
@@ -114,7 +114,7 @@ struct HTTP2Request: Equatable {
         case (nil, let host?):
             target = host
         case (nil, nil):
-            return .failure(HTTPRequestRefusal(.badRequest, "request has neither :authority nor host"))
+            return .failure(RequestRefusal(.badRequest, "request has neither :authority nor host"))
         }
 
         let headers = HTTPHeaders([("host", target)] + fields)

@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHPACK
 import NIOHTTP2
+import Workloads
 
 /// The client's side of one stream: decides its request, answers it or opens a
 /// stream to the workload for it, relays frames both ways with back-pressure,
@@ -131,7 +132,7 @@ final class HTTP2RequestStream: ChannelDuplexHandler {
         switch HTTP2Request.parse(block, limit: connection.limit) {
         case .failure(let refusal):
             entry = connection.inspector.refusedEntry(refusal.reason, method: block.first(name: ":method").map { String($0.prefix(64)) })
-            answer(LocalResponse(status: refusal.status, body: "\(refusal.reason)\n", close: false))
+            answer(LocalResponse(status: refusal.responseStatus, body: "\(refusal.reason)\n", close: false))
             return
         case .success(let parsed):
             request = parsed

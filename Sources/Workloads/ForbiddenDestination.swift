@@ -1,4 +1,3 @@
-import Metrics
 import NIOCore
 
 /// A destination the agent never connects a workload connection to, whatever
@@ -26,7 +25,7 @@ public enum ForbiddenDestination: String, CaseIterable, Sendable {
 
     /// Why `destination` is refused, for the access log.
     public func reason(_ destination: SocketAddress) -> String {
-        let target = AccessLogEntry.format(destination)
+        let target = destination.authority
         switch self {
         case .loopback:
             return "\(target) is a loopback address; workloads are reached at their own node addresses, never through loopback"
@@ -94,23 +93,5 @@ public enum ForbiddenDestination: String, CaseIterable, Sendable {
         if bytes[0] == 0xFE && bytes[1] & 0xC0 == 0x80 { return .linkLocal }  // fe80::/10
         if bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xFF && bytes[11] == 0xFF { return .ipv4Mapped }
         return nil
-    }
-}
-
-/// Refusals of forbidden destinations, by kind and by the path that refused
-/// them: a peer probing the tunnel for loopback services shows up here.
-struct ForbiddenDestinationMetrics: Sendable {
-    private let counters: [ForbiddenDestination: Counter]
-
-    init(path: String) {
-        var counters: [ForbiddenDestination: Counter] = [:]
-        for kind in ForbiddenDestination.allCases {
-            counters[kind] = Counter(label: "mesh_agent_forbidden_destinations_total", dimensions: [("kind", kind.rawValue), ("path", path)])
-        }
-        self.counters = counters
-    }
-
-    func refused(_ kind: ForbiddenDestination) {
-        counters[kind]?.increment()
     }
 }

@@ -1,9 +1,6 @@
-import NIOHTTP1
-import Policy
-
-/// The checks an inbound HTTP/1.1 request head passes before policy sees it and
-/// before it is forwarded, on top of what NIOHTTP1's decoder (llhttp, strict mode)
-/// refuses by itself.
+/// The checks an inbound HTTP request head passes before policy sees it and
+/// before it is forwarded, on top of what the wire decoders (NIOHTTP1's llhttp in
+/// strict mode, NIOHTTP2's header-block checks) refuse by themselves.
 ///
 /// Whatever two HTTP parsers could read differently is refused, not repaired: the
 /// agent and the workload must agree on where each request ends (request
@@ -11,20 +8,24 @@ import Policy
 /// already fail in llhttp; they are checked again here so that the guarantee does
 /// not rest on one dependency's defaults, and because llhttp accepts some framings
 /// that other servers read differently (`Transfer-Encoding: identity, chunked`).
-enum HTTPRequestValidation {
-    /// The head to forward and what the L7 filter needs from it, or why it is refused.
-    static func validate(_ head: HTTPRequestHead) -> Result<ValidatedRequestHead, HTTPRequestRefusal> {
+///
+/// Part of the request decision (`WorkloadPolicy.decide(_:on:now:)`), so that a
+/// request described to `agentctl policy explain` meets the same checks as one
+/// that arrives.
+public enum RequestHeadCheck {
+    /// What the request decision needs from a head, or why it is refused.
+    public static func check(_ head: RequestHead) -> Result<CheckedRequest, RequestRefusal> {
         guard head.version == .http1_1 || head.version == .http1_0 else {
-            return .failure(HTTPRequestRefusal(.httpVersionNotSupported, "HTTP/\(head.version.major).\(head.version.minor) is not supported; use HTTP/1.1"))
+            return .failure(RequestRefusal(.httpVersionNotSupported, "HTTP/\(head.version.major).\(head.version.minor) is not supported; use HTTP/1.1"))
         }
-        guard isToken(head.method.rawValue) else {
-            return .failure(HTTPRequestRefusal(.badRequest, "method is not an HTTP token"))
+        guard isToken(head.method) else {
+            return .failure(RequestRefusal(.badRequest, "method is not an HTTP token"))
         }
-        for (index, field) in head.headers.enumerated() {
+        for (index, field) in head.fields.enumerated() {
             if let refusal = checkField(name: field.name, value: field.value, index: index) { return .failure(refusal) }
         }
 
-        let body: ValidatedRequestHead.Body
+        let body: CheckedRequest.Body
         switch bodyFraming(head) {
         case .success(let framing): body = framing
         case .failure(let refusal): return .failure(refusal)
@@ -36,35 +37,32 @@ enum HTTPRequestValidation {
         case .failure(let refusal): return .failure(refusal)
         }
 
-        let upgrade = head.headers["Upgrade"].flatMap { $0.split(separator: ",") }.map { trimmed($0).lowercased() }
-        if upgrade.contains("h2c") || head.headers.contains(name: "HTTP2-Settings") {
+        let upgrade = head.values(of: "upgrade").flatMap { $0.split(separator: ",") }.map { trimmed($0).lowercased() }
+        if upgrade.contains("h2c") || head.has("http2-settings") {
             // After an h2c upgrade the client speaks HTTP/2 to the workload, where this
             // filter sees no more requests.
-            return .failure(HTTPRequestRefusal(.badRequest, "upgrade to cleartext HTTP/2 (h2c) is not allowed through the mesh"))
+            return .failure(RequestRefusal(.badRequest, "upgrade to cleartext HTTP/2 (h2c) is not allowed through the mesh"))
         }
 
-        if head.method == .CONNECT {
-            return .failure(HTTPRequestRefusal(.notImplemented, "CONNECT is not forwarded to workloads"))
+        if head.method == "CONNECT" {
+            return .failure(RequestRefusal(.notImplemented, "CONNECT is not forwarded to workloads"))
         }
         let target: NormalizedTarget
-        switch HTTPPath.normalize(head.uri) {
+        switch HTTPPath.normalize(head.target) {
         case .success(let normalized): target = normalized
-        case .failure(let error): return .failure(HTTPRequestRefusal(.badRequest, error.description))
+        case .failure(let error): return .failure(RequestRefusal(.badRequest, error.description))
         }
-        if target.form == .asterisk && head.method != .OPTIONS {
-            return .failure(HTTPRequestRefusal(.badRequest, "request-target '*' is only for OPTIONS, not \(head.method.rawValue.prefix(32))"))
+        if target.form == .asterisk && head.method != "OPTIONS" {
+            return .failure(RequestRefusal(.badRequest, "request-target '*' is only for OPTIONS, not \(head.method.prefix(32))"))
         }
-
-        var forwarded = head
-        forwarded.uri = target.target
-        return .success(ValidatedRequestHead(head: forwarded, target: target, host: host, body: body))
+        return .success(CheckedRequest(target: target, host: host, body: body))
     }
 
     /// Names are tokens; values have no CR, LF, NUL or other control byte but
     /// horizontal tab, so a forwarded field can never become two.
-    private static func checkField(name: String, value: String, index: Int) -> HTTPRequestRefusal? {
+    private static func checkField(name: String, value: String, index: Int) -> RequestRefusal? {
         guard isToken(name) else {
-            return HTTPRequestRefusal(.badRequest, "header field \(index + 1) has a name that is not an HTTP token")
+            return RequestRefusal(.badRequest, "header field \(index + 1) has a name that is not an HTTP token")
         }
         for byte in value.utf8 where byte == 0x7F || (byte < 0x20 && byte != UInt8(ascii: "\t")) {
             let what: String
@@ -74,7 +72,7 @@ enum HTTPRequestValidation {
             case 0: what = "NUL"
             default: what = "control byte 0x" + String(byte, radix: 16, uppercase: true)
             }
-            return HTTPRequestRefusal(.badRequest, "header \(name.prefix(64)) has \(what) in its value")
+            return RequestRefusal(.badRequest, "header \(name.prefix(64)) has \(what) in its value")
         }
         return nil
     }
@@ -82,51 +80,51 @@ enum HTTPRequestValidation {
     /// One body framing both sides agree on. Identical repeated Content-Length values
     /// are refused too, though RFC 9112 lets a recipient merge them: llhttp refuses
     /// them already, and no client sends them.
-    private static func bodyFraming(_ head: HTTPRequestHead) -> Result<ValidatedRequestHead.Body, HTTPRequestRefusal> {
-        let lengths = head.headers["Content-Length"]
-        let encodings = head.headers["Transfer-Encoding"]
+    private static func bodyFraming(_ head: RequestHead) -> Result<CheckedRequest.Body, RequestRefusal> {
+        let lengths = head.values(of: "content-length")
+        let encodings = head.values(of: "transfer-encoding")
         if !lengths.isEmpty && !encodings.isEmpty {
-            return .failure(HTTPRequestRefusal(.badRequest, "request has both Content-Length and Transfer-Encoding"))
+            return .failure(RequestRefusal(.badRequest, "request has both Content-Length and Transfer-Encoding"))
         }
         if !encodings.isEmpty {
             guard head.version == .http1_1 else {
-                return .failure(HTTPRequestRefusal(.badRequest, "Transfer-Encoding in an HTTP/1.0 request"))
+                return .failure(RequestRefusal(.badRequest, "Transfer-Encoding in an HTTP/1.0 request"))
             }
             guard encodings.count == 1 else {
-                return .failure(HTTPRequestRefusal(.badRequest, "request has \(encodings.count) Transfer-Encoding fields"))
+                return .failure(RequestRefusal(.badRequest, "request has \(encodings.count) Transfer-Encoding fields"))
             }
             guard trimmed(encodings[0][...]).lowercased() == "chunked" else {
-                return .failure(HTTPRequestRefusal(.notImplemented, "Transfer-Encoding other than exactly \"chunked\" is not supported"))
+                return .failure(RequestRefusal(.notImplemented, "Transfer-Encoding other than exactly \"chunked\" is not supported"))
             }
             return .success(.chunked)
         }
         guard let length = lengths.first else { return .success(.none) }
         guard lengths.count == 1 else {
-            return .failure(HTTPRequestRefusal(.badRequest, "request has \(lengths.count) Content-Length fields"))
+            return .failure(RequestRefusal(.badRequest, "request has \(lengths.count) Content-Length fields"))
         }
         let digits = trimmed(length[...])
         guard !digits.isEmpty, digits.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }),
               let value = Int64(digits)
         else {
-            return .failure(HTTPRequestRefusal(.badRequest, "Content-Length is not a plain decimal number below 2^63"))
+            return .failure(RequestRefusal(.badRequest, "Content-Length is not a plain decimal number below 2^63"))
         }
         return .success(.length(value))
     }
 
     /// One Host field in HTTP/1.1 (at most one in HTTP/1.0), holding a host name,
     /// IPv4 address or bracketed IPv6 address, and an optional port.
-    private static func checkHost(_ head: HTTPRequestHead) -> Result<String?, HTTPRequestRefusal> {
-        let hosts = head.headers["Host"]
+    private static func checkHost(_ head: RequestHead) -> Result<String?, RequestRefusal> {
+        let hosts = head.values(of: "host")
         guard hosts.count <= 1 else {
-            return .failure(HTTPRequestRefusal(.badRequest, "request has \(hosts.count) Host fields"))
+            return .failure(RequestRefusal(.badRequest, "request has \(hosts.count) Host fields"))
         }
         guard let raw = hosts.first else {
             if head.version == .http1_0 { return .success(nil) }
-            return .failure(HTTPRequestRefusal(.badRequest, "HTTP/1.1 request has no Host"))
+            return .failure(RequestRefusal(.badRequest, "HTTP/1.1 request has no Host"))
         }
         let host = trimmed(raw[...])
         guard isHostAndPort(host) else {
-            return .failure(HTTPRequestRefusal(.badRequest, "Host is not host[:port] (letters, digits, '-', '.', '_', '~' or a bracketed IPv6 address, port 0-65535)"))
+            return .failure(RequestRefusal(.badRequest, "Host is not host[:port] (letters, digits, '-', '.', '_', '~' or a bracketed IPv6 address, port 0-65535)"))
         }
         return .success(String(host))
     }
@@ -181,59 +179,44 @@ enum HTTPRequestValidation {
     private static let tokenSymbols: Set<UInt8> = Set("!#$%&'*+-.^_`|~".utf8)
 }
 
-/// A request head that passed `HTTPRequestValidation`.
-struct ValidatedRequestHead: Equatable, Sendable {
+/// What the request decision takes from a head that passed `RequestHeadCheck`.
+public struct CheckedRequest: Equatable, Sendable {
     /// How the request's body is delimited; the agent and the workload agree on it.
-    enum Body: Equatable, Sendable {
+    public enum Body: Equatable, Sendable {
         /// Neither Content-Length nor Transfer-Encoding: no body.
         case none
         case length(Int64)
         case chunked
     }
 
-    /// The head to forward: as received, but with the normalized target as its URI,
-    /// so the workload is asked for what policy checked.
-    var head: HTTPRequestHead
-    var target: NormalizedTarget
+    /// The normalized target: what policy matches (`path`) and what is
+    /// forwarded (`target`), so the workload is asked for what policy checked.
+    public var target: NormalizedTarget
     /// The Host value without surrounding whitespace; nil only for HTTP/1.0 without one.
-    var host: String?
-    var body: Body
+    public var host: String?
+    public var body: Body
 }
 
-/// Why an inbound request is refused: the status to answer with and a reason that
-/// is safe to log (it never quotes the request's bytes). The connection is closed
-/// after the answer: once a head is in doubt, so is where the next one begins.
-struct HTTPRequestRefusal: Error, Equatable, Sendable, CustomStringConvertible {
-    var status: HTTPResponseStatus
-    var reason: String
+/// Why an inbound request is refused before policy: the status to answer with
+/// and a reason that is safe to log (it never quotes the request's bytes). The
+/// connection is closed after the answer: once a head is in doubt, so is where
+/// the next one begins.
+public struct RequestRefusal: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The statuses a refused head is answered with.
+    public enum Status: Int, Sendable {
+        case badRequest = 400
+        case requestHeaderFieldsTooLarge = 431
+        case notImplemented = 501
+        case httpVersionNotSupported = 505
+    }
 
-    init(_ status: HTTPResponseStatus, _ reason: String) {
+    public var status: Status
+    public var reason: String
+
+    public init(_ status: Status, _ reason: String) {
         self.status = status
         self.reason = reason
     }
 
-    /// The refusal for an error NIOHTTP1's decoder raised on the request's bytes.
-    init(decoderError error: any Error, limit: HTTPHeadSizeLimit) {
-        if HTTPHeadSizeLimit.isExceeded(by: error) {
-            self.init(.requestHeaderFieldsTooLarge, "request head is over \(limit.maximumBytes) bytes or \(limit.maximumFields) fields")
-            return
-        }
-        guard let parserError = error as? HTTPParserError else {
-            self.init(.badRequest, "malformed HTTP/1.1 request")
-            return
-        }
-        switch parserError {
-        case .invalidVersion:
-            // llhttp also reports a malformed version (a bare LF after it) this way.
-            self.init(.httpVersionNotSupported, "request line has an unsupported or malformed HTTP version; use HTTP/1.1")
-        case .invalidContentLength, .unexpectedContentLength:
-            self.init(.badRequest, "malformed HTTP/1.1 request: Content-Length is invalid, repeated or combined with Transfer-Encoding")
-        case .invalidChunkSize:
-            self.init(.badRequest, "malformed HTTP/1.1 request: invalid chunk size")
-        default:
-            self.init(.badRequest, "malformed HTTP/1.1 request (\(parserError))")
-        }
-    }
-
-    var description: String { "\(status.code) \(reason)" }
+    public var description: String { "\(status.rawValue) \(reason)" }
 }

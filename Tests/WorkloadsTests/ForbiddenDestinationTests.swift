@@ -1,6 +1,6 @@
 import NIOCore
 import Testing
-@testable import Proxy
+@testable import Workloads
 
 @Suite struct ForbiddenDestinationTests {
     static let agentPorts: Set<UInt16> = [15001, 15006, 15008, 15020, 15021]
@@ -25,7 +25,7 @@ import Testing
     func specialAddressesAreNeverWorkloads(ip: String, kind: ForbiddenDestination) throws {
         let destination = try SocketAddress(ipAddress: ip, port: 8080)
         #expect(ForbiddenDestination.classify(destination, agentPorts: Self.agentPorts) == kind)
-        #expect(kind.reason(destination).contains(AccessLogEntry.format(destination)))
+        #expect(kind.reason(destination).contains(destination.authority))
     }
 
     @Test(arguments: ["10.77.0.2", "192.168.1.10", "fd77::2", "2001:db8::1", "fec0::1", "::10.77.0.2", "126.255.255.255", "128.0.0.1"])

@@ -3,45 +3,45 @@
 // was minted at `JWTFixtures.now` with nbf = now - 60 and exp = now + 3600 unless
 // its name says otherwise; tests pass `now` explicitly.
 
-enum JWTFixtures {
-    static let now: Double = 1_700_000_000
-    static let issuer = "https://issuer.example"
-    static let expiry: Double = 1_700_003_600
-    static let notBefore: Double = 1_699_999_940
-    static let rsaJWK = """
+public enum JWTFixtures {
+    public static let now: Double = 1_700_000_000
+    public static let issuer = "https://issuer.example"
+    public static let expiry: Double = 1_700_003_600
+    public static let notBefore: Double = 1_699_999_940
+    public static let rsaJWK = """
         {"kty":"RSA","n":"2sIRByzLDDDML8HGtac-yBgXDkjtnXmP8WTeZKgi2YhwDk9ZVo6zcKWioWKESHA15tTbRASIfMeG6O\
         dYJeHGEw49elycC1H_kXuTVJZ3HAQQgWcIHlQBxTR_rL8xUcquwdKgxoWsEA9iSigIxo_0US6o6AxTroNR0QerN8sg6lcFDF\
         YnmD1DfxHaYVt_bcc0orJ8SjnyYoK89SeIq_2Y2SpgDrYBYKu267c4IrnH74Nk5q4ZXsq-K_nHnBcmyIRbwC5VBSuzgSAwGP\
         VFRZxfHeHPYsLYcpORKenFFNlgX4uIUo9bfhWSFk1u1b_M21w_xE0wh1bv2C6LSj8A5Ngaow","e":"AQAB","kid":"rsa-\
         1","use":"sig"}
         """
-    static let ec256JWK = """
+    public static let ec256JWK = """
         {"kty":"EC","crv":"P-256","x":"jrQ-tjZ6cdzPL7iKvZi5d0bYDq5F4OOWSymCswHW25Y","y":"vu5dKky1b0vuLg4\
         4TyW4qvHsk6xWQqfuXQJZSAHpx-4","kid":"ec-256","use":"sig"}
         """
-    static let ec384JWK = """
+    public static let ec384JWK = """
         {"kty":"EC","crv":"P-384","x":"xrlBXXf3qu4Lf9UFDkc95YEX3x5PZj9waqS28rKMazd1U7XsGyOPr35GjGY7iGIb"\
         ,"y":"yvIs-OhfcOPsp0zuL7zAifrVY0ZqFa53-ZvTD5eDs_HRB5wNAXubNmhi86VP_3vI","kid":"ec-384","use":"si\
         g"}
         """
-    static let ed25519JWK = """
+    public static let ed25519JWK = """
         {"kty":"OKP","crv":"Ed25519","x":"e6uAe2CZp-JFfgbmYhtFrXtRxjM2uhjAKfpANQW_ZO0","kid":"ed-1","use\
         ":"sig"}
         """
-    static let smallRSAJWK = """
+    public static let smallRSAJWK = """
         {"kty":"RSA","n":"u3scLesPPbj5aEoCv-CkaAmjiiEvj78zcZZ0L0OtBmosOXiV2GZurti9qE_aSPjyMsJa_QRfwUh-ON\
         LMVAXKDRzcM0Tf3Q5VurwryVO-BOKYzx80CBDBnzqDkIhHt6DvXF5hAFtfm0hmnPfj8BVhn02luF2iYoRSRNr6o68iIcE","\
         e":"AQAB","kid":"rsa-small","use":"sig"}
         """
-    static let ec256Y = "vu5dKky1b0vuLg44TyW4qvHsk6xWQqfuXQJZSAHpx-4"
+    public static let ec256Y = "vu5dKky1b0vuLg44TyW4qvHsk6xWQqfuXQJZSAHpx-4"
     /// The P-256 key's y plus one: a point off the curve.
-    static let offCurveY = "vu5dKky1b0vuLg44TyW4qvHsk6xWQqfuXQJZSAHpx-8"
+    public static let offCurveY = "vu5dKky1b0vuLg44TyW4qvHsk6xWQqfuXQJZSAHpx-8"
 
     /// The four signing keys, as an issuer publishes them.
-    static let jwks = "{\"keys\":[\(rsaJWK),\(ec256JWK),\(ec384JWK),\(ed25519JWK)]}"
+    public static let jwks = "{\"keys\":[\(rsaJWK),\(ec256JWK),\(ec384JWK),\(ed25519JWK)]}"
 
-    enum Token {
-        static let rs256 = """
+    public enum Token {
+        public static let rs256 = """
             eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0xIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxl\
             IiwiaWF0IjoxNzAwMDAwMDAwLCJuYmYiOjE2OTk5OTk5NDAsImV4cCI6MTcwMDAwMzYwMCwic3ViIjoiYWxpY2UiLCJhdWQi\
             OiJzaG9wIn0.2F5WkYm1k139fidoLWD5O0pBsLLWAbUvSyLp1mUeICJ_qmi0cJho4jOjK0Pov78jVZ2hA-Xyp7X5x3h5psIt\
@@ -49,7 +49,7 @@ enum JWTFixtures {
             1OFtwlhLBZ9oRolpGbIcWa3DJVl6Se96giUdUx7bQOlEmOt5TlueFQ6qXAHoOlkmjaZGN3vuNFhrNtNccV2l4CkLzyIOT6o2\
             esMnIFZ5lsg6fFPWoVxNZ9RL9SOM8zNX6BsZZemJCqzhep3RAnwJRxsE9eFD9fRrTQ
             """
-        static let rs384 = """
+        public static let rs384 = """
             eyJhbGciOiJSUzM4NCIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0xIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxl\
             IiwiaWF0IjoxNzAwMDAwMDAwLCJuYmYiOjE2OTk5OTk5NDAsImV4cCI6MTcwMDAwMzYwMCwic3ViIjoiYWxpY2UiLCJhdWQi\
             OiJzaG9wIn0.QmOS4SWLT3BNjQSV1ysvvK3esJTgI9U0fWnpJIx52o8jOEVBk07cqGMMIPktjLdM-WWPLRHRvWLH5F68M0kH\
@@ -57,7 +57,7 @@ enum JWTFixtures {
             vvzWq0ewgKKhCZl590ioALSQxHmbZy0m9H3wgL2SxgSzxmtjugQBIGcRDQVKoc7y5U0t8Bv4-WjPmmzx4tB4ohs_G1nO6WY2\
             mKPW12_bJZLwNORshWNDWXE2Juju4GflO59RAGIttYHaAjNbtRs3we-Ht0C-VPg_xQ
             """
-        static let rs512 = """
+        public static let rs512 = """
             eyJhbGciOiJSUzUxMiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0xIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxl\
             IiwiaWF0IjoxNzAwMDAwMDAwLCJuYmYiOjE2OTk5OTk5NDAsImV4cCI6MTcwMDAwMzYwMCwic3ViIjoiYWxpY2UiLCJhdWQi\
             OiJzaG9wIn0.m0IIMAZtV8tQHoicYkKd3SjAwUO5fIimLAE2BEKdBujqwO87F_QSTL3P5y51XUoKX64rRStyc7jeTwa7zVYe\
@@ -65,26 +65,26 @@ enum JWTFixtures {
             0XrQpOhbIvUJiSFui6cy88MlRg-yztn1lLjJQvt1TE3w91s4EcT0eKJ_je_Tf1aJDNgJ2FxQf_oRVL0Glg9ORoNPInly-6QU\
             FoSo3YDbujPAzKJjP-3YATXtQVP1aGsRKYaDd8CqlDndB54HBpNvERr_spX_s91fNQ
             """
-        static let es256 = """
+        public static let es256 = """
             eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImVjLTI1NiJ9.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGx\
             lIiwiaWF0IjoxNzAwMDAwMDAwLCJuYmYiOjE2OTk5OTk5NDAsImV4cCI6MTcwMDAwMzYwMCwic3ViIjoiYWxpY2UiLCJhdWQ\
             iOiJzaG9wIn0._zzfpbmnr8WLKaMnE5bJ1BTEC5AGeUWz169mNPsjopXbgaAnss3wYlPR1Ub5Xfjo9GyDNm0USMZfo30BpMZ\
             OpA
             """
-        static let es384 = """
+        public static let es384 = """
             eyJhbGciOiJFUzM4NCIsInR5cCI6IkpXVCIsImtpZCI6ImVjLTM4NCJ9.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGx\
             lIiwiaWF0IjoxNzAwMDAwMDAwLCJuYmYiOjE2OTk5OTk5NDAsImV4cCI6MTcwMDAwMzYwMCwic3ViIjoiYWxpY2UiLCJhdWQ\
             iOiJzaG9wIn0.RpRJ-hK0iDflmpqVkj3iCW0uL67wOW9fzpXoRCecJPUo1KsbSFz1mvIJmNt9L1z2JFCj9_clg1beopQtWq3\
             WZO1aiaLN7_1q8_Crfgs1ICJTqaZG7kBmZCwFj0r882GS
             """
-        static let eddsa = """
+        public static let eddsa = """
             eyJhbGciOiJFZERTQSIsInR5cCI6IkpXVCIsImtpZCI6ImVkLTEifQ.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlI\
             iwiaWF0IjoxNzAwMDAwMDAwLCJuYmYiOjE2OTk5OTk5NDAsImV4cCI6MTcwMDAwMzYwMCwic3ViIjoiYWxpY2UiLCJhdWQiO\
             iJzaG9wIn0.ZGQ8tEKxPtxFfJuJk7pt84SPlLeKnFAXMUnDueF3QOoKK3BWXUBhvOQCgs903Ur9hgCbTl5S7YCCPBIgDVXfC\
             A
             """
         /// No kid in the header.
-        static let rs256WithoutKid = """
+        public static let rs256WithoutKid = """
             eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwiaWF0IjoxNzAwMDA\
             wMDAwLCJuYmYiOjE2OTk5OTk5NDAsImV4cCI6MTcwMDAwMzYwMCwic3ViIjoiYWxpY2UiLCJhdWQiOiJzaG9wIn0.gaf62Ww\
             PyHGX3N0nURhOi0IOwvhYE3Tlrq13IBpVciM6aCb2XQ39gDSMLzCAeknWJrnmYaiQV13107PkZIu7UQXOtVJbe9TXVc8CB9y\
@@ -93,13 +93,13 @@ enum JWTFixtures {
             oJVKcKdBOhdki_jln8KDbX0AX4Z-mXpCsrmFAPjbtZD6G4g
             """
         /// No kid in the header.
-        static let es256WithoutKid = """
+        public static let es256WithoutKid = """
             eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCJ9.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlIiwiaWF0IjoxNzAwMDA\
             wMDAwLCJuYmYiOjE2OTk5OTk5NDAsImV4cCI6MTcwMDAwMzYwMCwic3ViIjoiYWxpY2UiLCJhdWQiOiJzaG9wIn0.RlQXgkg\
             KmohEkR-JzbQ0m30M8BWbtZ19jND-p_3h_n-dth0DNbZUshgrw_SNVxPKFWRhKFrB_lnxwQ0vSa0-fg
             """
         /// aud ["billing", "https://shop/"].
-        static let audienceList = """
+        public static let audienceList = """
             eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0xIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxl\
             IiwiaWF0IjoxNzAwMDAwMDAwLCJuYmYiOjE2OTk5OTk5NDAsImV4cCI6MTcwMDAwMzYwMCwic3ViIjoiYWxpY2UiLCJhdWQi\
             OlsiYmlsbGluZyIsImh0dHBzOi8vc2hvcC8iXX0.nSkV6fnCrzKo6K6n7bvq1bnPLEv8g3piibW9KWGGf_C-ymOE2eGZe9At\
@@ -108,7 +108,7 @@ enum JWTFixtures {
             G8dBJ-WwOLQvKIx68A3qdamL4dQ0jdOKz_maM9YAoXcqwXAGZt3xkIOteT4Eznn1HCFQkymMHPSgqrqyEYh5j0lK7GiVrg
             """
         /// No sub.
-        static let withoutSubject = """
+        public static let withoutSubject = """
             eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0xIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxl\
             IiwiaWF0IjoxNzAwMDAwMDAwLCJuYmYiOjE2OTk5OTk5NDAsImV4cCI6MTcwMDAwMzYwMCwiYXVkIjoic2hvcCJ9.VM8t2ZC\
             e4ZAA7a22VwiVdJ8AK-ZmhbCJQyorx63evBpBwQaIjqSI7B_nnmEPyObrFXsUu4Uh85UN0OXPDU-ppEmJFRs0_3K0eJFTWvw\
@@ -117,7 +117,7 @@ enum JWTFixtures {
             05pwFMEWBOve8M6qk8aNTAjikrV8W2C5O7FBwSBqTo2z6tA
             """
         /// No exp.
-        static let withoutExpiry = """
+        public static let withoutExpiry = """
             eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0xIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxl\
             IiwiaWF0IjoxNzAwMDAwMDAwLCJuYmYiOjE2OTk5OTk5NDAsInN1YiI6ImFsaWNlIiwiYXVkIjoic2hvcCJ9.Ot163AY3na0\
             o4sZFp8Spzi5k8zK_3C72X0kM3VlbZsaMkfv3_VtsZWQEPEcyyc9HgF8XrdpQPiX046dMh4XyTYKE6gSlJMhta9GDFU8kkng\
@@ -126,7 +126,7 @@ enum JWTFixtures {
             gL7FiqKfxJOajiqRqZ5i-qY9aQ9MmTa8_SHB6lfGWpA
             """
         /// iss https://other.example.
-        static let otherIssuer = """
+        public static let otherIssuer = """
             eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0xIn0.eyJpc3MiOiJodHRwczovL290aGVyLmV4YW1wbGUi\
             LCJpYXQiOjE3MDAwMDAwMDAsIm5iZiI6MTY5OTk5OTk0MCwiZXhwIjoxNzAwMDAzNjAwLCJzdWIiOiJhbGljZSIsImF1ZCI6\
             InNob3AifQ.Phc0m7e-QHJpwNyVC3gXUYQkPvpSeVRh0bYaHcLwt8xNBfe0IRFoW9qwiDU5hUKgk6GUBtJTV9Sfr0acIDLEB\
@@ -135,13 +135,13 @@ enum JWTFixtures {
             lzT_aIc8GxOvI73wNVR6q8vwpdjKKmQA39NBzFtEi3TbdXyJhwQmUngXZ5bo8TF0w
             """
         /// HS256 keyed with the RSA key's modulus bytes: the algorithm-confusion attack.
-        static let hs256WithModulus = """
+        public static let hs256WithModulus = """
             eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0xIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxl\
             IiwiaWF0IjoxNzAwMDAwMDAwLCJuYmYiOjE2OTk5OTk5NDAsImV4cCI6MTcwMDAwMzYwMCwic3ViIjoiYWxpY2UiLCJhdWQi\
             OiJzaG9wIn0.4-L0UV0UStMx78WRPLD-NcBRi02n2ba1dGoA4Ni_6tM
             """
         /// kid rsa-9, which the key set does not have.
-        static let unknownKid = """
+        public static let unknownKid = """
             eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS05In0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxl\
             IiwiaWF0IjoxNzAwMDAwMDAwLCJuYmYiOjE2OTk5OTk5NDAsImV4cCI6MTcwMDAwMzYwMCwic3ViIjoiYWxpY2UiLCJhdWQi\
             OiJzaG9wIn0.pNayxewbV6Q3zOqdBwvv7TqxCzmjY3sAwWM5LgT5y-YSrjHAdJROhTVO5aNZZcu80rHXF6BwlNyzaYQ8uIgz\
@@ -150,14 +150,14 @@ enum JWTFixtures {
             GOtOqQsYRqxmWn0lgjd1-pPl8ExOXQs1Z4d8QdjpC1NrNSXIxJTosr8yGs2Lpefp6Q
             """
         /// ES256 signed by the P-256 key, but kid rsa-1.
-        static let es256NamingRSAKey = """
+        public static let es256NamingRSAKey = """
             eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0xIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxl\
             IiwiaWF0IjoxNzAwMDAwMDAwLCJuYmYiOjE2OTk5OTk5NDAsImV4cCI6MTcwMDAwMzYwMCwic3ViIjoiYWxpY2UiLCJhdWQi\
             OiJzaG9wIn0.3qyxL01cOWRXdFHq0HirRV6UOAO8BzpcZ7q1HD51jcjcqptD5fdfap85y5CTbsHPUpMo9hwl8GEixLRhw388\
             6w
             """
         /// RS256 with kid rsa-1, signed by a different RSA key.
-        static let signedByAnotherKey = """
+        public static let signedByAnotherKey = """
             eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0xIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxl\
             IiwiaWF0IjoxNzAwMDAwMDAwLCJuYmYiOjE2OTk5OTk5NDAsImV4cCI6MTcwMDAwMzYwMCwic3ViIjoiYWxpY2UiLCJhdWQi\
             OiJzaG9wIn0.cihR5r9Twr5mkMomGrHwK_BwERfZp0y0Zo5ZCYIgD_r9CANoQW1E9qvmrHtGBGL_DAoaAKi2Eap_CzkacOyX\
@@ -166,7 +166,7 @@ enum JWTFixtures {
             A5eYD1--0tWJgzATW-8g_Bjz92ZfCiX3NrsNcbUoh3REPPMOwJgjsxjdX6PpNKFqUQ
             """
         /// crit: ["exp"] in the header, otherwise genuine.
-        static let criticalHeader = """
+        public static let criticalHeader = """
             eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0xIiwiY3JpdCI6WyJleHAiXX0.eyJpc3MiOiJodHRwczov\
             L2lzc3Vlci5leGFtcGxlIiwiaWF0IjoxNzAwMDAwMDAwLCJuYmYiOjE2OTk5OTk5NDAsImV4cCI6MTcwMDAwMzYwMCwic3Vi\
             IjoiYWxpY2UiLCJhdWQiOiJzaG9wIn0.qa_8kATe2hE172f-mNprATybvVGF5T9m2j_yjpFP9rS2uxRQUiOYiWMJtXBVG5bd\
@@ -175,7 +175,7 @@ enum JWTFixtures {
             YJQTg5Wv_alTLJ7sr92HrKOnTvVtKzjSbCxHomahzVSPEIDfAA0metUG5GL942wgTYwOSqHK-PFARr01kJtiAw
             """
         /// A genuine signature over a payload that is a JSON array.
-        static let payloadArray = """
+        public static let payloadArray = """
             eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0xIn0.WyJpc3MiLCJzdWIiXQ.Wf_51mqzDk0OjWXmCGtV5\
             XGXeFW5EYGTqlUNhTWa_8OqD4TZR-pC-aei5Ibn956q59bt0V53UT1n-oCp5qdW5u7roZZAbVe7id2hdqRzZoYnT1HMEGTC9\
             oI_qJbkBiN-C5ZzM_-63BRl1inZjbEpSS-_C9TOMf9qzCIok88ZbGT9uBBzZBHl00zhX-5LpjY-HqtdYq-OSw984JcdUGcqZ\
@@ -183,7 +183,7 @@ enum JWTFixtures {
             K51rHvWQ240ELw54v7nNVqxAkWrU-eXxQ
             """
         /// exp "tomorrow".
-        static let expiryNotANumber = """
+        public static let expiryNotANumber = """
             eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0xIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxl\
             IiwiaWF0IjoxNzAwMDAwMDAwLCJuYmYiOjE2OTk5OTk5NDAsImV4cCI6InRvbW9ycm93Iiwic3ViIjoiYWxpY2UiLCJhdWQi\
             OiJzaG9wIn0.rSOE-MlGdTvkqOPP4KJlC0YDmJ8mSRbRPNDET2HW-x7dnOgqpuHAkZNAJyUbgM0cP7nvBgF50eU5kEvtlOpN\
@@ -192,7 +192,7 @@ enum JWTFixtures {
             r94KJnKZ1SECsEq-ybxFsBq_xOgqDst4CijfUpWOXudLsQjmrmE0YayYzD0vmF2mYg
             """
         /// aud ["shop", 7].
-        static let audienceNotStrings = """
+        public static let audienceNotStrings = """
             eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0xIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxl\
             IiwiaWF0IjoxNzAwMDAwMDAwLCJuYmYiOjE2OTk5OTk5NDAsImV4cCI6MTcwMDAwMzYwMCwic3ViIjoiYWxpY2UiLCJhdWQi\
             Olsic2hvcCIsN119.nuHncQUNTxGYmlltqwsX229pVT0VOORcOUSqzruojhb8Ggvq2H0iAhPSg4dar2_2RPHorhiYIWhiZLK\
@@ -201,7 +201,7 @@ enum JWTFixtures {
             IqZxLCMGMNZs_dlZMO_NxHYD8M__NoLUgyQICtS6TzKZAV7ENqmqh6WD_tsrFnCvi-Y3xlQ
             """
         /// Also realm {roles: [admin, viewer]}, groups [ops], azp web-app.
-        static let nested = """
+        public static let nested = """
             eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0xIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxl\
             IiwiaWF0IjoxNzAwMDAwMDAwLCJuYmYiOjE2OTk5OTk5NDAsImV4cCI6MTcwMDAwMzYwMCwic3ViIjoiYWxpY2UiLCJhdWQi\
             OiJzaG9wIiwicmVhbG0iOnsicm9sZXMiOlsiYWRtaW4iLCJ2aWV3ZXIiXX0sImdyb3VwcyI6WyJvcHMiXSwiYXpwIjoid2Vi\
@@ -211,7 +211,7 @@ enum JWTFixtures {
             m0b5N63uCdxjFANnE3em1OXBx_QqsbLFPbSMRF2475nkVQY_rlf7QObb9itBYjA
             """
         /// No aud.
-        static let withoutAudience = """
+        public static let withoutAudience = """
             eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0xIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxl\
             IiwiaWF0IjoxNzAwMDAwMDAwLCJuYmYiOjE2OTk5OTk5NDAsImV4cCI6MTcwMDAwMzYwMCwic3ViIjoiYWxpY2UifQ.siFME\
             LuhOKFF5FiXEPzf8zkVSTtmmRxboTBCzhSKsC9-OO7PCKeZYnRK67spAMJJe5w7op6cQg3-7RsvATPFxGoLbtogOo8FsNXQJ\
@@ -220,7 +220,7 @@ enum JWTFixtures {
             QvmUZQEU1meTxMZV6B1_9VNZbUnR5Qqzc6ireuLmAmVDLzGbw
             """
         /// sub bob.
-        static let bob = """
+        public static let bob = """
             eyJhbGciOiJSUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6InJzYS0xIn0.eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxl\
             IiwiaWF0IjoxNzAwMDAwMDAwLCJuYmYiOjE2OTk5OTk5NDAsImV4cCI6MTcwMDAwMzYwMCwic3ViIjoiYm9iIiwiYXVkIjoi\
             c2hvcCJ9.h4lt-1CWOcSMefDKCpgSAYOwEYdlfYYOHaRErawRpQ_Ztk1Hiucpe2J7dqUdDxl1QAi8ipvBgpM6I8AnwYnTMk6\
@@ -229,7 +229,7 @@ enum JWTFixtures {
             2XZsSRavhd5ZCy2bsIPi5J5Fveq3Ikd3euOC3STzmHG_1EPgl2zlnPViXc44l8A
             """
         /// iss https://second.example, sub carol, ES256 with the P-256 key.
-        static let secondIssuer = """
+        public static let secondIssuer = """
             eyJhbGciOiJFUzI1NiIsInR5cCI6IkpXVCIsImtpZCI6ImVjLTI1NiJ9.eyJpc3MiOiJodHRwczovL3NlY29uZC5leGFtcGx\
             lIiwiaWF0IjoxNzAwMDAwMDAwLCJuYmYiOjE2OTk5OTk5NDAsImV4cCI6MTcwMDAwMzYwMCwic3ViIjoiY2Fyb2wiLCJhdWQ\
             iOiJzaG9wIn0.6stLplSOObEanbHOyKgA2sKm0Ki9-3dNFiY7kr5ojhiv88NdVRhVY05ZtuS-dbu_M4lxr1mRdS3akToGPZK\
