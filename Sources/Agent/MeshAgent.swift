@@ -79,7 +79,7 @@ public final class MeshAgent: Sendable {
         let authorizer = InboundAuthorizer(
             AuthorizationSnapshot(
                 generation: 1, policies: policies.authorization, requestAuthentication: policies.requestAuthentication,
-                workloads: registry.members.map(\.workload)))
+                peerAuthentication: policies.peerAuthentication, workloads: registry.members.map(\.workload)))
         let observability = [
             AdminServer(binding: .tcp(port: config.ports.metrics), routes: ["/metrics": { Self.metricsResponse() }], group: group, logger: logger),
             AdminServer(binding: .tcp(port: config.ports.readiness), routes: [
@@ -131,9 +131,8 @@ public final class MeshAgent: Sendable {
             ],
             queryRoutes: [
                 "/v1/policy/explain": { parameters in
-                    let now = state.current
-                    return AdminServer.Response(body: try AdminViews.encode(
-                        AdminViews.explain(parameters, registry: registry, authorizer: authorizer, peerAuthentication: now.peerAuthentication)))
+                    AdminServer.Response(body: try AdminViews.encode(
+                        AdminViews.explain(parameters, registry: registry, authorizer: authorizer)))
                 },
             ],
             group: group,

@@ -75,6 +75,7 @@ struct PolicyEnforcement {
         authorizer.update(
             AuthorizationSnapshot(
                 generation: generation, policies: policies.authorization, requestAuthentication: policies.requestAuthentication,
+                peerAuthentication: policies.peerAuthentication,
                 workloads: registry.members.map(\.workload)))
         let closed = connections.recheck(authorizer)
         if closed > 0 {

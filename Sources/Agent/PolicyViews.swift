@@ -117,8 +117,7 @@ extension AdminViews {
     /// Decides a hypothetical connection (and request) with the same
     /// evaluator the data path uses, against the policies in force.
     static func explain(
-        _ parameters: [(name: String, value: String)], registry: WorkloadRegistry, authorizer: InboundAuthorizer, peerAuthentication: PeerAuthenticationSet,
-        now: Double = wallClock()
+        _ parameters: [(name: String, value: String)], registry: WorkloadRegistry, authorizer: InboundAuthorizer, now: Double = wallClock()
     ) throws -> ExplainView {
         var values: [String: String] = [:]
         var headers: [HTTPField] = []
@@ -148,15 +147,17 @@ extension AdminViews {
         guard let portText = values["port"], let port = UInt16(portText), port > 0 else {
             throw ExplainError(description: "--port must be a port number from 1 to 65535")
         }
-        var identity: SpiffeID?
+        let arrival: Arrival
         if let from = values["from"] {
             do {
-                identity = try SpiffeID(from.hasPrefix("spiffe://") ? from : "spiffe://\(from)")
+                arrival = .tunnel(peer: try SpiffeID(from.hasPrefix("spiffe://") ? from : "spiffe://\(from)"))
             } catch {
                 throw ExplainError(description: "--from \"\(from)\" is not a SPIFFE ID: \(error)")
             }
         } else if let from = values["from_workload"] {
-            identity = try find(from).identity
+            arrival = .sameNode(source: try find(from))
+        } else {
+            arrival = .plaintext
         }
         var source: SocketAddress?
         if let text = values["source_ip"] {
@@ -164,22 +165,15 @@ extension AdminViews {
             source = address
         }
         // The node address a caller dialled is not asked for: destination.ip rules do not match.
-        let attributes = ConnectionAttributes(peer: identity, source: source, destination: try SocketAddress(ipAddress: "0.0.0.0", port: Int(port)))
+        let destination = try SocketAddress(ipAddress: "0.0.0.0", port: Int(port))
+        // One snapshot decides, as for a connection: admission, then each request.
+        let snapshot = authorizer.snapshot
+        let plan = Admission.plan(arrival, source: source, destination: destination, resolved: .workload(workload), policy: snapshot, now: now)
+        let attributes = plan.attributes
 
         var view = ExplainView(
-            decision: "allow", layer: "l4", workload: workload.qualifiedName, source: identity?.description ?? "plaintext (no identity)",
-            port: Int(port), reason: "")
-        if identity == nil {
-            let mode = peerAuthentication.decision(namespace: workload.namespace, labels: workload.labels, port: port)
-            if mode.mode == .STRICT {
-                view.decision = "deny"
-                view.layer = "peer_authentication"
-                view.policy = mode.policy
-                view.reason = "plaintext is refused: the port's mTLS mode is \(mode)"
-                return view
-            }
-        }
-        let policy = authorizer.snapshot.policy(for: workload)
+            decision: "allow", layer: "l4", workload: workload.qualifiedName,
+            source: arrival.peerIdentity?.description ?? "plaintext (no identity)", port: Int(port), reason: "")
         func fill(_ decision: AuthorizationDecision) {
             view.decision = decision.outcome.rawValue
             view.policy = decision.policy
@@ -188,13 +182,27 @@ extension AdminViews {
             view.audited = decision.audits.isEmpty ? nil : decision.audits
             view.dryRun = decision.dryRun.map { "\($0.outcome.rawValue)\($0.rule.map { " (\($0))" } ?? "")" }
         }
-        switch policy.decide(attributes) {
-        case .decided(let decision):
+        switch plan.decision {
+        case .refuse(.plaintextToStrictPort(let mode)):
+            view.decision = "deny"
+            view.layer = "peer_authentication"
+            view.policy = mode.policy
+            view.reason = plan.entry.reason
+            return view
+        case .refuse(.denied(let decision)):
             fill(decision)
             return view
-        case .inspectRequests:
+        case .refuse:
+            view.decision = "deny"
+            view.reason = plan.entry.reason
+            return view
+        case .forward(_, inspectRequests: false):
+            if case .decided(let decision)? = plan.authorization { fill(decision) }
+            return view
+        case .forward(_, inspectRequests: true):
             break
         }
+        let policy = snapshot.policy(for: workload)
         view.layer = "l7"
         guard let method = values["method"], let target = values["path"] else {
             view.decision = "depends on the request"

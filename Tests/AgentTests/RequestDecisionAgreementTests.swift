@@ -126,7 +126,9 @@ import TLS
         let registry = WorkloadRegistry(logger: quiet) { cgroup in [(path: cgroup, id: CgroupID(1))] }
         registry.update([WorkloadSpec(workload: workload, cgroup: try CgroupPath(validating: "/orders"), source: .config)], from: .config)
         let authorizer = InboundAuthorizer(
-            AuthorizationSnapshot(generation: 1, policies: set.authorization, requestAuthentication: set.requestAuthentication, workloads: [workload]))
+            AuthorizationSnapshot(
+                generation: 1, policies: set.authorization, requestAuthentication: set.requestAuthentication, peerAuthentication: set.peerAuthentication,
+                workloads: [workload]))
         return Fixture(registry: registry, authorizer: authorizer, peerAuthentication: set.peerAuthentication, workload: workload)
     }
 
@@ -159,7 +161,7 @@ import TLS
             for (name, value) in headers { parameters.append(("header", "\(name)=\(value)")) }
             if let token { parameters.append(("jwt", token)) }
             let view = try AdminViews.explain(
-                parameters, registry: fixture.registry, authorizer: fixture.authorizer, peerAuthentication: fixture.peerAuthentication, now: now)
+                parameters, registry: fixture.registry, authorizer: fixture.authorizer, now: now)
             let explained = Answer(
                 decision: view.decision, status: view.responseStatus, policy: view.policy, rule: Self.ruleIndex(view.rule),
                 dryRun: Self.differingDryRun(view))

@@ -199,7 +199,7 @@ import Testing
     }
 
     @Test func closingAfterBothEndsWaitsButAnAbortResets() throws {
-        var state = HBONEStreamState()
+        var state = TunnelStreamState()
         #expect(state.closeRequested() == .reset)
         let first = state.endOutput()
         let second = state.endOutput()

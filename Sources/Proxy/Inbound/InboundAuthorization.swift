@@ -13,14 +13,20 @@ public struct AuthorizationSnapshot: Sendable {
     public var generation: Int
     public var policies: AuthorizationPolicySet
     public var requestAuthentication: RequestAuthenticationSet
+    /// Which workload ports take plaintext from outside the node.
+    public var peerAuthentication: PeerAuthenticationSet
     /// Compiled per workload (`namespace/name`) for the workloads the registry
     /// held when the snapshot was made; other workloads are compiled on demand.
     private var compiled: [String: WorkloadPolicy]
 
-    public init(generation: Int, policies: AuthorizationPolicySet, requestAuthentication: RequestAuthenticationSet? = nil, workloads: [Workload]) {
+    public init(
+        generation: Int, policies: AuthorizationPolicySet, requestAuthentication: RequestAuthenticationSet? = nil,
+        peerAuthentication: PeerAuthenticationSet? = nil, workloads: [Workload]
+    ) {
         self.generation = generation
         self.policies = policies
         self.requestAuthentication = requestAuthentication ?? RequestAuthenticationSet(rootNamespace: policies.rootNamespace)
+        self.peerAuthentication = peerAuthentication ?? PeerAuthenticationSet(rootNamespace: policies.rootNamespace, defaultMode: .PERMISSIVE)
         self.compiled = [:]
         for workload in workloads {
             compiled[workload.qualifiedName] = compile(workload)
@@ -62,11 +68,14 @@ public final class InboundAuthorizer: Sendable {
         current.withLockedValue { $0 = snapshot }
     }
 
-    /// The L4 decision for a connection to `workload`.
-    func authorize(_ connection: ConnectionAttributes, to workload: Workload) -> ConnectionAuthorization {
-        let result = snapshot.authorize(connection, to: workload)
-        metrics.record(result)
-        return result
+    /// Counts what admission decided at L4.
+    func record(_ plan: AdmissionPlan) {
+        switch plan.decision {
+        case .forward(_, inspectRequests: true): metrics.recordInspection()
+        case .forward(_, inspectRequests: false): metrics.record(.allow, layer: "l4")
+        case .refuse(.denied): metrics.record(.deny, layer: "l4")
+        case .refuse: break
+        }
     }
 
     /// Counts what the request decision said.
@@ -74,7 +83,7 @@ public final class InboundAuthorizer: Sendable {
         switch verdict {
         case .refused: break
         case .unauthenticated: metrics.unauthenticated.increment()
-        case .decided(let decision, _): metrics.record(decision, layer: "l7")
+        case .decided(let decision, _): metrics.record(decision.outcome, layer: "l7")
         }
     }
 }
@@ -121,14 +130,13 @@ struct AuthorizationMetrics: Sendable {
         self.counters = counters
     }
 
-    func record(_ result: ConnectionAuthorization) {
-        switch result {
-        case .decided(let decision): record(decision, layer: "l4")
-        case .inspectRequests: counters["l4/inspect"]?.increment()
-        }
+    func recordInspection() {
+        counters["l4/inspect"]?.increment()
     }
 
-    func record(_ decision: AuthorizationDecision, layer: String) {
-        counters["\(layer)/\(decision.outcome.rawValue)"]?.increment()
+    func record(_ outcome: AuthorizationDecision.Outcome, layer: String) {
+        counters["\(layer)/\(outcome.rawValue)"]?.increment()
     }
+
+
 }

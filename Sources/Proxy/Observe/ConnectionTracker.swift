@@ -60,17 +60,23 @@ public final class ConnectionTracker: Sendable {
     @discardableResult
     public func recheck(_ authorizer: InboundAuthorizer) -> Int {
         let snapshot = authorizer.snapshot
+        let now = wallClock()
         var closed = 0
         for item in tracked.withLockedValue({ Array($0.values) }) {
             guard let check = item.policyCheck else { continue }
+            // Admitted again, as if it arrived now, to the workload it reached.
+            let plan = Admission.plan(
+                check.arrival, source: check.source, destination: check.destination, resolved: .workload(check.workload), policy: snapshot, now: now)
             let decision: AuthorizationDecision
-            switch snapshot.authorize(check.attributes, to: check.workload) {
-            case .decided(let result) where result.outcome == .deny:
+            switch plan.decision {
+            case .refuse(.denied(let result)):
                 decision = result
-            case .inspectRequests where !check.inspected:
+            case .refuse(let refusal):
+                decision = AuthorizationDecision(outcome: .deny, rule: nil, reason: plan.entry.reason.isEmpty ? "\(refusal)" : plan.entry.reason)
+            case .forward(_, inspectRequests: true) where !check.inspected:
                 decision = AuthorizationDecision(
                     outcome: .deny, rule: nil, reason: "the policy now decides each HTTP request, which this connection was opened without")
-            default:
+            case .forward:
                 continue
             }
             check.revocation.revoke(decision)
@@ -106,11 +112,13 @@ public final class ConnectionTracker: Sendable {
     }
 }
 
-/// What an inbound connection was allowed as, so that it can be checked again
-/// when the policy changes.
+/// What a connection to a workload was admitted as, so that it can be
+/// admitted again when the policy changes.
 struct TrackedPolicyCheck: Sendable {
+    var arrival: Arrival
+    var source: SocketAddress?
+    var destination: SocketAddress
     var workload: Workload
-    var attributes: ConnectionAttributes
     /// Whether its HTTP requests are inspected (each is then decided on its own).
     var inspected: Bool
     let revocation = Revocation()

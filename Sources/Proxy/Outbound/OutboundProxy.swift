@@ -43,10 +43,11 @@ public final class OutboundProxy: Sendable {
     private let destinations: LocalDestinations
     private let accessLog: AccessLogSink
     private let tunnel: TunnelClient?
-    private let authorizer: InboundAuthorizer
     private let logger: Logger
     public let connections: ConnectionTracker
     private let metrics = OutboundMetrics()
+    /// Same-node connections: admitted for the destination workload here.
+    private let sameNode: WorkloadForwarder
     private let listeners = ListenerSet(name: "outbound")
 
     /// - Parameter tunnel: carries connections to `meshNetworks`; without one,
@@ -56,7 +57,6 @@ public final class OutboundProxy: Sendable {
         accessLog: AccessLogSink, connections: ConnectionTracker, tunnel: TunnelClient? = nil, authorizer: InboundAuthorizer, logger: Logger
     ) {
         self.configuration = configuration
-        self.authorizer = authorizer
         self.group = group
         self.identifier = identifier
         self.destinations = destinations
@@ -64,15 +64,18 @@ public final class OutboundProxy: Sendable {
         self.connections = connections
         self.tunnel = tunnel
         self.logger = logger
+        self.sameNode = WorkloadForwarder(
+            arrivalLabel: "same_node", dialer: Dialer(mark: configuration.mark, connectTimeout: configuration.connectTimeout), accessLog: accessLog,
+            connections: connections, authorizer: authorizer, requestHeadLimit: configuration.requestHeadLimit, counters: metrics.listenerCounters,
+            logger: logger)
     }
 
     /// Binds every listen address. The capture rules must not be installed before
     /// this succeeds, or captured connections would be refused by the kernel.
     public func start() async throws {
-        try await listeners.bind(group: group, addresses: configuration.bindAddresses, port: configuration.port, warn: { logger.warning("\($0)") }) { [self] channel in
+        try await listeners.bind(group: group, addresses: configuration.bindAddresses, port: configuration.port, logger: logger) { [self] channel in
             accept(channel)
         }
-        logger.info("outbound listener ready on port \(configuration.port)")
     }
 
     /// Stops accepting; connections already proxied carry on.
@@ -116,50 +119,31 @@ public final class OutboundProxy: Sendable {
     /// Where a connection goes: to a workload on this node directly, to another
     /// node's agent through the tunnel, or, outside the mesh, straight through.
     private func connect(client: Channel, peer: SocketAddress, workload: Workload, destination: SocketAddress, started: NIODeadline) -> EventLoopFuture<Void> {
+        // A forbidden destination is never a workload here; a link-local one
+        // (a cloud metadata service) is still passed through, as before capture.
+        if case .workload(let local) = destinations.resolve(destination) {
+            // Both ends on this node: no tunnel is needed, both identities are
+            // known, and this agent admits the connection as the destination's
+            // agent would admit a tunnel stream.
+            return sameNode.admit(
+                .sameNode(source: workload), client: .socket(client), source: peer, destination: destination, resolved: .workload(local),
+                started: started)
+        }
         var entry = AccessLogEntry(time: wallClock(), direction: .outbound, tls: .none, action: .allow, reason: "passthrough")
         entry.sourceAddress = peer
         entry.sourceWorkload = workload.qualifiedName
         entry.sourceIdentity = workload.identity.description
         entry.destinationAddress = destination
-        var carrier = Carrier.splice(on: client.eventLoop)
-        var policyCheck: TrackedPolicyCheck?
+        let carrier = Carrier.splice(on: client.eventLoop)
 
         let upstream: EventLoopFuture<Channel>
-        // A forbidden destination is never a workload here; a link-local one
-        // (a cloud metadata service) is still passed through, as before capture.
-        if case .workload(let local) = destinations.resolve(destination) {
-            // Both ends on this node: no tunnel is needed, both identities are
-            // known from the registry, and the destination's policy is enforced
-            // here, as its agent would on a tunnel.
-            entry.reason = "same-node"
-            entry.destinationWorkload = local.qualifiedName
-            entry.destinationIdentity = local.identity.description
-            let attributes = ConnectionAttributes(peer: workload.identity, source: peer, destination: destination)
-            var inspected = false
-            switch authorizer.authorize(attributes, to: local) {
-            case .decided(let decision):
-                entry.record(decision)
-                guard decision.outcome == .allow else {
-                    metrics.refused(.denied)
-                    accessLog.record(entry)
-                    return client.eventLoop.makeFailedFuture(InboundRefusal.denied)
-                }
-            case .inspectRequests:
-                inspected = true
-                entry.protocol = "http"
-                let inspector = HTTPRequestInspector(workload: local, connection: attributes, authorizer: authorizer, connectionEntry: entry)
-                carrier = .inspect(inspector, accessLog: accessLog, limit: configuration.requestHeadLimit, on: client.eventLoop)
-            }
-            policyCheck = TrackedPolicyCheck(workload: local, attributes: attributes, inspected: inspected)
-            upstream = dial(destination, on: client.eventLoop, carrier: carrier)
-        } else if let tunnel, configuration.meshNetworks.contains(where: { $0.contains(destination) }) {
+        if let tunnel, configuration.meshNetworks.contains(where: { $0.contains(destination) }) {
             entry.reason = "hbone"
             entry.tls = .mutual
-            let tunnelCarrier = carrier
             upstream = tunnel.openStream(from: workload.identity, to: destination, on: client.eventLoop).flatMapThrowing { stream in
                 let operations = stream.pipeline.syncOperations
                 try operations.addHandler(TunnelStreamBridge())
-                try tunnelCarrier.installUpstream(on: stream)
+                try carrier.installUpstream(on: stream)
                 try TunnelStreamBridge.startReading(stream)
                 return stream
             }
@@ -168,8 +152,6 @@ public final class OutboundProxy: Sendable {
         }
 
         let opened = entry
-        let chosen = carrier
-        let check = policyCheck
         return upstream.flatMapError { error in
             self.metrics.connectFailed()
             var failed = opened
@@ -183,8 +165,8 @@ public final class OutboundProxy: Sendable {
             return client.eventLoop.makeFailedFuture(error) as EventLoopFuture<Channel>
         }.flatMapThrowing { (upstreamChannel: Channel) -> Void in
             try completeProxy(
-                client: client, upstream: upstreamChannel, carrier: chosen, entry: opened, started: started, accessLog: self.accessLog,
-                tracker: self.connections, policyCheck: check
+                client: client, upstream: upstreamChannel, carrier: carrier, entry: opened, started: started, accessLog: self.accessLog,
+                tracker: self.connections
             ) {
                 self.metrics.closed()
             }
@@ -219,13 +201,14 @@ struct OutboundMetrics: Sendable {
         case notRedirected = "not_redirected"
         case unidentified = "source_unidentified"
         case overLimit = "over_connection_limit"
-        case denied = "denied_by_policy"
     }
 
     private let refusals: [String: Counter]
-    private let openedCounter = Counter(label: "mesh_agent_outbound_connections_opened_total")
-    private let closedCounter = Counter(label: "mesh_agent_outbound_connections_closed_total")
-    private let connectFailures = Counter(label: "mesh_agent_outbound_connect_failures_total")
+    /// Every outbound connection, same-node ones included.
+    let listenerCounters = WorkloadForwarder.ListenerCounters(
+        opened: Counter(label: "mesh_agent_outbound_connections_opened_total"),
+        closed: Counter(label: "mesh_agent_outbound_connections_closed_total"),
+        connectFailures: Counter(label: "mesh_agent_outbound_connect_failures_total"))
 
     init() {
         var refusals: [String: Counter] = [:]
@@ -236,7 +219,7 @@ struct OutboundMetrics: Sendable {
     }
 
     func refused(_ reason: RefusalReason) { refusals[reason.rawValue]?.increment() }
-    func opened() { openedCounter.increment() }
-    func closed() { closedCounter.increment() }
-    func connectFailed() { connectFailures.increment() }
+    func opened() { listenerCounters.opened.increment() }
+    func closed() { listenerCounters.closed.increment() }
+    func connectFailed() { listenerCounters.connectFailures.increment() }
 }

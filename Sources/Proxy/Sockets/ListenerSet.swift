@@ -1,3 +1,4 @@
+import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -13,12 +14,12 @@ final class ListenerSet: Sendable {
 
     /// Binds a listener on every address, each accepted connection handed to
     /// `accept` with the options the splice relies on (half-close, no Nagle, the
-    /// proxies' receive buffers).
+    /// proxies' receive buffers), and says so in the log.
     func bind(
-        group: EventLoopGroup, addresses: [String], port: UInt16, warn: (String) -> Void,
+        group: EventLoopGroup, addresses: [String], port: UInt16, logger: Logger,
         accept: @escaping @Sendable (Channel) -> EventLoopFuture<Void>
     ) async throws {
-        try await bind(addresses: addresses, port: port, warn: warn) {
+        try await bind(addresses: addresses, port: port, warn: { logger.warning("\($0)") }) {
             ServerBootstrap(group: group)
                 .serverChannelOption(.backlog, value: 4096)
                 .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -27,6 +28,7 @@ final class ListenerSet: Sendable {
                 .childChannelOption(.recvAllocator, value: Dialer.receiveBuffers)
                 .childChannelInitializer(accept)
         }
+        logger.info("\(name) listener ready on port \(port)")
     }
 
     /// Binds a bootstrap from `makeBootstrap` on every address. IPv6 sockets are

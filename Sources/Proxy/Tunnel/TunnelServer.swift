@@ -41,11 +41,10 @@ public final class TunnelServer: Sendable {
     private let destinations: LocalDestinations
     private let accessLog: AccessLogSink
     private let connections: ConnectionTracker
-    private let authorizer: InboundAuthorizer
+    private let forwarder: WorkloadForwarder
     private let logger: Logger
     private let listeners = ListenerSet(name: "tunnel")
     private let metrics = TunnelServerMetrics()
-    private let forbidden = ForbiddenDestinationMetrics(path: "tunnel")
     /// Peer connections open now, so that a drain can tell each to stop.
     private let peers = NIOLockedValueBox<[ObjectIdentifier: Channel]>([:])
 
@@ -56,20 +55,22 @@ public final class TunnelServer: Sendable {
         destinations: LocalDestinations, accessLog: AccessLogSink, connections: ConnectionTracker, authorizer: InboundAuthorizer, logger: Logger
     ) {
         self.configuration = configuration
-        self.authorizer = authorizer
         self.group = group
         self.serverContext = serverContext
         self.destinations = destinations
         self.accessLog = accessLog
         self.connections = connections
         self.logger = logger
+        self.forwarder = WorkloadForwarder(
+            arrivalLabel: "tunnel", dialer: Dialer(mark: configuration.mark, connectTimeout: configuration.connectTimeout), accessLog: accessLog,
+            connections: connections, authorizer: authorizer, requestHeadLimit: configuration.requestHeadLimit,
+            counters: metrics.listenerCounters, logger: logger)
     }
 
     public func start() async throws {
-        try await listeners.bind(group: group, addresses: configuration.bindAddresses, port: configuration.port, warn: { logger.warning("\($0)") }) { [self] channel in
+        try await listeners.bind(group: group, addresses: configuration.bindAddresses, port: configuration.port, logger: logger) { [self] channel in
             channel.eventLoop.makeCompletedFuture { try acceptPeer(channel) }
         }
-        logger.info("tunnel listener ready on port \(configuration.port)")
     }
 
     public func stopAccepting() async {
@@ -124,96 +125,39 @@ public final class TunnelServer: Sendable {
 
     // MARK: Serving one stream
 
-    /// Decides a tunnel request and, when it is allowed, dials the workload.
+    /// Reads a tunnel request's target and hands the stream to admission, which
+    /// decides it and, when it is allowed, dials the workload.
     fileprivate func open(
         request: HPACKHeaders, stream: Channel, peerIdentity: SpiffeID?, peerAddress: SocketAddress?,
         started: NIODeadline
     ) -> EventLoopFuture<Void> {
-        var entry = AccessLogEntry(time: wallClock(), direction: .inbound, tls: .mutual, action: .allow, reason: "hbone")
-        entry.sourceAddress = peerAddress
-        entry.sourceIdentity = peerIdentity?.description
-
         let target: SocketAddress
         switch HBONE.target(of: request) {
         case .failure(let refusal):
-            return refuse(stream, refusal, entry: entry)
+            return refuse(stream, refusal, peerIdentity: peerIdentity, peerAddress: peerAddress)
         case .success(let address):
             target = address
         }
-        entry.destinationAddress = target
         guard let peerIdentity else {
             // Cannot happen after a verified handshake; refused rather than trusted.
-            return refuse(stream, HBONE.Refusal(status: .forbidden, reason: "peer has no verified identity"), entry: entry)
+            return refuse(stream, HBONE.Refusal(status: .forbidden, reason: "peer has no verified identity"), peerIdentity: nil, peerAddress: peerAddress)
         }
-        let workload: Workload
-        switch destinations.resolve(target) {
-        case .workload(let found):
-            workload = found
-        case .forbidden(let kind):
-            forbidden.refused(kind)
-            return refuse(stream, HBONE.Refusal(status: .forbidden, reason: "CONNECT target \(kind.reason(target))"), entry: entry)
-        case .elsewhere:
-            return refuse(stream, HBONE.Refusal(status: .forbidden, reason: "CONNECT target \(target.authority) is not a workload on this node"), entry: entry)
-        }
-        entry.destinationWorkload = workload.qualifiedName
-        entry.destinationIdentity = workload.identity.description
-        let attributes = ConnectionAttributes(peer: peerIdentity, source: peerAddress, destination: target)
-        let inspected: Bool
-        switch authorizer.authorize(attributes, to: workload) {
-        case .decided(let decision):
-            entry.record(decision)
-            guard decision.outcome == .allow else {
-                return refuse(stream, HBONE.Refusal(status: .forbidden, reason: decision.reason), entry: entry)
-            }
-            inspected = false
-        case .inspectRequests:
-            inspected = true
-            entry.protocol = "http"
-        }
+        let arrival = Arrival.tunnel(peer: peerIdentity)
         guard connections.admit(stream) else {
-            logger.warning("refused a tunnel stream from \(peerIdentity) to \(target.authority): \(connections.maximum) connections are already open (limits.maxConnections)")
-            return refuse(stream, HBONE.Refusal(status: .serviceUnavailable, reason: "over the connection limit"), entry: entry)
+            return forwarder.refuseOverLimit(arrival, client: .tunnelStream(stream), source: peerAddress, destination: target)
         }
-
-        let carrier: Carrier
-        if inspected {
-            let inspector = HTTPRequestInspector(workload: workload, connection: attributes, authorizer: authorizer, connectionEntry: entry)
-            carrier = .inspect(inspector, accessLog: accessLog, limit: configuration.requestHeadLimit, on: stream.eventLoop)
-        } else {
-            carrier = .splice(on: stream.eventLoop)
-        }
-        let policyCheck = TrackedPolicyCheck(workload: workload, attributes: attributes, inspected: inspected)
-        let dialer = Dialer(mark: configuration.mark, connectTimeout: configuration.connectTimeout)
-        let opened = entry
-        return dialer.connect(to: target, on: stream.eventLoop) { channel in
-            try carrier.installUpstream(on: channel)
-        }.flatMapError { error in
-            var failed = opened
-            failed.durationMilliseconds = milliseconds(since: started)
-            return self.refuse(stream, HBONE.Refusal(status: .serviceUnavailable, reason: "connect to workload failed: \(error)"), entry: failed, action: .allow)
-                .flatMapThrowing { throw error }
-        }.flatMapThrowing { (upstream: Channel) -> Void in
-            let operations = stream.pipeline.syncOperations
-            operations.writeAndFlush(NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: HBONE.response(status: .ok)))), promise: nil)
-            try operations.addHandler(TunnelStreamBridge())
-            try completeProxy(
-                client: stream, upstream: upstream, carrier: carrier, entry: opened, started: started, accessLog: self.accessLog,
-                tracker: self.connections, policyCheck: policyCheck
-            ) {
-                self.metrics.closed()
-            }
-            try TunnelStreamBridge.startReading(stream)
-            self.metrics.opened()
-        }
+        return forwarder.admit(
+            arrival, client: .tunnelStream(stream), source: peerAddress, destination: target, resolved: destinations.resolve(target), started: started)
     }
 
-    /// Answers with `refusal.status`, ends and resets the stream, and logs it.
-    private func refuse(_ stream: Channel, _ refusal: HBONE.Refusal, entry: AccessLogEntry, action: AccessLogEntry.Action = .deny) -> EventLoopFuture<Void> {
-        metrics.refusedStream(refusal.status)
-        var refused = entry
-        refused.action = action
-        refused.reason = refusal.reason
-        accessLog.record(refused)
+    /// Answers a request that is not a tunnel request (400) with its status,
+    /// ends the stream and logs it.
+    private func refuse(_ stream: Channel, _ refusal: HBONE.Refusal, peerIdentity: SpiffeID?, peerAddress: SocketAddress?) -> EventLoopFuture<Void> {
+        TunnelServerMetrics.refusedStream(refusal.status)
+        var entry = AccessLogEntry(time: wallClock(), direction: .inbound, tls: .mutual, action: .deny, reason: refusal.reason)
+        entry.sourceAddress = peerAddress
+        entry.sourceIdentity = peerIdentity?.description
+        accessLog.record(entry)
         logger.debug("tunnel request from \(entry.sourceIdentity ?? "?") refused with \(refusal.status.rawValue): \(refusal.reason)")
         let response = HTTP2Frame.FramePayload.headers(.init(headers: HBONE.response(status: refusal.status), endStream: true))
         return stream.writeAndFlush(response).always { _ in stream.close(promise: nil) }
@@ -365,13 +309,12 @@ final class TunnelConnectionMonitor: ChannelInboundHandler {
 }
 
 struct TunnelServerMetrics: Sendable {
-    private let openedCounter = Counter(label: "mesh_agent_inbound_connections_opened_total", dimensions: [("tls", "mutual")])
-    private let closedCounter = Counter(label: "mesh_agent_inbound_connections_closed_total", dimensions: [("tls", "mutual")])
+    let listenerCounters = WorkloadForwarder.ListenerCounters(
+        opened: Counter(label: "mesh_agent_inbound_connections_opened_total", dimensions: [("tls", "mutual")]),
+        closed: Counter(label: "mesh_agent_inbound_connections_closed_total", dimensions: [("tls", "mutual")]),
+        connectFailures: Counter(label: "mesh_agent_inbound_connect_failures_total", dimensions: [("tls", "mutual")]))
 
-    func opened() { openedCounter.increment() }
-    func closed() { closedCounter.increment() }
-
-    func refusedStream(_ status: HBONE.Status) {
+    static func refusedStream(_ status: HBONE.Status) {
         Counter(label: "mesh_agent_tunnel_requests_refused_total", dimensions: [("status", String(status.rawValue))]).increment()
     }
 

@@ -3,7 +3,7 @@ import NIOHTTP2
 
 /// Where a tunnel stream stands: TCP's two half-closes map onto the two
 /// END_STREAM flags.
-struct HBONEStreamState {
+struct TunnelStreamState {
     enum CloseAction: Equatable {
         /// Both directions ended: the stream closes by itself once our END_STREAM
         /// is written; resetting it now would throw away what is still queued.
@@ -49,7 +49,7 @@ final class TunnelStreamBridge: ChannelDuplexHandler, RemovableChannelHandler {
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = HTTP2Frame.FramePayload
 
-    private var state = HBONEStreamState()
+    private var state = TunnelStreamState()
     /// Small writes since the last flush, gathered into one DATA frame.
     private var gathered: ByteBuffer?
     private var gatheredPromise: EventLoopPromise<Void>?
