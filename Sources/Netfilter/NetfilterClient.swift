@@ -93,69 +93,57 @@ public final class NetfilterClient: Sendable {
         }
     }
 
-    /// Adds elements to a set in one transaction; elements already present are
-    /// left alone. The cost depends on the number of elements added, not on the
-    /// size of the set.
-    public func addElements(_ elements: [NFT.SetElement], toSet set: String, inTable table: String, family: NFT.Family = .inet) throws {
-        guard let keyLength = try Self.checkElements(elements, set: set, table: table, family: family) else { return }
-        _ = keyLength
-        let keys = elements.sorted().map(\.keyBytes)
+    /// Applies changes to the elements of sets of one table in one transaction:
+    /// the kernel applies all of them or, if it refuses any, none. Changes apply
+    /// in order. Adding an element that is there already, or removing one that is
+    /// not, is not an error; an empty list changes nothing.
+    ///
+    /// Removals use NFT_MSG_DESTROYSETELEM (Linux 6.3+), which deletes present
+    /// elements and ignores absent ones, so the cost depends on the number of
+    /// elements changed, not on the size of the sets. On older kernels (which
+    /// refuse the message type with EINVAL) it falls back to reading the sets that
+    /// lose elements and deleting only the elements present, which is O(set size).
+    public func updateElements(_ changes: [NFT.SetElementChange], inTable table: String, family: NFT.Family = .inet) throws {
+        let changes = try Self.check(changes, table: table, family: family)
+        guard !changes.isEmpty else { return }
         try socket.withLock { socket throws(NetfilterError) in
-            let batch = try BatchBuilder(socket: socket)
-            try Self.addElementMessages(
-                to: batch, type: MessageType.newSetElement, flags: NLM_F_CREATE, keys: keys, set: set, table: table, family: family, setID: nil
-            ) { "adding \(elementCount($0)) to set \(set) in table \(family) \(table)" }
+            if socket.supportsDestroy {
+                let batch = try Self.elementBatch(changes, table: table, family: family, socket: socket, members: nil)
+                guard let refusal = try socket.send(batch) else { return }
+                // Either the kernel predates DESTROYSETELEM or the keys do not fit
+                // the set; the fallback below tells the two apart.
+                guard refusal.messageType == MessageType.destroySetElement, refusal.error.errno == EINVAL else {
+                    throw refusal.error
+                }
+            }
+            let members = try Self.membersOfSetsLosingElements(changes, table: table, family: family, socket: socket)
+            let batch = try Self.elementBatch(changes, table: table, family: family, socket: socket, members: members)
             try socket.commit(batch)
         }
     }
 
+    /// Adds elements to a set in one transaction; elements already present are
+    /// left alone. See ``updateElements(_:inTable:family:)``.
+    public func addElements(_ elements: [NFT.SetElement], toSet set: String, inTable table: String, family: NFT.Family = .inet) throws {
+        try updateElements([.add(elements, to: set)], inTable: table, family: family)
+    }
+
     /// Removes elements from a set in one transaction; removing an element that is
-    /// not in the set is not an error.
-    ///
-    /// Uses NFT_MSG_DESTROYSETELEM (Linux 6.3+), which deletes present elements and
-    /// ignores absent ones, so the cost does not depend on the size of the set. On
-    /// older kernels (which refuse the message type with EINVAL) it falls back to
-    /// reading the set and deleting only the elements present, which is O(set size).
+    /// not in the set is not an error. See ``updateElements(_:inTable:family:)``.
     public func removeElements(_ elements: [NFT.SetElement], fromSet set: String, inTable table: String, family: NFT.Family = .inet) throws {
-        guard let keyLength = try Self.checkElements(elements, set: set, table: table, family: family) else { return }
-        let keys = Set(elements.map(\.keyBytes)).sorted { $0.lexicographicallyPrecedes($1) }
-        try socket.withLock { socket throws(NetfilterError) in
-            let describe = { (count: Int) in "removing \(elementCount(count)) from set \(set) in table \(family) \(table)" }
-            if socket.supportsDestroy {
-                let batch = try BatchBuilder(socket: socket)
-                try Self.addElementMessages(
-                    to: batch, type: MessageType.destroySetElement, flags: 0, keys: keys, set: set, table: table, family: family, setID: nil,
-                    describe: describe)
-                do throws(NetfilterError) {
-                    try socket.commit(batch)
-                    return
-                } catch .rejected(_, EINVAL, _) {
-                    // Either the kernel predates DESTROYSETELEM or the keys do not fit
-                    // the set; the fallback below tells the two apart.
-                }
-            }
-            guard let info = try Self.set(named: set, table: table, family: family, socket: socket) else {
-                throw .rejected(operation: describe(keys.count), errno: ENOENT, kernelMessage: nil)
-            }
-            guard info.keyLength == UInt32(keyLength) else {
-                throw .invalidRuleset("set \(set) in table \(family) \(table) has \(info.keyLength)-byte keys, not \(keyLength)-byte \(elements[0].keyType) elements")
-            }
-            socket.supportsDestroy = false
-            let present = try Self.elementKeys(of: set, table: table, family: family, socket: socket)
-            let toDelete = keys.filter { present.contains($0) }
-            guard !toDelete.isEmpty else { return }
-            let batch = try BatchBuilder(socket: socket)
-            try Self.addElementMessages(
-                to: batch, type: MessageType.delSetElement, flags: 0, keys: toDelete, set: set, table: table, family: family, setID: nil,
-                describe: describe)
-            try socket.commit(batch)
-        }
+        try updateElements([.remove(elements, from: set)], inTable: table, family: family)
     }
 
     /// Whether element removal may use NFT_MSG_DESTROYSETELEM; tests turn it off to
     /// exercise the fallback for kernels older than 6.3.
     func useDestroySetElement(_ enabled: Bool) {
         socket.withLock { $0.supportsDestroy = enabled }
+    }
+
+    /// Whether element removal uses NFT_MSG_DESTROYSETELEM, for tests of what
+    /// the client learns.
+    var usesDestroySetElement: Bool {
+        socket.withLock { $0.supportsDestroy }
     }
 
     // MARK: Reading
@@ -210,15 +198,98 @@ public final class NetfilterClient: Sendable {
         }
     }
 
-    /// Checks element lists before anything is sent; returns the key length, or nil
-    /// for an empty list (nothing to do).
-    private static func checkElements(_ elements: [NFT.SetElement], set: String, table: String, family: NFT.Family) throws(NetfilterError) -> Int? {
-        try NFT.Table(family: family, name: table, sets: [NFT.NamedSet(name: set, keyType: .cgroupsv2)]).validate()
-        guard let first = elements.first else { return nil }
-        if let other = elements.first(where: { $0.keyType != first.keyType }) {
-            throw .invalidRuleset("elements for set \(set) mix \(first.keyType) and \(other.keyType) keys")
+    /// One change to a set, checked and ready to encode.
+    private struct CheckedChange {
+        let set: String
+        let action: NFT.SetElementChange.Action
+        let keyType: NFT.SetKeyType
+        /// The elements' keys, without repeats, in a stable order.
+        let keys: [[UInt8]]
+    }
+
+    /// Checks element changes before anything is sent and drops those without
+    /// elements (nothing to do).
+    private static func check(_ changes: [NFT.SetElementChange], table: String, family: NFT.Family) throws(NetfilterError) -> [CheckedChange] {
+        var names: [String] = []
+        for change in changes where !names.contains(change.set) { names.append(change.set) }
+        try NFT.Table(family: family, name: table, sets: names.map { NFT.NamedSet(name: $0, keyType: .cgroupsv2) }).validate()
+        var checked: [CheckedChange] = []
+        for change in changes {
+            guard let first = change.elements.first else { continue }
+            if let other = change.elements.first(where: { $0.keyType != first.keyType }) {
+                throw .invalidRuleset("elements for set \(change.set) mix \(first.keyType) and \(other.keyType) keys")
+            }
+            let keys = Set(change.elements).sorted().map(\.keyBytes)
+            checked.append(CheckedChange(set: change.set, action: change.action, keyType: first.keyType, keys: keys))
         }
-        return first.keyType.keyLength
+        return checked
+    }
+
+    /// The keys in each set that `changes` remove elements from, after checking
+    /// that those sets exist and that the removed keys fit them: the kernel
+    /// answers EINVAL both to a DESTROYSETELEM it does not know and to keys that
+    /// do not fit, and only the former may turn DESTROYSETELEM off.
+    private static func membersOfSetsLosingElements(
+        _ changes: [CheckedChange], table: String, family: NFT.Family, socket: NetfilterSocket
+    ) throws(NetfilterError) -> [String: Set<[UInt8]>] {
+        var keyLengths: [String: UInt32] = [:]
+        for removal in changes where removal.action == .remove {
+            let keyLength: UInt32
+            if let known = keyLengths[removal.set] {
+                keyLength = known
+            } else {
+                guard let info = try set(named: removal.set, table: table, family: family, socket: socket) else {
+                    throw .rejected(
+                        operation: removingDescription(removal.keys.count, removal.set, table, family), errno: ENOENT, kernelMessage: nil)
+                }
+                keyLength = info.keyLength
+                keyLengths[removal.set] = keyLength
+            }
+            guard keyLength == UInt32(removal.keyType.keyLength) else {
+                throw .invalidRuleset(
+                    "set \(removal.set) in table \(family) \(table) has \(keyLength)-byte keys, not \(removal.keyType.keyLength)-byte \(removal.keyType) elements"
+                )
+            }
+        }
+        socket.supportsDestroy = false
+        var members: [String: Set<[UInt8]>] = [:]
+        for set in keyLengths.keys {
+            members[set] = try elementKeys(of: set, table: table, family: family, socket: socket)
+        }
+        return members
+    }
+
+    /// The batch for element changes. Removals are DESTROYSETELEM messages when
+    /// `members` is nil. Otherwise `members` holds each removal set's keys before
+    /// the batch, and removals are DELSETELEM messages for only the keys present
+    /// at that point of the batch, as deleting an absent element aborts it.
+    private static func elementBatch(
+        _ changes: [CheckedChange], table: String, family: NFT.Family, socket: NetfilterSocket, members: [String: Set<[UInt8]>]?
+    ) throws(NetfilterError) -> BatchBuilder {
+        let batch = try BatchBuilder(socket: socket)
+        var members = members
+        for change in changes {
+            switch change.action {
+            case .add:
+                try addElementMessages(
+                    to: batch, type: MessageType.newSetElement, flags: NLM_F_CREATE, keys: change.keys, set: change.set, table: table,
+                    family: family, setID: nil
+                ) { "adding \(elementCount($0)) to set \(change.set) in table \(family) \(table)" }
+                members?[change.set]?.formUnion(change.keys)
+            case .remove:
+                var type = MessageType.destroySetElement
+                var keys = change.keys
+                if let present = members?[change.set] {
+                    type = MessageType.delSetElement
+                    keys = keys.filter { present.contains($0) }
+                    members?[change.set]?.subtract(keys)
+                }
+                try addElementMessages(
+                    to: batch, type: type, flags: 0, keys: keys, set: change.set, table: table, family: family, setID: nil
+                ) { removingDescription($0, change.set, table, family) }
+            }
+        }
+        return batch
     }
 
     private static func addElementMessages(
@@ -325,6 +396,10 @@ public final class NetfilterClient: Sendable {
         }
         return keys
     }
+}
+
+private func removingDescription(_ count: Int, _ set: String, _ table: String, _ family: NFT.Family) -> String {
+    "removing \(elementCount(count)) from set \(set) in table \(family) \(table)"
 }
 
 private func elementCount(_ count: Int) -> String {
