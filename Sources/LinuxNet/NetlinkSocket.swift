@@ -45,13 +45,12 @@ package final class NetlinkSocket<Failure: NetlinkClientError>: Sendable {
         }
     }
 
-    /// `NETLINK_SOCK_DIAG`, `NETLINK_NETFILTER`, ...: for error messages.
-    package let protocolName: String
-    package let options: Options
     private let fd: CInt
+    private let receiveBufferSize: Int
 
     /// Makes the socket, inside `namespace` when given (on a thread that
     /// entered it; the socket keeps the namespace afterwards), and binds it.
+    /// `name` is the protocol's name for error messages (`NETLINK_SOCK_DIAG`).
     /// Throws `Failure` or `NetworkNamespaceError`.
     package init(protocol netlinkProtocol: CInt, name: String, namespace: NetworkNamespace?, options: Options) throws {
         let open = { @Sendable () throws -> CInt in
@@ -67,8 +66,7 @@ package final class NetlinkSocket<Failure: NetlinkClientError>: Sendable {
             throw error
         }
         self.fd = fd
-        self.protocolName = name
-        self.options = options
+        self.receiveBufferSize = options.receiveBufferSize
     }
 
     deinit {
@@ -115,7 +113,7 @@ package final class NetlinkSocket<Failure: NetlinkClientError>: Sendable {
     // MARK: Sending and receiving
 
     /// Sends one datagram to the kernel.
-    package func send(_ datagram: [UInt8]) throws(Failure) {
+    func send(_ datagram: [UInt8]) throws(Failure) {
         var kernel = sockaddr_nl()
         kernel.nl_family = sa_family_t(AF_NETLINK)
         let sent = datagram.withUnsafeBytes { bytes in
@@ -135,8 +133,8 @@ package final class NetlinkSocket<Failure: NetlinkClientError>: Sendable {
 
     /// The messages of the next datagram from the kernel, or nil if none came
     /// within `timeout`.
-    package func receive(timeout: Duration) throws(Failure) -> [NetlinkMessage]? {
-        try withUnsafeTemporaryAllocation(byteCount: options.receiveBufferSize, alignment: 8) {
+    func receive(timeout: Duration) throws(Failure) -> [NetlinkMessage]? {
+        try withUnsafeTemporaryAllocation(byteCount: receiveBufferSize, alignment: 8) {
             (buffer) throws(Failure) -> [NetlinkMessage]? in
             guard let count = try receive(into: buffer, timeout: timeout) else { return nil }
             return try NetlinkMessage.split(UnsafeRawBufferPointer(rebasing: buffer[0..<count]), as: Failure.self)
@@ -146,7 +144,7 @@ package final class NetlinkSocket<Failure: NetlinkClientError>: Sendable {
     /// Calls `read` with the next datagram from the kernel, without copying
     /// it; nil if none came within `timeout`.
     func receiveDatagram<T>(timeout: Duration, _ read: (UnsafeRawBufferPointer) throws -> T) throws -> T? {
-        try withUnsafeTemporaryAllocation(byteCount: options.receiveBufferSize, alignment: 8) { buffer in
+        try withUnsafeTemporaryAllocation(byteCount: receiveBufferSize, alignment: 8) { buffer in
             guard let count = try receive(into: buffer, timeout: timeout) else { return nil }
             return try read(UnsafeRawBufferPointer(rebasing: buffer[0..<count]))
         }
@@ -154,8 +152,8 @@ package final class NetlinkSocket<Failure: NetlinkClientError>: Sendable {
 
     /// Discards whatever is queued on the socket: late answers to an earlier,
     /// interrupted exchange.
-    package func drain() {
-        withUnsafeTemporaryAllocation(byteCount: options.receiveBufferSize, alignment: 8) { buffer in
+    func drain() {
+        withUnsafeTemporaryAllocation(byteCount: receiveBufferSize, alignment: 8) { buffer in
             while true {
                 let received = recv(fd, buffer.baseAddress, buffer.count, Int32(MSG_DONTWAIT))
                 if received < 0 && errno == EINTR { continue }
