@@ -202,13 +202,13 @@ public enum ConntrackMessage {
         /// complete, nil if more is to come (the datagram held the entry, or
         /// only messages of other sequences: stray, late replies to skip).
         /// Throws the kernel's error (`.noEntry`, `.kernel`) or a parse error.
-        mutating func read(_ bytes: UnsafeRawBufferPointer) throws -> ConntrackTuple? {
-            try NetlinkMessages.first(in: bytes, sequence: sequence, as: ConntrackError.self) { type, payload in
+        mutating func read(_ bytes: UnsafeRawBufferPointer) throws(ConntrackError) -> ConntrackTuple? {
+            try NetlinkMessages.first(in: bytes, sequence: sequence, as: ConntrackError.self) { (type, payload) throws(ConntrackError) in
                 try read(type: type, payload: payload)
             }
         }
 
-        private mutating func read(type: UInt16, payload: UnsafeRawBufferPointer) throws -> ConntrackTuple? {
+        private mutating func read(type: UInt16, payload: UnsafeRawBufferPointer) throws(ConntrackError) -> ConntrackTuple? {
             switch type {
             case NetlinkMessages.typeError:
                 let code = try NetlinkMessages.errorCode(of: payload, as: ConntrackError.self)
@@ -235,7 +235,7 @@ public enum ConntrackMessage {
     }
 
     /// The original tuple of an entry message (nfgenmsg, then attributes).
-    private static func parseEntry(_ payload: UnsafeRawBufferPointer) throws -> ConntrackTuple {
+    private static func parseEntry(_ payload: UnsafeRawBufferPointer) throws(ConntrackError) -> ConntrackTuple {
         guard payload.count >= nfgenmsgLength else {
             throw ConntrackError.truncated(expected: nfgenmsgLength, actual: payload.count)
         }
@@ -246,7 +246,7 @@ public enum ConntrackMessage {
         var original: ConntrackTuple?
         try NetlinkAttributes.forEach(
             in: UnsafeRawBufferPointer(rebasing: payload[nfgenmsgLength...]), as: ConntrackError.self
-        ) { type, value in
+        ) { (type, value) throws(ConntrackError) in
             if type == tupleOriginal { original = try parseTuple(value, family: family) }
         }
         guard let original else { throw ConntrackError.malformed("the entry has no original tuple (CTA_TUPLE_ORIG)") }
@@ -256,7 +256,7 @@ public enum ConntrackMessage {
     /// A TCP tuple: CTA_TUPLE_IP { source, destination } and CTA_TUPLE_PROTO
     /// { CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT }. Attributes of
     /// unknown types (CTA_TUPLE_ZONE, newer ones) are skipped.
-    private static func parseTuple(_ bytes: UnsafeRawBufferPointer, family: UInt8) throws -> ConntrackTuple {
+    private static func parseTuple(_ bytes: UnsafeRawBufferPointer, family: UInt8) throws(ConntrackError) -> ConntrackTuple {
         let v4 = family == familyINET
         let (sourceType, destinationType) = v4 ? (ipV4Source, ipV4Destination) : (ipV6Source, ipV6Destination)
         let addressLength = v4 ? 4 : 16
@@ -265,10 +265,10 @@ public enum ConntrackMessage {
         var number: UInt8?
         var sourcePort: UInt16?
         var destinationPort: UInt16?
-        try NetlinkAttributes.forEach(in: bytes, as: ConntrackError.self) { type, value in
+        try NetlinkAttributes.forEach(in: bytes, as: ConntrackError.self) { (type, value) throws(ConntrackError) in
             switch type {
             case tupleIP:
-                try NetlinkAttributes.forEach(in: value, as: ConntrackError.self) { type, value in
+                try NetlinkAttributes.forEach(in: value, as: ConntrackError.self) { (type, value) throws(ConntrackError) in
                     switch type {
                     case sourceType: sourceAddress = try exactly(addressLength, value, "the source address")
                     case destinationType: destinationAddress = try exactly(addressLength, value, "the destination address")
@@ -279,7 +279,7 @@ public enum ConntrackMessage {
                     }
                 }
             case tupleProtocol:
-                try NetlinkAttributes.forEach(in: value, as: ConntrackError.self) { type, value in
+                try NetlinkAttributes.forEach(in: value, as: ConntrackError.self) { (type, value) throws(ConntrackError) in
                     switch type {
                     case protocolNumber: number = try exactly(1, value, "CTA_PROTO_NUM")[0]
                     case protocolSourcePort: sourcePort = port(try exactly(2, value, "CTA_PROTO_SRC_PORT"))
@@ -305,7 +305,7 @@ public enum ConntrackMessage {
             destination: socketAddress(destinationAddress, port: destinationPort))
     }
 
-    private static func exactly(_ count: Int, _ value: UnsafeRawBufferPointer, _ name: String) throws -> [UInt8] {
+    private static func exactly(_ count: Int, _ value: UnsafeRawBufferPointer, _ name: String) throws(ConntrackError) -> [UInt8] {
         guard value.count == count else {
             throw ConntrackError.malformed("\(name) has \(value.count) bytes, expected \(count)")
         }

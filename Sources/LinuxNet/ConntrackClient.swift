@@ -95,7 +95,7 @@ public final class ConntrackClient: Sendable {
     }
 }
 
-extension ConntrackError: NetlinkClientError {
+extension ConntrackError: NetlinkPooledClientError {
     var isAnswer: Bool {
         switch self {
         case .noEntry, .kernel: return true

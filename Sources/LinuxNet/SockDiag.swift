@@ -224,13 +224,13 @@ public enum SockDiagMessage {
     /// Walks the netlink messages of one datagram. Returns the reply to
     /// `sequence`, throws its error, or returns nil if every message in the
     /// datagram belongs to another sequence (a stray, late reply to skip).
-    static func parseDatagram(_ bytes: UnsafeRawBufferPointer, sequence: UInt32) throws -> SockDiagReply? {
-        try NetlinkMessages.first(in: bytes, sequence: sequence, as: SockDiagError.self) { type, payload in
+    static func parseDatagram(_ bytes: UnsafeRawBufferPointer, sequence: UInt32) throws(SockDiagError) -> SockDiagReply? {
+        try NetlinkMessages.first(in: bytes, sequence: sequence, as: SockDiagError.self) { (type, payload) throws(SockDiagError) in
             try parseMessage(type: type, payload: payload)
         }
     }
 
-    private static func parseMessage(type: UInt16, payload: UnsafeRawBufferPointer) throws -> SockDiagReply {
+    private static func parseMessage(type: UInt16, payload: UnsafeRawBufferPointer) throws(SockDiagError) -> SockDiagReply {
         switch type {
         case typeError:
             let code = try NetlinkMessages.errorCode(of: payload, as: SockDiagError.self)
@@ -246,7 +246,7 @@ public enum SockDiagMessage {
         }
     }
 
-    private static func parseDiagMessage(_ payload: UnsafeRawBufferPointer) throws -> SockDiagReply {
+    private static func parseDiagMessage(_ payload: UnsafeRawBufferPointer) throws(SockDiagError) -> SockDiagReply {
         guard payload.count >= diagMessageLength else {
             throw SockDiagError.truncated(expected: diagMessageLength, actual: payload.count)
         }
@@ -262,7 +262,7 @@ public enum SockDiagMessage {
             cgroupID: nil)
         try NetlinkAttributes.forEach(
             in: UnsafeRawBufferPointer(rebasing: payload[diagMessageLength...]), as: SockDiagError.self
-        ) { type, value in
+        ) { (type, value) throws(SockDiagError) in
             guard type == attributeCgroupID else { return }
             guard value.count == 8 else {
                 throw SockDiagError.malformed("INET_DIAG_CGROUP_ID of \(value.count) bytes, expected 8")

@@ -67,7 +67,7 @@ public final class SockDiagClient: Sendable {
     }
 }
 
-extension SockDiagError: NetlinkClientError {
+extension SockDiagError: NetlinkPooledClientError {
     var isAnswer: Bool {
         switch self {
         case .notFound, .kernel, .noCgroupID: return true

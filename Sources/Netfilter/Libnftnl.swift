@@ -326,3 +326,77 @@ extension NFT.Rule {
         try makeNftnlRule(table: table, chain: chain, family: family).text
     }
 }
+
+// MARK: - Messages
+
+/// The libnftnl object whose attributes make up a message's payload.
+enum NftnlPayload {
+    case table(NftnlTable)
+    case chain(NftnlChain)
+    case rule(NftnlRule)
+    case set(NftnlSet)
+    /// The set's elements (the set object carries the set's name and table).
+    case setElements(NftnlSet)
+
+    fileprivate func build(into header: UnsafeMutablePointer<nlmsghdr>) {
+        switch self {
+        case .table(let table): nftnl_table_nlmsg_build_payload(header, table.pointer)
+        case .chain(let chain): nftnl_chain_nlmsg_build_payload(header, chain.pointer)
+        case .rule(let rule): nftnl_rule_nlmsg_build_payload(header, rule.pointer)
+        case .set(let set): nftnl_set_nlmsg_build_payload(header, set.pointer)
+        case .setElements(let set): nftnl_set_elems_nlmsg_build_payload(header, set.pointer)
+        }
+    }
+}
+
+/// Encodes nf_tables messages with libnftnl, each into bytes of its own.
+///
+/// libnftnl writes messages into a caller's buffer without knowing its size,
+/// so every message is built in a scratch buffer far larger than any message
+/// the client makes: rules have at most 64 expressions and element lists are
+/// sent in chunks of ``BatchBuilder/elementsPerMessage``.
+final class NftnlEncoder {
+    static let scratchSize = 1 << 18
+
+    private let scratch: UnsafeMutableRawPointer
+
+    init() {
+        scratch = UnsafeMutableRawPointer.allocate(byteCount: Self.scratchSize, alignment: 8)
+        scratch.initializeMemory(as: UInt8.self, repeating: 0, count: Self.scratchSize)
+    }
+
+    deinit { scratch.deallocate() }
+
+    private var buffer: UnsafeMutablePointer<CChar> { scratch.assumingMemoryBound(to: CChar.self) }
+
+    /// One nf_tables message: `type` is an NFT_MSG_* number, `family` the
+    /// NFPROTO_* number, `flags` the NLM_F_* flags besides NLM_F_REQUEST.
+    func message(_ type: UInt32, family: UInt8, flags: Int32, sequence: UInt32, payload: NftnlPayload?) throws(NetfilterError) -> [UInt8] {
+        guard
+            let header = nftnl_nlmsg_build_hdr(
+                buffer, UInt16(truncatingIfNeeded: type), UInt16(family), UInt16(truncatingIfNeeded: flags), sequence)
+        else { throw .outOfMemory }
+        payload?.build(into: header)
+        return bytes(of: header)
+    }
+
+    /// The message that opens a batch (a transaction).
+    func batchBegin(sequence: UInt32) throws(NetfilterError) -> [UInt8] {
+        guard let header = nftnl_batch_begin(buffer, sequence) else { throw .outOfMemory }
+        return bytes(of: header)
+    }
+
+    /// The message that commits a batch.
+    func batchEnd(sequence: UInt32) throws(NetfilterError) -> [UInt8] {
+        guard let header = nftnl_batch_end(buffer, sequence) else { throw .outOfMemory }
+        return bytes(of: header)
+    }
+
+    /// The message's bytes, padded to 4 so that messages can follow each other.
+    private func bytes(of header: UnsafeMutablePointer<nlmsghdr>) -> [UInt8] {
+        let length = min(Int(header.pointee.nlmsg_len), Self.scratchSize)
+        let aligned = (length + 3) & ~3
+        return Array(UnsafeRawBufferPointer(start: UnsafeRawPointer(header), count: length))
+            + [UInt8](repeating: 0, count: aligned - length)
+    }
+}

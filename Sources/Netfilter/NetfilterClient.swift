@@ -13,19 +13,13 @@ import Synchronization
 public final class NetfilterClient: Sendable {
     /// The namespace the socket lives in (nil: the one the client was created in).
     public let namespace: NetworkNamespace?
-    private let socket: Mutex<NetlinkSocket>
+    private let socket: Mutex<NetfilterSocket>
 
     /// Opens the socket, inside `namespace` when given (the socket is created on a
     /// thread that entered the namespace and keeps it afterwards), and checks that
     /// nf_tables answers.
     public init(namespace: NetworkNamespace? = nil) throws {
-        let fd: Int32
-        if let namespace {
-            fd = try namespace.run { () throws -> Int32 in try NetlinkSocket.openDescriptor() }
-        } else {
-            fd = try NetlinkSocket.openDescriptor()
-        }
-        let socket = try NetlinkSocket(fd: fd)
+        let socket = try NetfilterSocket(namespace: namespace)
         try Self.checkAvailable(socket)
         self.namespace = namespace
         self.socket = Mutex(socket)
@@ -40,27 +34,24 @@ public final class NetfilterClient: Sendable {
     public func replace(_ table: NFT.Table) throws {
         try table.validate()
         try socket.withLock { socket throws(NetfilterError) in
-            let batch = BatchBuilder(socket: socket)
+            let batch = try BatchBuilder(socket: socket)
             let tableName = "table \(table.family) \(table.name)"
             let reference = try NFT.Table.nftnlReference(name: table.name, family: table.family)
-            batch.add(MessageType.newTable, family: table.family, flags: NLM_F_CREATE, operation: "creating \(tableName) if missing") {
-                nftnl_table_nlmsg_build_payload($0, reference.pointer)
-            }
-            batch.add(MessageType.delTable, family: table.family, flags: 0, operation: "deleting the old \(tableName)") {
-                nftnl_table_nlmsg_build_payload($0, reference.pointer)
-            }
-            let full = try table.makeNftnlTable()
-            batch.add(MessageType.newTable, family: table.family, flags: NLM_F_CREATE, operation: "creating \(tableName)") {
-                nftnl_table_nlmsg_build_payload($0, full.pointer)
-            }
+            try batch.add(
+                MessageType.newTable, family: table.family, flags: NLM_F_CREATE, operation: "creating \(tableName) if missing",
+                payload: .table(reference))
+            try batch.add(MessageType.delTable, family: table.family, flags: 0, operation: "deleting the old \(tableName)", payload: .table(reference))
+            try batch.add(
+                MessageType.newTable, family: table.family, flags: NLM_F_CREATE, operation: "creating \(tableName)",
+                payload: .table(try table.makeNftnlTable()))
             var setIDs: [String: UInt32] = [:]
             for (index, set) in table.sets.enumerated() {
                 let id = UInt32(index + 1)
                 setIDs[set.name] = id
                 let object = try set.makeNftnlSet(table: table.name, family: table.family, id: id)
-                batch.add(MessageType.newSet, family: table.family, flags: NLM_F_CREATE, operation: "creating set \(set.name) in \(tableName)") {
-                    nftnl_set_nlmsg_build_payload($0, object.pointer)
-                }
+                try batch.add(
+                    MessageType.newSet, family: table.family, flags: NLM_F_CREATE, operation: "creating set \(set.name) in \(tableName)",
+                    payload: .set(object))
                 try Self.addElementMessages(
                     to: batch, type: MessageType.newSetElement, flags: NLM_F_CREATE, keys: set.elements.sorted().map(\.keyBytes),
                     set: set.name, table: table.name, family: table.family, setID: id
@@ -68,22 +59,20 @@ public final class NetfilterClient: Sendable {
             }
             for chain in table.chains {
                 let object = try chain.makeNftnlChain(table: table.name, family: table.family)
-                batch.add(MessageType.newChain, family: table.family, flags: NLM_F_CREATE, operation: "creating chain \(chain.name) in \(tableName)") {
-                    nftnl_chain_nlmsg_build_payload($0, object.pointer)
-                }
+                try batch.add(
+                    MessageType.newChain, family: table.family, flags: NLM_F_CREATE, operation: "creating chain \(chain.name) in \(tableName)",
+                    payload: .chain(object))
             }
             for chain in table.chains {
                 for (index, rule) in chain.rules.enumerated() {
                     let object = try rule.makeNftnlRule(table: table.name, chain: chain.name, family: table.family, setIDs: setIDs)
-                    batch.add(
+                    try batch.add(
                         MessageType.newRule, family: table.family, flags: NLM_F_CREATE | NLM_F_APPEND,
-                        operation: "adding rule \(index + 1) (\(quoted(rule.comment))) to chain \(chain.name) in \(tableName)"
-                    ) {
-                        nftnl_rule_nlmsg_build_payload($0, object.pointer)
-                    }
+                        operation: "adding rule \(index + 1) (\(quoted(rule.comment))) to chain \(chain.name) in \(tableName)",
+                        payload: .rule(object))
                 }
             }
-            try Self.commit(batch, socket: socket)
+            try socket.commit(batch)
         }
     }
 
@@ -92,13 +81,11 @@ public final class NetfilterClient: Sendable {
     public func delete(tableNamed name: String, family: NFT.Family = .inet) throws -> Bool {
         try NFT.Table(family: family, name: name).validate()
         return try socket.withLock { socket throws(NetfilterError) -> Bool in
-            let batch = BatchBuilder(socket: socket)
+            let batch = try BatchBuilder(socket: socket)
             let reference = try NFT.Table.nftnlReference(name: name, family: family)
-            batch.add(MessageType.delTable, family: family, flags: 0, operation: "deleting table \(family) \(name)") {
-                nftnl_table_nlmsg_build_payload($0, reference.pointer)
-            }
+            try batch.add(MessageType.delTable, family: family, flags: 0, operation: "deleting table \(family) \(name)", payload: .table(reference))
             do throws(NetfilterError) {
-                try Self.commit(batch, socket: socket)
+                try socket.commit(batch)
                 return true
             } catch .rejected(_, ENOENT, _) {
                 return false
@@ -106,69 +93,57 @@ public final class NetfilterClient: Sendable {
         }
     }
 
-    /// Adds elements to a set in one transaction; elements already present are
-    /// left alone. The cost depends on the number of elements added, not on the
-    /// size of the set.
-    public func addElements(_ elements: [NFT.SetElement], toSet set: String, inTable table: String, family: NFT.Family = .inet) throws {
-        guard let keyLength = try Self.checkElements(elements, set: set, table: table, family: family) else { return }
-        _ = keyLength
-        let keys = elements.sorted().map(\.keyBytes)
+    /// Applies changes to the elements of sets of one table in one transaction:
+    /// the kernel applies all of them or, if it refuses any, none. Changes apply
+    /// in order. Adding an element that is there already, or removing one that is
+    /// not, is not an error; an empty list changes nothing.
+    ///
+    /// Removals use NFT_MSG_DESTROYSETELEM (Linux 6.3+), which deletes present
+    /// elements and ignores absent ones, so the cost depends on the number of
+    /// elements changed, not on the size of the sets. On older kernels (which
+    /// refuse the message type with EINVAL) it falls back to reading the sets that
+    /// lose elements and deleting only the elements present, which is O(set size).
+    public func updateElements(_ changes: [NFT.SetElementChange], inTable table: String, family: NFT.Family = .inet) throws {
+        let changes = try Self.check(changes, table: table, family: family)
+        guard !changes.isEmpty else { return }
         try socket.withLock { socket throws(NetfilterError) in
-            let batch = BatchBuilder(socket: socket)
-            try Self.addElementMessages(
-                to: batch, type: MessageType.newSetElement, flags: NLM_F_CREATE, keys: keys, set: set, table: table, family: family, setID: nil
-            ) { "adding \(elementCount($0)) to set \(set) in table \(family) \(table)" }
-            try Self.commit(batch, socket: socket)
+            if socket.supportsDestroy {
+                let batch = try Self.elementBatch(changes, table: table, family: family, socket: socket, members: nil)
+                guard let refusal = try socket.send(batch) else { return }
+                // Either the kernel predates DESTROYSETELEM or the keys do not fit
+                // the set; the fallback below tells the two apart.
+                guard refusal.messageType == MessageType.destroySetElement, refusal.error.errno == EINVAL else {
+                    throw refusal.error
+                }
+            }
+            let members = try Self.membersOfSetsLosingElements(changes, table: table, family: family, socket: socket)
+            let batch = try Self.elementBatch(changes, table: table, family: family, socket: socket, members: members)
+            try socket.commit(batch)
         }
     }
 
+    /// Adds elements to a set in one transaction; elements already present are
+    /// left alone. See ``updateElements(_:inTable:family:)``.
+    public func addElements(_ elements: [NFT.SetElement], toSet set: String, inTable table: String, family: NFT.Family = .inet) throws {
+        try updateElements([.add(elements, to: set)], inTable: table, family: family)
+    }
+
     /// Removes elements from a set in one transaction; removing an element that is
-    /// not in the set is not an error.
-    ///
-    /// Uses NFT_MSG_DESTROYSETELEM (Linux 6.3+), which deletes present elements and
-    /// ignores absent ones, so the cost does not depend on the size of the set. On
-    /// older kernels (which refuse the message type with EINVAL) it falls back to
-    /// reading the set and deleting only the elements present, which is O(set size).
+    /// not in the set is not an error. See ``updateElements(_:inTable:family:)``.
     public func removeElements(_ elements: [NFT.SetElement], fromSet set: String, inTable table: String, family: NFT.Family = .inet) throws {
-        guard let keyLength = try Self.checkElements(elements, set: set, table: table, family: family) else { return }
-        let keys = Set(elements.map(\.keyBytes)).sorted { $0.lexicographicallyPrecedes($1) }
-        try socket.withLock { socket throws(NetfilterError) in
-            let describe = { (count: Int) in "removing \(elementCount(count)) from set \(set) in table \(family) \(table)" }
-            if socket.supportsDestroy {
-                let batch = BatchBuilder(socket: socket)
-                try Self.addElementMessages(
-                    to: batch, type: MessageType.destroySetElement, flags: 0, keys: keys, set: set, table: table, family: family, setID: nil,
-                    describe: describe)
-                do throws(NetfilterError) {
-                    try Self.commit(batch, socket: socket)
-                    return
-                } catch .rejected(_, EINVAL, _) {
-                    // Either the kernel predates DESTROYSETELEM or the keys do not fit
-                    // the set; the fallback below tells the two apart.
-                }
-            }
-            guard let info = try Self.set(named: set, table: table, family: family, socket: socket) else {
-                throw .rejected(operation: describe(keys.count), errno: ENOENT, kernelMessage: nil)
-            }
-            guard info.keyLength == UInt32(keyLength) else {
-                throw .invalidRuleset("set \(set) in table \(family) \(table) has \(info.keyLength)-byte keys, not \(keyLength)-byte \(elements[0].keyType) elements")
-            }
-            socket.supportsDestroy = false
-            let present = try Self.elementKeys(of: set, table: table, family: family, socket: socket)
-            let toDelete = keys.filter { present.contains($0) }
-            guard !toDelete.isEmpty else { return }
-            let batch = BatchBuilder(socket: socket)
-            try Self.addElementMessages(
-                to: batch, type: MessageType.delSetElement, flags: 0, keys: toDelete, set: set, table: table, family: family, setID: nil,
-                describe: describe)
-            try Self.commit(batch, socket: socket)
-        }
+        try updateElements([.remove(elements, from: set)], inTable: table, family: family)
     }
 
     /// Whether element removal may use NFT_MSG_DESTROYSETELEM; tests turn it off to
     /// exercise the fallback for kernels older than 6.3.
     func useDestroySetElement(_ enabled: Bool) {
         socket.withLock { $0.supportsDestroy = enabled }
+    }
+
+    /// Whether element removal uses NFT_MSG_DESTROYSETELEM, for tests of what
+    /// the client learns.
+    var usesDestroySetElement: Bool {
+        socket.withLock { $0.supportsDestroy }
     }
 
     // MARK: Reading
@@ -212,7 +187,7 @@ public final class NetfilterClient: Sendable {
 
     /// Asks for the ruleset generation: the cheapest request that needs nf_tables
     /// and CAP_NET_ADMIN.
-    private static func checkAvailable(_ socket: NetlinkSocket) throws(NetfilterError) {
+    private static func checkAvailable(_ socket: NetfilterSocket) throws(NetfilterError) {
         do {
             _ = try generation(socket)
         } catch {
@@ -223,15 +198,98 @@ public final class NetfilterClient: Sendable {
         }
     }
 
-    /// Checks element lists before anything is sent; returns the key length, or nil
-    /// for an empty list (nothing to do).
-    private static func checkElements(_ elements: [NFT.SetElement], set: String, table: String, family: NFT.Family) throws(NetfilterError) -> Int? {
-        try NFT.Table(family: family, name: table, sets: [NFT.NamedSet(name: set, keyType: .cgroupsv2)]).validate()
-        guard let first = elements.first else { return nil }
-        if let other = elements.first(where: { $0.keyType != first.keyType }) {
-            throw .invalidRuleset("elements for set \(set) mix \(first.keyType) and \(other.keyType) keys")
+    /// One change to a set, checked and ready to encode.
+    private struct CheckedChange {
+        let set: String
+        let action: NFT.SetElementChange.Action
+        let keyType: NFT.SetKeyType
+        /// The elements' keys, without repeats, in a stable order.
+        let keys: [[UInt8]]
+    }
+
+    /// Checks element changes before anything is sent and drops those without
+    /// elements (nothing to do).
+    private static func check(_ changes: [NFT.SetElementChange], table: String, family: NFT.Family) throws(NetfilterError) -> [CheckedChange] {
+        var names: [String] = []
+        for change in changes where !names.contains(change.set) { names.append(change.set) }
+        try NFT.Table(family: family, name: table, sets: names.map { NFT.NamedSet(name: $0, keyType: .cgroupsv2) }).validate()
+        var checked: [CheckedChange] = []
+        for change in changes {
+            guard let first = change.elements.first else { continue }
+            if let other = change.elements.first(where: { $0.keyType != first.keyType }) {
+                throw .invalidRuleset("elements for set \(change.set) mix \(first.keyType) and \(other.keyType) keys")
+            }
+            let keys = Set(change.elements).sorted().map(\.keyBytes)
+            checked.append(CheckedChange(set: change.set, action: change.action, keyType: first.keyType, keys: keys))
         }
-        return first.keyType.keyLength
+        return checked
+    }
+
+    /// The keys in each set that `changes` remove elements from, after checking
+    /// that those sets exist and that the removed keys fit them: the kernel
+    /// answers EINVAL both to a DESTROYSETELEM it does not know and to keys that
+    /// do not fit, and only the former may turn DESTROYSETELEM off.
+    private static func membersOfSetsLosingElements(
+        _ changes: [CheckedChange], table: String, family: NFT.Family, socket: NetfilterSocket
+    ) throws(NetfilterError) -> [String: Set<[UInt8]>] {
+        var keyLengths: [String: UInt32] = [:]
+        for removal in changes where removal.action == .remove {
+            let keyLength: UInt32
+            if let known = keyLengths[removal.set] {
+                keyLength = known
+            } else {
+                guard let info = try set(named: removal.set, table: table, family: family, socket: socket) else {
+                    throw .rejected(
+                        operation: removingDescription(removal.keys.count, removal.set, table, family), errno: ENOENT, kernelMessage: nil)
+                }
+                keyLength = info.keyLength
+                keyLengths[removal.set] = keyLength
+            }
+            guard keyLength == UInt32(removal.keyType.keyLength) else {
+                throw .invalidRuleset(
+                    "set \(removal.set) in table \(family) \(table) has \(keyLength)-byte keys, not \(removal.keyType.keyLength)-byte \(removal.keyType) elements"
+                )
+            }
+        }
+        socket.supportsDestroy = false
+        var members: [String: Set<[UInt8]>] = [:]
+        for set in keyLengths.keys {
+            members[set] = try elementKeys(of: set, table: table, family: family, socket: socket)
+        }
+        return members
+    }
+
+    /// The batch for element changes. Removals are DESTROYSETELEM messages when
+    /// `members` is nil. Otherwise `members` holds each removal set's keys before
+    /// the batch, and removals are DELSETELEM messages for only the keys present
+    /// at that point of the batch, as deleting an absent element aborts it.
+    private static func elementBatch(
+        _ changes: [CheckedChange], table: String, family: NFT.Family, socket: NetfilterSocket, members: [String: Set<[UInt8]>]?
+    ) throws(NetfilterError) -> BatchBuilder {
+        let batch = try BatchBuilder(socket: socket)
+        var members = members
+        for change in changes {
+            switch change.action {
+            case .add:
+                try addElementMessages(
+                    to: batch, type: MessageType.newSetElement, flags: NLM_F_CREATE, keys: change.keys, set: change.set, table: table,
+                    family: family, setID: nil
+                ) { "adding \(elementCount($0)) to set \(change.set) in table \(family) \(table)" }
+                members?[change.set]?.formUnion(change.keys)
+            case .remove:
+                var type = MessageType.destroySetElement
+                var keys = change.keys
+                if let present = members?[change.set] {
+                    type = MessageType.delSetElement
+                    keys = keys.filter { present.contains($0) }
+                    members?[change.set]?.subtract(keys)
+                }
+                try addElementMessages(
+                    to: batch, type: type, flags: 0, keys: keys, set: change.set, table: table, family: family, setID: nil
+                ) { removingDescription($0, change.set, table, family) }
+            }
+        }
+        return batch
     }
 
     private static func addElementMessages(
@@ -244,83 +302,7 @@ public final class NetfilterClient: Sendable {
             start += chunk.count
             let object = try NFT.NamedSet.nftnlReference(name: set, table: table, family: family, id: setID)
             try object.add(keys: chunk)
-            batch.add(type, family: family, flags: flags, operation: describe(chunk.count)) {
-                nftnl_set_elems_nlmsg_build_payload($0, object.pointer)
-            }
-        }
-    }
-
-    /// Sends a batch and reads one acknowledgement per message. The kernel handles
-    /// the whole batch inside the send, so all replies are queued when it returns.
-    private static func commit(_ batch: BatchBuilder, socket: NetlinkSocket) throws(NetfilterError) {
-        guard !batch.isEmpty else { return }
-        let data = batch.finish()
-        socket.drain()
-        try socket.send(data)
-        var pending = Set(batch.acknowledged)
-        var failures: [(sequence: UInt32, code: Int32, message: String?)] = []
-        while !pending.isEmpty {
-            let timeout = failures.isEmpty ? NetlinkSocket.replyTimeoutMilliseconds : 50
-            guard let messages = try socket.receive(timeoutMilliseconds: timeout) else { break }
-            for message in messages where batch.operations[message.sequence] != nil && message.type == UInt16(NLMSG_ERROR) {
-                let (code, text) = try message.errorPayload()
-                pending.remove(message.sequence)
-                if code != 0 { failures.append((message.sequence, code == Int32.min ? EIO : -code, text)) }
-            }
-        }
-        let order = batch.order
-        if let first = failures.min(by: { (order[$0.sequence] ?? 0) < (order[$1.sequence] ?? 0) }) {
-            let operation = batch.operations[first.sequence] ?? "a message"
-            if first.code == EPERM { throw .permissionDenied(operation: operation) }
-            throw .rejected(operation: operation, errno: first.code, kernelMessage: first.message)
-        }
-        if let missing = pending.min(by: { (order[$0] ?? 0) < (order[$1] ?? 0) }) {
-            throw .noAcknowledgement(operation: batch.operations[missing] ?? "a message")
-        }
-    }
-
-    /// Sends one request (a dump with NLM_F_DUMP, else a get with NLM_F_ACK) and
-    /// returns the data messages of the reply.
-    private static func request(
-        _ type: UInt32, family: UInt16, dump: Bool, socket: NetlinkSocket, operation: String,
-        payload: ((UnsafeMutablePointer<nlmsghdr>) -> Void)? = nil
-    ) throws(NetfilterError) -> [NetlinkMessage] {
-        let size = 1 << 16
-        let scratch = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 8)
-        defer { scratch.deallocate() }
-        scratch.initializeMemory(as: UInt8.self, repeating: 0, count: size)
-        let sequence = socket.nextSequence()
-        guard
-            let header = nftnl_nlmsg_build_hdr(
-                scratch.assumingMemoryBound(to: CChar.self), UInt16(truncatingIfNeeded: type), family,
-                UInt16(truncatingIfNeeded: dump ? NLM_F_DUMP : NLM_F_ACK), sequence)
-        else { throw .outOfMemory }
-        payload?(header)
-        let length = min(Int(header.pointee.nlmsg_len), size)
-        socket.drain()
-        try socket.send(Array(UnsafeRawBufferPointer(start: scratch, count: length)))
-        var result: [NetlinkMessage] = []
-        while true {
-            guard let messages = try socket.receive(timeoutMilliseconds: NetlinkSocket.replyTimeoutMilliseconds) else {
-                throw .noAcknowledgement(operation: operation)
-            }
-            for message in messages where message.sequence == sequence {
-                if message.flags & UInt16(NLM_F_DUMP_INTR) != 0 { throw .inconsistentDump }
-                switch Int32(message.type) {
-                case NLMSG_DONE:
-                    return result
-                case NLMSG_ERROR:
-                    let (code, text) = try message.errorPayload()
-                    if code == 0 { return result }
-                    let errno = code == Int32.min ? EIO : -code
-                    if errno == EPERM { throw .permissionDenied(operation: operation) }
-                    throw .rejected(operation: operation, errno: errno, kernelMessage: text)
-                case NLMSG_NOOP, NLMSG_OVERRUN:
-                    continue
-                default:
-                    result.append(message)
-                }
-            }
+            try batch.add(type, family: family, flags: flags, operation: describe(chunk.count), payload: .setElements(object))
         }
     }
 
@@ -329,23 +311,22 @@ public final class NetfilterClient: Sendable {
         return UInt32(message.type & 0xff)
     }
 
-    private static func generation(_ socket: NetlinkSocket) throws(NetfilterError) -> UInt32 {
-        let replies = try request(MessageType.getGeneration, family: 0, dump: false, socket: socket, operation: "reading the ruleset generation")
+    private static func generation(_ socket: NetfilterSocket) throws(NetfilterError) -> UInt32 {
+        let replies = try socket.request(MessageType.getGeneration, family: 0, dump: false, operation: "reading the ruleset generation")
         guard let reply = replies.first(where: { nftMessageType($0) == NFT_MSG_NEWGEN.rawValue }) else {
             throw .malformedReply("no generation in the reply to NFT_MSG_GETGEN")
         }
         return try ReplyParser.generation(reply)
     }
 
-    private static func readTable(named name: String, family: NFT.Family, socket: NetlinkSocket) throws(NetfilterError) -> LiveTable? {
+    private static func readTable(named name: String, family: NFT.Family, socket: NetfilterSocket) throws(NetfilterError) -> LiveTable? {
         let tableName = "table \(family) \(name)"
-        let nfproto = UInt16(family.protocolNumber)
+        let nfproto = family.protocolNumber
         let reference = try NFT.Table.nftnlReference(name: name, family: family)
         let replies: [NetlinkMessage]
         do throws(NetfilterError) {
-            replies = try request(MessageType.getTable, family: nfproto, dump: false, socket: socket, operation: "reading \(tableName)") {
-                nftnl_table_nlmsg_build_payload($0, reference.pointer)
-            }
+            replies = try socket.request(
+                MessageType.getTable, family: nfproto, dump: false, operation: "reading \(tableName)", payload: .table(reference))
         } catch .rejected(_, ENOENT, _) {
             return nil
         }
@@ -357,9 +338,8 @@ public final class NetfilterClient: Sendable {
         var table = LiveTable(family: family, name: name, handle: parsed.handle, comment: parsed.comment)
 
         // Sets, with their elements.
-        let setReplies = try request(MessageType.getSet, family: nfproto, dump: true, socket: socket, operation: "listing the sets of \(tableName)") {
-            nftnl_table_nlmsg_build_payload($0, reference.pointer)
-        }
+        let setReplies = try socket.request(
+            MessageType.getSet, family: nfproto, dump: true, operation: "listing the sets of \(tableName)", payload: .table(reference))
         for reply in setReplies where nftMessageType(reply) == MessageType.newSet {
             var (setTable, set) = try ReplyParser.set(reply)
             guard setTable == name else { continue }
@@ -368,16 +348,15 @@ public final class NetfilterClient: Sendable {
         }
 
         // Chains, then their rules in order.
-        let chainReplies = try request(MessageType.getChain, family: nfproto, dump: true, socket: socket, operation: "listing the chains of \(tableName)")
+        let chainReplies = try socket.request(MessageType.getChain, family: nfproto, dump: true, operation: "listing the chains of \(tableName)")
         for reply in chainReplies where nftMessageType(reply) == MessageType.newChain {
             let (chainTable, chain) = try ReplyParser.chain(reply)
             if chainTable == name { table.chains.append(chain) }
         }
         let ruleReference = try NftnlRule()
         _ = nftnl_rule_set_str(ruleReference.pointer, attribute(NFTNL_RULE_TABLE), name)
-        let ruleReplies = try request(MessageType.getRule, family: nfproto, dump: true, socket: socket, operation: "listing the rules of \(tableName)") {
-            nftnl_rule_nlmsg_build_payload($0, ruleReference.pointer)
-        }
+        let ruleReplies = try socket.request(
+            MessageType.getRule, family: nfproto, dump: true, operation: "listing the rules of \(tableName)", payload: .rule(ruleReference))
         for reply in ruleReplies where nftMessageType(reply) == MessageType.newRule {
             let (ruleTable, chain, rule) = try ReplyParser.rule(reply, family: family)
             guard ruleTable == name else { continue }
@@ -387,14 +366,13 @@ public final class NetfilterClient: Sendable {
         return table
     }
 
-    private static func set(named name: String, table: String, family: NFT.Family, socket: NetlinkSocket) throws(NetfilterError) -> LiveSet? {
+    private static func set(named name: String, table: String, family: NFT.Family, socket: NetfilterSocket) throws(NetfilterError) -> LiveSet? {
         let reference = try NFT.NamedSet.nftnlReference(name: name, table: table, family: family)
         let replies: [NetlinkMessage]
         do throws(NetfilterError) {
-            replies = try request(
-                MessageType.getSet, family: UInt16(family.protocolNumber), dump: false, socket: socket,
-                operation: "reading set \(name) in table \(family) \(table)"
-            ) { nftnl_set_nlmsg_build_payload($0, reference.pointer) }
+            replies = try socket.request(
+                MessageType.getSet, family: family.protocolNumber, dump: false, operation: "reading set \(name) in table \(family) \(table)",
+                payload: .set(reference))
         } catch .rejected(_, ENOENT, _) {
             return nil
         }
@@ -405,12 +383,11 @@ public final class NetfilterClient: Sendable {
         return nil
     }
 
-    private static func elementKeys(of set: String, table: String, family: NFT.Family, socket: NetlinkSocket) throws(NetfilterError) -> Set<[UInt8]> {
+    private static func elementKeys(of set: String, table: String, family: NFT.Family, socket: NetfilterSocket) throws(NetfilterError) -> Set<[UInt8]> {
         let reference = try NFT.NamedSet.nftnlReference(name: set, table: table, family: family)
-        let replies = try request(
-            MessageType.getSetElement, family: UInt16(family.protocolNumber), dump: true, socket: socket,
-            operation: "listing the elements of set \(set) in table \(family) \(table)"
-        ) { nftnl_set_elems_nlmsg_build_payload($0, reference.pointer) }
+        let replies = try socket.request(
+            MessageType.getSetElement, family: family.protocolNumber, dump: true,
+            operation: "listing the elements of set \(set) in table \(family) \(table)", payload: .setElements(reference))
         var keys = Set<[UInt8]>()
         for reply in replies where nftMessageType(reply) == MessageType.newSetElement {
             let parsed = try ReplyParser.setElements(reply)
@@ -419,6 +396,10 @@ public final class NetfilterClient: Sendable {
         }
         return keys
     }
+}
+
+private func removingDescription(_ count: Int, _ set: String, _ table: String, _ family: NFT.Family) -> String {
+    "removing \(elementCount(count)) from set \(set) in table \(family) \(table)"
 }
 
 private func elementCount(_ count: Int) -> String {

@@ -1,4 +1,5 @@
 import Glibc
+import LinuxNet
 
 /// Errors of the Netfilter module; each description says what failed and what to do.
 public enum NetfilterError: Error, CustomStringConvertible, Equatable, Sendable {
@@ -51,6 +52,47 @@ public enum NetfilterError: Error, CustomStringConvertible, Equatable, Sendable 
         case .rejected(_, let code, _), .system(_, let code): return code
         default: return nil
         }
+    }
+}
+
+extension NetfilterError {
+    /// The kernel's refusal of `operation`.
+    static func refused(_ operation: String, _ answer: NetlinkAcknowledgement) -> NetfilterError {
+        if answer.errno == EPERM { return .permissionDenied(operation: operation) }
+        return .rejected(operation: operation, errno: answer.errno, kernelMessage: answer.message)
+    }
+}
+
+/// How the shared netlink code reports its failures in this module's words.
+extension NetfilterError: NetlinkClientError {
+    /// The socket has no send timeout and receives report silence as no
+    /// answer, so this is only reached if the kernel stops taking requests.
+    package static var timeout: NetfilterError { .system(call: "sendto(netlink)", errno: ETIMEDOUT) }
+
+    package static func system(operation: String, errno: Int32) -> NetfilterError {
+        .system(call: operation, errno: errno)
+    }
+
+    package static func truncated(expected: Int, actual: Int) -> NetfilterError {
+        .malformedReply("truncated: needs \(expected) bytes, has \(actual)")
+    }
+
+    package static func malformed(_ why: String) -> NetfilterError { .malformedReply(why) }
+
+    package static func cannotOpen(protocolName: String, errno code: Int32) -> NetfilterError {
+        switch code {
+        case EPROTONOSUPPORT, EAFNOSUPPORT:
+            return .unavailable(detail: "no \(protocolName) sockets: \(errnoText(code)); nfnetlink is missing")
+        case EPERM, EACCES:
+            return .permissionDenied(operation: "opening a netfilter netlink socket")
+        default:
+            return .system(call: "socket(AF_NETLINK, \(protocolName))", errno: code)
+        }
+    }
+
+    package static func cannotSend(errno code: Int32) -> NetfilterError {
+        if code == EPERM || code == EACCES { return .permissionDenied(operation: "sending to nf_tables") }
+        return .system(call: "sendto(netlink)", errno: code)
     }
 }
 

@@ -1,38 +1,28 @@
+import LinuxNet
+
 /// Parses nf_tables replies without libnftnl.
 ///
 /// libnftnl's parsers call `exit()` ("nf_tables kernel ABI is broken") when an
 /// attribute fails validation, so kernel replies are never handed to them. This
-/// parser checks every length against the bytes present and throws on anything
-/// malformed; it reads only what the agent needs.
+/// parser reads attributes through LinuxNet's walker, which checks every length
+/// against the bytes present and throws on anything malformed; it reads only
+/// what the agent needs.
 
 /// Netlink attributes (TLVs) of one level, bounds-checked.
 struct Attributes {
-    private(set) var entries: [(type: UInt16, value: [UInt8])] = []
+    private(set) var entries: [NetlinkAttribute] = []
 
     /// No attributes.
     init() {}
 
     init(_ data: [UInt8]) throws(NetfilterError) {
-        var offset = 0
-        while offset < data.count {
-            guard data.count - offset >= 4 else {
-                throw .malformedReply("\(data.count - offset) stray bytes after the last attribute")
-            }
-            let length = Int(UInt16(data[offset]) | UInt16(data[offset + 1]) << 8)
-            let type = (UInt16(data[offset + 2]) | UInt16(data[offset + 3]) << 8) & 0x3fff  // without NLA_F_NESTED / NET_BYTEORDER
-            guard length >= 4, length <= data.count - offset else {
-                throw .malformedReply("attribute \(type) of length \(length) with \(data.count - offset) bytes left")
-            }
-            entries.append((type, Array(data[(offset + 4)..<(offset + length)])))
-            offset += min((length + 3) & ~3, data.count - offset)
-        }
+        entries = try NetlinkAttributes.list(in: data, as: NetfilterError.self)
     }
 
     /// The attributes after the `struct nfgenmsg` of an nf_tables message.
     init(message: NetlinkMessage) throws(NetfilterError) {
-        let payload = Array(message.payload)
-        guard payload.count >= 4 else { throw .malformedReply("nf_tables message without an nfgenmsg header") }
-        try self.init(Array(payload[4...]))
+        guard message.payload.count >= 4 else { throw .malformedReply("nf_tables message without an nfgenmsg header") }
+        try self.init(Array(message.payload[4...]))
     }
 
     var types: Set<UInt16> { Set(entries.map(\.type)) }

@@ -220,6 +220,34 @@ public enum NFT {
         }
     }
 
+    /// Elements to add to or remove from one set, as one step of
+    /// ``NetfilterClient/updateElements(_:inTable:family:)``.
+    public struct SetElementChange: Hashable, Sendable {
+        public enum Action: Hashable, Sendable {
+            case add
+            case remove
+        }
+
+        /// The name of the set, in the table the update applies to.
+        public var set: String
+        public var action: Action
+        public var elements: [SetElement]
+
+        public init(set: String, action: Action, elements: [SetElement]) {
+            self.set = set
+            self.action = action
+            self.elements = elements
+        }
+
+        public static func add(_ elements: [SetElement], to set: String) -> SetElementChange {
+            SetElementChange(set: set, action: .add, elements: elements)
+        }
+
+        public static func remove(_ elements: [SetElement], from set: String) -> SetElementChange {
+            SetElementChange(set: set, action: .remove, elements: elements)
+        }
+    }
+
     /// An IPv4 address; `rawValue` holds a.b.c.d as the number a·2²⁴ + b·2¹⁶ + c·2⁸ + d.
     public struct IPv4Address: Hashable, Sendable, Comparable, CustomStringConvertible {
         public var rawValue: UInt32

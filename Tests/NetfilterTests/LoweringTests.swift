@@ -1,5 +1,6 @@
 import CNetlink
 import Foundation
+import LinuxNet
 import Testing
 
 @testable import Netfilter
@@ -157,7 +158,7 @@ import Testing
         for family in [NFT.Family.inet, .ip] where !(family == .ip && expression.description.hasPrefix("ip6")) {
             let rule = NFT.Rule([expression], comment: "why")
             let object = try rule.makeNftnlRule(table: "t", chain: "c", family: family)
-            let message = try Wire.message(MessageType.newRule, family: family) { nftnl_rule_nlmsg_build_payload($0, object.pointer) }
+            let message = try Wire.message(MessageType.newRule, family: family, .rule(object))
             let parsed = try ReplyParser.rule(message, family: family)
             #expect(parsed.table == "t")
             #expect(parsed.chain == "c")
@@ -170,20 +171,20 @@ import Testing
     @Test func builtTablesChainsSetsAndElementsParseBack() throws {
         let table = CaptureRules.table(for: CaptureParameters(workloadCgroupLevels: [2], workloadCgroups: [2: [.init(7), .init(1 << 40)]]))
         let tableObject = try table.makeNftnlTable()
-        let tableMessage = try Wire.message(MessageType.newTable, family: .inet) { nftnl_table_nlmsg_build_payload($0, tableObject.pointer) }
+        let tableMessage = try Wire.message(MessageType.newTable, family: .inet, .table(tableObject))
         let parsedTable = try ReplyParser.table(tableMessage)
         #expect(parsedTable.name == "mesh_agent")
         #expect(parsedTable.comment == CaptureRules.tableComment)
 
         let chainObject = try table.chains[0].makeNftnlChain(table: table.name, family: .inet)
-        let chainMessage = try Wire.message(MessageType.newChain, family: .inet) { nftnl_chain_nlmsg_build_payload($0, chainObject.pointer) }
+        let chainMessage = try Wire.message(MessageType.newChain, family: .inet, .chain(chainObject))
         let (chainTable, chain) = try ReplyParser.chain(chainMessage)
         #expect(chainTable == "mesh_agent")
         #expect(chain.base == table.chains[0].base)
         #expect(chain.comment == nil)
 
         let setObject = try table.sets[0].makeNftnlSet(table: table.name, family: .inet, id: 1)
-        let setMessage = try Wire.message(MessageType.newSet, family: .inet) { nftnl_set_nlmsg_build_payload($0, setObject.pointer) }
+        let setMessage = try Wire.message(MessageType.newSet, family: .inet, .set(setObject))
         let (setTable, set) = try ReplyParser.set(setMessage)
         #expect(setTable == "mesh_agent")
         #expect(set.keyType == .cgroupsv2)
@@ -192,7 +193,7 @@ import Testing
         let elements = try NFT.NamedSet.nftnlReference(name: "workloads_l2", table: "mesh_agent", family: .inet)
         let keys = table.sets[0].elements.sorted().map(\.keyBytes)
         try elements.add(keys: keys)
-        let elementMessage = try Wire.message(MessageType.newSetElement, family: .inet) { nftnl_set_elems_nlmsg_build_payload($0, elements.pointer) }
+        let elementMessage = try Wire.message(MessageType.newSetElement, family: .inet, .setElements(elements))
         let parsedElements = try ReplyParser.setElements(elementMessage)
         #expect(parsedElements.set == "workloads_l2")
         #expect(parsedElements.keys == keys)
@@ -248,14 +249,8 @@ extension NFT.Expression: CustomTestStringConvertible {
 
 /// Builds an nf_tables message with libnftnl, as the client sends it.
 enum Wire {
-    static func message(_ type: UInt32, family: NFT.Family, _ payload: (UnsafeMutablePointer<nlmsghdr>) -> Void) throws -> NetlinkMessage {
-        let size = 1 << 16
-        let buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 8)
-        defer { buffer.deallocate() }
-        buffer.initializeMemory(as: UInt8.self, repeating: 0, count: size)
-        let header = try #require(nftnl_nlmsg_build_hdr(buffer.assumingMemoryBound(to: CChar.self), UInt16(type), UInt16(family.protocolNumber), 0, 1))
-        payload(header)
-        let messages = try NetlinkMessage.parse(UnsafeRawBufferPointer(start: buffer, count: Int(header.pointee.nlmsg_len)))
-        return try #require(messages.first)
+    static func message(_ type: UInt32, family: NFT.Family, _ payload: NftnlPayload) throws -> NetlinkMessage {
+        let bytes = try NftnlEncoder().message(type, family: family.protocolNumber, flags: 0, sequence: 1, payload: payload)
+        return try #require(try NetlinkMessage.split(bytes, as: NetfilterError.self).first)
     }
 }

@@ -184,15 +184,7 @@ import Testing
     }
 
     func parse(_ bytes: [UInt8]) throws(NetfilterError) -> [NetlinkMessage] {
-        var result: Result<[NetlinkMessage], NetfilterError> = .success([])
-        bytes.withUnsafeBytes { raw in
-            do throws(NetfilterError) {
-                result = .success(try NetlinkMessage.parse(raw))
-            } catch {
-                result = .failure(error)
-            }
-        }
-        return try result.get()
+        try NetlinkMessage.split(bytes, as: NetfilterError.self)
     }
 
     @Test func truncatedOrInconsistentDatagramsThrow() throws {
@@ -208,20 +200,20 @@ import Testing
 
     @Test func errorMessagesAreReadWithinBounds() throws {
         let short = try parse(header(length: 18, type: 2) + [0xff, 0xff, 0, 0])
-        #expect(throws: NetfilterError.self) { try short[0].errorPayload() }
+        #expect(throws: NetfilterError.self) { try short[0].acknowledgement(as: NetfilterError.self) }
         // -ENOENT, the original header, then an extended-ack message attribute.
         let text = Array("no such set".utf8) + [0]
         let attribute = hostBytes(UInt16(4 + text.count)) + hostBytes(UInt16(1)) + text + [0, 0, 0, 0].prefix((4 - (4 + text.count) % 4) % 4)
         let body = hostBytes(Int32(-ENOENT)) + header(length: 16) + attribute
         let message = try parse(header(length: UInt32(16 + body.count), type: 2, flags: 0x300) + body)
-        let (code, kernelMessage) = try message[0].errorPayload()
-        #expect(code == -ENOENT)
-        #expect(kernelMessage == "no such set")
+        let answer = try message[0].acknowledgement(as: NetfilterError.self)
+        #expect(answer.errno == ENOENT)
+        #expect(answer.message == "no such set")
         // An attribute claiming more bytes than there are is ignored, not read.
         let bad = hostBytes(Int32(-EINVAL)) + header(length: 16) + hostBytes(UInt16(200)) + hostBytes(UInt16(1))
         let badMessage = try parse(header(length: UInt32(16 + bad.count), type: 2, flags: 0x300) + bad)
-        let (_, noMessage) = try badMessage[0].errorPayload()
-        #expect(noMessage == nil)
+        let badAnswer = try badMessage[0].acknowledgement(as: NetfilterError.self)
+        #expect(badAnswer.message == nil)
     }
 
     @Test func garbageNeverCrashesTheParsers() throws {
@@ -243,7 +235,7 @@ import Testing
             let type = [MessageType.newTable, MessageType.newChain, MessageType.newRule, MessageType.newSet, MessageType.newSetElement, NFT_MSG_NEWGEN.rawValue][round % 6]
             let bytes = header(length: UInt32(16 + payloadLength), type: MessageType.subsystem | UInt16(type)) + payload
             guard let message = try? parse(bytes).first else { continue }
-            _ = try? message.errorPayload()
+            _ = try? message.acknowledgement(as: NetfilterError.self)
             if (try? ReplyParser.table(message)) != nil { parsedSome += 1 }
             _ = try? ReplyParser.chain(message)
             _ = try? ReplyParser.set(message)
