@@ -166,18 +166,26 @@ package final class NetlinkSocket<Failure: NetlinkClientError>: Sendable {
     /// `buffer` and returns its length; nil if none came in time. Datagrams
     /// from other sockets (port id not 0) are dropped: only the kernel answers.
     private func receive(into buffer: UnsafeMutableRawBufferPointer, timeout: Duration) throws(Failure) -> Int? {
-        let deadline = ContinuousClock.now.advanced(by: timeout)
+        var deadline: ContinuousClock.Instant?
+        // The kernel answers most requests while the send is still in the
+        // system call, so the reply is usually queued already: read first, and
+        // wait only when nothing is there.
+        var readable = true
         while true {
-            let remaining = ContinuousClock.now.duration(to: deadline)
-            guard remaining > .zero else { return nil }
-            var descriptor = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&descriptor, 1, milliseconds(remaining))
-            if ready < 0 {
-                let code = errno
-                if code == EINTR { continue }
-                throw Failure.system(operation: "poll(netlink)", errno: code)
+            if !readable {
+                let end = deadline ?? ContinuousClock.now.advanced(by: timeout)
+                deadline = end
+                let remaining = ContinuousClock.now.duration(to: end)
+                guard remaining > .zero else { return nil }
+                var descriptor = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                let ready = poll(&descriptor, 1, milliseconds(remaining))
+                if ready < 0 {
+                    let code = errno
+                    if code == EINTR { continue }
+                    throw Failure.system(operation: "poll(netlink)", errno: code)
+                }
+                if ready == 0 { continue }  // rounded up to whole milliseconds: the deadline has passed
             }
-            if ready == 0 { continue }  // rounded up to whole milliseconds: the deadline has passed
             var from = sockaddr_nl()
             var fromLength = socklen_t(MemoryLayout<sockaddr_nl>.size)
             let received = withUnsafeMutablePointer(to: &from) { address in
@@ -188,7 +196,11 @@ package final class NetlinkSocket<Failure: NetlinkClientError>: Sendable {
             }
             if received < 0 {
                 let code = errno
-                if code == EINTR || code == EAGAIN || code == EWOULDBLOCK { continue }
+                if code == EINTR { continue }
+                if code == EAGAIN || code == EWOULDBLOCK {
+                    readable = false
+                    continue
+                }
                 throw Failure.system(operation: "recvfrom", errno: code)
             }
             guard from.nl_pid == 0 else { continue }
