@@ -92,18 +92,35 @@ struct RulesCommand: ParsableCommand {
 struct ReloadCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "reload",
-        abstract: "Re-read the config and policies (the same as SIGHUP); the agent's log says what changed or why it refused."
+        abstract: "Re-read the config and policies (the same as SIGHUP) and say how it went; exit 1 when anything was refused."
     )
 
     @OptionGroup var connection: AgentConnection
 
     func run() throws {
+        let outcome: ReloadOutcome
+        let raw: Data
         do {
-            _ = try connection.client.post("/v1/reload")
+            raw = try connection.client.post("/v1/reload")
+            outcome = try JSONDecoder().decode(ReloadOutcome.self, from: raw)
         } catch {
             printError("\(error)")
             throw ExitCode.failure
         }
-        print("reload requested; the agent's log (journalctl -u mesh-agent) says what changed, or why the new files were refused")
+        if connection.output == .json {
+            print(String(decoding: raw, as: UTF8.self))
+        } else if outcome.config == "applied" {
+            print("reloaded: \(outcome.workloads) workload(s), policy generation \(outcome.policyGeneration)")
+            if !outcome.restartRequired.isEmpty {
+                print("changed, but applied only on restart: \(outcome.restartRequired.joined(separator: ", "))")
+            }
+            for error in outcome.errors {
+                printError("policies refused, the previous ones stay in force: \(error)")
+            }
+        } else {
+            printError("reload refused, the running configuration stays in force:")
+            for error in outcome.errors { printError(error) }
+        }
+        if outcome.config != "applied" || !outcome.errors.isEmpty { throw ExitCode.failure }
     }
 }

@@ -2,6 +2,8 @@ import Agent
 import ArgumentParser
 import Foundation
 import Logging
+import Metrics
+import Prometheus
 
 @main
 struct MeshAgentCommand: AsyncParsableCommand {
@@ -30,8 +32,12 @@ struct MeshAgentCommand: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "mesh-agent")
+        // Modules make their metrics through swift-metrics; the process
+        // chooses the backend, once: Prometheus, shown on /metrics.
+        let metrics = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metrics))
         do {
-            try await MeshAgent(configPath: config, logger: logger).run()
+            try await MeshAgent(configPath: config, metrics: metrics, logger: logger).run()
         } catch {
             logger.critical("\(error)")
             throw ExitCode(AgentExitCode.for(error))

@@ -76,12 +76,19 @@ def test_rules_shows_the_live_table_and_its_drift_and_reload_applies_a_new_confi
     wait_for(lambda: agent.ctl("rules", check=False).returncode == 0, timeout=20, what="the agent to repair its table")
     assert "intruder" not in topology.nft("list", "table", "inet", "mesh_agent").stdout
 
-    # agentctl reload is SIGHUP: a workload added to the file appears.
+    # agentctl reload does what SIGHUP does, and answers once it is done: a
+    # workload added to the file is there when it returns.
     cgroups.make("added")
     agent.write_config(workloads + [{"name": "added", "cgroup": cgroups.path("added")}])
-    assert "reload requested" in agent.ctl("reload").stdout
-    wait_for(lambda: json.loads(agent.ctl("status", "-o", "json").stdout)["workloads"] == 2, timeout=10,
-             what="the reloaded config's second workload")
+    assert "reloaded: 2 workload(s)" in agent.ctl("reload").stdout
+    assert json.loads(agent.ctl("status", "-o", "json").stdout)["workloads"] == 2
+    # A config that does not validate is refused, with the reason, and exit 1.
+    good = agent.config_path.read_text()
+    agent.config_path.write_text(good + "bogusKey: 1\n")
+    refused = agent.ctl("reload", check=False)
+    assert refused.returncode == 1 and "bogusKey" in refused.stderr and "stays in force" in refused.stderr, refused
+    agent.config_path.write_text(good)
+    assert json.loads(agent.ctl("status", "-o", "json").stdout)["workloads"] == 2
 
 
 def test_the_admin_api_refuses_other_users_even_when_its_socket_file_lets_them_in(topology, cgroups, make_agent):

@@ -1,0 +1,177 @@
+import Foundation
+import Identity
+import LinuxNet
+import Logging
+import NIOCore
+import NIOPosix
+import Netfilter
+import Policy
+import Prometheus
+import Proxy
+import TLS
+import Workloads
+
+/// The agent's parts, built from the config before any socket is bound, in the
+/// order they depend on each other; started in that order and stopped in
+/// reverse.
+///
+/// Order matters. Listeners are bound before the capture rules exist (a
+/// redirected connection to an unbound port would be refused), and on shutdown
+/// the rules go first in `failureMode: open` (new connections flow uncaptured)
+/// but stay in `closed` (nothing leaves a workload unprotected).
+struct AgentServices {
+    let config: AgentConfig
+    let configPath: String
+    let logger: Logger
+    let systemd: SystemdNotifier
+    let group: MultiThreadedEventLoopGroup
+    let netfilter: NetfilterClient
+    let registry: WorkloadRegistry
+    let destinations: NodeDestinations
+    let accessLog: AccessLogWriter
+    let trustBundle: TrustBundleWatcher
+    let svids: SVIDManager
+    /// The agent's own identity: the tunnel server answers as it.
+    let agentIdentity: SpiffeID
+    let connections: ConnectionTracker
+    let state: AgentState
+    let authorizer: InboundAuthorizer
+    let enforcement: PolicyEnforcement
+    let listeners: Listeners
+    /// The admin API, then Prometheus and the readiness probe; made once the
+    /// parts they show exist.
+    private(set) var servers: [AdminServer] = []
+
+    /// Reads the config and the policies, finds the kernel facilities, and
+    /// makes every part. Nothing is bound or installed yet.
+    static func build(configPath: String, events: ControlEvents, metrics: PrometheusCollectorRegistry, logger: Logger) throws -> AgentServices {
+        let config = try AgentConfig.load(path: configPath)
+        let policies = try PolicyLoader.load(directory: config.policyDir, rootNamespace: config.rootNamespace, defaultMode: config.mtlsMode)
+        try policies.check(against: config.workloads)
+        PolicyEnforcement.log(policies, from: config.policyDir, logger: logger)
+
+        let mount = try CgroupV2Mount.discover()
+        logger.info("cgroup v2 is mounted at \(mount.path)")
+        let netfilter = try NetfilterClient()
+        let sockDiag = try SockDiagClient()
+        let conntrack = openConntrack(logger: logger)
+        let registry = WorkloadRegistry(mount: mount, logger: logger)
+        registry.update(config.workloads, from: .config)
+        let accessLog = try AccessLogWriter(path: config.accessLog, limit: config.accessLogLimit)
+        let trustBundle = try TrustBundleWatcher(path: config.ca.trustBundle, logger: logger)
+        let svids = SVIDManager(issuer: try loadAuthority(config), lifetime: config.certificateTTL, logger: logger)
+        let agentIdentity = try config.agentIdentity
+        svids.setIdentities(registry.presentIdentities.union([agentIdentity]))
+        let workloadTLS = WorkloadTLS(svids: svids, bundle: { trustBundle.bundle }, acceptedTrustDomains: [config.trustDomain])
+
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        let connections = ConnectionTracker(maximum: config.limits.maxConnections)
+        let state = AgentState(policy: PolicyStatus(generation: 1, loadedAt: Date().timeIntervalSince1970, directory: config.policyDir, policies: policies))
+        let authorizer = InboundAuthorizer(
+            AuthorizationSnapshot(
+                generation: 1, policies: policies.authorization, requestAuthentication: policies.requestAuthentication,
+                peerAuthentication: policies.peerAuthentication, workloads: registry.members.map(\.workload)))
+        let enforcement = PolicyEnforcement(state: state, authorizer: authorizer, connections: connections, registry: registry, logger: logger)
+        let destinations = NodeDestinations(registry: registry, agentPorts: config.ports.all, logger: logger)
+        let listeners = Listeners(
+            config: config, group: group, workloadTLS: workloadTLS, agentIdentity: agentIdentity,
+            identifier: CgroupSourceIdentifier(sockDiag: sockDiag, conntrack: conntrack, registry: registry), destinations: destinations,
+            accessLog: accessLog, connections: connections, authorizer: authorizer, logger: logger)
+
+        var services = AgentServices(
+            config: config, configPath: configPath, logger: logger, systemd: SystemdNotifier(), group: group, netfilter: netfilter, registry: registry,
+            destinations: destinations, accessLog: accessLog, trustBundle: trustBundle, svids: svids, agentIdentity: agentIdentity,
+            connections: connections, state: state, authorizer: authorizer, enforcement: enforcement, listeners: listeners)
+        services.servers = AdminRoutes.servers(for: services, events: events, metrics: metrics)
+        return services
+    }
+
+    /// Binds the admin API, the metrics and readiness servers and the
+    /// listeners, then installs the capture table, replacing any stale one.
+    /// A step that fails undoes the ones before it.
+    func start() async throws -> Capture {
+        var capture = Capture(
+            config: config, registry: registry, netfilter: netfilter, peerAuthentication: state.current.peerAuthentication, logger: logger)
+        do {
+            for server in servers { try await server.start() }
+            try await listeners.start()
+            try capture.install()
+        } catch {
+            await stopServing()
+            throw error
+        }
+        state.publish(capture)
+        state.update { $0.ready = true }
+        logger.info("mesh-agent ready: node \(config.node), trust domain \(config.trustDomain), \(registry.members.count) workload(s), table inet \(capture.parameters.tableName)")
+        notify(["READY=1", "STATUS=ready: \(registry.members.count) workload(s), capture installed"])
+        return capture
+    }
+
+    /// Stops in reverse. In failureMode open, new connections stop being
+    /// captured first; the table itself goes only after the drain, because
+    /// unregistering its nat hook makes the kernel drop the NAT state of the
+    /// connections still being proxied.
+    func drain(capture: inout Capture, config: AgentConfig) async {
+        if config.failureMode == .open {
+            capture.stopCapturing()
+        } else {
+            logger.info("failureMode closed: leaving table inet \(capture.parameters.tableName) in place; workload traffic stays captured until the agent is back")
+        }
+        await listeners.stopAccepting()
+        await waitForConnections(upTo: config.drainTimeout)
+        if config.failureMode == .open {
+            capture.remove()
+        }
+        await stopServing()
+        // Lines of the loops' last tick, if their scheduled write did not run.
+        accessLog.flush()
+        logger.info("mesh-agent stopped")
+    }
+
+    /// Open connections get up to `drainTimeout` to finish; then they are closed.
+    private func waitForConnections(upTo drainTimeout: Duration) async {
+        let open = connections.count
+        guard open > 0 else { return }
+        logger.info("waiting up to \(drainTimeout) for \(open) connection(s) to finish")
+        let clock = ContinuousClock()
+        let deadline = clock.now + drainTimeout
+        while connections.count > 0, clock.now < deadline {
+            try? await Task.sleep(for: .milliseconds(50))
+        }
+        guard connections.count > 0 else { return }
+        logger.warning("drain deadline passed: closing \(connections.count) connection(s)")
+        connections.closeAll()
+        while connections.count > 0, clock.now < deadline + .seconds(5) {
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+    }
+
+    private func stopServing() async {
+        await listeners.stopAccepting()
+        for server in servers.reversed() { await server.stop() }
+        try? await group.shutdownGracefully()
+    }
+
+    func notify(_ fields: [String]) {
+        if let error = systemd.notify(fields) {
+            logger.warning("\(error)")
+        }
+    }
+
+    /// Conntrack recovers a client's port that NAT changed; without it (no
+    /// nf_conntrack_netlink) such a rare connection is refused rather than
+    /// misattributed, and the agent says so once.
+    static func openConntrack(logger: Logger) -> ConntrackClient? {
+        do {
+            return try ConntrackClient()
+        } catch {
+            logger.warning("conntrack lookups unavailable (\(error)); a workload connection whose source port NAT had to change will be refused")
+            return nil
+        }
+    }
+
+    /// The node CA that signs this node's workload certificates.
+    static func loadAuthority(_ config: AgentConfig) throws -> LocalCA {
+        try LocalCA(certificatePath: config.ca.certificate, keyPath: config.ca.key, trustDomain: config.trustDomain)
+    }
+}

@@ -1,0 +1,96 @@
+import Dispatch
+import Foundation
+import NIOCore
+
+/// What the control loop acts on, one at a time: the periodic tick, signals,
+/// and requests from the admin API.
+enum ControlEvent: Sendable {
+    case tick
+    /// Re-read the config and the policies: SIGHUP (no one waits), or
+    /// `agentctl reload`, which waits for the outcome.
+    case reload(EventLoopPromise<ReloadOutcome>?)
+    /// SIGUSR1: logrotate moved the access log.
+    case reopenLogs
+    case terminate(signal: String)
+}
+
+/// How a reload went, as `agentctl reload` reports it.
+public struct ReloadOutcome: Codable, Equatable, Sendable {
+    /// "applied", or "refused" when the config file did not validate (the
+    /// running config stays).
+    public var config: String
+    /// Why the config or the policies were refused, `file:line: reason` each.
+    public var errors: [String]
+    /// Settings that changed in the file but take effect only on restart.
+    public var restartRequired: [String]
+    public var workloads: Int
+    public var policyGeneration: Int
+
+    enum CodingKeys: String, CodingKey {
+        case config, errors, workloads
+        case restartRequired = "restart_required"
+        case policyGeneration = "policy_generation"
+    }
+}
+
+/// The control loop's inbox: signals and a timer feed it from Dispatch, and
+/// the admin API posts reload requests to it.
+struct ControlEvents: Sendable {
+    let stream: AsyncStream<ControlEvent>
+    private let continuation: AsyncStream<ControlEvent>.Continuation
+
+    /// Takes over SIGTERM, SIGINT, SIGHUP and SIGUSR1 at once, so that a
+    /// signal that arrives while the agent starts waits in the stream instead
+    /// of being lost between ignoring the default action and watching for it.
+    init(tickEvery interval: Duration) {
+        let (stream, continuation) = AsyncStream.makeStream(of: ControlEvent.self)
+        self.stream = stream
+        self.continuation = continuation
+        let queue = DispatchQueue(label: "mesh-agent.signals")
+        var sources: [DispatchSourceProtocol] = []
+        for (number, name) in [(SIGTERM, "SIGTERM"), (SIGINT, "SIGINT"), (SIGHUP, "SIGHUP"), (SIGUSR1, "SIGUSR1")] {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: queue)
+            source.setEventHandler {
+                switch number {
+                case SIGHUP: continuation.yield(.reload(nil))
+                case SIGUSR1: continuation.yield(.reopenLogs)
+                default: continuation.yield(.terminate(signal: name))
+                }
+            }
+            source.resume()
+            sources.append(source)
+        }
+        let timer = DispatchSource.makeTimerSource(queue: queue)
+        let milliseconds = Int(interval.components.seconds * 1000 + interval.components.attoseconds / 1_000_000_000_000_000)
+        timer.schedule(deadline: .now() + .milliseconds(milliseconds), repeating: .milliseconds(milliseconds))
+        timer.setEventHandler { continuation.yield(.tick) }
+        timer.resume()
+        sources.append(timer)
+        let retained = DispatchSources(sources)
+        continuation.onTermination = { _ in retained.cancel() }
+    }
+
+    /// Asks the control loop to reload and waits for the outcome. Blocking:
+    /// for the admin API's thread pool, never an event loop.
+    func reload(on eventLoop: EventLoop) throws -> ReloadOutcome {
+        let promise = eventLoop.makePromise(of: ReloadOutcome.self)
+        guard case .enqueued = continuation.yield(.reload(promise)) else {
+            promise.fail(AgentError.shuttingDown)
+            return try promise.futureResult.wait()
+        }
+        return try promise.futureResult.wait()
+    }
+
+    func finish() {
+        continuation.finish()
+    }
+}
+
+/// Keeps the signal and timer sources alive for as long as the event stream is
+/// consumed; Dispatch sources are thread-safe but not marked Sendable.
+private final class DispatchSources: @unchecked Sendable {
+    private let sources: [DispatchSourceProtocol]
+    init(_ sources: [DispatchSourceProtocol]) { self.sources = sources }
+    func cancel() { sources.forEach { $0.cancel() } }
+}

@@ -1,0 +1,75 @@
+import Policy
+import Logging
+import NIOCore
+
+/// The agent's control loop: one event at a time, in one task, so the state it
+/// changes (the capture table, the config in force) needs no lock. The work
+/// of a tick is in `PeriodicJobs.swift`, that of a reload in `Reload.swift`.
+struct ControlLoop {
+    /// How often cgroups are looked for and the live table checked against the desired one.
+    static let tickInterval: Duration = .seconds(1)
+    /// The live table is compared with the desired one every this many ticks.
+    static let driftCheckEvery = 10
+
+    let services: AgentServices
+    /// The config in force: the one the agent started with, as reloads changed it.
+    var config: AgentConfig
+    var capture: Capture
+    var ticks = 0
+    /// The policy files and the JWKS files they name, as last read: a change
+    /// to either reloads the policies.
+    var policyFingerprint: [String] = []
+    var agentMetrics = AgentMetrics()
+    var logger: Logger { services.logger }
+
+    init(services: AgentServices, capture: Capture) {
+        self.services = services
+        self.config = services.config
+        self.capture = capture
+        policyFingerprint = currentPolicyFingerprint()
+        updateMetrics()
+    }
+
+    /// Handles events until SIGTERM or SIGINT. A reload still waiting when the
+    /// loop ends is answered with an error, never left hanging.
+    mutating func run(_ events: ControlEvents) async {
+        for await event in events.stream {
+            switch event {
+            case .tick:
+                await tick()
+            case .reload(let promise):
+                let outcome = reload()
+                promise?.succeed(outcome)
+            case .reopenLogs:
+                reopenLogs()
+            case .terminate(let signal):
+                logger.info("received \(signal): draining")
+                services.notify(["STOPPING=1", "STATUS=draining \(services.connections.count) connection(s)"])
+                services.state.update { $0.ready = false }
+                events.finish()
+                for await late in events.stream {
+                    if case .reload(let promise?) = late { promise.fail(AgentError.shuttingDown) }
+                }
+                return
+            }
+        }
+    }
+
+    /// SIGUSR1, after logrotate moved the access log away.
+    private func reopenLogs() {
+        do {
+            try services.accessLog.reopen()
+            logger.info("reopened the access log \(services.accessLog.path) (SIGUSR1)")
+        } catch {
+            logger.error("\(error); access log lines keep going to the file that was open")
+        }
+    }
+
+    func currentPolicyFingerprint() -> [String] {
+        PolicyLoader.fingerprint(directory: config.policyDir, extraFiles: services.state.current.policy.policies.requestAuthentication.jwksFiles)
+    }
+
+    mutating func updateMetrics() {
+        agentMetrics.update(connections: services.connections.count, registry: services.registry, certificates: services.svids.statuses())
+    }
+}

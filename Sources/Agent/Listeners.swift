@@ -1,0 +1,58 @@
+import Identity
+import Logging
+import NIOCore
+import Proxy
+import TLS
+import Workloads
+
+/// The agent's listeners, made from the config, started together before
+/// capture exists and stopped together when it drains.
+struct Listeners {
+    let outbound: OutboundProxy
+    let tunnel: TunnelServer
+    let inboundPlaintext: InboundPlaintextProxy
+
+    init(
+        config: AgentConfig, group: EventLoopGroup, workloadTLS: WorkloadTLS, agentIdentity: SpiffeID, identifier: SourceIdentifier,
+        destinations: LocalDestinations, accessLog: AccessLogSink, connections: ConnectionTracker, authorizer: InboundAuthorizer, logger: Logger
+    ) {
+        let connectTimeout = config.limits.connectTimeout.timeAmount
+        // The source agent presents the workload's certificate and accepts only an
+        // agent at the other end; the destination agent answers as itself.
+        let tunnelClient = TunnelClient(
+            configuration: .init(tunnelPort: config.ports.tunnel, mark: config.mark, connectTimeout: connectTimeout), group: group,
+            clientContext: { source in try workloadTLS.context(for: source, role: .client, expectedPeer: agentIdentity) }, logger: logger)
+        outbound = OutboundProxy(
+            configuration: .init(port: config.ports.outbound, mark: config.mark, connectTimeout: connectTimeout, meshNetworks: config.meshNetworks),
+            group: group, identifier: identifier, destinations: destinations, accessLog: accessLog, connections: connections, tunnel: tunnelClient,
+            authorizer: authorizer, logger: logger)
+        tunnel = TunnelServer(
+            configuration: .init(port: config.ports.tunnel, mark: config.mark, connectTimeout: connectTimeout), group: group,
+            serverContext: { try workloadTLS.context(for: agentIdentity, role: .server) }, destinations: destinations, accessLog: accessLog,
+            connections: connections, authorizer: authorizer, logger: logger)
+        inboundPlaintext = InboundPlaintextProxy(
+            configuration: .init(port: config.ports.inboundPlaintext, mark: config.mark, connectTimeout: connectTimeout), group: group,
+            destinations: destinations, accessLog: accessLog, connections: connections, authorizer: authorizer, logger: logger)
+    }
+
+    func start() async throws {
+        try await tunnel.start()
+        try await inboundPlaintext.start()
+        try await outbound.start()
+    }
+
+    func stopAccepting() async {
+        await outbound.stopAccepting()
+        await inboundPlaintext.stopAccepting()
+        await tunnel.stopAccepting()
+        // Pooled peer connections would otherwise keep bringing new streams.
+        tunnel.drain()
+    }
+}
+
+extension Duration {
+    var timeAmount: TimeAmount {
+        let (seconds, attoseconds) = components
+        return .nanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
+    }
+}

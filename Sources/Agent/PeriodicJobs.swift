@@ -1,0 +1,46 @@
+/// What the control loop does every tick (one second): follow the policy
+/// files, the workloads' cgroups and the node's addresses, keep certificates
+/// and the capture table current, and tell systemd the agent is alive.
+extension ControlLoop {
+    mutating func tick() async {
+        ticks += 1
+        reloadPoliciesIfTheirFilesChanged()
+        let registry = services.registry
+        registry.rescan()
+        capture.sync()
+        services.state.publish(capture)
+        services.destinations.refreshAddresses()
+        services.svids.setIdentities(registry.presentIdentities.union([services.agentIdentity]))
+        if services.trustBundle.poll() != nil {
+            services.svids.renewAll(because: "the trust bundle \(services.trustBundle.path) changed")
+        }
+        services.svids.tick()
+        updateMetrics()
+        services.accessLog.writeDropSummary()
+        if ticks % Self.driftCheckEvery == 0 {
+            capture.reconcile()
+            services.state.publish(capture)
+        }
+        await pingWatchdog()
+    }
+
+    /// Policy files are watched: an edit applies within a tick, without SIGHUP.
+    private mutating func reloadPoliciesIfTheirFilesChanged() {
+        guard currentPolicyFingerprint() != policyFingerprint else { return }
+        logger.info("policy files in \(config.policyDir) changed: reloading them")
+        services.enforcement.reload(config: config, capture: &capture)
+        services.state.publish(capture)
+        // Taken again: a reload may have changed which JWKS files are named.
+        policyFingerprint = currentPolicyFingerprint()
+    }
+
+    /// Alive means the control loop runs and every event loop answers; a
+    /// wedged loop stops the pings and systemd restarts the agent.
+    private func pingWatchdog() async {
+        guard services.systemd.watchdogInterval != nil else { return }
+        for eventLoop in services.group.makeIterator() {
+            try? await eventLoop.submit {}.get()
+        }
+        services.notify(["WATCHDOG=1"])
+    }
+}
