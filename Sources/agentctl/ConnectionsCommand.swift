@@ -1,7 +1,6 @@
 import Agent
 import ArgumentParser
 import Foundation
-import Workloads
 
 struct ConnectionsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

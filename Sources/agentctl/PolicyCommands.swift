@@ -2,7 +2,6 @@ import Agent
 import ArgumentParser
 import Foundation
 import Policy
-import Workloads
 
 struct PoliciesCommand: ParsableCommand {
     static let configuration = CommandConfiguration(

@@ -1,6 +1,5 @@
 import NIOCore
 import Policy
-import Workloads
 
 /// One authorization decision with 10 and with 10,000 policies loaded: the cost
 /// the data path pays per connection (L4) and per request (L7), and the

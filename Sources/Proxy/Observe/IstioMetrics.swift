@@ -1,6 +1,5 @@
 import Metrics
 import NIOConcurrencyHelpers
-import Workloads
 
 /// Istio's standard TCP metrics, with its names and labels, so that Istio's
 /// Grafana dashboards read the agent's numbers unchanged. Label values come

@@ -220,18 +220,6 @@ extension SpliceHandler {
     }
 }
 
-/// Completes a proxied connection once its upstream is connected (its handler
-/// already in place): the client side joins the splice, and when both channels
-/// have closed the connection is logged with its byte counts.
-func completeSplice(
-    client: Channel, upstream: Channel, handlers: NIOLoopBound<SplicePair>, entry: AccessLogEntry, started: NIODeadline,
-    accessLog: AccessLogSink, tracker: ConnectionTracker, closed: @escaping @Sendable () -> Void
-) throws {
-    try completeProxy(
-        client: client, upstream: upstream, carrier: .splice(handlers), entry: entry, started: started, accessLog: accessLog, tracker: tracker,
-        closed: closed)
-}
-
 /// Completes a proxied connection carried by `carrier` once its upstream is
 /// connected: the client side gets its handlers, the connection is tracked
 /// (with what policy needs to check it again after a reload), and when both

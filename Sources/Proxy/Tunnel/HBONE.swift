@@ -71,7 +71,6 @@ public enum HBONE {
         case ok = 200
         case badRequest = 400
         case forbidden = 403
-        case badGateway = 502
         case serviceUnavailable = 503
     }
 

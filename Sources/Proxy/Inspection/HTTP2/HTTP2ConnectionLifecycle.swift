@@ -1,6 +1,5 @@
 import NIOCore
 import NIOHTTP2
-import Workloads
 
 /// When the two HTTP/2 connections of an inspected connection end. The
 /// workload's going away (GOAWAY, or its connection closing) sends the client

@@ -1,7 +1,6 @@
 import NIOCore
 import NIOHPACK
 import NIOHTTP2
-import Workloads
 
 /// HTTP/2 on an inspected connection (gRPC, or any client speaking HTTP/2 with
 /// prior knowledge). The client's HTTP/2 connection ends at the agent; each of

@@ -1,6 +1,5 @@
 import NIOCore
 import NIOHTTP2
-import Workloads
 
 /// What the streams of one inspected HTTP/2 connection share: the inspector,
 /// the log, the byte counters, the workload's connection to open streams on,

@@ -1,7 +1,6 @@
 import NIOCore
 import NIOHPACK
 import NIOHTTP2
-import Workloads
 
 /// The client's side of one stream: decides its request, answers it or opens a
 /// stream to the workload for it, relays frames both ways with back-pressure,

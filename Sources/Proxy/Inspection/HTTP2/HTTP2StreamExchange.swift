@@ -1,6 +1,5 @@
 import NIOCore
 import NIOHTTP2
-import Workloads
 
 /// Where one stream stands, from its request's HEADERS until both directions
 /// have ended. An allowed request is relayed between the client's stream and a
