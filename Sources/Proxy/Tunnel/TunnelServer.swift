@@ -220,106 +220,21 @@ extension TunnelServer {
     }
 }
 
-/// Watches one peer connection: closes it after `idleTimeout` without open
-/// streams, and reports why connections end (failed handshakes, HTTP/2 errors).
-final class TunnelConnectionMonitor: ChannelInboundHandler {
-    typealias InboundIn = Never
-    typealias OutboundOut = HTTP2Frame
-
-    /// The agent is draining: send GOAWAY, and close once no stream is open.
-    struct Drain {}
-
-    private let idleTimeout: TimeAmount
-    private let logger: Logger
-    private let metrics: TunnelServerMetrics
-    private var openStreams = 0
-    private var idleTimer: Scheduled<Void>?
-    /// The highest stream the peer opened: a GOAWAY naming it lets those finish
-    /// and refuses any later one.
-    private var lastStream = HTTP2StreamID(0)
-    private var draining = false
-
-    init(idleTimeout: TimeAmount, logger: Logger, metrics: TunnelServerMetrics) {
-        self.idleTimeout = idleTimeout
-        self.logger = logger
-        self.metrics = metrics
-    }
-
-    private var context: ChannelHandlerContext?
-
-    func handlerAdded(context: ChannelHandlerContext) {
-        self.context = context
-        armIdleTimer(context: context)
-    }
-
-    func handlerRemoved(context: ChannelHandlerContext) {
-        idleTimer?.cancel()
-        self.context = nil
-    }
-
-    func streamOpened(_ id: HTTP2StreamID) {
-        openStreams += 1
-        lastStream = max(lastStream, id)
-        idleTimer?.cancel()
-        idleTimer = nil
-    }
-
-    func streamClosed() {
-        openStreams -= 1
-        guard openStreams == 0, let context else { return }
-        if draining {
-            context.close(promise: nil)
-        } else {
-            armIdleTimer(context: context)
-        }
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        guard event is Drain else {
-            context.fireUserInboundEventTriggered(event)
-            return
-        }
-        guard !draining else { return }
-        draining = true
-        logger.debug("draining a tunnel connection: \(openStreams) stream(s) open, the last \(lastStream)")
-        let goAway = HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: lastStream, errorCode: .noError, opaqueData: nil))
-        context.writeAndFlush(wrapOutboundOut(goAway), promise: nil)
-        if openStreams == 0 { context.close(promise: nil) }
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        let peer = context.channel.remoteAddress.map(\.authority) ?? "?"
-        if let tlsError = error as? TLSError {
-            metrics.refusedPeer(tlsError.reasonLabel)
-            logger.info("tunnel connection from \(peer) failed: \(tlsError)")
-        } else {
-            metrics.refusedPeer("protocol_error")
-            logger.info("tunnel connection from \(peer) closed: \(error)")
-        }
-        context.close(promise: nil)
-    }
-
-    private func armIdleTimer(context: ChannelHandlerContext) {
-        idleTimer?.cancel()
-        idleTimer = context.eventLoop.assumeIsolated().scheduleTask(in: idleTimeout) { [logger] in
-            logger.debug("closing an idle tunnel connection from \(context.channel.remoteAddress.map(\.authority) ?? "?")")
-            context.close(promise: nil)
-        }
-    }
-}
-
 struct TunnelServerMetrics: Sendable {
     let listenerCounters = WorkloadForwarder.ListenerCounters(
         opened: Counter(label: "mesh_agent_inbound_connections_opened_total", dimensions: [("tls", "mutual")]),
         closed: Counter(label: "mesh_agent_inbound_connections_closed_total", dimensions: [("tls", "mutual")]),
         connectFailures: Counter(label: "mesh_agent_inbound_connect_failures_total", dimensions: [("tls", "mutual")]))
 
+    private static let refusedStreams = CounterFamily(label: "mesh_agent_tunnel_requests_refused_total", dimension: "status")
+    private let failedPeers = CounterFamily(label: "mesh_agent_tunnel_connections_failed_total", dimension: "reason")
+
     static func refusedStream(_ status: HBONE.Status) {
-        Counter(label: "mesh_agent_tunnel_requests_refused_total", dimensions: [("status", String(status.rawValue))]).increment()
+        refusedStreams.increment(String(status.rawValue))
     }
 
     func refusedPeer(_ reason: String) {
-        Counter(label: "mesh_agent_tunnel_connections_failed_total", dimensions: [("reason", reason)]).increment()
+        failedPeers.increment(reason)
     }
 }
 

@@ -1,15 +1,57 @@
 import NIOCore
+import NIOHTTP1
 
-/// Where an inspected connection stands: requests that went upstream wait for
-/// their responses in order, and a locally answered request takes its turn in
-/// that order, so pipelined responses never overtake each other.
+/// A response the agent writes itself (403, 400, …).
+struct LocalResponse: Equatable {
+    var status: HTTPResponseStatus
+    var body: String
+    var close: Bool
+}
+
+/// Where an inspected HTTP/1.1 connection stands, and what to do on each event:
+/// requests that went upstream wait for their responses in order, and a
+/// locally answered request takes its turn in that order, so pipelined
+/// responses never overtake each other. `HTTPRequestGate` feeds it the
+/// connection's events and carries out the actions it returns.
 struct HTTPExchangeState {
-    enum Turn {
+    /// Answers the agent owes, next in line now, in order; and whether the
+    /// connection is done once they are written (shut output, then close).
+    struct LocalAnswers: Equatable {
+        var answers: [Answer] = []
+        var finish = false
+
+        struct Answer: Equatable {
+            var response: LocalResponse
+            /// Its log line, its status filled in.
+            var entry: AccessLogEntry
+        }
+    }
+
+    enum Action: Equatable {
+        /// Nothing to do (a part of a request answered locally is dropped).
+        case none
+        /// Pass the part on: a request part to the workload, a response part
+        /// to the client.
+        case forward
+        /// Write these answers; nothing else is owed yet.
+        case answer(LocalAnswers)
+        /// Pass the response's end on, log the finished request, then write
+        /// the answers now next in line.
+        case completed(AccessLogEntry, then: LocalAnswers)
+        /// Shut the client's output once what was written has gone, then close.
+        case finish
+        /// Close the client's connection once what was written has gone.
+        case closeAfterWrites
+        /// Close both sides now: a request is left without its answer.
+        case abort
+    }
+
+    private enum Turn {
         case upstream(AccessLogEntry, started: NIODeadline)
         case local(LocalResponse, AccessLogEntry)
     }
 
-    enum RequestBody {
+    enum RequestBody: Equatable {
         /// Between requests.
         case none
         case forwarding
@@ -17,85 +59,132 @@ struct HTTPExchangeState {
         case discarding
     }
 
-    private(set) var turns: [Turn] = []
+    private var turns: [Turn] = []
     private(set) var requestBody = RequestBody.none
     /// No further request is read: one was refused with the connection's close.
     private(set) var closing = false
     private(set) var clientEnded = false
+    /// The connection is being finished: its output shut or about to be.
+    private(set) var finishing = false
 
     /// The most requests one connection may have waiting for responses.
     static let maximumPipelined = 64
 
+    /// Whether the client's next bytes may be read: a client that pipelines
+    /// more than this waits for answers first.
     var mayRead: Bool { turns.count < Self.maximumPipelined }
 
-    /// Whether a request head should be looked at (not after a closing refusal).
-    var acceptsRequests: Bool { !closing }
+    /// Requests waiting for their answers.
+    var pendingTurns: Int { turns.count }
 
-    mutating func forwarded(_ entry: AccessLogEntry) {
-        turns.append(.upstream(entry, started: .now()))
-        requestBody = .forwarding
+    // MARK: Events from the client
+
+    /// A request head, decided: sent upstream, or answered here.
+    mutating func requestHead(_ outcome: HTTPRequestInspector.Outcome) -> Action {
+        guard !closing else { return .none }
+        switch outcome {
+        case .forward(_, let entry):
+            turns.append(.upstream(entry, started: .now()))
+            requestBody = .forwarding
+            return .forward
+        case .respond(let response, let entry):
+            turns.append(.local(response, entry))
+            requestBody = .discarding
+            if response.close { closing = true }
+            return .answer(takeLocalAnswers())
+        }
     }
 
-    mutating func answeredLocally(_ response: LocalResponse, _ entry: AccessLogEntry) {
-        turns.append(.local(response, entry))
-        requestBody = .discarding
-        if response.close { closing = true }
+    mutating func requestBodyPart(bytes: Int) -> Action {
+        guard requestBody == .forwarding else { return .none }
+        if let index = turns.indices.last, case .upstream(var entry, let started) = turns[index] {
+            entry.bytesReceived += UInt64(bytes)
+            turns[index] = .upstream(entry, started: started)
+        }
+        return .forward
     }
 
-    /// A refusal found in the request's bytes, not its head: framing is lost.
-    mutating func malformed(_ response: LocalResponse, _ entry: AccessLogEntry) {
+    mutating func requestEnded() -> Action {
+        defer { requestBody = .none }
+        return requestBody == .forwarding ? .forward : .none
+    }
+
+    /// The request's bytes were refused by the decoder: framing is lost, so
+    /// this is the last answer the connection gets.
+    mutating func malformed(_ response: LocalResponse, _ entry: AccessLogEntry) -> Action {
+        guard !closing else { return .none }
         turns.append(.local(response, entry))
         requestBody = .none
         closing = true
+        return .answer(takeLocalAnswers())
     }
 
-    mutating func requestEnded() {
-        requestBody = .none
-    }
-
-    mutating func clientFinished() {
+    /// The client ended its side (FIN, or END_STREAM of a tunnel stream).
+    mutating func clientInputEnded() -> Action {
         clientEnded = true
+        return finishIfDone()
     }
 
-    /// The response at the head of the queue, when it is one the agent writes.
-    var nextLocal: (LocalResponse, AccessLogEntry)? {
-        guard case .local(let response, let entry)? = turns.first else { return nil }
-        return (response, entry)
+    // MARK: Events from the workload
+
+    /// A response head; `status` 1xx is interim, another follows.
+    mutating func responseHead(status: Int) -> Action {
+        if status == 101 {
+            // The request carried no upgrade the gate allows; nothing sane follows.
+            return .abort
+        }
+        if status >= 200 { recordUpstream(status: status, bodyBytes: 0) }
+        return .forward
     }
 
-    /// The request whose response is coming from upstream.
-    var awaitedUpstream: AccessLogEntry? {
-        guard case .upstream(let entry, _)? = turns.first else { return nil }
-        return entry
+    mutating func responseBodyPart(bytes: Int) -> Action {
+        recordUpstream(status: nil, bodyBytes: bytes)
+        return .forward
     }
 
-    mutating func record(status: Int, bodyBytes: Int = 0) {
+    mutating func responseEnded() -> Action {
+        guard case .upstream(var entry, let started)? = turns.first else { return .forward }
+        turns.removeFirst()
+        entry.durationMilliseconds = milliseconds(since: started)
+        return .completed(entry, then: takeLocalAnswers())
+    }
+
+    /// The workload closed its connection. Whatever was answered is
+    /// delivered, then the client's connection ends too; a request still
+    /// waiting for its answer gets none.
+    mutating func upstreamClosed() -> Action {
+        guard !finishing else { return .none }
+        if case .upstream? = turns.first { return .abort }
+        return .closeAfterWrites
+    }
+
+    // MARK: Helpers
+
+    private mutating func recordUpstream(status: Int?, bodyBytes: Int) {
         guard case .upstream(var entry, let started)? = turns.first else { return }
-        if status > 0 { entry.status = status }
+        if let status { entry.status = status }
         entry.bytesSent += UInt64(bodyBytes)
         turns[0] = .upstream(entry, started: started)
     }
 
-    mutating func requestBodyBytes(_ count: Int) {
-        guard let index = turns.indices.last, case .upstream(var entry, let started) = turns[index] else { return }
-        entry.bytesReceived += UInt64(count)
-        turns[index] = .upstream(entry, started: started)
-    }
-
-    /// The first turn is done; returns its finished log entry.
-    mutating func completeTurn() -> AccessLogEntry? {
-        guard !turns.isEmpty else { return nil }
-        switch turns.removeFirst() {
-        case .upstream(var entry, let started):
-            entry.durationMilliseconds = milliseconds(since: started)
-            return entry
-        case .local(let response, var entry):
+    /// The answers the agent writes itself that are next in line, removed
+    /// from the queue, and whether the connection is then done.
+    private mutating func takeLocalAnswers() -> LocalAnswers {
+        var owed = LocalAnswers()
+        while case .local(let response, var entry)? = turns.first {
+            turns.removeFirst()
             entry.status = Int(response.status.code)
-            return entry
+            owed.answers.append(LocalAnswers.Answer(response: response, entry: entry))
         }
+        owed.finish = finishIfDone() == .finish
+        return owed
     }
 
     /// Nothing more will be asked or answered: the client ended and every
-    /// turn is done, or a closing refusal has been written.
-    var finished: Bool { turns.isEmpty && (clientEnded || closing) }
+    /// turn is done, or a closing refusal has been answered.
+    private mutating func finishIfDone() -> Action {
+        guard !finishing, turns.isEmpty, clientEnded || closing else { return .none }
+        finishing = true
+        return .finish
+    }
 }

@@ -21,8 +21,6 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
     /// has gone out too, and output may be shut without dropping anything.
     private var lastEnd: EventLoopFuture<Void>?
     private var requestCounters = ConnectionRequestCounters()
-    /// Output is being ended; the workload's side closing is expected now.
-    private var finishing = false
     /// The connection's byte counts: what came from the client, what went back.
     private let received: ByteCounter
     private let sent: ByteCounter
@@ -49,26 +47,23 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(let head):
-            guard state.acceptsRequests else { return }
-            switch inspector.inspect(head) {
-            case .forward(let forwarded, let entry):
-                state.forwarded(entry)
+            guard !state.closing else { return }
+            let outcome = inspector.inspect(head)
+            let action = state.requestHead(outcome)
+            if action == .forward, case .forward(let forwarded, _) = outcome {
                 relay?.send(.head(forwarded))
-            case .respond(let response, let entry):
-                state.answeredLocally(response, entry)
-                writeLocalResponses()
+            } else {
+                perform(action)
             }
         case .body(let buffer):
             received.add(buffer.readableBytes)
-            if state.requestBody == .forwarding {
-                state.requestBodyBytes(buffer.readableBytes)
+            if state.requestBodyPart(bytes: buffer.readableBytes) == .forward {
                 relay?.send(.body(.byteBuffer(buffer)))
             }
         case .end(let trailers):
-            if state.requestBody == .forwarding {
+            if state.requestEnded() == .forward {
                 relay?.send(.end(trailers))
             }
-            state.requestEnded()
         }
     }
 
@@ -87,8 +82,7 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed {
-            state.clientFinished()
-            finishIfDone()
+            perform(state.clientInputEnded())
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -99,11 +93,10 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
             context.close(promise: nil)
             return
         }
-        guard state.acceptsRequests else { return }
         let refusal = RequestRefusal(decoderError: error, limit: limit)
-        HTTPInspectionMetrics.malformed.increment()
-        state.malformed(LocalResponse(status: refusal.responseStatus, body: "\(refusal.reason)\n", close: true), inspector.refusedEntry(refusal.reason))
-        writeLocalResponses()
+        let action = state.malformed(LocalResponse(status: refusal.responseStatus, body: "\(refusal.reason)\n", close: true), inspector.refusedEntry(refusal.reason))
+        if action != .none { HTTPInspectionMetrics.malformed.increment() }
+        perform(action)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -118,12 +111,58 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: Responses
 
-    /// Writes the answers the agent owes, as long as they are next in line.
-    private func writeLocalResponses() {
+    func upstreamResponse(_ part: HTTPClientResponsePart) {
         guard let context else { return }
-        var wrote = false
-        while let (response, _) = state.nextLocal {
-            wrote = true
+        switch part {
+        case .head(let head):
+            let action = state.responseHead(status: Int(head.status.code))
+            guard action == .forward else { return perform(action) }
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
+        case .body(let buffer):
+            sent.add(buffer.readableBytes)
+            _ = state.responseBodyPart(bytes: buffer.readableBytes)
+            context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
+        case .end(let trailers):
+            writeEnd(trailers, context: context)
+            perform(state.responseEnded())
+        }
+    }
+
+    func upstreamFlush() {
+        context?.flush()
+    }
+
+    func upstreamClosed() {
+        let action = state.upstreamClosed()
+        if action == .abort { HTTPInspectionMetrics.upstreamReset.increment() }
+        perform(action)
+    }
+
+    /// Carries out what the exchange state decided.
+    private func perform(_ action: HTTPExchangeState.Action) {
+        guard let context else { return }
+        switch action {
+        case .none, .forward:
+            break
+        case .answer(let owed):
+            write(owed, context: context)
+        case .completed(let entry, let owed):
+            report(entry)
+            write(owed, context: context)
+        case .finish:
+            finish(context)
+        case .closeAfterWrites:
+            afterWrites(context) { context.close(promise: nil) }
+        case .abort:
+            context.close(promise: nil)
+        }
+    }
+
+    /// Writes the answers the agent owes, logs each, and finishes the
+    /// connection when that was the last thing owed.
+    private func write(_ owed: HTTPExchangeState.LocalAnswers, context: ChannelHandlerContext) {
+        for answer in owed.answers {
+            let response = answer.response
             var headers = HTTPHeaders()
             headers.add(name: "content-type", value: "text/plain")
             headers.add(name: "content-length", value: String(response.body.utf8.count))
@@ -132,44 +171,13 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
             context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: response.body)))), promise: nil)
             writeEnd(nil, context: context)
             sent.add(response.body.utf8.count)
-            if let entry = state.completeTurn() { report(entry) }
+            report(answer.entry)
         }
         // Upstream responses are flushed when the read that brought them
         // completes; a flush per response would cost a TLS record and a write each.
-        if wrote { context.flush() }
-        finishIfDone()
+        if !owed.answers.isEmpty { context.flush() }
+        if owed.finish { finish(context) }
         resumeReading()
-    }
-
-    func upstreamResponse(_ part: HTTPClientResponsePart) {
-        guard let context else { return }
-        switch part {
-        case .head(let head):
-            // An interim response (100 Continue) is passed on; the final one follows.
-            if head.status.code >= 100 && head.status.code < 200 {
-                if head.status == .switchingProtocols {
-                    // The request carried no upgrade the gate allows; nothing sane follows.
-                    context.close(promise: nil)
-                    return
-                }
-                context.write(wrapOutboundOut(.head(head)), promise: nil)
-                return
-            }
-            state.record(status: Int(head.status.code))
-            context.write(wrapOutboundOut(.head(head)), promise: nil)
-        case .body(let buffer):
-            sent.add(buffer.readableBytes)
-            state.record(status: 0, bodyBytes: buffer.readableBytes)
-            context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
-        case .end(let trailers):
-            writeEnd(trailers, context: context)
-            if let entry = state.completeTurn() { report(entry) }
-            writeLocalResponses()
-        }
-    }
-
-    func upstreamFlush() {
-        context?.flush()
     }
 
     /// One line and one count per finished request.
@@ -194,28 +202,11 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
         lastEnd.assumeIsolated().whenComplete { _ in body() }
     }
 
-    /// The workload closed its connection: whatever was answered is delivered,
-    /// then the client's connection ends too. A request still waiting for its
-    /// answer gets none; its connection is closed outright.
-    func upstreamClosed() {
-        guard let context, !finishing else { return }
-        guard state.awaitedUpstream == nil else {
-            HTTPInspectionMetrics.upstreamReset.increment()
-            context.close(promise: nil)
-            return
-        }
-        afterWrites(context) {
-            context.close(promise: nil)
-        }
-    }
-
     /// Ends the client's side once everything owed is written: output is shut
     /// (FIN, or END_STREAM on a tunnel stream) so the answer is delivered, not
     /// cut off by a reset; a client that does not close its side in
     /// `lingerTime` is closed outright.
-    private func finishIfDone() {
-        guard let context, state.finished, !finishing else { return }
-        finishing = true
+    private func finish(_ context: ChannelHandlerContext) {
         afterWrites(context) { [relay] in
             context.close(mode: .output, promise: nil)
             relay?.finish()

@@ -95,9 +95,3 @@ extension RequestHead {
     }
 }
 
-/// A response the agent writes itself (403, 400, …).
-struct LocalResponse: Equatable {
-    var status: HTTPResponseStatus
-    var body: String
-    var close: Bool
-}
