@@ -81,10 +81,16 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
+        // The config file as agentctl checks it and the agent runs it: no
+        // proxy, no sockets, so `agentctl config check` needs no daemon code.
+        .target(
+            name: "Config",
+            dependencies: ["Policy", "LinuxNet", "Workloads", "TLS"]
+        ),
         .target(
             name: "Agent",
             dependencies: [
-                "Proxy", "Workloads", "Netfilter", "LinuxNet", "TLS", "Identity", "Policy",
+                "Config", "Proxy", "Workloads", "Netfilter", "LinuxNet", "TLS", "Identity", "Policy",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -106,7 +112,7 @@ let package = Package(
         .executableTarget(
             name: "micro-bench",
             dependencies: [
-                "Policy", "Agent", "Proxy", "Workloads", "LinuxNet",
+                "Policy", "Config", "Proxy", "Workloads", "LinuxNet",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -116,7 +122,7 @@ let package = Package(
         .executableTarget(
             name: "agentctl",
             dependencies: [
-                "Agent", "Policy",
+                "Agent", "Config", "Policy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -140,8 +146,9 @@ let package = Package(
             .product(name: "NIOHTTP2", package: "swift-nio-http2"),
             .product(name: "NIOHPACK", package: "swift-nio-http2"),
         ]),
+        .testTarget(name: "ConfigTests", dependencies: ["Config", "Policy", "LinuxNet", "Workloads"]),
         .testTarget(name: "AgentTests", dependencies: [
-            "Agent", "Workloads", "Proxy", "Policy", "TestFixtures",
+            "Agent", "Config", "Workloads", "Proxy", "Policy", "TestFixtures",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),

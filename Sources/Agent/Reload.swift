@@ -1,3 +1,4 @@
+import Config
 import Policy
 
 /// SIGHUP and `agentctl reload`: the config file and the policies read again

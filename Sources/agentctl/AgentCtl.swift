@@ -1,5 +1,6 @@
 import Agent
 import ArgumentParser
+import Config
 import Foundation
 
 @main
