@@ -81,6 +81,9 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
+        // The admin API's JSON as both ends see it: the agent encodes these
+        // views and agentctl decodes them, so agentctl needs no daemon code.
+        .target(name: "AdminAPI"),
         // The config file as agentctl checks it and the agent runs it: no
         // proxy, no sockets, so `agentctl config check` needs no daemon code.
         .target(
@@ -90,7 +93,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
-                "Config", "Proxy", "Workloads", "Netfilter", "LinuxNet", "TLS", "Identity", "Policy",
+                "AdminAPI", "Config", "Proxy", "Workloads", "Netfilter", "LinuxNet", "TLS", "Identity", "Policy",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -122,7 +125,7 @@ let package = Package(
         .executableTarget(
             name: "agentctl",
             dependencies: [
-                "Agent", "Config", "Policy",
+                "Agent", "AdminAPI", "Config", "Policy",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -146,9 +149,10 @@ let package = Package(
             .product(name: "NIOHTTP2", package: "swift-nio-http2"),
             .product(name: "NIOHPACK", package: "swift-nio-http2"),
         ]),
+        .testTarget(name: "AdminAPITests", dependencies: ["AdminAPI"]),
         .testTarget(name: "ConfigTests", dependencies: ["Config", "Policy", "LinuxNet", "Workloads"]),
         .testTarget(name: "AgentTests", dependencies: [
-            "Agent", "Config", "Workloads", "Proxy", "Policy", "TestFixtures",
+            "Agent", "AdminAPI", "Config", "Workloads", "Proxy", "Policy", "TestFixtures",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
