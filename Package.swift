@@ -124,8 +124,10 @@ let package = Package(
         ),
         .executableTarget(
             name: "agentctl",
+            // Never Agent or Proxy: the client reads the admin API's views and
+            // checks files, it does not carry the daemon.
             dependencies: [
-                "Agent", "AdminAPI", "Config", "Policy",
+                "AdminAPI", "Config", "Policy", "Identity", "TLS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

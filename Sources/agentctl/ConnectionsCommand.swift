@@ -1,5 +1,4 @@
 import AdminAPI
-import Agent
 import ArgumentParser
 import Foundation
 
