@@ -81,10 +81,19 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
+        // The admin API's JSON as both ends see it: the agent encodes these
+        // views and agentctl decodes them, so agentctl needs no daemon code.
+        .target(name: "AdminAPI"),
+        // The config file as agentctl checks it and the agent runs it: no
+        // proxy, no sockets, so `agentctl config check` needs no daemon code.
+        .target(
+            name: "Config",
+            dependencies: ["Policy", "LinuxNet", "Workloads", "TLS"]
+        ),
         .target(
             name: "Agent",
             dependencies: [
-                "Proxy", "Workloads", "Netfilter", "LinuxNet", "TLS", "Identity", "Policy",
+                "AdminAPI", "Config", "Proxy", "Workloads", "Netfilter", "LinuxNet", "TLS", "Identity", "Policy",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -106,7 +115,7 @@ let package = Package(
         .executableTarget(
             name: "micro-bench",
             dependencies: [
-                "Policy", "Agent", "Proxy", "Workloads", "LinuxNet",
+                "Policy", "Config", "Proxy", "Workloads", "LinuxNet",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -115,8 +124,10 @@ let package = Package(
         ),
         .executableTarget(
             name: "agentctl",
+            // Never Agent or Proxy: the client reads the admin API's views and
+            // checks files, it does not carry the daemon.
             dependencies: [
-                "Agent", "Policy",
+                "AdminAPI", "Config", "Policy", "Identity", "TLS",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -140,8 +151,10 @@ let package = Package(
             .product(name: "NIOHTTP2", package: "swift-nio-http2"),
             .product(name: "NIOHPACK", package: "swift-nio-http2"),
         ]),
+        .testTarget(name: "AdminAPITests", dependencies: ["AdminAPI"]),
+        .testTarget(name: "ConfigTests", dependencies: ["Config", "Policy", "LinuxNet", "Workloads"]),
         .testTarget(name: "AgentTests", dependencies: [
-            "Agent", "Workloads", "Proxy", "Policy", "TestFixtures",
+            "Agent", "AdminAPI", "Config", "Workloads", "Proxy", "Policy", "TestFixtures",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),

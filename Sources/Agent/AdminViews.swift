@@ -1,4 +1,4 @@
-import Foundation
+import AdminAPI
 import Identity
 import NIOConcurrencyHelpers
 import Netfilter
@@ -7,30 +7,9 @@ import Proxy
 import TLS
 import Workloads
 
-/// What the admin API returns, as Codable values shared with `agentctl`.
-/// Field names are snake_case and match the access log where they mean the same.
-public enum AdminViews {
-    public struct CertificateView: Codable, Equatable, Sendable {
-        public var identity: String
-        public var serial: String?
-        public var notBefore: String?
-        public var notAfter: String?
-        public var renewAt: String?
-        public var state: String
-        public var lastError: String?
-        /// The certificate chain (leaf first) as PEM; never a private key.
-        public var chainPEM: String?
-
-        enum CodingKeys: String, CodingKey {
-            case identity, serial, state
-            case notBefore = "not_before"
-            case notAfter = "not_after"
-            case renewAt = "renew_at"
-            case lastError = "last_error"
-            case chainPEM = "chain_pem"
-        }
-    }
-
+/// The views are built here rather than in AdminAPI because building them
+/// reads the daemon's parts; agentctl only decodes them.
+extension AdminViews {
     public static func certificates(_ manager: SVIDManager) -> [CertificateView] {
         manager.statuses().map { status in
             CertificateView(
@@ -43,35 +22,6 @@ public enum AdminViews {
                 lastError: status.lastError,
                 chainPEM: manager.certificatePEM(for: status.identity)
             )
-        }
-    }
-
-    /// One connection being proxied; fields as in the access log.
-    public struct ConnectionView: Codable, Equatable, Sendable {
-        public var direction: String
-        public var sourceAddress: String?
-        public var sourceWorkload: String?
-        public var sourceIdentity: String?
-        public var destinationAddress: String?
-        public var destinationWorkload: String?
-        public var destinationIdentity: String?
-        public var tls: String
-        public var reason: String
-        public var bytesSent: UInt64
-        public var bytesReceived: UInt64
-        public var durationMilliseconds: Double
-
-        enum CodingKeys: String, CodingKey {
-            case direction, tls, reason
-            case sourceAddress = "src_addr"
-            case sourceWorkload = "src_workload"
-            case sourceIdentity = "src_identity"
-            case destinationAddress = "dst_addr"
-            case destinationWorkload = "dst_workload"
-            case destinationIdentity = "dst_identity"
-            case bytesSent = "bytes_sent"
-            case bytesReceived = "bytes_received"
-            case durationMilliseconds = "duration_ms"
         }
     }
 
@@ -94,26 +44,6 @@ public enum AdminViews {
         }
     }
 
-    public struct WorkloadView: Codable, Equatable, Sendable {
-        public var name: String
-        public var namespace: String
-        public var serviceAccount: String
-        public var identity: String
-        public var cgroup: String
-        public var cgroupID: UInt64?
-        public var present: Bool
-        public var ports: [UInt16]
-        /// The inbound mTLS mode of each port ("8080": "STRICT").
-        public var mtls: [String: String]
-        public var labels: [String: String]
-
-        enum CodingKeys: String, CodingKey {
-            case name, namespace, identity, cgroup, present, ports, mtls, labels
-            case serviceAccount = "service_account"
-            case cgroupID = "cgroup_id"
-        }
-    }
-
     public static func workloads(_ registry: WorkloadRegistry, modes: PeerAuthenticationSet) -> [WorkloadView] {
         registry.members.map { member in
             let workload = member.workload
@@ -125,55 +55,6 @@ public enum AdminViews {
                     (String($0), modes.mode(namespace: workload.namespace, labels: workload.labels, port: $0).rawValue)
                 }),
                 labels: workload.labels)
-        }
-    }
-
-    public struct StatusView: Codable, Equatable, Sendable {
-        public var version: String
-        public var uptimeSeconds: Int
-        public var node: String
-        public var trustDomain: String
-        public var captureMode: String
-        public var table: String
-        /// "in sync", "installed" (not checked yet), "missing" or "differs: …".
-        public var rules: String
-        public var ready: Bool
-        public var workloads: Int
-        public var workloadsPresent: Int
-        public var connections: Int
-        public var peerAuthentications: Int
-        public var authorizationPolicies: Int
-        public var policyGeneration: Int
-        public var defaultMTLSMode: String
-        public var certificates: Int
-        public var earliestCertificateExpiry: String?
-
-        enum CodingKeys: String, CodingKey {
-            case version, node, table, rules, ready, workloads, connections, certificates
-            case uptimeSeconds = "uptime_seconds"
-            case trustDomain = "trust_domain"
-            case captureMode = "capture_mode"
-            case workloadsPresent = "workloads_present"
-            case peerAuthentications = "peer_authentications"
-            case authorizationPolicies = "authorization_policies"
-            case policyGeneration = "policy_generation"
-            case defaultMTLSMode = "default_mtls_mode"
-            case earliestCertificateExpiry = "earliest_certificate_expiry"
-        }
-    }
-
-    public struct RulesView: Codable, Equatable, Sendable {
-        public var table: String
-        public var inSync: Bool
-        /// One line per difference between the live table and the desired one.
-        public var drift: [String]
-        /// The table as the kernel holds it now, in nft syntax; nil when missing.
-        public var live: String?
-        public var desired: String
-
-        enum CodingKeys: String, CodingKey {
-            case table, drift, live, desired
-            case inSync = "in_sync"
         }
     }
 
@@ -190,12 +71,6 @@ public enum AdminViews {
         return RulesView(
             table: "\(desired.family) \(desired.name)", inSync: drift == .inSync, drift: lines,
             live: live?.description, desired: desired.description)
-    }
-
-    public static func encode<T: Encodable>(_ value: T) throws -> Data {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes]
-        return try encoder.encode(value)
     }
 }
 

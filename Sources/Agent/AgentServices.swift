@@ -1,4 +1,5 @@
 import Foundation
+import Config
 import Identity
 import LinuxNet
 import Logging

@@ -1,3 +1,4 @@
+import AdminAPI
 import Dispatch
 import Foundation
 import NIOCore
@@ -12,25 +13,6 @@ enum ControlEvent: Sendable {
     /// SIGUSR1: logrotate moved the access log.
     case reopenLogs
     case terminate(signal: String)
-}
-
-/// How a reload went, as `agentctl reload` reports it.
-public struct ReloadOutcome: Codable, Equatable, Sendable {
-    /// "applied", or "refused" when the config file did not validate (the
-    /// running config stays).
-    public var config: String
-    /// Why the config or the policies were refused, `file:line: reason` each.
-    public var errors: [String]
-    /// Settings that changed in the file but take effect only on restart.
-    public var restartRequired: [String]
-    public var workloads: Int
-    public var policyGeneration: Int
-
-    enum CodingKeys: String, CodingKey {
-        case config, errors, workloads
-        case restartRequired = "restart_required"
-        case policyGeneration = "policy_generation"
-    }
 }
 
 /// The control loop's inbox: signals and a timer feed it from Dispatch, and

@@ -1,3 +1,4 @@
+import Config
 import Policy
 import Logging
 import NIOCore

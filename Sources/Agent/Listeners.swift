@@ -1,3 +1,4 @@
+import Config
 import Identity
 import Logging
 import NIOCore

@@ -1,3 +1,4 @@
+import AdminAPI
 import Foundation
 import NIOCore
 import Policy
@@ -19,42 +20,6 @@ public struct PolicyStatus: Sendable {
 }
 
 extension AdminViews {
-    public struct PoliciesView: Codable, Sendable {
-        public struct Row: Codable, Sendable {
-            public var kind: String
-            public var namespace: String
-            public var name: String
-            /// `key=value,…`, or nil for namespace-wide (mesh-wide in the root namespace).
-            public var selector: String?
-            /// ALLOW / DENY / AUDIT, or the mTLS mode of a PeerAuthentication.
-            public var action: String
-            public var rules: Int?
-            public var dryRun: Bool?
-            public var source: String
-
-            enum CodingKeys: String, CodingKey {
-                case kind, namespace, name, selector, action, rules, source
-                case dryRun = "dry_run"
-            }
-        }
-
-        public var generation: Int
-        public var loadedAt: String
-        public var directory: String
-        public var files: [String]
-        public var policies: [Row]
-        public var warnings: [String]
-        public var lastReloadError: [String]?
-        public var lastReloadErrorAt: String?
-
-        enum CodingKeys: String, CodingKey {
-            case generation, directory, files, policies, warnings
-            case loadedAt = "loaded_at"
-            case lastReloadError = "last_reload_error"
-            case lastReloadErrorAt = "last_reload_error_at"
-        }
-    }
-
     static func policies(_ status: PolicyStatus) -> PoliciesView {
         func selector(_ labels: [String: String]?) -> String? {
             labels.map { $0.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",") }
@@ -78,36 +43,6 @@ extension AdminViews {
             generation: status.generation, loadedAt: Certificate.formatTime(Int64(status.loadedAt)), directory: status.directory,
             files: status.policies.files, policies: rows, warnings: status.policies.warnings, lastReloadError: status.lastError,
             lastReloadErrorAt: status.lastErrorAt.map { Certificate.formatTime(Int64($0)) })
-    }
-
-    /// The answer to `agentctl policy explain`.
-    public struct ExplainView: Codable, Sendable {
-        /// allow, deny, or "depends on the request" when L4 cannot decide and no
-        /// request was described.
-        public var decision: String
-        /// Which check decided: peer_authentication, l4 or l7.
-        public var layer: String
-        public var workload: String
-        public var source: String
-        public var port: Int
-        public var policy: String?
-        public var rule: String?
-        public var reason: String
-        public var audited: [String]?
-        public var dryRun: String?
-        public var path: String?
-        /// `iss/sub` of the verified token, when a --jwt was given.
-        public var requestPrincipal: String?
-        /// The status the agent would answer the request with itself (400,
-        /// 401, 403); nil when the request would be forwarded.
-        public var responseStatus: Int?
-
-        enum CodingKeys: String, CodingKey {
-            case decision, layer, workload, source, port, policy, rule, reason, audited, path
-            case requestPrincipal = "request_principal"
-            case dryRun = "dry_run"
-            case responseStatus = "response_status"
-        }
     }
 
     struct ExplainError: Error, CustomStringConvertible {

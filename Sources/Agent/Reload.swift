@@ -1,3 +1,5 @@
+import AdminAPI
+import Config
 import Policy
 
 /// SIGHUP and `agentctl reload`: the config file and the policies read again

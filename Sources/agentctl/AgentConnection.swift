@@ -1,4 +1,4 @@
-import Agent
+import AdminAPI
 import ArgumentParser
 import Foundation
 

@@ -1,5 +1,5 @@
-import Agent
 import ArgumentParser
+import Config
 import Foundation
 
 @main

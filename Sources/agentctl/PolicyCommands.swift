@@ -1,5 +1,6 @@
-import Agent
+import AdminAPI
 import ArgumentParser
+import Config
 import Foundation
 import Policy
 

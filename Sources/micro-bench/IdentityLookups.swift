@@ -1,4 +1,4 @@
-import Agent
+import Config
 import LinuxNet
 import Logging
 import Workloads

@@ -1,5 +1,5 @@
 import Testing
-@testable import Agent
+@testable import Config
 
 @Suite struct ConfigTests {
     static let minimal = "trustDomain: cluster.local\n"

@@ -1,5 +1,5 @@
 import Testing
-@testable import Agent
+@testable import Config
 
 @Suite struct AccessLogLimitConfigTests {
     @Test func theLimitDefaultsToAFewThousandLinesASecond() throws {

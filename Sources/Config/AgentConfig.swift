@@ -1,7 +1,6 @@
 import Foundation
 import LinuxNet
 import Policy
-import Proxy
 import TLS
 import Workloads
 
