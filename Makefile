@@ -55,10 +55,21 @@ build-debug: deps
 unit-test: build-debug
 	$(SWIFT) test --skip-build
 
+# -rs lists every skip with its reason; under CI=true a skip fails the run
+# (Tests/integration/conftest.py).
 integration-test: build-debug
-	MESH_AGENT_BIN=$(CURDIR)/$(DEBUG_BIN) $(PYTHON) -m pytest -v -p no:cacheprovider Tests/integration
+	MESH_AGENT_BIN=$(CURDIR)/$(DEBUG_BIN) $(PYTHON) -m pytest -v -rs -p no:cacheprovider Tests/integration
 
-test: unit-test integration-test
+# Each phase timed, so a slow one shows before CI's limit does.
+test:
+	@start=$$(date +%s); status=0; \
+	for phase in build-debug unit-test integration-test; do \
+	  phase_start=$$(date +%s); \
+	  $(MAKE) --no-print-directory $$phase || { status=$$?; echo "make test: $$phase failed"; break; }; \
+	  echo "make test: $$phase took $$(( $$(date +%s) - phase_start )) s"; \
+	done; \
+	echo "make test: $$( [ $$status -eq 0 ] && echo passed || echo FAILED ) in $$(( $$(date +%s) - start )) s"; \
+	exit $$status
 
 # Every path (direct, mesh, mesh-passthrough, an HAProxy mTLS pair) on one
 # two-node topology in one run; writes bench/results/TIME.json and regenerates

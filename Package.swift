@@ -133,10 +133,10 @@ let package = Package(
         ),
         // Keys and tokens shared by the test targets (not part of any product).
         .target(name: "TestFixtures", path: "Tests/Fixtures"),
-        .testTarget(name: "NetfilterTests", dependencies: ["Netfilter"]),
-        .testTarget(name: "LinuxNetTests", dependencies: ["LinuxNet"]),
+        .testTarget(name: "NetfilterTests", dependencies: ["Netfilter", "TestFixtures"]),
+        .testTarget(name: "LinuxNetTests", dependencies: ["LinuxNet", "TestFixtures"]),
         .testTarget(name: "WorkloadsTests", dependencies: [
-            "Workloads", "LinuxNet", "TLS",
+            "Workloads", "LinuxNet", "TLS", "TestFixtures",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
@@ -163,14 +163,14 @@ let package = Package(
             .product(name: "NIOCore", package: "swift-nio"),
         ]),
         .testTarget(name: "TLSTests", dependencies: [
-            "TLS", "COpenSSL",
+            "TLS", "COpenSSL", "TestFixtures",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
             .product(name: "NIOTLS", package: "swift-nio"),
         ]),
         .testTarget(name: "IdentityTests", dependencies: [
-            "Identity", "TLS",
+            "Identity", "TLS", "TestFixtures",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOTLS", package: "swift-nio"),

@@ -1,4 +1,5 @@
 import Glibc
+import TestFixtures
 import Testing
 @testable import Identity
 import TLS
@@ -259,7 +260,7 @@ struct CAFixture {
         _ = try fixture.localCA()
     }
 
-    @Test(.enabled(if: geteuid() == 0, "needs root to chown"))
+    @Test(.enabled(if: TestEnvironment.privilegedTestsRun, "needs root to chown"))
     func refusesAKeyOwnedBySomeoneElse() throws {
         let fixture = try CAFixture()
         #expect(chown(fixture.keyPath, 65534, 65534) == 0)

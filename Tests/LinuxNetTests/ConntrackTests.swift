@@ -1,6 +1,7 @@
 import CNetlink
 import Foundation
 import NIOCore
+import TestFixtures
 import Testing
 
 @testable import LinuxNet
@@ -683,7 +684,8 @@ struct ConntrackReplyTests {
     }
 
     @Test func randomCorruptionNeverCrashes() {
-        var generator = SystemRandomNumberGenerator()
+        let seed = SeededRandom.seed(default: 0xC0_77_A7)
+        var generator = SeededRandom(seed: seed)
         var outcomes = (parsed: 0, thrown: 0)
         for _ in 0..<20_000 {
             guard let (_, datagrams, sequence) = ConntrackFixtures.allReplies.randomElement(using: &generator) else { continue }
@@ -696,24 +698,12 @@ struct ConntrackReplyTests {
             } catch is ConntrackError {
                 outcomes.thrown += 1
             } catch {
-                Issue.record("unexpected error type \(error)")
+                Issue.record("unexpected error type \(error) (TEST_SEED=\(seed) replays it)")
             }
         }
-        #expect(outcomes.parsed + outcomes.thrown == 20_000)
+        // Corruption must both break replies and leave some whole (an appended
+        // tail, a changed value), or the loop tested one path only.
+        #expect(outcomes.thrown > 1000 && outcomes.parsed > 100, "outcomes \(outcomes) with TEST_SEED=\(seed)")
     }
 }
 
-/// `bytes` with one to six random changes: a byte overwritten, the end cut off,
-/// random bytes appended, a byte removed.
-func randomlyCorrupted(_ bytes: [UInt8], using generator: inout some RandomNumberGenerator) -> [UInt8] {
-    var bytes = bytes
-    for _ in 0..<Int.random(in: 1...6, using: &generator) where !bytes.isEmpty {
-        switch Int.random(in: 0..<4, using: &generator) {
-        case 0: bytes[Int.random(in: 0..<bytes.count, using: &generator)] = UInt8.random(in: 0...255, using: &generator)
-        case 1: bytes.removeLast(Int.random(in: 0...bytes.count, using: &generator))
-        case 2: bytes += (0..<Int.random(in: 1...40, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
-        default: bytes.remove(at: Int.random(in: 0..<bytes.count, using: &generator))
-        }
-    }
-    return bytes
-}

@@ -1,6 +1,7 @@
 import CNetlink
 import Foundation
 import NIOCore
+import TestFixtures
 import Testing
 
 @testable import LinuxNet
@@ -320,29 +321,23 @@ struct SockDiagReplyTests {
     }
 
     @Test func randomCorruptionNeverCrashes() {
-        var generator = SystemRandomNumberGenerator()
+        let seed = SeededRandom.seed(default: 0x50C_D1A6)
+        var generator = SeededRandom(seed: seed)
         var outcomes = (parsed: 0, thrown: 0)
         for _ in 0..<20_000 {
-            let (_, base, sequence) = Fixtures.allReplies.randomElement(using: &generator)!
-            var bytes = base
-            for _ in 0..<Int.random(in: 1...6, using: &generator) {
-                switch Int.random(in: 0..<4, using: &generator) {
-                case 0: bytes[Int.random(in: 0..<bytes.count, using: &generator)] = UInt8.random(in: 0...255, using: &generator)
-                case 1: bytes = Array(bytes.prefix(Int.random(in: 0...bytes.count, using: &generator)))
-                case 2: bytes += (0..<Int.random(in: 1...40, using: &generator)).map { _ in UInt8.random(in: 0...255, using: &generator) }
-                default: if !bytes.isEmpty { bytes.remove(at: Int.random(in: 0..<bytes.count, using: &generator)) }
-                }
-                if bytes.isEmpty { break }
-            }
+            guard let (_, base, sequence) = Fixtures.allReplies.randomElement(using: &generator) else { continue }
+            let bytes = randomlyCorrupted(base, using: &generator)
             do {
                 _ = try SockDiagMessage.parseReply(bytes, sequence: sequence)
                 outcomes.parsed += 1
             } catch is SockDiagError {
                 outcomes.thrown += 1
             } catch {
-                Issue.record("unexpected error type \(error)")
+                Issue.record("unexpected error type \(error) (TEST_SEED=\(seed) replays it)")
             }
         }
-        #expect(outcomes.parsed + outcomes.thrown == 20_000)
+        // Corruption must both break replies and leave some whole (an appended
+        // tail, a changed value), or the loop tested one path only.
+        #expect(outcomes.thrown > 1000 && outcomes.parsed > 100, "outcomes \(outcomes) with TEST_SEED=\(seed)")
     }
 }

@@ -1,11 +1,13 @@
 import Foundation
 import NIOCore
+import TestFixtures
 import Testing
 
 @testable import LinuxNet
 
-/// Root-only tests are skipped, with this message, when not root (CI runs as root).
-let rootOnly = Testing.ConditionTrait.enabled(if: Privileges.isRoot, "needs root (real kernel: sock_diag, cgroups, netns)")
+/// Root-only tests are skipped, with this message, when not root, except in CI,
+/// where they run (and fail without root): see `TestEnvironment`.
+let rootOnly = Testing.ConditionTrait.enabled(if: TestEnvironment.privilegedTestsRun, "needs root (real kernel: sock_diag, cgroups, netns)")
 
 enum TestSocketError: Error, CustomStringConvertible {
     case call(String, Int32)

@@ -1,12 +1,13 @@
 import Glibc
 import LinuxNet
+import TestFixtures
 import Testing
 
 @testable import Netfilter
 
 /// `updateElements` against the real kernel, each test in its own scratch
 /// namespace (deleted even when the test fails, and the table with it).
-@Suite(.enabled(if: getuid() == 0, "needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces and program nftables"))
+@Suite(.enabled(if: TestEnvironment.privilegedTestsRun, "needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces and program nftables"))
 struct ElementUpdateKernelTests {
     static let workloads = CaptureRules.workloadSetName(level: 2)
     static let strict = CaptureRules.strictPortSetName

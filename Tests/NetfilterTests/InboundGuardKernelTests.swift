@@ -1,4 +1,5 @@
 import Glibc
+import TestFixtures
 import Testing
 
 @testable import Netfilter
@@ -7,7 +8,7 @@ import Testing
 /// `node` (10.77.0.1, fd77::1) holding the table and the listeners, and `peer`
 /// (10.77.0.2, fd77::2) standing for another machine. Both are deleted even when
 /// the test fails, and the veth pair with them.
-@Suite(.enabled(if: getuid() == 0, "needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces and program nftables"))
+@Suite(.enabled(if: TestEnvironment.privilegedTestsRun, "needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces and program nftables"))
 struct InboundGuardKernelTests {
     static let strict: UInt16 = 8443
     static let permissive: UInt16 = 8080

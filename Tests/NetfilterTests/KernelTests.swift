@@ -1,12 +1,13 @@
 import Foundation
 import LinuxNet
+import TestFixtures
 import Testing
 
 @testable import Netfilter
 
 /// Tests against the real kernel. Each test makes its own network namespace
 /// (`ma-nft-<random>`), works only inside it, and deletes it even when it fails.
-@Suite(.enabled(if: getuid() == 0, "needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces and program nftables"))
+@Suite(.enabled(if: TestEnvironment.privilegedTestsRun, "needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces and program nftables"))
 struct KernelTests {
     let desired = CaptureRules.table(for: CaptureParameters(workloadCgroupLevels: [2]))
 

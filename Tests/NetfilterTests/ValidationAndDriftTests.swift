@@ -1,6 +1,7 @@
 import CNetlink
 import Glibc
 import LinuxNet
+import TestFixtures
 import Testing
 
 @testable import Netfilter
@@ -217,7 +218,8 @@ import Testing
     }
 
     @Test func garbageNeverCrashesTheParsers() throws {
-        var generator = SystemRandomNumberGenerator()
+        let seed = SeededRandom.seed(default: 0x4E_F7)
+        var generator = SeededRandom(seed: seed)
         var parsedSome = 0
         for round in 0..<20000 {
             let payloadLength = Int.random(in: 0...120, using: &generator)
@@ -248,7 +250,7 @@ import Testing
                 }
             }
         }
-        #expect(parsedSome > 0)
+        #expect(parsedSome > 100, "only \(parsedSome) tables parsed from 20,000 plausible replies with TEST_SEED=\(seed)")
     }
 
     @Test func userDataTLVsAreBoundsChecked() {

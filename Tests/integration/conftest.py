@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +27,43 @@ BIN = Path(os.environ.get("MESH_AGENT_BIN", REPO / ".build" / "debug"))
 TRUST_DOMAIN = "cluster.local"
 
 _counter = itertools.count(1)
+
+# In CI every test must run: a test that skips there (not root, no cgroup v2,
+# a tool missing) would let the suite pass without testing anything.
+IN_CI = os.environ.get("CI") == "true"
+# How long a helper process may take to say it is ready.
+START_TIMEOUT = 20
+
+
+def _fail_skips_in_ci(report):
+    if IN_CI and report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, where every test must run: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    _fail_skips_in_ci(outcome.get_result())
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    _fail_skips_in_ci(outcome.get_result())
+
+
+def read_line(stream, timeout, what):
+    """The next line of a helper's output, or a failure naming `what` if none
+    comes within `timeout` seconds (a helper that hangs must not hang the suite)."""
+    box = {}
+    reader = threading.Thread(target=lambda: box.setdefault("line", stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if "line" not in box:
+        raise AssertionError(f"{what}: nothing within {timeout}s")
+    return box["line"]
 
 
 def sh(*cmd, check=True, timeout=30, **kw):
@@ -102,9 +140,18 @@ class Topology:
         connection to that file (so a test can show nothing was dialled); with
         `bind` (a list of addresses), it listens on those only."""
         args = [sys.executable, str(PEER), "serve", mode, str(port), str(record or "")] + ([",".join(bind)] if bind else [])
-        proc = self.spawn(ns or self.remote, args, cgroup=cgroup)
-        line = proc.stdout.readline()
-        assert line.strip() == "listening", f"test server did not start: {proc.stderr.read()}"
+        return self.serve(ns or self.remote, args, cgroup=cgroup, what=f"test server {mode} on port {port}")
+
+    def serve(self, ns, argv, cgroup=None, what="a test server"):
+        """Starts a server that prints "listening" once it is, and waits for
+        that line (at most START_TIMEOUT seconds)."""
+        proc = self.spawn(ns, argv, cgroup=cgroup)
+        try:
+            line = read_line(proc.stdout, START_TIMEOUT, f"{what} did not say it was listening")
+        except AssertionError:
+            proc.kill()
+            raise AssertionError(f"{what} did not start within {START_TIMEOUT}s: {proc.stderr.read()}")
+        assert line.strip() == "listening", f"{what} did not start: {proc.stderr.read()}"
         return proc
 
     def client(self, args, cgroup=None, timeout=120, ns=None):

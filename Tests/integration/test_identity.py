@@ -87,7 +87,11 @@ def test_a_trust_bundle_change_reissues_and_a_corrupt_bundle_is_refused(topology
 
     bundle.write_text(original[: len(original) // 2])
     wait_for(lambda: "not reloaded, the previous roots stay in force" in agent.log(), timeout=10, what="the corrupt bundle to be refused")
-    time.sleep(1.5)
+    # The bundle is polled every tick: two more ticks of the agent's own clock
+    # would have re-issued, had the refused bundle counted as a change.
+    refused_at = json.loads(agent.ctl("status", "-o", "json").stdout)["uptime_seconds"]
+    wait_for(lambda: json.loads(agent.ctl("status", "-o", "json").stdout)["uptime_seconds"] >= refused_at + 2, timeout=10,
+             what="two more ticks of the agent")
     assert certs(agent)[0]["serial"] == after, "a refused bundle must not trigger re-issuing"
     assert agent.proc.poll() is None
 

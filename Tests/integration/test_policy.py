@@ -178,18 +178,15 @@ class PolicyMesh:
         self.orders_record = tmp / "orders-requests"
         self.ledger_record = tmp / "ledger-accepted"
         self.cart_record = tmp / "cart-accepted"
-        proc = t.spawn(t.remote, [sys.executable, str(HTTP_PEER), "serve", str(ORDERS), str(self.orders_record)],
-                       cgroup=nodes.cgroups.directory("orders"))
-        assert proc.stdout.readline().strip() == "listening", proc.stderr.read()
+        t.serve(t.remote, [sys.executable, str(HTTP_PEER), "serve", str(ORDERS), str(self.orders_record)],
+                cgroup=nodes.cgroups.directory("orders"), what="the orders server")
         t.server("echo", LEDGER, ns=t.remote, cgroup=nodes.cgroups.directory("ledger"), record=self.ledger_record)
         self.inventory_record = tmp / "inventory-calls"
-        proc = t.spawn(t.remote, [sys.executable, str(GRPC), "serve", str(INVENTORY), str(self.inventory_record)],
-                       cgroup=nodes.cgroups.directory("inventory"))
-        assert proc.stdout.readline().strip() == "listening", proc.stderr.read()
+        t.serve(t.remote, [sys.executable, str(GRPC), "serve", str(INVENTORY), str(self.inventory_record)],
+                cgroup=nodes.cgroups.directory("inventory"), what="the inventory server")
         self.profile_record = tmp / "profile-requests"
-        proc = t.spawn(t.remote, [sys.executable, str(HTTP_PEER), "serve", str(PROFILE), str(self.profile_record)],
-                       cgroup=nodes.cgroups.directory("profile"))
-        assert proc.stdout.readline().strip() == "listening", proc.stderr.read()
+        t.serve(t.remote, [sys.executable, str(HTTP_PEER), "serve", str(PROFILE), str(self.profile_record)],
+                cgroup=nodes.cgroups.directory("profile"), what="the profile server")
         t.server("echo", CART, ns=t.node, cgroup=nodes.cgroups.directory("cart"), record=self.cart_record)
 
         self.b = nodes.agent("b", self.b_workloads, meshNetworks=MESH, policyDir=self.policies_b, mtlsMode="STRICT").start()

@@ -129,6 +129,7 @@ class H2Client:
         self.resets = {}
         self.goaway = None
         self.closed = False
+        self.settings_received = False
 
     def flush(self):
         out = self.conn.data_to_send()
@@ -157,6 +158,8 @@ class H2Client:
                 self.resets[event.stream_id] = int(event.error_code)
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self.goaway = int(event.error_code)
+            elif isinstance(event, h2.events.RemoteSettingsChanged):
+                self.settings_received = True
         self.flush()
         return True
 
@@ -281,7 +284,7 @@ def command_streams(args):
         block = encoder.encode([(":method", "CONNECT"), (":authority", args.authority)])
         burst += frame(0x1, 0x4, 1 + 2 * i, block)  # HEADERS, END_HEADERS
     result = {"advertised_max_concurrent_streams": advertised, "sent": args.count, "ok_responses": 0,
-              "other_responses": 0, "resets": 0, "goaway": None, "closed": False, "error": None}
+              "other_responses": 0, "resets": 0, "goaway": None, "goaway_error": None, "closed": False, "error": None}
     try:
         sock.sendall(bytes(burst))
     except (ssl.SSLError, OSError) as error:
@@ -310,7 +313,8 @@ def command_streams(args):
         elif kind == 0x3:
             result["resets"] += 1
         elif kind == 0x7:
-            result["goaway"] = int.from_bytes(payload[4:8], "big")
+            result["goaway"] = int.from_bytes(payload[:4], "big") & 0x7FFFFFFF
+            result["goaway_error"] = int.from_bytes(payload[4:8], "big")
         elif kind == 0x6 and not flags & 1:
             sock.sendall(frame(0x6, 1, 0, payload))
         elif kind == 0x4 and not flags & 1:
@@ -324,6 +328,53 @@ def command_streams(args):
     sys.stdin.readline()
     sock.close()
     return None
+
+
+def command_sequence(args):
+    """args.count CONNECT streams on one connection, never more open at once
+    than the server advertised: each sends a line, reads its echo, half-closes,
+    and waits for the server's END_STREAM before its slot is used again."""
+    sock = tls_connect(args.host, args.port, args.ca, args.cert, args.key)
+    client = H2Client(sock)
+    client.wait(lambda: client.settings_received, timeout=5)
+    limit = client.conn.remote_settings.max_concurrent_streams
+    result = {"limit": limit, "count": args.count, "echoed": 0, "ended": 0, "other": 0, "resets": 0, "goaway": None, "error": None}
+    open_streams = {}
+    started = 0
+    deadline = time.time() + 120
+    try:
+        while (started < args.count or open_streams) and time.time() < deadline and client.goaway is None and not client.closed:
+            while started < args.count and len(open_streams) < limit:
+                sid = client.request("CONNECT", args.authority)
+                open_streams[sid] = f"stream {started}\n".encode()
+                started += 1
+            client.pump(1)
+            for sid, line in list(open_streams.items()):
+                if sid in client.resets:
+                    result["resets"] += 1
+                    del open_streams[sid]
+                    continue
+                response = client.responses.get(sid)
+                if response is None:
+                    continue
+                if response.get(":status") != "200":
+                    result["other"] += 1
+                    del open_streams[sid]
+                    continue
+                if sid not in client.data and line is not None:
+                    client.conn.send_data(sid, line, end_stream=True)
+                    open_streams[sid] = None
+                    client.flush()
+                if sid in client.ended:
+                    if bytes(client.data.get(sid, b"")).startswith(b"stream "):
+                        result["echoed"] += 1
+                    result["ended"] += 1
+                    del open_streams[sid]
+    except Exception as error:
+        result["error"] = f"{type(error).__name__}: {error}"
+    result["goaway"] = client.goaway
+    sock.close()
+    return result
 
 
 def command_noread(args):
@@ -389,7 +440,7 @@ def command_garbage(args):
 
 def main(argv):
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["connect", "streams", "noread", "nocert", "garbage"])
+    parser.add_argument("command", choices=["connect", "streams", "sequence", "noread", "nocert", "garbage"])
     parser.add_argument("--host", required=True)
     parser.add_argument("--port", type=int, default=15008)
     parser.add_argument("--cert")
@@ -401,7 +452,7 @@ def main(argv):
     parser.add_argument("--count", type=int, default=3000)
     args = parser.parse_args(argv)
     result = {
-        "connect": command_connect, "streams": command_streams, "noread": command_noread,
+        "connect": command_connect, "streams": command_streams, "sequence": command_sequence, "noread": command_noread,
         "nocert": command_nocert, "garbage": command_garbage,
     }[args.command](args)
     if result is not None:
