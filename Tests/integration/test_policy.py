@@ -317,6 +317,25 @@ def test_ambiguous_or_malformed_requests_are_refused_never_forwarded(mesh, raw):
     assert len(mesh.arrived()) == before
 
 
+@pytest.mark.parametrize("raw,status", [
+    ("GET /\r\n", 505),                                    # HTTP/0.9: no version, no headers, then silence
+    ("GET /\r\n\r\n", 505),
+    ("GET /orders/x HTTP/0.9\r\nHost: o\r\n\r\n", 505),
+    ("GET /orders/x HTTP/1.1\r\nHost: o\r\nContent-Length: 99999999999999999999\r\n\r\n", 400),
+    ("POST /orders/x HTTP/1.1\r\nHost: o\r\nContent-Length: -1\r\n\r\n", 400),
+    ("GET /orders/x HTTP/1.1\r\nHost: o\r\nTransfer-Encoding: gzip\r\n\r\n", 501),
+    ("GET /orders/x HTTP/1.1\r\nHost o\r\n\r\n", 400),
+])
+def test_a_request_the_agent_will_not_forward_is_answered_at_once(mesh, raw, status):
+    """The client gets its answer as soon as the agent knows it will refuse,
+    not when a timeout runs out: the request is sent, and nothing more."""
+    before = len(mesh.arrived())
+    answers = mesh.http("checkout", [raw])
+    assert answers[0]["status"] == status, answers
+    assert answers[0]["seconds"] < 2, f"the refusal took {answers[0]['seconds']:.1f}s: {answers}"
+    assert len(mesh.arrived()) == before
+
+
 # ---------------------------------------------------------------- gRPC
 
 

@@ -127,6 +127,7 @@ final class InspectedConnection {
             try upstreamOperations.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .forward)))
             try upstreamOperations.addHandler(relay)
             let clientOperations = client.pipeline.syncOperations
+            try clientOperations.addHandler(RequestLineGuard(limit: limit))
             try clientOperations.addHandler(limit.makeRequestDecoder())
             try clientOperations.addHandler(HTTPResponseEncoder())
             try clientOperations.addHandler(gate)

@@ -15,6 +15,7 @@ import json
 import socket
 import sys
 import threading
+import time
 
 from peer import listener
 
@@ -93,17 +94,19 @@ def exchange(host, port, requests, pipeline):
     if pipeline:
         connection.sendall("".join(requests).encode("latin-1"))
     for request in requests:
+        sent = time.monotonic()
         try:
             if not pipeline:
                 connection.sendall(request.encode("latin-1"))
             line, headers = read_head(reader)
             if line is None:
-                answers.append({"status": "closed"})
+                answers.append({"status": "closed", "seconds": time.monotonic() - sent})
                 continue
             body = read_body(reader, headers, no_body=request.startswith("HEAD "))
-            answers.append({"status": int(line.split(" ")[1]), "headers": dict(headers), "body": body.decode("utf-8", "replace")})
+            answers.append({"status": int(line.split(" ")[1]), "headers": dict(headers), "body": body.decode("utf-8", "replace"),
+                            "seconds": time.monotonic() - sent})
         except (OSError, ValueError) as error:
-            answers.append({"status": "closed", "error": str(error)})
+            answers.append({"status": "closed", "error": str(error), "seconds": time.monotonic() - sent})
     connection.close()
     print(json.dumps(answers))
 
