@@ -71,7 +71,7 @@ struct AgentServices {
         let authorizer = InboundAuthorizer(
             AuthorizationSnapshot(
                 generation: 1, policies: policies.authorization, requestAuthentication: policies.requestAuthentication,
-                peerAuthentication: policies.peerAuthentication, workloads: registry.members.map(\.workload)))
+                peerAuthentication: policies.peerAuthentication, pathRules: config.http, workloads: registry.members.map(\.workload)))
         let enforcement = PolicyEnforcement(state: state, authorizer: authorizer, connections: connections, registry: registry, logger: logger)
         let destinations = NodeDestinations(registry: registry, agentPorts: config.ports.all, logger: logger)
         let listeners = Listeners(

@@ -61,23 +61,23 @@ struct PolicyEnforcement {
         }
         reloads.increment()
         generationGauge.record(generation)
-        apply(policies, generation: generation)
+        apply(policies, generation: generation, pathRules: config.http)
         return true
     }
 
     /// Compiles the policies in force again for the registry's workloads (after
-    /// the workloads changed) and re-checks open connections.
-    func recompile() {
+    /// the workloads or the config's path rules changed) and re-checks open
+    /// connections.
+    func recompile(config: AgentConfig) {
         let status = state.current.policy
-        apply(status.policies, generation: status.generation)
+        apply(status.policies, generation: status.generation, pathRules: config.http)
     }
 
-    private func apply(_ policies: PolicySet, generation: Int) {
+    private func apply(_ policies: PolicySet, generation: Int, pathRules: HTTPPath.Rules) {
         authorizer.update(
             AuthorizationSnapshot(
                 generation: generation, policies: policies.authorization, requestAuthentication: policies.requestAuthentication,
-                peerAuthentication: policies.peerAuthentication,
-                workloads: registry.members.map(\.workload)))
+                peerAuthentication: policies.peerAuthentication, pathRules: pathRules, workloads: registry.members.map(\.workload)))
         let closed = connections.recheck(authorizer)
         if closed > 0 {
             revokedConnections.increment(by: closed)

@@ -30,11 +30,12 @@ extension ControlLoop {
         config.accessLogLimit = file.accessLogLimit
         config.policyDir = file.policyDir
         config.mtlsMode = file.mtlsMode
+        config.http = file.http
 
         services.registry.update(config.workloads, from: .config)
         if !services.enforcement.reload(config: config, capture: &capture) {
             // The workloads may have changed even though the policies did not load.
-            services.enforcement.recompile()
+            services.enforcement.recompile(config: config)
         }
         capture.sync()
         if config.accessLogLimit != previousLimit {

@@ -61,6 +61,8 @@ public struct AgentConfig: Equatable, Sendable {
     public var ca = CertificateAuthority()
     public var meshNetworks: [IPPrefix] = []
     public var limits = Limits()
+    /// How inspected HTTP requests' paths are normalized (`http:`).
+    public var http = HTTPPath.Rules.standard
     /// The `workloads:` list: the config file's own workload source.
     public var workloads: [WorkloadSpec] = []
 
@@ -126,11 +128,12 @@ extension AgentConfig {
             }
         }
         if let node = top.take("limits") { config.limits = try parseLimits(node) }
+        if let node = top.take("http") { config.http = try parseHTTP(node) }
         if let node = workloadsNode { config.workloads = try parseWorkloads(node, trustDomain: trustDomain, agentPorts: config.ports) }
         try top.finish(allowed: [
             "trustDomain", "node", "captureMode", "mark", "markMask", "failureMode", "ports", "adminSocket",
             "accessLog", "accessLogLimit", "policyDir", "rootNamespace", "certificateTTL", "mtlsMode", "drainTimeout", "ca",
-            "meshNetworks", "limits", "workloads",
+            "meshNetworks", "limits", "http", "workloads",
         ])
         return config
     }
@@ -177,6 +180,23 @@ extension AgentConfig {
         if let value = map.take("connectTimeout") { limits.connectTimeout = try duration(value, atLeast: .milliseconds(1)) }
         try map.finish(allowed: ["maxConnections", "connectTimeout"])
         return limits
+    }
+
+    /// `http: {pathNormalization: MERGE_SLASHES, pathParameters: reject}`.
+    private static func parseHTTP(_ node: YAMLNode) throws -> HTTPPath.Rules {
+        var map = try node.mapping()
+        var rules = HTTPPath.Rules.standard
+        if let value = map.take("pathNormalization") {
+            if (try? value.string()) == "NONE" {
+                throw value.error("pathNormalization NONE would let policy match one path while the workload serves another; use BASE, MERGE_SLASHES or DECODE_AND_MERGE_SLASHES")
+            }
+            rules.normalization = try value.oneOf(HTTPPath.Rules.Normalization.self, HTTPPath.Rules.Normalization.allCases)
+        }
+        if let value = map.take("pathParameters") {
+            rules.parameters = try value.oneOf(HTTPPath.Rules.Parameters.self, HTTPPath.Rules.Parameters.allCases)
+        }
+        try map.finish(allowed: ["pathNormalization", "pathParameters"])
+        return rules
     }
 
     /// `accessLogLimit: {linesPerSecond: 5000, burst: 20000}`; `linesPerSecond: 0`

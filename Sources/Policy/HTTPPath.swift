@@ -12,10 +12,53 @@ public enum HTTPPath {
     /// could not be served anyway.
     public static let maximumTargetLength = 8 * 1024
 
+    /// How far paths are normalized, and what happens to `;` path parameters:
+    /// node-wide, from the config's `http:` section.
+    public struct Rules: Hashable, Sendable {
+        /// Istio's `pathNormalization` levels. Every level decodes escapes of
+        /// unreserved characters and resolves dot segments (Istio's BASE).
+        public enum Normalization: String, Hashable, Sendable, CaseIterable {
+            /// No more: `//admin` stays `//admin`.
+            case BASE
+            /// Repeated slashes become one (`//admin` is `/admin`).
+            case MERGE_SLASHES
+            /// Also `%2F` and `%5C` are decoded, as `/`, before merging.
+            /// Without it they are refused, never passed on.
+            case DECODE_AND_MERGE_SLASHES
+        }
+
+        /// `;` parameters in a path segment (`/admin;x=1/panel`). Some
+        /// frameworks (Tomcat, Spring, Jetty) drop them before routing, so a
+        /// policy that matched the path with them may not be the one that
+        /// applies to the resource the workload serves.
+        public enum Parameters: String, Hashable, Sendable, CaseIterable {
+            /// Matched and forwarded as they are (Istio's behaviour).
+            case keep
+            /// Removed from every segment; policy and the workload see the
+            /// path without them.
+            case strip
+            /// A path with parameters is refused with 400.
+            case reject
+        }
+
+        public var normalization: Normalization
+        public var parameters: Parameters
+
+        public init(normalization: Normalization = .MERGE_SLASHES, parameters: Parameters = .reject) {
+            self.normalization = normalization
+            self.parameters = parameters
+        }
+
+        /// The defaults: merged slashes, parameters refused.
+        public static let standard = Rules()
+    }
+
     /// The normalized form of `target`, or why it is refused.
     ///
     /// Runs in time linear in the length of `target`.
-    public static func normalize(_ target: some StringProtocol, maximumLength: Int = maximumTargetLength) -> Result<NormalizedTarget, HTTPPathError> {
+    public static func normalize(
+        _ target: some StringProtocol, rules: Rules = .standard, maximumLength: Int = maximumTargetLength
+    ) -> Result<NormalizedTarget, HTTPPathError> {
         let bytes = Array(target.utf8)
         guard !bytes.isEmpty else { return .failure(.empty) }
         guard bytes.count <= maximumLength else { return .failure(.tooLong(length: bytes.count, limit: maximumLength)) }
@@ -38,23 +81,35 @@ public enum HTTPPath {
             query = String(decoding: queryBytes, as: UTF8.self)
         }
 
-        let decoded: [UInt8]
-        switch decodePath(pathBytes) {
+        var decoded: [UInt8]
+        switch decodePath(pathBytes, decodingSlashes: rules.normalization == .DECODE_AND_MERGE_SLASHES) {
         case .success(let bytes): decoded = bytes
         case .failure(let problem): return .failure(problem)
+        }
+        switch rules.parameters {
+        case .keep:
+            break
+        case .strip:
+            decoded = stripParameters(decoded)
+        case .reject:
+            // "..;" has a reason of its own, given by the dot-segment pass.
+            if decoded.indices.contains(where: { decoded[$0] == Byte.semicolon && !isDotSegmentWithParameters(decoded, at: $0) }) {
+                return .failure(.pathParameters)
+            }
         }
         let resolved: [UInt8]
         switch removeDotSegments(decoded) {
         case .success(let bytes): resolved = bytes
         case .failure(let problem): return .failure(problem)
         }
-        let path = String(decoding: mergeSlashes(resolved), as: UTF8.self)
-        return .success(NormalizedTarget(form: .origin, path: path, query: query))
+        let merged = rules.normalization == .BASE ? resolved : mergeSlashes(resolved)
+        return .success(NormalizedTarget(form: .origin, path: String(decoding: merged, as: UTF8.self), query: query))
     }
 
     /// Percent escapes of unreserved characters decoded, other escapes with their hex
     /// in upper case, every other byte checked against RFC 3986 `pchar` and `/`.
-    private static func decodePath(_ bytes: ArraySlice<UInt8>) -> Result<[UInt8], HTTPPathError> {
+    /// With `decodingSlashes`, `%2F` and `%5C` become `/`.
+    private static func decodePath(_ bytes: ArraySlice<UInt8>, decodingSlashes: Bool) -> Result<[UInt8], HTTPPathError> {
         var output: [UInt8] = []
         output.reserveCapacity(bytes.count)
         var index = bytes.startIndex
@@ -66,6 +121,8 @@ public enum HTTPPath {
                 }
                 let value = high << 4 | low
                 switch value {
+                case Byte.slash where decodingSlashes, Byte.backslash where decodingSlashes:
+                    output.append(Byte.slash)
                 case Byte.slash, Byte.backslash, 0:
                     // A workload that decodes these would see another path (or the end of
                     // the string) than the one policy matched; no choice is safe but refusal.
@@ -120,6 +177,26 @@ public enum HTTPPath {
             output.append(contentsOf: path[range])
         }
         return .success(output)
+    }
+
+    /// Each segment without its `;` parameters: `/a;x/b;y=1` is `/a/b`.
+    private static func stripParameters(_ path: [UInt8]) -> [UInt8] {
+        var output: [UInt8] = []
+        output.reserveCapacity(path.count)
+        var inParameters = false
+        for byte in path {
+            if byte == Byte.slash { inParameters = false }
+            if byte == Byte.semicolon { inParameters = true }
+            if !inParameters { output.append(byte) }
+        }
+        return output
+    }
+
+    /// Whether the `;` at `index` follows a dot segment (`..;x`), which has an
+    /// error of its own.
+    private static func isDotSegmentWithParameters(_ path: [UInt8], at index: Int) -> Bool {
+        let start = (path[..<index].lastIndex(of: Byte.slash) ?? -1) + 1
+        return isDotSegment(path[start..<index])
     }
 
     private static func isDotSegment(_ segment: ArraySlice<UInt8>) -> Bool {
@@ -252,6 +329,8 @@ public enum HTTPPathError: Error, Hashable, Sendable, CustomStringConvertible {
     case ambiguousEscape(position: Int, decodedByte: UInt8)
     /// `..;x` or `.;x`.
     case dotSegmentWithParameters
+    /// `;` parameters in a path segment, refused by `pathParameters: reject`.
+    case pathParameters
 
     public var description: String {
         switch self {
@@ -273,6 +352,8 @@ public enum HTTPPathError: Error, Hashable, Sendable, CustomStringConvertible {
             "request-target has an escaped \(Self.name(of: decodedByte)) at byte \(position), which servers decode differently"
         case .dotSegmentWithParameters:
             "request-target has a dot segment with ';' parameters (\"..;\"), which some servers read as \"..\""
+        case .pathParameters:
+            "request-target has ';' path parameters, which some frameworks drop before routing; refused (http.pathParameters: reject)"
         }
     }
 

@@ -1,3 +1,4 @@
+import Policy
 import Testing
 @testable import Config
 
@@ -146,6 +147,27 @@ import Testing
     @Test(arguments: ["", "10", "s", "5 m", "1d", "-5s", "1h30", "99999999999999s"])
     func badDurationsAreRefused(text: String) {
         #expect(parseDuration(text) == nil)
+    }
+
+    @Test func pathRulesComeFromTheHTTPSection() throws {
+        let standard = try AgentConfig.parse("trustDomain: td\n", file: "agent.yaml", defaultNode: "n")
+        #expect(standard.http == HTTPPath.Rules(normalization: .MERGE_SLASHES, parameters: .reject))
+        let set = try AgentConfig.parse(
+            "trustDomain: td\nhttp: {pathNormalization: DECODE_AND_MERGE_SLASHES, pathParameters: strip}\n", file: "agent.yaml", defaultNode: "n")
+        #expect(set.http == HTTPPath.Rules(normalization: .DECODE_AND_MERGE_SLASHES, parameters: .strip))
+        for (text, expected) in [
+            ("http: {pathNormalization: NONE}", "agent.yaml:2: http.pathNormalization: pathNormalization NONE would let policy match one path"),
+            ("http: {pathParameters: drop}", "http.pathParameters: must be one of keep, strip, reject"),
+            ("http: {pathNormalisation: BASE}", "http.pathNormalisation: unknown key"),
+        ] {
+            #expect {
+                _ = try AgentConfig.parse("trustDomain: td\n\(text)\n", file: "agent.yaml", defaultNode: "n")
+            } throws: { error in
+                let matches = "\(error)".contains(expected)
+                if !matches { Issue.record("got: \(error)") }
+                return matches
+            }
+        }
     }
 
     @Test func theShippedExampleConfigIsValid() throws {

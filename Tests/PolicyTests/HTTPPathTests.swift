@@ -55,11 +55,51 @@ import Testing
         ("/a%25%32%66", "/a%252f"),
     ])
     func pathsAreNormalized(target: String, expected: String) throws {
-        let normalized = try HTTPPath.normalize(target).get()
+        // Path parameters are kept here, to see what normalization alone does;
+        // what the other `pathParameters` modes do is tested below.
+        let normalized = try HTTPPath.normalize(target, rules: .init(parameters: .keep)).get()
         #expect(normalized.path == expected)
         #expect(normalized.form == .origin)
         #expect(normalized.query == nil)
         #expect(normalized.target == expected)
+    }
+
+    @Test(arguments: ["/a;b=c/d", "/admin;x/panel", "/!$&'()*+,;=", "/a/b;"])
+    func pathParametersAreRefusedByDefault(target: String) {
+        #expect(throws: HTTPPathError.pathParameters) { try HTTPPath.normalize(target).get() }
+        #expect(HTTPPathError.pathParameters.description.contains("http.pathParameters"))
+    }
+
+    @Test(arguments: [
+        ("/a;b=c/d", "/a/d"),
+        ("/admin;x/panel", "/admin/panel"),
+        ("/a;x/..;y/b", "/b"),
+        ("/public/;/secret", "/public/secret"),
+        ("/a;", "/a"),
+    ])
+    func strippedPathParametersLeaveThePathFrameworksRoute(target: String, expected: String) throws {
+        #expect(try HTTPPath.normalize(target, rules: .init(parameters: .strip)).get().path == expected)
+    }
+
+    @Test func keptPathParametersAreMatchedAsTheyAre() throws {
+        let kept = HTTPPath.Rules(parameters: .keep)
+        #expect(try HTTPPath.normalize("/admin;x/panel", rules: kept).get().path == "/admin;x/panel")
+        // A dot segment with parameters is refused whatever the mode but strip.
+        #expect(throws: HTTPPathError.dotSegmentWithParameters) { try HTTPPath.normalize("/a/..;x/b", rules: kept).get() }
+        #expect(throws: HTTPPathError.dotSegmentWithParameters) { try HTTPPath.normalize("/a/..;x/b").get() }
+    }
+
+    @Test func normalizationLevelsFollowIstio() throws {
+        let base = HTTPPath.Rules(normalization: .BASE)
+        #expect(try HTTPPath.normalize("//admin//x", rules: base).get().path == "//admin//x")
+        #expect(try HTTPPath.normalize("/a/../b", rules: base).get().path == "/b")
+        #expect(try HTTPPath.normalize("//admin//x").get().path == "/admin/x")
+        let decode = HTTPPath.Rules(normalization: .DECODE_AND_MERGE_SLASHES)
+        #expect(try HTTPPath.normalize("/admin%2Fpanel", rules: decode).get().path == "/admin/panel")
+        #expect(try HTTPPath.normalize("/public%2F..%2Fadmin", rules: decode).get().path == "/admin")
+        #expect(try HTTPPath.normalize("/a%5Cb", rules: decode).get().path == "/a/b")
+        #expect(throws: HTTPPathError.ambiguousEscape(position: 6, decodedByte: 0x2F)) { try HTTPPath.normalize("/admin%2Fpanel").get() }
+        #expect(throws: HTTPPathError.ambiguousEscape(position: 2, decodedByte: 0)) { try HTTPPath.normalize("/a%00", rules: decode).get() }
     }
 
     @Test func normalizingTwiceChangesNothing() throws {

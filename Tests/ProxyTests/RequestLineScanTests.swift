@@ -8,9 +8,14 @@ import Testing
         return chunks.map { chunk in Array(chunk.utf8).withUnsafeBytes { scan.next($0) } }
     }
 
-    @Test(arguments: ["GET /\r\n", "GET /\n", "GET /index.html\r\n", "\r\nGET /\r\n", "DELETE /x HTTP\r\n"])
+    @Test(arguments: ["GET /\r\n", "GET /\n", "GET /index.html\r\n", "\r\nGET /\r\n"])
     func aLineWithoutAVersionIsRefusedWhenItEnds(line: String) {
         #expect(Self.verdicts([line]) == [.noVersion])
+    }
+
+    @Test(arguments: ["hello there\r\n", "DELETE /x HTTP\r\n", "GET\r\n", " /\r\n", "GET  /\r\n"])
+    func aLineThatIsNoRequestLineIsMalformed(line: String) {
+        #expect(Self.verdicts([line]) == [.malformed])
     }
 
     @Test func aVersionSplitAcrossReadsIsFound() {

@@ -262,7 +262,8 @@ class Agent:
     `ca` is a directory with intermediate.pem, intermediate.key and bundle.pem;
     without it the agent gets a CA of its own below tmp_path (or `ca_dir`).
     Settings written to the config when given: node, meshNetworks (a list),
-    mtlsMode, policyDir, rootNamespace, certificateTTL, failureMode, drainTimeout.
+    mtlsMode, policyDir, rootNamespace, certificateTTL, failureMode, drainTimeout,
+    http (a dict).
     """
 
     def __init__(self, topology, tmp_path, workloads, namespace=None, ca=None, **settings):
@@ -298,6 +299,8 @@ class Agent:
         for key in ("mtlsMode", "policyDir", "rootNamespace"):
             if settings.get(key) is not None:
                 lines.append(f"{key}: {settings[key]}")
+        if settings.get("http") is not None:
+            lines.append(f"http: {json.dumps(settings['http'])}")
         lines.append("workloads:")
         for w in workloads:
             lines += [

@@ -336,6 +336,28 @@ def test_a_request_the_agent_will_not_forward_is_answered_at_once(mesh, raw, sta
     assert len(mesh.arrived()) == before
 
 
+def test_path_parameters_are_refused_stripped_or_kept_as_configured(mesh):
+    """A DENY on /admin/* and a workload framework that drops ';' parameters:
+    reject (the default) answers 400, strip decides and forwards the path
+    without them (403 here), keep matches them as sent (Istio's way, the
+    bypass the other two close)."""
+    path = "/admin;jsessionid=1/panel"
+    refused = mesh.http("checkout", [request("GET", path)])[0]
+    assert refused["status"] == 400 and "pathParameters" in refused["body"], refused
+    before = len(mesh.arrived())
+    try:
+        for mode, status in (("strip", 403), ("keep", 200)):
+            mesh.b.write_config(mesh.b_workloads, http={"pathParameters": mode})
+            assert "reloaded" in mesh.b.ctl("reload").stdout
+            answer = mesh.http("checkout", [request("GET", path)])[0]
+            assert answer["status"] == status, f"{mode}: {answer}"
+        assert [r["path"] for r in mesh.arrived()[before:]] == [path], "only keep forwards the parameters, as sent"
+    finally:
+        mesh.b.write_config(mesh.b_workloads)
+        assert "reloaded" in mesh.b.ctl("reload").stdout
+    assert mesh.http("checkout", [request("GET", path)])[0]["status"] == 400
+
+
 # ---------------------------------------------------------------- gRPC
 
 

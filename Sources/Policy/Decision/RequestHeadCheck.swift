@@ -14,7 +14,7 @@
 /// that arrives.
 public enum RequestHeadCheck {
     /// What the request decision needs from a head, or why it is refused.
-    public static func check(_ head: RequestHead) -> Result<CheckedRequest, RequestRefusal> {
+    public static func check(_ head: RequestHead, pathRules: HTTPPath.Rules = .standard) -> Result<CheckedRequest, RequestRefusal> {
         guard head.version == .http1_1 || head.version == .http1_0 else {
             return .failure(RequestRefusal(.httpVersionNotSupported, "HTTP/\(head.version.major).\(head.version.minor) is not supported; use HTTP/1.1"))
         }
@@ -48,7 +48,7 @@ public enum RequestHeadCheck {
             return .failure(RequestRefusal(.notImplemented, "CONNECT is not forwarded to workloads"))
         }
         let target: NormalizedTarget
-        switch HTTPPath.normalize(head.target) {
+        switch HTTPPath.normalize(head.target, rules: pathRules) {
         case .success(let normalized): target = normalized
         case .failure(let error): return .failure(RequestRefusal(.badRequest, error.description))
         }

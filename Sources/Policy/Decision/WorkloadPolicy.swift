@@ -11,11 +11,16 @@ public struct WorkloadPolicy: Sendable {
     public var authenticator: RequestAuthenticator
     /// Ports that carry no HTTP (`protocol: tcp`): decided per connection only.
     public var tcpPorts: Set<UInt16>
+    /// How request paths are normalized before they are matched and forwarded.
+    public var pathRules: HTTPPath.Rules
 
-    public init(authorization: WorkloadAuthorization, authenticator: RequestAuthenticator, tcpPorts: Set<UInt16> = []) {
+    public init(
+        authorization: WorkloadAuthorization, authenticator: RequestAuthenticator, tcpPorts: Set<UInt16> = [], pathRules: HTTPPath.Rules = .standard
+    ) {
         self.authorization = authorization
         self.authenticator = authenticator
         self.tcpPorts = tcpPorts
+        self.pathRules = pathRules
     }
 
     /// The decision for a connection (L4). A workload with JWT rules has every
@@ -35,7 +40,7 @@ public struct WorkloadPolicy: Sendable {
     /// policy with dry-run and audit policies.
     public func decide(_ request: RequestHead, on connection: ConnectionAttributes, now: Double = wallClock()) -> RequestVerdict {
         let checked: CheckedRequest
-        switch RequestHeadCheck.check(request) {
+        switch RequestHeadCheck.check(request, pathRules: pathRules) {
         case .failure(let refusal): return .refused(refusal)
         case .success(let value): checked = value
         }

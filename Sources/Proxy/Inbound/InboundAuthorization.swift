@@ -15,18 +15,21 @@ public struct AuthorizationSnapshot: Sendable {
     public var requestAuthentication: RequestAuthenticationSet
     /// Which workload ports take plaintext from outside the node.
     public var peerAuthentication: PeerAuthenticationSet
+    /// How request paths are normalized (the config's `http:`).
+    public var pathRules: HTTPPath.Rules
     /// Compiled per workload (`namespace/name`) for the workloads the registry
     /// held when the snapshot was made; other workloads are compiled on demand.
     private var compiled: [String: WorkloadPolicy]
 
     public init(
         generation: Int, policies: AuthorizationPolicySet, requestAuthentication: RequestAuthenticationSet? = nil,
-        peerAuthentication: PeerAuthenticationSet? = nil, workloads: [Workload]
+        peerAuthentication: PeerAuthenticationSet? = nil, pathRules: HTTPPath.Rules = .standard, workloads: [Workload]
     ) {
         self.generation = generation
         self.policies = policies
         self.requestAuthentication = requestAuthentication ?? RequestAuthenticationSet(rootNamespace: policies.rootNamespace)
         self.peerAuthentication = peerAuthentication ?? PeerAuthenticationSet(rootNamespace: policies.rootNamespace, defaultMode: .PERMISSIVE)
+        self.pathRules = pathRules
         self.compiled = [:]
         for workload in workloads {
             compiled[workload.qualifiedName] = compile(workload)
@@ -37,7 +40,7 @@ public struct AuthorizationSnapshot: Sendable {
         WorkloadPolicy(
             authorization: policies.forWorkload(namespace: workload.namespace, labels: workload.labels),
             authenticator: requestAuthentication.authenticator(namespace: workload.namespace, labels: workload.labels),
-            tcpPorts: workload.tcpPorts)
+            tcpPorts: workload.tcpPorts, pathRules: pathRules)
     }
 
     public func policy(for workload: Workload) -> WorkloadPolicy {

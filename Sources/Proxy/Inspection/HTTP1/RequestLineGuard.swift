@@ -19,8 +19,10 @@ struct RequestLineScan {
     enum Verdict: Equatable {
         /// Keep passing bytes on; the line has not ended yet, or is fine.
         case pass
-        /// The line ended without an HTTP version.
+        /// The line ended without an HTTP version: `METHOD target`, HTTP/0.9.
         case noVersion
+        /// The line ended and is not a request line at all.
+        case malformed
     }
 
     private static let versionMarker = Array(" HTTP/".utf8)
@@ -47,7 +49,10 @@ struct RequestLineScan {
                 // Empty lines before a request line are allowed (RFC 9112 §2.2).
                 if content.isEmpty { continue }
                 scanning = false
-                return content.firstRange(of: Self.versionMarker) == nil ? .noVersion : .pass
+                if content.firstRange(of: Self.versionMarker) != nil { return .pass }
+                // HTTP/0.9 is a method, one space and a target; anything else is not HTTP.
+                let parts = content.split(separator: UInt8(ascii: " "), omittingEmptySubsequences: false)
+                return parts.count == 2 && !parts[0].isEmpty && parts[1].first == UInt8(ascii: "/") ? .noVersion : .malformed
             }
             line.append(byte)
             if line.count > maximumLength {
@@ -80,8 +85,9 @@ final class RequestLineGuard: ChannelInboundHandler, RemovableChannelHandler {
         let verdict = buffer.withUnsafeReadableBytes { scan.next($0) }
         guard verdict == .pass else {
             refused = true
-            // The gate answers it as the decoder's own version error: 505, then close.
-            context.fireErrorCaught(HTTPParserError.invalidVersion)
+            // The gate answers these as the decoder's own errors would be:
+            // 505 for a missing version, 400 for a line that is not a request line.
+            context.fireErrorCaught(verdict == .noVersion ? HTTPParserError.invalidVersion : HTTPParserError.invalidConstant)
             return
         }
         context.fireChannelRead(data)
