@@ -76,7 +76,20 @@ public final class TunnelClient: Sendable {
             return eventLoop.makeFailedFuture(error)
         }
         let key = PoolKey(source: source, agent: agent, context: ObjectIdentifier(context))
-        return pool.openStream(key: key, context: context, destination: destination)
+        return pool.openStream(key: key, context: context, destination: destination).flatMapError { error in
+            // A stream the destination's agent never answered (its connection
+            // closed, or it was draining and cancelled or refused new streams)
+            // was never processed, so it may be tried again (RFC 9113 §8.7);
+            // the pool no longer offers a connection that said GOAWAY or
+            // closed. An answer, a timeout or a connection that could not be
+            // made is final.
+            switch error {
+            case TunnelError.refused, TunnelError.noResponse, TunnelError.tunnelFailed:
+                return eventLoop.makeFailedFuture(error)
+            default:
+                return pool.openStream(key: key, context: context, destination: destination)
+            }
+        }
     }
 }
 
@@ -333,7 +346,14 @@ private final class TunnelResponseHandler: ChannelInboundHandler, RemovableChann
     func channelActive(context: ChannelHandlerContext) {
         context.fireChannelActive()
         let request = HTTP2Frame.FramePayload.headers(.init(headers: HBONE.connectRequest(to: destination)))
-        context.writeAndFlush(wrapOutboundOut(request), promise: nil)
+        // The CONNECT cannot be sent when the peer's GOAWAY arrived between
+        // picking this connection and opening the stream: the stream never
+        // reached the peer, so it fails at once and may be tried again.
+        let sent = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(request), promise: sent)
+        sent.futureResult.assumeIsolated().whenFailure { [self] _ in
+            fail(TunnelError.streamClosedBeforeResponse(destination: destination.authority), context: context)
+        }
         timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
             fail(TunnelError.noResponse(destination: destination.authority, after: timeout), context: context)
         }
