@@ -134,7 +134,7 @@ let package = Package(
         // Keys and tokens shared by the test targets (not part of any product).
         .target(name: "TestFixtures", path: "Tests/Fixtures"),
         .testTarget(name: "NetfilterTests", dependencies: ["Netfilter", "TestFixtures"]),
-        .testTarget(name: "LinuxNetTests", dependencies: ["LinuxNet", "TestFixtures"]),
+        .testTarget(name: "LinuxNetTests", dependencies: ["LinuxNet", "TestFixtures", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "WorkloadsTests", dependencies: [
             "Workloads", "LinuxNet", "TLS", "TestFixtures",
             .product(name: "Logging", package: "swift-log"),
@@ -143,7 +143,7 @@ let package = Package(
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ]),
         .testTarget(name: "ProxyTests", dependencies: [
-            "Proxy", "TLS", "Policy", "Workloads",
+            "Proxy", "TLS", "Policy", "Workloads", "LinuxNet",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),

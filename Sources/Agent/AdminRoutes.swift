@@ -14,13 +14,15 @@ enum AdminRoutes {
         return [
             AdminServer(path: config.adminSocket, routes: adminRoutes(services, events: events), queryRoutes: queryRoutes(services), group: group, logger: logger),
             AdminServer(
-                binding: .tcp(port: config.ports.metrics),
+                binding: .tcp(name: "metrics", port: config.ports.metrics, sockets: services.sockets),
                 routes: [
                     "/metrics": {
                         AdminServer.Response(contentType: "text/plain; version=0.0.4; charset=utf-8", body: Data(metrics.emitToBuffer()))
                     },
                 ], group: group, logger: logger),
-            AdminServer(binding: .tcp(port: config.ports.readiness), routes: ["/healthz/ready": readiness(services.state)], group: group, logger: logger),
+            AdminServer(
+                binding: .tcp(name: "readiness", port: config.ports.readiness, sockets: services.sockets),
+                routes: ["/healthz/ready": readiness(services.state)], group: group, logger: logger),
         ]
     }
 

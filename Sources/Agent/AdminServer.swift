@@ -33,8 +33,9 @@ public final class AdminServer: Sendable {
 
     public enum Binding: Sendable {
         case unixSocket(path: String)
-        /// Every address (IPv6 dual-stack, or IPv4 alone on a host without IPv6).
-        case tcp(port: UInt16)
+        /// Every address (0.0.0.0 and, where the host has IPv6, ::), with
+        /// sockets from `sockets` under `name`, so they can be handed over.
+        case tcp(name: String, port: UInt16, sockets: ListeningSockets)
     }
 
     private let binding: Binding
@@ -46,6 +47,10 @@ public final class AdminServer: Sendable {
     /// socket file's mode says.
     private let peerAccess: AdminPeerAccess?
     private let channel = NIOLockedValueBox<Channel?>(nil)
+    private let tcpListeners = NIOLockedValueBox<ListenerSet?>(nil)
+    /// The admin socket file this server made (device and inode), so that
+    /// stopping removes it only if no other agent has made its own since.
+    private let socketFile = NIOLockedValueBox<(dev_t, ino_t)?>(nil)
 
     public convenience init(path: String, routes: [String: Route], queryRoutes: [String: QueryRoute] = [:], group: EventLoopGroup, logger: Logger) {
         self.init(binding: .unixSocket(path: path), routes: routes, queryRoutes: queryRoutes, group: group, logger: logger)
@@ -83,18 +88,10 @@ public final class AdminServer: Sendable {
         switch binding {
         case .unixSocket(let path):
             try await startUnix(bootstrap, path: path)
-        case .tcp(let port):
-            let bound: Channel
-            do {
-                bound = try await bootstrap.bind(host: "::", port: Int(port)).get()
-            } catch {
-                do {
-                    bound = try await bootstrap.bind(host: "0.0.0.0", port: Int(port)).get()
-                } catch {
-                    throw ProxyError.cannotListen(address: "0.0.0.0", port: port, underlying: "\(error)")
-                }
-            }
-            channel.withLockedValue { $0 = bound }
+        case .tcp(let name, let port, let sockets):
+            let listeners = ListenerSet(name: name, sockets: sockets)
+            try await listeners.bind(addresses: ["0.0.0.0", "::"], port: port, logger: logger) { bootstrap }
+            tcpListeners.withLockedValue { $0 = listeners }
             logger.info("serving \(routes.keys.sorted().joined(separator: ", ")) on port \(port)")
         }
     }
@@ -116,6 +113,8 @@ public final class AdminServer: Sendable {
             try? await bound.close()
             throw AgentError.adminSocket(path: path, reason: "chmod 0600: \(reason)")
         }
+        var info = stat()
+        if lstat(path, &info) == 0 { socketFile.withLockedValue { $0 = (info.st_dev, info.st_ino) } }
         channel.withLockedValue { $0 = bound }
         logger.info("admin API listening on \(path)")
     }
@@ -124,8 +123,13 @@ public final class AdminServer: Sendable {
         if let bound = channel.withLockedValue({ channel in defer { channel = nil }; return channel }) {
             try? await bound.close()
         }
-        if case .unixSocket(let path) = binding {
-            unlink(path)
+        await tcpListeners.withLockedValue({ listeners in defer { listeners = nil }; return listeners })?.close()
+        // An agent that took over made its own socket at this path.
+        if case .unixSocket(let path) = binding, let made = socketFile.withLockedValue({ $0 }) {
+            var info = stat()
+            if lstat(path, &info) == 0, info.st_dev == made.0, info.st_ino == made.1 {
+                unlink(path)
+            }
         }
     }
 

@@ -39,9 +39,30 @@ struct AgentServices {
     let authorizer: InboundAuthorizer
     let enforcement: PolicyEnforcement
     let listeners: Listeners
+    /// Every listening socket, handed over by the agent before this one or made here.
+    let sockets: ListeningSockets
+    /// The running agent this one takes over from, if one handed its sockets over.
+    let takeover: Handover.Taking?
+    /// Hands this agent's sockets to the next one.
+    let handover: Handover.Giving
     /// The admin API, then Prometheus and the readiness probe; made once the
     /// parts they show exist.
     private(set) var servers: [AdminServer] = []
+
+    /// The sockets systemd kept in its file descriptor store while the
+    /// previous process restarted, if any were meant for this one.
+    private static func fromSystemd(logger: Logger) -> [(name: String, fd: CInt)] {
+        switch SystemdListenFDs.take() {
+        case .none:
+            return []
+        case .ignored(let reason):
+            logger.warning("ignoring the descriptors systemd passed: \(reason)")
+            return []
+        case .descriptors(let named):
+            logger.info("systemd passed \(named.count) stored socket(s): \(named.map(\.name).joined(separator: ", "))")
+            return named.map { ($0.name, $0.fd) }
+        }
+    }
 
     /// Reads the config and the policies, finds the kernel facilities, and
     /// makes every part. Nothing is bound or installed yet.
@@ -51,6 +72,10 @@ struct AgentServices {
         try policies.check(against: config.workloads)
         PolicyEnforcement.log(policies, from: config.policyDir, logger: logger)
 
+        // A running agent hands its sockets over (an upgrade); after a restart
+        // under systemd, the file descriptor store has them.
+        let takeover = Handover.Taking.request(path: Handover.path(adminSocket: config.adminSocket), logger: logger)
+        let sockets = ListeningSockets(inherited: takeover?.sockets ?? fromSystemd(logger: logger), logger: logger)
         let mount = try CgroupV2Mount.discover()
         logger.info("cgroup v2 is mounted at \(mount.path)")
         let netfilter = try NetfilterClient()
@@ -77,35 +102,70 @@ struct AgentServices {
         let listeners = Listeners(
             config: config, group: group, workloadTLS: workloadTLS, agentIdentity: agentIdentity,
             identifier: CgroupSourceIdentifier(sockDiag: sockDiag, conntrack: conntrack, registry: registry), destinations: destinations,
-            accessLog: accessLog, connections: connections, authorizer: authorizer, logger: logger)
+            accessLog: accessLog, connections: connections, authorizer: authorizer, sockets: sockets, logger: logger)
+        let handover = Handover.Giving(
+            path: Handover.path(adminSocket: config.adminSocket), sockets: sockets, logger: logger,
+            prepare: { try events.prepareHandover(on: group.next()) },
+            abandoned: { events.handoverAbandoned() },
+            superseded: { pid in events.superseded(by: pid) })
 
         var services = AgentServices(
             config: config, configPath: configPath, logger: logger, systemd: SystemdNotifier(), group: group, netfilter: netfilter, registry: registry,
             destinations: destinations, accessLog: accessLog, trustBundle: trustBundle, svids: svids, agentIdentity: agentIdentity,
-            connections: connections, state: state, authorizer: authorizer, enforcement: enforcement, listeners: listeners)
+            connections: connections, state: state, authorizer: authorizer, enforcement: enforcement, listeners: listeners, sockets: sockets,
+            takeover: takeover, handover: handover)
         services.servers = AdminRoutes.servers(for: services, events: events, metrics: metrics)
         return services
     }
 
     /// Binds the admin API, the metrics and readiness servers and the
     /// listeners, then installs the capture table, replacing any stale one.
-    /// A step that fails undoes the ones before it.
+    /// In `failureMode: closed` the table comes first: a workload connection
+    /// made while the agent starts waits (or is refused), never leaves in
+    /// plaintext. A step that fails undoes the ones before it.
     func start() async throws -> Capture {
         var capture = Capture(
             config: config, registry: registry, netfilter: netfilter, peerAuthentication: state.current.peerAuthentication, logger: logger)
         do {
+            if config.failureMode == .closed { try capture.install() }
             for server in servers { try await server.start() }
             try await listeners.start()
             try capture.install()
         } catch {
             await stopServing()
+            sockets.closeAll()
             throw error
+        }
+        let unused = sockets.closeUnclaimed()
+        if !unused.isEmpty {
+            logger.info("closed the sockets handed over that this config does not use: \(unused.joined(separator: ", "))")
+            if systemd.settings != nil {
+                for name in unused { notify(["FDSTOREREMOVE=1", "FDNAME=\(name)"]) }
+            }
         }
         state.publish(capture)
         state.update { $0.ready = true }
         logger.info("mesh-agent ready: node \(config.node), trust domain \(config.trustDomain), \(registry.members.count) workload(s), table inet \(capture.parameters.tableName)")
         notify(["READY=1", "STATUS=ready: \(registry.members.count) workload(s), capture installed"])
+        storeSocketsWithSystemd()
+        takeover?.confirmReady(logger: logger)
+        do {
+            try handover.start()
+        } catch {
+            logger.warning("cannot offer this agent's sockets to a successor (\(error)); an upgrade will bind anew")
+        }
         return capture
+    }
+
+    /// Under systemd, the listening sockets go into the service's file
+    /// descriptor store (`FileDescriptorStoreMax=` in the unit), so that the
+    /// next process after a restart gets them back and no connection is
+    /// refused in between. Elsewhere this does nothing.
+    private func storeSocketsWithSystemd() {
+        guard systemd.settings != nil else { return }
+        for (name, fd) in sockets.all {
+            notify(["FDSTORE=1", "FDNAME=\(name)"], descriptors: [fd])
+        }
     }
 
     /// Stops in reverse. In failureMode open, new connections stop being
@@ -113,7 +173,10 @@ struct AgentServices {
     /// unregistering its nat hook makes the kernel drop the NAT state of the
     /// connections still being proxied.
     func drain(capture: inout Capture, config: AgentConfig) async {
-        if config.failureMode == .open {
+        handover.stop()
+        if !capture.owned {
+            logger.info("the agent that took over keeps table inet \(capture.parameters.tableName); draining this one's connections")
+        } else if config.failureMode == .open {
             capture.stopCapturing()
         } else {
             logger.info("failureMode closed: leaving table inet \(capture.parameters.tableName) in place; workload traffic stays captured until the agent is back")
@@ -124,6 +187,7 @@ struct AgentServices {
             capture.remove()
         }
         await stopServing()
+        sockets.closeAll()
         // Lines of the loops' last tick, if their scheduled write did not run.
         accessLog.flush()
         logger.info("mesh-agent stopped")
@@ -131,6 +195,15 @@ struct AgentServices {
 
     /// Open connections get up to `drainTimeout` to finish; then they are closed.
     private func waitForConnections(upTo drainTimeout: Duration) async {
+        // A connection accepted just before the listeners stopped may still
+        // wait for its first step, uncounted: the accepting loop hands it to
+        // its own loop, which then runs it. Two rounds of every loop running
+        // what it has queued come after both.
+        for _ in 0..<2 {
+            for eventLoop in group.makeIterator() {
+                try? await eventLoop.submit {}.get()
+            }
+        }
         let open = connections.count
         guard open > 0 else { return }
         logger.info("waiting up to \(drainTimeout) for \(open) connection(s) to finish")
@@ -147,14 +220,47 @@ struct AgentServices {
         }
     }
 
-    private func stopServing() async {
+    /// Another agent asks for the sockets: this one stops accepting first, so
+    /// that the two never accept on one socket; connections arriving
+    /// meanwhile wait in the sockets' queues.
+    func pauseForHandover() async {
+        await listeners.pauseAccepting()
+        for server in servers.dropFirst() { await server.stop() }
+    }
+
+    /// The agent that asked for the sockets did not become ready: this one
+    /// accepts again, on the same sockets.
+    func resumeAfterAbandonedHandover() async {
+        do {
+            for server in servers.dropFirst() { try await server.start() }
+            await listeners.resumeAccepting()
+            logger.info("the handover was not completed; this agent accepts again")
+        } catch {
+            logger.error("cannot accept again after an abandoned handover: \(error); restart the agent")
+        }
+    }
+
+    /// Another agent took over: it accepts on the sockets now, and keeps the
+    /// table. This one lets go of its copies of the sockets, tells tunnel
+    /// peers to go to the new one, and serves its open connections until
+    /// SIGTERM drains them.
+    func handedOver(capture: inout Capture, to pid: Int32) async {
+        capture.handOver()
         await listeners.stopAccepting()
+        sockets.closeAll()
+        state.update { $0.ready = false }
+        notify(["STATUS=handed over to pid \(pid); draining on SIGTERM"])
+        logger.info("the agent with pid \(pid) took over: this one accepts nothing new and drains its \(connections.count) connection(s) on SIGTERM")
+    }
+
+    private func stopServing() async {
+        await listeners.close()
         for server in servers.reversed() { await server.stop() }
         try? await group.shutdownGracefully()
     }
 
-    func notify(_ fields: [String]) {
-        if let error = systemd.notify(fields) {
+    func notify(_ fields: [String], descriptors: [CInt] = []) {
+        if let error = systemd.notify(fields, descriptors: descriptors) {
             logger.warning("\(error)")
         }
     }

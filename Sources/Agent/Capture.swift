@@ -17,6 +17,9 @@ struct Capture {
     var peerAuthentication: PeerAuthenticationSet
     /// The table as last seen: "installed", "in sync", "missing" or "differs: …".
     private(set) var rulesStatus = "not installed"
+    /// Whether this agent keeps the kernel's table. An agent that handed over
+    /// to another leaves it alone from then on: the other keeps it now.
+    private(set) var owned = true
 
     init(config: AgentConfig, registry: WorkloadRegistry, netfilter: NetfilterClient, peerAuthentication: PeerAuthenticationSet, logger: Logger) {
         var parameters = CaptureParameters()
@@ -58,10 +61,28 @@ struct Capture {
 
     var desired: NFT.Table { CaptureRules.table(for: parameters) }
 
-    /// Replaces any table of ours (a stale one from an earlier run included) in one transaction.
+    /// Leaves the table to the agent that took over.
+    mutating func handOver() {
+        owned = false
+        rulesStatus = "kept by the agent that took over"
+    }
+
+    /// Makes the kernel's table the desired one: kept as it is when it
+    /// already is (an agent that took over, or one restarted in
+    /// `failureMode: closed`), else replaced whole in one transaction, a stale
+    /// one from an earlier run included. Replacing drops the NAT state of
+    /// connections the old rules redirected a moment before, so a table that
+    /// needs no change is never replaced.
     mutating func install() throws {
+        guard owned else { return }
         refreshMembership()
-        try netfilter.replace(desired)
+        let table = desired
+        if (try? netfilter.drift(desired: table)) == .inSync {
+            rulesStatus = "in sync"
+            logger.info("table inet \(parameters.tableName) is already as desired; kept it")
+            return
+        }
+        try netfilter.replace(table)
         rulesStatus = "installed"
         logger.info("installed table inet \(parameters.tableName): cgroup levels \(parameters.workloadCgroupLevels), \(parameters.workloadCgroups.values.map(\.count).reduce(0, +)) workload cgroup(s)")
     }
@@ -74,6 +95,7 @@ struct Capture {
     /// rescanned the registry (the timer, a reload, a lookup miss), the
     /// difference is taken against what is installed, so nothing is lost.
     mutating func sync() {
+        guard owned else { return }
         if registry.levels != parameters.workloadCgroupLevels {
             reinstall()
             return
@@ -119,6 +141,7 @@ struct Capture {
         uniqueKeysWithValues: ["missing", "differs", "unreadable"].map { ($0, Metrics.Counter(label: "mesh_agent_nft_drift_total", dimensions: [("found", $0)])) })
 
     mutating func reconcile() {
+        guard owned else { return }
         refreshMembership()
         let finding: String
         do {
@@ -158,6 +181,7 @@ struct Capture {
     /// Empties the workload sets: no new connection is captured, while the table
     /// (and with it the NAT state of connections in flight) stays.
     mutating func stopCapturing() {
+        guard owned else { return }
         var target = parameters
         target.workloadCgroups = [:]
         do {
@@ -170,6 +194,7 @@ struct Capture {
     }
 
     func remove() {
+        guard owned else { return }
         do {
             if try netfilter.delete(tableNamed: parameters.tableName) {
                 logger.info("removed table inet \(parameters.tableName) (failureMode open)")

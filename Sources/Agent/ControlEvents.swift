@@ -13,6 +13,12 @@ enum ControlEvent: Sendable {
     /// SIGUSR1: logrotate moved the access log.
     case reopenLogs
     case terminate(signal: String)
+    /// Another agent asks for this one's sockets: stop accepting, then succeed.
+    case handoverRequested(EventLoopPromise<Void>)
+    /// The agent that asked did not become ready: accept again.
+    case handoverAbandoned
+    /// Another agent took this one's sockets and serves now.
+    case superseded(by: Int32)
 }
 
 /// The control loop's inbox: signals and a timer feed it from Dispatch, and
@@ -62,6 +68,27 @@ struct ControlEvents: Sendable {
             return try promise.futureResult.wait()
         }
         return try promise.futureResult.wait()
+    }
+
+    /// From the handover thread: stops accepting before the sockets go to
+    /// another agent, so that two processes never accept on one socket.
+    /// Blocking: for that thread, never an event loop.
+    func prepareHandover(on eventLoop: EventLoop) throws {
+        let promise = eventLoop.makePromise(of: Void.self)
+        guard case .enqueued = continuation.yield(.handoverRequested(promise)) else {
+            promise.fail(AgentError.shuttingDown)
+            return try promise.futureResult.wait()
+        }
+        try promise.futureResult.wait()
+    }
+
+    func handoverAbandoned() {
+        continuation.yield(.handoverAbandoned)
+    }
+
+    /// From the handover thread: another agent took over.
+    func superseded(by pid: Int32) {
+        continuation.yield(.superseded(by: pid))
     }
 
     func finish() {

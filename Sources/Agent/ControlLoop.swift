@@ -9,8 +9,11 @@ import NIOCore
 struct ControlLoop {
     /// How often cgroups are looked for and the live table checked against the desired one.
     static let tickInterval: Duration = .seconds(1)
-    /// The live table is compared with the desired one every this many ticks.
-    static let driftCheckEvery = 10
+    /// The live table is compared with the desired one every this many ticks:
+    /// a deleted table, a flushed chain or a removed set element lets
+    /// workload traffic escape capture, so it is repaired within seconds. The
+    /// comparison is a few netlink round trips.
+    static let driftCheckEvery = 3
 
     let services: AgentServices
     /// The config in force: the one the agent started with, as reloads changed it.
@@ -43,13 +46,25 @@ struct ControlLoop {
                 promise?.succeed(outcome)
             case .reopenLogs:
                 reopenLogs()
+            case .handoverRequested(let promise):
+                await services.pauseForHandover()
+                promise.succeed()
+            case .handoverAbandoned:
+                await services.resumeAfterAbandonedHandover()
+            case .superseded(let pid):
+                await services.handedOver(capture: &capture, to: pid)
+                services.state.publish(capture)
             case .terminate(let signal):
                 logger.info("received \(signal): draining")
                 services.notify(["STOPPING=1", "STATUS=draining \(services.connections.count) connection(s)"])
                 services.state.update { $0.ready = false }
                 events.finish()
                 for await late in events.stream {
-                    if case .reload(let promise?) = late { promise.fail(AgentError.shuttingDown) }
+                    switch late {
+                    case .reload(let promise?): promise.fail(AgentError.shuttingDown)
+                    case .handoverRequested(let promise): promise.fail(AgentError.shuttingDown)
+                    default: break
+                    }
                 }
                 return
             }

@@ -15,7 +15,8 @@ struct Listeners {
 
     init(
         config: AgentConfig, group: EventLoopGroup, workloadTLS: WorkloadTLS, agentIdentity: SpiffeID, identifier: SourceIdentifier,
-        destinations: LocalDestinations, accessLog: AccessLogSink, connections: ConnectionTracker, authorizer: InboundAuthorizer, logger: Logger
+        destinations: LocalDestinations, accessLog: AccessLogSink, connections: ConnectionTracker, authorizer: InboundAuthorizer,
+        sockets: ListeningSockets, logger: Logger
     ) {
         let connectTimeout = config.limits.connectTimeout.timeAmount
         // The source agent presents the workload's certificate and accepts only an
@@ -26,14 +27,14 @@ struct Listeners {
         outbound = OutboundProxy(
             configuration: .init(port: config.ports.outbound, mark: config.mark, connectTimeout: connectTimeout, meshNetworks: config.meshNetworks),
             group: group, identifier: identifier, destinations: destinations, accessLog: accessLog, connections: connections, tunnel: tunnelClient,
-            authorizer: authorizer, logger: logger)
+            authorizer: authorizer, sockets: sockets, logger: logger)
         tunnel = TunnelServer(
             configuration: .init(port: config.ports.tunnel, mark: config.mark, connectTimeout: connectTimeout), group: group,
             serverContext: { try workloadTLS.context(for: agentIdentity, role: .server) }, destinations: destinations, accessLog: accessLog,
-            connections: connections, authorizer: authorizer, logger: logger)
+            connections: connections, authorizer: authorizer, sockets: sockets, logger: logger)
         inboundPlaintext = InboundPlaintextProxy(
             configuration: .init(port: config.ports.inboundPlaintext, mark: config.mark, connectTimeout: connectTimeout), group: group,
-            destinations: destinations, accessLog: accessLog, connections: connections, authorizer: authorizer, logger: logger)
+            destinations: destinations, accessLog: accessLog, connections: connections, authorizer: authorizer, sockets: sockets, logger: logger)
     }
 
     func start() async throws {
@@ -42,12 +43,29 @@ struct Listeners {
         try await outbound.start()
     }
 
+    private var all: [ListenerSet] { [outbound.listeners, inboundPlaintext.listeners, tunnel.listeners] }
+
+    /// Stops accepting and tells tunnel peers to open no more streams here.
     func stopAccepting() async {
-        await outbound.stopAccepting()
-        await inboundPlaintext.stopAccepting()
-        await tunnel.stopAccepting()
+        await pauseAccepting()
         // Pooled peer connections would otherwise keep bringing new streams.
         tunnel.drain()
+    }
+
+    /// Stops accepting only: the listening sockets stay open, and
+    /// connections wait in their queues for whoever accepts next.
+    func pauseAccepting() async {
+        for listener in all { await listener.pause() }
+    }
+
+    /// Accepts again after `pauseAccepting`, on the same sockets.
+    func resumeAccepting() async {
+        for listener in all { await listener.resume() }
+    }
+
+    /// Closes the listening channels, once the connections have drained.
+    func close() async {
+        for listener in all { await listener.close() }
     }
 }
 

@@ -40,4 +40,63 @@ static inline int cnetlink_statfs_type(const char *path, int64_t *type) {
     return r;
 }
 
+/* File descriptors passed over a Unix socket (SCM_RIGHTS): how listening
+ * sockets go to systemd's file descriptor store and from an agent to the one
+ * that takes over from it. CMSG_* are macros Swift cannot import. At most
+ * CNETLINK_MAX_FDS descriptors per message. */
+#include <string.h>
+#include <unistd.h>
+#include <sys/un.h>
+#define CNETLINK_MAX_FDS 64
+static inline long cnetlink_send_fds(int sock, const struct sockaddr *to, unsigned int tolen,
+                                     const void *data, unsigned long len, const int *fds, int count) {
+    if (count < 0 || count > CNETLINK_MAX_FDS) return -1;
+    struct iovec iov = { (void *)data, len };
+    union { char buffer[CMSG_SPACE(sizeof(int) * CNETLINK_MAX_FDS)]; struct cmsghdr align; } control;
+    struct msghdr message;
+    memset(&message, 0, sizeof(message));
+    memset(&control, 0, sizeof(control));
+    message.msg_name = (void *)to;
+    message.msg_namelen = tolen;
+    message.msg_iov = &iov;
+    message.msg_iovlen = 1;
+    if (count > 0) {
+        message.msg_control = control.buffer;
+        message.msg_controllen = CMSG_SPACE(sizeof(int) * count);
+        struct cmsghdr *header = CMSG_FIRSTHDR(&message);
+        header->cmsg_level = SOL_SOCKET;
+        header->cmsg_type = SCM_RIGHTS;
+        header->cmsg_len = CMSG_LEN(sizeof(int) * count);
+        memcpy(CMSG_DATA(header), fds, sizeof(int) * count);
+    }
+    return sendmsg(sock, &message, MSG_NOSIGNAL);
+}
+
+/* Receives one message and the descriptors that came with it (close-on-exec);
+ * *received is how many were stored in fds (up to max; extra ones are closed). */
+static inline long cnetlink_recv_fds(int sock, void *data, unsigned long len, int *fds, int max, int *received) {
+    struct iovec iov = { data, len };
+    union { char buffer[CMSG_SPACE(sizeof(int) * CNETLINK_MAX_FDS)]; struct cmsghdr align; } control;
+    struct msghdr message;
+    memset(&message, 0, sizeof(message));
+    message.msg_iov = &iov;
+    message.msg_iovlen = 1;
+    message.msg_control = control.buffer;
+    message.msg_controllen = sizeof(control.buffer);
+    *received = 0;
+    long got = recvmsg(sock, &message, MSG_CMSG_CLOEXEC);
+    if (got < 0) return got;
+    for (struct cmsghdr *header = CMSG_FIRSTHDR(&message); header != NULL; header = CMSG_NXTHDR(&message, header)) {
+        if (header->cmsg_level != SOL_SOCKET || header->cmsg_type != SCM_RIGHTS) continue;
+        int count = (int)((header->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        const int *incoming = (const int *)CMSG_DATA(header);
+        for (int i = 0; i < count; i++) {
+            if (*received < max) fds[(*received)++] = incoming[i];
+            else close(incoming[i]);
+        }
+    }
+    if (message.msg_flags & MSG_CTRUNC) return -2;
+    return got;
+}
+
 #endif

@@ -50,37 +50,23 @@ public struct SystemdNotifier: Sendable {
 
     public var watchdogInterval: Duration? { settings?.watchdogInterval }
 
-    /// Sends `fields` (e.g. `["READY=1", "STATUS=…"]`) as one message. Does
-    /// nothing outside systemd; a failure to send is returned, never fatal.
+    /// Sends `fields` (e.g. `["READY=1", "STATUS=…"]`) as one message, with
+    /// `descriptors` attached (for `FDSTORE=1`). Does nothing outside
+    /// systemd; a failure to send is returned, never fatal.
     @discardableResult
-    public func notify(_ fields: [String]) -> SystemdNotifyError? {
+    public func notify(_ fields: [String], descriptors: [CInt] = []) -> SystemdNotifyError? {
         guard let settings else { return nil }
         let message = fields.map { $0.replacingNewlines() }.joined(separator: "\n")
         let fd = socket(AF_UNIX, Int32(SOCK_DGRAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { return SystemdNotifyError(socketPath: settings.socketPath, operation: "socket", errno: errno) }
         defer { close(fd) }
-
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        var path = Array(settings.socketPath.utf8)
-        if path.first == UInt8(ascii: "@") { path[0] = 0 }
-        let capacity = MemoryLayout.size(ofValue: address.sun_path)
-        guard path.count < capacity else {
-            return SystemdNotifyError(socketPath: settings.socketPath, operation: "socket path longer than \(capacity - 1) bytes", errno: ENAMETOOLONG)
+        do {
+            try DescriptorPassing.send(Array(message.utf8), descriptors: descriptors, on: fd, to: settings.socketPath)
+        } catch let error as DescriptorPassingError {
+            return SystemdNotifyError(socketPath: settings.socketPath, operation: error.operation, errno: error.errno)
+        } catch {
+            return SystemdNotifyError(socketPath: settings.socketPath, operation: "\(error)", errno: EIO)
         }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            raw.copyBytes(from: path)
-        }
-        // An abstract name is exactly its bytes; a path ends at its NUL.
-        let length = MemoryLayout<sa_family_t>.size + path.count + (path.first == 0 ? 0 : 1)
-        let sent = message.withCString { text in
-            withUnsafePointer(to: &address) { pointer in
-                pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { socketAddress in
-                    sendto(fd, text, strlen(text), Int32(MSG_NOSIGNAL), socketAddress, socklen_t(length))
-                }
-            }
-        }
-        guard sent >= 0 else { return SystemdNotifyError(socketPath: settings.socketPath, operation: "sendto", errno: errno) }
         return nil
     }
 }

@@ -50,13 +50,20 @@ def test_the_daemonset_runs_one_host_network_agent_with_least_privilege_and_prob
     assert set(security["capabilities"]["add"]) == {"NET_ADMIN", "SYS_ADMIN"}
     for probe in ("readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"] == {"path": "/healthz/ready", "port": 15021}, probe
-    assert {p["containerPort"] for p in container["ports"]} >= {15008, 15020, 15021}
+    # An update surges: the new agent starts beside the old one and takes
+    # its sockets over, which host ports (hostNetwork ports) would forbid,
+    # through a handover socket both pods see.
+    assert daemonset["spec"]["updateStrategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    assert "ports" not in container
 
     mounts = {m["name"]: m for m in container["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert set(mounts) == set(volumes), "every mount has a volume and every volume is mounted"
     assert volumes["cgroup"]["hostPath"]["path"] == "/sys/fs/cgroup" and mounts["cgroup"]["readOnly"] is True
     assert volumes["ca"]["secret"]["defaultMode"] == 0o400, "the node CA key is readable by root only"
+    config = yaml.safe_load(next(d for d in by_kind("ConfigMap") if "agent.yaml" in d["data"])["data"]["agent.yaml"])
+    run = next(m for m in container["volumeMounts"] if config["adminSocket"].startswith(m["mountPath"] + "/"))
+    assert volumes[run["name"]]["hostPath"]["path"] == run["mountPath"], "the handover socket must be shared by both pods"
     config_map_names = {d["metadata"]["name"] for d in by_kind("ConfigMap")}
     for volume in volumes.values():
         if "configMap" in volume:

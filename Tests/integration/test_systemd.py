@@ -103,7 +103,7 @@ def test_the_unit_file_is_one_systemd_accepts_without_warnings(tmp_path):
         "systemd-analyze warned about the unit:\n" + result.stdout + result.stderr
     text = unit.read_text()
     for setting in ("Type=notify", "WatchdogSec=", "ExecReload=", "NoNewPrivileges=yes", "ProtectSystem=strict",
-                    "CapabilityBoundingSet=", "RestartPreventExitStatus=77 78"):
+                    "CapabilityBoundingSet=", "RestartPreventExitStatus=77 78", "FileDescriptorStoreMax="):
         assert setting in text, setting
 
 

@@ -35,13 +35,15 @@ public final class InboundPlaintextProxy: Sendable {
     private let connections: ConnectionTracker
     private let forwarder: WorkloadForwarder
     private let logger: Logger
-    private let listeners = ListenerSet(name: "inbound plaintext")
+    /// Its listening sockets; the agent pauses and closes them.
+    package let listeners: ListenerSet
 
     public init(
         configuration: Configuration, group: EventLoopGroup, destinations: LocalDestinations, accessLog: AccessLogSink, connections: ConnectionTracker,
-        authorizer: InboundAuthorizer, logger: Logger
+        authorizer: InboundAuthorizer, sockets: ListeningSockets, logger: Logger
     ) {
         self.configuration = configuration
+        self.listeners = ListenerSet(name: "inbound-plaintext", sockets: sockets)
         self.group = group
         self.destinations = destinations
         self.connections = connections
@@ -62,9 +64,6 @@ public final class InboundPlaintextProxy: Sendable {
         }
     }
 
-    public func stopAccepting() async {
-        await listeners.close()
-    }
 
     /// A redirected connection goes to admission with its original destination;
     /// one that was not redirected (a direct connection to this port) is closed.

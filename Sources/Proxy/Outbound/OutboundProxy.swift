@@ -48,15 +48,18 @@ public final class OutboundProxy: Sendable {
     private let metrics = OutboundMetrics()
     /// Same-node connections: admitted for the destination workload here.
     private let sameNode: WorkloadForwarder
-    private let listeners = ListenerSet(name: "outbound")
+    /// Its listening sockets; the agent pauses and closes them.
+    package let listeners: ListenerSet
 
     /// - Parameter tunnel: carries connections to `meshNetworks`; without one,
     ///   every destination that is not on this node is passed through.
     public init(
         configuration: Configuration, group: EventLoopGroup, identifier: SourceIdentifier, destinations: LocalDestinations,
-        accessLog: AccessLogSink, connections: ConnectionTracker, tunnel: TunnelClient? = nil, authorizer: InboundAuthorizer, logger: Logger
+        accessLog: AccessLogSink, connections: ConnectionTracker, tunnel: TunnelClient? = nil, authorizer: InboundAuthorizer,
+        sockets: ListeningSockets, logger: Logger
     ) {
         self.configuration = configuration
+        self.listeners = ListenerSet(name: "outbound", sockets: sockets)
         self.group = group
         self.identifier = identifier
         self.destinations = destinations
@@ -78,10 +81,6 @@ public final class OutboundProxy: Sendable {
         }
     }
 
-    /// Stops accepting; connections already proxied carry on.
-    public func stopAccepting() async {
-        await listeners.close()
-    }
 
     // MARK: One connection
 
@@ -180,19 +179,6 @@ public final class OutboundProxy: Sendable {
         }
     }
 }
-
-public enum ProxyError: Error, CustomStringConvertible {
-    case cannotListen(address: String, port: UInt16, underlying: String)
-
-    public var description: String {
-        switch self {
-        case .cannotListen(let address, let port, let underlying):
-            return "cannot listen on \(address) port \(port): \(underlying); is another process (or another mesh-agent) using the port?"
-        }
-    }
-}
-
-
 
 /// Counters for the outbound path, created once: swift-metrics looks the backend
 /// up when a metric is made, not when it is incremented.

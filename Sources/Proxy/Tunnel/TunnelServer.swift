@@ -43,7 +43,8 @@ public final class TunnelServer: Sendable {
     private let connections: ConnectionTracker
     private let forwarder: WorkloadForwarder
     private let logger: Logger
-    private let listeners = ListenerSet(name: "tunnel")
+    /// Its listening sockets; the agent pauses and closes them.
+    package let listeners: ListenerSet
     private let metrics = TunnelServerMetrics()
     /// Peer connections open now, so that a drain can tell each to stop.
     private let peers = NIOLockedValueBox<[ObjectIdentifier: Channel]>([:])
@@ -52,9 +53,11 @@ public final class TunnelServer: Sendable {
     ///   new peer connection (it follows certificate rotation).
     public init(
         configuration: Configuration, group: EventLoopGroup, serverContext: @escaping @Sendable () throws -> TLSContext,
-        destinations: LocalDestinations, accessLog: AccessLogSink, connections: ConnectionTracker, authorizer: InboundAuthorizer, logger: Logger
+        destinations: LocalDestinations, accessLog: AccessLogSink, connections: ConnectionTracker, authorizer: InboundAuthorizer,
+        sockets: ListeningSockets, logger: Logger
     ) {
         self.configuration = configuration
+        self.listeners = ListenerSet(name: "tunnel", sockets: sockets)
         self.group = group
         self.serverContext = serverContext
         self.destinations = destinations
@@ -73,9 +76,6 @@ public final class TunnelServer: Sendable {
         }
     }
 
-    public func stopAccepting() async {
-        await listeners.close()
-    }
 
     /// Tells every peer connection to open no more streams (HTTP/2 GOAWAY naming
     /// the last stream it opened); streams already open carry on, and each

@@ -69,10 +69,12 @@ def serve(port, record):
                 with lock, open(record, "a") as out:
                     out.write(json.dumps({"method": method, "path": path, "headers": headers, "body": len(body)}) + "\n")
                 answer = json.dumps({"method": method, "path": path}).encode()
+                closing = dict(headers).get("connection", "").lower() == "close" or version == "HTTP/1.0"
                 connection.sendall(
-                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(answer)
+                    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n%s\r\n"
+                    % (len(answer), b"Connection: close\r\n" if closing else b"")
                     + (b"" if method == "HEAD" else answer))
-                if dict(headers).get("connection", "").lower() == "close" or version == "HTTP/1.0":
+                if closing:
                     return
         except (OSError, ValueError):
             return

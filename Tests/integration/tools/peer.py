@@ -19,6 +19,8 @@ Clients (print one JSON object on stdout):
   reset HOST PORT            one round trip, then more bytes and a reset (RST)
   probe HOST PORT TEXT       connect, send TEXT, read until EOF, reset or 10 s;
                              reports what happened instead of failing
+  repeat HOST PORT TEXT SECONDS  a probe every 50 ms until SECONDS pass or a line
+                             arrives on stdin; each attempt's time and outcome
   sameport HOST LPORT PORT...  from local port LPORT, one round trip to each PORT
                              in turn (closing each first), as clients that bind
                              their source port do; reports each outcome
@@ -261,6 +263,21 @@ def client_reset(host, port):
     return {"local_port": local_port}
 
 
+def client_repeat(host, port, text, seconds):
+    """A probe every 50 ms for SECONDS, until a line arrives on stdin: each
+    attempt's wall-clock time and outcome ("echoed" or the error)."""
+    attempts = []
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+    deadline = time.time() + seconds
+    while time.time() < deadline and not stop.is_set():
+        started = time.time()
+        result = client_probe(host, port, text)
+        attempts.append([started, "echoed" if result["received"] == text else (result["error"] or "short")])
+        stop.wait(0.05)
+    return {"attempts": attempts}
+
+
 def client_probe(host, port, text):
     """What a plain TCP client sees: refused, reset, closed or answered."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -345,6 +362,8 @@ def main(argv):
         result = client_probe(host, port, argv[3])
     elif command == "sameport":
         result = client_sameport(host, port, [int(a) for a in argv[3:]])
+    elif command == "repeat":
+        result = client_repeat(host, port, argv[3], float(argv[4]))
     else:
         raise SystemExit(f"unknown command {command}")
     print(json.dumps(result), flush=True)
