@@ -1,3 +1,5 @@
+import CNetlink
+
 #if canImport(Glibc)
 import Glibc
 #endif
