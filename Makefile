@@ -6,6 +6,8 @@
 #   make bench   every path (direct, mesh, passthrough, HAProxy mTLS) in one run -> docs/benchmarks.md (root)
 #   make bench-micro   cost of the hot pure pieces: an authorization decision, an identity lookup, an HBONE stream
 #   make demo    two nodes on this machine: mTLS tunnel, identities, STRICT refusing plaintext (root)
+#   make test-sanitize   unit tests under AddressSanitizer and ThreadSanitizer, then the agent built
+#                with each through the tunnel, restart and policy integration tests (root)
 
 SWIFT      ?= swift
 PYTHON     ?= python3
@@ -20,7 +22,7 @@ DEB_PACKAGES := libssl-dev openssl libmnl-dev libnftnl-dev pkg-config nftables i
 # MODULE or MODULE=PIP_PACKAGE when the names differ.
 PY_MODULES := pytest h2 cryptography yaml=pyyaml
 
-.PHONY: all deps build build-debug test unit-test integration-test demo clean install install-files bench bench-micro
+.PHONY: all deps build build-debug test unit-test integration-test test-sanitize demo clean install install-files bench bench-micro
 
 all: build
 
@@ -71,6 +73,11 @@ test:
 	echo "make test: $$( [ $$status -eq 0 ] && echo passed || echo FAILED ) in $$(( $$(date +%s) - start )) s"; \
 	exit $$status
 
+# Each sanitizer in its own build directory (.build-address, .build-thread);
+# Tests/Sanitizers/run.sh says what runs and prints how long each part took.
+test-sanitize: deps
+	SWIFT=$(SWIFT) PYTHON=$(PYTHON) Tests/Sanitizers/run.sh
+
 # Every path (direct, mesh, mesh-passthrough, an HAProxy mTLS pair) on one
 # two-node topology in one run; writes bench/results/TIME.json and regenerates
 # docs/benchmarks.md. Root; not part of make test.
@@ -108,4 +115,4 @@ install-files:
 	$(RELEASE_BIN)/agentctl --generate-completion-script zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_agentctl
 
 clean:
-	rm -rf .build
+	rm -rf .build .build-address .build-thread

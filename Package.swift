@@ -25,6 +25,7 @@ let package = Package(
             dependencies: [
                 "CNetlink",
                 .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]
         ),
         .target(

@@ -37,8 +37,10 @@ def wrk_result(proc, timeout):
     requests = int(re.search(r"(\d+) requests in", out).group(1))
     errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    # The slowest request: how long a connection waited while the agents changed.
+    slowest = re.search(r"Latency\s+\S+\s+\S+\s+(\S+)", out)
     return {"requests": requests, "socket_errors": sum(int(n) for n in errors.groups()) if errors else 0,
-            "non_2xx": int(non2xx.group(1)) if non2xx else 0, "output": out}
+            "non_2xx": int(non2xx.group(1)) if non2xx else 0, "slowest": slowest.group(1) if slowest else "?", "output": out}
 
 
 class Lab:
