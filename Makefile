@@ -6,6 +6,7 @@
 #   make bench   every path (direct, mesh, passthrough, HAProxy mTLS) in one run -> docs/benchmarks.md (root)
 #   make bench-micro   cost of the hot pure pieces: an authorization decision, an identity lookup, an HBONE stream
 #   make demo    two nodes on this machine: mTLS tunnel, identities, STRICT refusing plaintext (root)
+#   make fuzz    every libFuzzer target (Fuzz/Targets) for FUZZ_SECONDS each (default 60); FUZZ_TARGETS="A B" for some
 
 SWIFT      ?= swift
 PYTHON     ?= python3
@@ -20,7 +21,7 @@ DEB_PACKAGES := libssl-dev openssl libmnl-dev libnftnl-dev pkg-config nftables i
 # MODULE or MODULE=PIP_PACKAGE when the names differ.
 PY_MODULES := pytest h2 cryptography yaml=pyyaml
 
-.PHONY: all deps build build-debug test unit-test integration-test demo clean install install-files bench bench-micro
+.PHONY: all deps build build-debug test unit-test integration-test fuzz fuzz-regress demo clean install install-files bench bench-micro
 
 all: build
 
@@ -60,10 +61,21 @@ unit-test: build-debug
 integration-test: build-debug
 	MESH_AGENT_BIN=$(CURDIR)/$(DEBUG_BIN) $(PYTHON) -m pytest -v -rs -p no:cacheprovider Tests/integration
 
+# Fuzzing (Fuzz/fuzz.sh): `make fuzz` explores, new inputs go to .build-fuzz/corpus
+# (FUZZ_MERGE=1 merges those that add coverage into Fuzz/Corpus); fuzz-regress
+# runs every committed corpus input once, so a crash found once stays found.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
+fuzz: deps
+	FUZZ_SECONDS=$(FUZZ_SECONDS) SWIFT=$(SWIFT) bash Fuzz/fuzz.sh fuzz $(FUZZ_TARGETS)
+
+fuzz-regress: deps
+	SWIFT=$(SWIFT) bash Fuzz/fuzz.sh regress $(FUZZ_TARGETS)
+
 # Each phase timed, so a slow one shows before CI's limit does.
 test:
 	@start=$$(date +%s); status=0; \
-	for phase in build-debug unit-test integration-test; do \
+	for phase in build-debug unit-test fuzz-regress integration-test; do \
 	  phase_start=$$(date +%s); \
 	  $(MAKE) --no-print-directory $$phase || { status=$$?; echo "make test: $$phase failed"; break; }; \
 	  echo "make test: $$phase took $$(( $$(date +%s) - phase_start )) s"; \
@@ -108,4 +120,4 @@ install-files:
 	$(RELEASE_BIN)/agentctl --generate-completion-script zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_agentctl
 
 clean:
-	rm -rf .build
+	rm -rf .build .build-fuzz

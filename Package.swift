@@ -178,3 +178,25 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// libFuzzer targets (Fuzz/), one executable each over a parser that takes bytes
+// from outside. They need libFuzzer and ASan linked in, which only the fuzz
+// build does (Fuzz/fuzz.sh, `make fuzz`): they exist only when MESH_AGENT_FUZZ
+// is set, and then the other executables and the tests are left out of it.
+if Context.environment["MESH_AGENT_FUZZ"] != nil {
+    package.targets.removeAll { $0.type == .executable || $0.type == .test }
+    package.products.removeAll()
+    package.targets += [
+        .systemLibrary(name: "CLibFuzzer", path: "Fuzz/Support/CLibFuzzer"),
+        .target(name: "FuzzSupport", dependencies: ["CLibFuzzer"], path: "Fuzz/Support/FuzzSupport"),
+    ]
+    let fuzzTargets: [(name: String, dependencies: [Target.Dependency])] = [
+        ("HTTPPath", ["Policy"]),
+    ]
+    for (name, dependencies) in fuzzTargets {
+        package.targets.append(.executableTarget(
+            name: "Fuzz\(name)",
+            dependencies: ["FuzzSupport"] + dependencies,
+            path: "Fuzz/Targets/\(name)"))
+    }
+}
