@@ -184,13 +184,25 @@ let package = Package(
 // build does (Fuzz/fuzz.sh, `make fuzz`): they exist only when MESH_AGENT_FUZZ
 // is set, and then the other executables and the tests are left out of it.
 if Context.environment["MESH_AGENT_FUZZ"] != nil {
+    let nio: (String) -> Target.Dependency = { .product(name: $0, package: "swift-nio") }
+    let http2: (String) -> Target.Dependency = { .product(name: $0, package: "swift-nio-http2") }
     package.targets.removeAll { $0.type == .executable || $0.type == .test }
     package.products.removeAll()
     package.targets += [
         .systemLibrary(name: "CLibFuzzer", path: "Fuzz/Support/CLibFuzzer"),
-        .target(name: "FuzzSupport", dependencies: ["CLibFuzzer"], path: "Fuzz/Support/FuzzSupport"),
+        .target(
+            name: "FuzzSupport",
+            dependencies: [
+                "CLibFuzzer", "Policy", "Proxy", "TLS", "Workloads", "TestFixtures",
+                nio("NIOCore"), nio("NIOEmbedded"), nio("NIOHTTP1"), http2("NIOHTTP2"), http2("NIOHPACK"),
+            ],
+            path: "Fuzz/Support/FuzzSupport"),
     ]
     let fuzzTargets: [(name: String, dependencies: [Target.Dependency])] = [
+        ("HTTP1Request", ["Policy", "Proxy", "TestFixtures", nio("NIOCore"), nio("NIOEmbedded"), nio("NIOHTTP1")]),
+        ("HTTP1Connection", []),
+        ("HTTP2Inspection", []),
+        ("HBONE", ["Proxy", nio("NIOCore"), nio("NIOEmbedded"), http2("NIOHTTP2"), http2("NIOHPACK")]),
         ("HTTPPath", ["Policy"]),
     ]
     for (name, dependencies) in fuzzTargets {

@@ -1,0 +1,198 @@
+import NIOCore
+import NIOEmbedded
+import NIOHPACK
+import NIOHTTP1
+import NIOHTTP2
+import Policy
+@testable import Proxy
+
+/// An inspected connection carried in memory, as the tunnel server and the
+/// inbound plaintext listener set one up (`Carrier.inspect`): a client whose
+/// bytes come from the fuzzer, the agent's two channels, and a workload that
+/// answers every request it receives with 200 and remembers it.
+///
+/// Whatever the client sends, the workload must only ever see requests that
+/// policy could allow, with normalized paths: a request the agent framed one
+/// way and the workload another (smuggling), or a path the two read
+/// differently, shows up here as a request the workload should not have got.
+public final class InspectedConnectionHarness {
+    public enum WorkloadProtocol {
+        case http1
+        case http2
+    }
+
+    private let loop = EmbeddedEventLoop()
+    private let agentClient: EmbeddedChannel
+    private let agentUpstream: EmbeddedChannel
+    private let workload: EmbeddedChannel
+    private let record = WorkloadRecord()
+
+    public init(workload workloadProtocol: WorkloadProtocol) throws {
+        agentClient = EmbeddedChannel(loop: loop)
+        agentUpstream = EmbeddedChannel(loop: loop)
+        workload = EmbeddedChannel(loop: loop)
+        let address = MeshFixture.workloadAddress
+
+        let carrier = Carrier.inspect(MeshFixture.inspector, accessLog: DiscardingAccessLog(), limit: HTTPHeadSizeLimit(), on: loop)
+        try carrier.installUpstream(on: agentUpstream)
+        agentUpstream.connect(to: address, promise: nil)
+
+        let record = NIOLoopBound(record, eventLoop: loop)
+        switch workloadProtocol {
+        case .http1:
+            try workload.pipeline.syncOperations.configureHTTPServerPipeline(withErrorHandling: true)
+            try workload.pipeline.syncOperations.addHandler(HTTP1Workload(record: record.value))
+        case .http2:
+            _ = try workload.pipeline.syncOperations.configureHTTP2Pipeline(
+                mode: .server, connectionConfiguration: .init(), streamConfiguration: .init()
+            ) { stream in
+                stream.eventLoop.makeCompletedFuture {
+                    try stream.pipeline.syncOperations.addHandler(HTTP2WorkloadStream(record: record.value))
+                }
+            }
+        }
+        workload.connect(to: address, promise: nil)
+
+        try carrier.installClient(on: agentClient)
+        agentClient.connect(to: address, promise: nil)
+        pump()
+    }
+
+    /// One connection's life with `bytes` from the client, checked.
+    public static func run(clientBytes bytes: [UInt8], workload workloadProtocol: WorkloadProtocol) {
+        let harness: InspectedConnectionHarness
+        do {
+            harness = try InspectedConnectionHarness(workload: workloadProtocol)
+        } catch {
+            fatalError("the inspected connection cannot be set up: \(error)")
+        }
+        harness.clientSends(bytes)
+        harness.finish()
+        harness.requireOnlyAllowedRequestsReachedTheWorkload()
+    }
+
+    /// Bytes from the client, in one read.
+    public func clientSends(_ bytes: [UInt8]) {
+        guard agentClient.isActive else { return }
+        _ = try? agentClient.writeInbound(ByteBuffer(bytes: bytes))
+        pump()
+    }
+
+    /// The client half-closes, then everything closes, and every timer the
+    /// agent set fires: the connection's whole life.
+    public func finish() {
+        agentClient.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+        pump()
+        for channel in [agentClient, workload, agentUpstream] {
+            channel.close(promise: nil)
+            pump()
+        }
+        loop.advanceTime(by: .minutes(10))
+        pump()
+        for channel in [agentClient, workload, agentUpstream] {
+            _ = try? channel.finish(acceptAlreadyClosed: true)
+        }
+        try? loop.syncShutdownGracefully()
+    }
+
+    /// The requests the workload received, each as method and target.
+    public var requestsSeen: [(method: String, target: String)] { record.requests }
+
+    /// Fails the run if the workload got a request policy cannot allow, or a
+    /// target that is not normalized: one the agent did not decide as sent.
+    public func requireOnlyAllowedRequestsReachedTheWorkload() {
+        for request in record.requests {
+            let normalized = HTTPPath.normalize(request.target, rules: MeshFixture.workloadPolicy.pathRules)
+            guard case .success(let target) = normalized else {
+                Fuzzing.require(false, "the workload got \(request.method) \(request.target.debugDescription), which the agent refuses: \(normalized)")
+                continue
+            }
+            Fuzzing.require(target.target == request.target, "the workload got \(request.target.debugDescription), not normalized (\(target.target))")
+            Fuzzing.require(MeshFixture.mayReachWorkload(target.path), "the workload got \(request.method) \(request.target.debugDescription), which policy denies")
+        }
+    }
+
+    /// Moves bytes between the agent and the workload until none move; what
+    /// the agent answers the client is dropped.
+    private func pump() {
+        for _ in 0..<10_000 {
+            loop.run()
+            var moved = false
+            while let bytes = try? agentUpstream.readOutbound(as: ByteBuffer.self) {
+                moved = true
+                if workload.isActive { _ = try? workload.writeInbound(bytes) }
+            }
+            while let bytes = try? workload.readOutbound(as: ByteBuffer.self) {
+                moved = true
+                if agentUpstream.isActive { _ = try? agentUpstream.writeInbound(bytes) }
+            }
+            while (try? agentClient.readOutbound(as: ByteBuffer.self)) != nil {
+                moved = true
+            }
+            if !moved { return }
+        }
+        Fuzzing.require(false, "the agent and the workload never stop exchanging bytes")
+    }
+}
+
+private final class WorkloadRecord {
+    var requests: [(method: String, target: String)] = []
+}
+
+/// A workload speaking HTTP/1.1: 200 to every request once it has ended.
+private final class HTTP1Workload: ChannelInboundHandler {
+    typealias InboundIn = HTTPServerRequestPart
+    typealias OutboundOut = HTTPServerResponsePart
+
+    private let record: WorkloadRecord
+
+    init(record: WorkloadRecord) {
+        self.record = record
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .head(let head):
+            record.requests.append((head.method.rawValue, head.uri))
+        case .body:
+            break
+        case .end:
+            let head = HTTPResponseHead(version: .http1_1, status: .ok, headers: ["content-length": "2"])
+            context.write(wrapOutboundOut(.head(head)), promise: nil)
+            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: "ok")))), promise: nil)
+            context.writeAndFlush(wrapOutboundOut(.end(nil)), promise: nil)
+        }
+    }
+}
+
+/// A workload stream speaking HTTP/2: 200 with trailers once the request ends.
+private final class HTTP2WorkloadStream: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias OutboundOut = HTTP2Frame.FramePayload
+
+    private let record: WorkloadRecord
+
+    init(record: WorkloadRecord) {
+        self.record = record
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .headers(let headers):
+            if let path = headers.headers.first(name: ":path") {
+                record.requests.append((headers.headers.first(name: ":method") ?? "", path))
+            }
+            if headers.endStream { respond(context) }
+        case .data(let data):
+            if data.endStream { respond(context) }
+        default:
+            break
+        }
+    }
+
+    private func respond(_ context: ChannelHandlerContext) {
+        context.write(wrapOutboundOut(.headers(.init(headers: [":status": "200"]))), promise: nil)
+        context.write(wrapOutboundOut(.data(.init(data: .byteBuffer(ByteBuffer(string: "ok"))))), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: ["grpc-status": "0"], endStream: true))), promise: nil)
+    }
+}

@@ -1,0 +1,92 @@
+@testable import FuzzSupport
+import NIOCore
+import NIOEmbedded
+import NIOHTTP1
+import Policy
+@testable import Proxy
+import TestFixtures
+
+/// Request heads as the agent reads them, decided one by one: NIOHTTP1's
+/// decoder as the agent configures it, then `HTTPRequestInspector` (the
+/// head's checks, path normalization, the token, policy) at the JWT
+/// fixtures' time, so tokens can verify. What the agent would forward is
+/// encoded as it is sent to the workload and decoded again by a fresh
+/// parser, which must read the same request. Also: the request-line scan
+/// decides the same whether the bytes arrive at once or one by one.
+Fuzzing.run { bytes in
+    checkRequestLineScan(bytes)
+    let limit = HTTPHeadSizeLimit()
+    let decoded = decode(bytes, decoder: limit.makeRequestDecoder())
+    for head in decoded.heads {
+        guard case .forward(let forwarded, _) = MeshFixture.inspector.inspect(head, now: JWTFixtures.now) else { continue }
+        let path = HTTPPath.normalize(forwarded.uri).map(\.path)
+        Fuzzing.require((try? path.get()).map(MeshFixture.mayReachWorkload) == true, "forwarded \(forwarded.method) \(forwarded.uri.debugDescription), which policy denies")
+        checkReadBackTheSame(forwarded)
+    }
+    if let error = decoded.error {
+        _ = RequestRefusal(decoderError: error, limit: limit).responseStatus
+    }
+}
+
+private struct Decoded {
+    var heads: [HTTPRequestHead] = []
+    var error: (any Error)?
+}
+
+private func decode(_ bytes: [UInt8], decoder: ByteToMessageHandler<HTTPRequestDecoder>) -> Decoded {
+    let channel = EmbeddedChannel()
+    defer { _ = try? channel.finish(acceptAlreadyClosed: true) }
+    var decoded = Decoded()
+    do {
+        try channel.pipeline.syncOperations.addHandler(decoder)
+        try channel.writeInbound(ByteBuffer(bytes: bytes))
+    } catch {
+        decoded.error = error
+    }
+    while let part = try? channel.readInbound(as: HTTPServerRequestPart.self) {
+        if case .head(let head) = part { decoded.heads.append(head) }
+    }
+    return decoded
+}
+
+/// What the relay sends for `forwarded` (NIOHTTP1's encoder) is one request
+/// that another HTTP/1.1 parser reads exactly as the agent decided it; the
+/// encoder may only add the chunked framing of a request that had none, and
+/// write the framing header's name in lowercase.
+private func checkReadBackTheSame(_ forwarded: HTTPRequestHead) {
+    let encoder = EmbeddedChannel(handler: HTTPRequestEncoder())
+    defer { _ = try? encoder.finish(acceptAlreadyClosed: true) }
+    var wire = ByteBuffer()
+    do {
+        try encoder.writeOutbound(HTTPClientRequestPart.head(forwarded))
+        try encoder.writeOutbound(HTTPClientRequestPart.end(nil))
+        while var part = try encoder.readOutbound(as: ByteBuffer.self) {
+            wire.writeBuffer(&part)
+        }
+    } catch {
+        Fuzzing.require(false, "the forwarded head \(forwarded) cannot be encoded: \(error)")
+    }
+    let decoded = decode(Array(wire.readableBytesView), decoder: ByteToMessageHandler(HTTPRequestDecoder()))
+    Fuzzing.require(decoded.error == nil && decoded.heads.count == 1, "the forwarded head reads back as \(decoded.heads.count) heads, error \(String(describing: decoded.error)): \(String(buffer: wire).debugDescription)")
+    guard let head = decoded.heads.first else { return }
+    Fuzzing.require(head.method == forwarded.method && head.uri == forwarded.uri && head.version == forwarded.version, "forwarded \(forwarded), read back \(head)")
+    let sent = forwarded.headers.map { [$0.name.lowercased(), $0.value] }
+    var read = head.headers.map { [$0.name.lowercased(), $0.value] }
+    if !forwarded.headers.contains(name: "content-length") && !forwarded.headers.contains(name: "transfer-encoding"), read.last == ["transfer-encoding", "chunked"] {
+        read.removeLast()
+    }
+    Fuzzing.require(read == sent, "forwarded header fields \(sent), read back \(read)")
+}
+
+/// Bytes at once or one at a time: the first verdict is the same.
+private func checkRequestLineScan(_ bytes: [UInt8]) {
+    let maximum = HTTPHeadSizeLimit().maximumBytes
+    var whole = RequestLineScan(maximumLength: maximum)
+    let atOnce = bytes.withUnsafeBytes { whole.next($0) }
+    var split = RequestLineScan(maximumLength: maximum)
+    var oneByOne = RequestLineScan.Verdict.pass
+    for byte in bytes where oneByOne == .pass {
+        oneByOne = [byte].withUnsafeBytes { split.next($0) }
+    }
+    Fuzzing.require(atOnce == oneByOne, "the request-line scan says \(atOnce) for the bytes at once, \(oneByOne) one by one")
+}
