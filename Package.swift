@@ -204,6 +204,17 @@ if Context.environment["MESH_AGENT_FUZZ"] != nil {
         ("HTTP2Inspection", []),
         ("HBONE", ["Proxy", nio("NIOCore"), nio("NIOEmbedded"), http2("NIOHTTP2"), http2("NIOHPACK")]),
         ("HTTPPath", ["Policy"]),
+        ("JWT", ["Policy", "TestFixtures"]),
+        ("JWKS", ["Policy", "TestFixtures"]),
+        ("PolicyYAML", ["Policy", "TestFixtures"]),
+        ("AgentConfig", ["Config"]),
+        ("SockDiag", ["LinuxNet"]),
+        ("Conntrack", ["LinuxNet"]),
+        ("Netfilter", ["Netfilter", "LinuxNet"]),
+        ("Cgroup", ["LinuxNet"]),
+        ("CertificateDER", ["TLS"]),
+        ("CertificatePEM", ["TLS"]),
+        ("SpiffeID", ["TLS"]),
     ]
     for (name, dependencies) in fuzzTargets {
         package.targets.append(.executableTarget(
