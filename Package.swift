@@ -186,7 +186,6 @@ let package = Package(
 if Context.environment["MESH_AGENT_FUZZ"] != nil {
     let nio: (String) -> Target.Dependency = { .product(name: $0, package: "swift-nio") }
     let http2: (String) -> Target.Dependency = { .product(name: $0, package: "swift-nio-http2") }
-    package.targets.removeAll { $0.type == .executable || $0.type == .test }
     package.products.removeAll()
     package.targets += [
         .systemLibrary(name: "CLibFuzzer", path: "Fuzz/Support/CLibFuzzer"),
@@ -222,4 +221,18 @@ if Context.environment["MESH_AGENT_FUZZ"] != nil {
             dependencies: ["FuzzSupport"] + dependencies,
             path: "Fuzz/Targets/\(name)"))
     }
+    // Only the modules the fuzz targets use are built (not the agent's own
+    // services): the fuzz build runs in every make test.
+    var used = Set<String>()
+    var pending = fuzzTargets.map { "Fuzz\($0.name)" }
+    while let name = pending.popLast() {
+        guard used.insert(name).inserted, let target = package.targets.first(where: { $0.name == name }) else { continue }
+        for dependency in target.dependencies {
+            switch dependency {
+            case .targetItem(let name, _), .byNameItem(let name, _): pending.append(name)
+            default: break
+            }
+        }
+    }
+    package.targets.removeAll { !used.contains($0.name) }
 }

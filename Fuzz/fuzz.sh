@@ -2,13 +2,15 @@
 # The libFuzzer targets in Fuzz/Targets, built with ASan and coverage into
 # .build-fuzz and run over their corpora in Fuzz/Corpus.
 #
-#   fuzz.sh build                  build every target
+#   fuzz.sh build [debug|release]  build every target (release by default)
 #   fuzz.sh fuzz [TARGET...]       build, then fuzz each target for FUZZ_SECONDS (default 60);
 #                                  new inputs go to .build-fuzz/corpus/TARGET, and into
 #                                  Fuzz/Corpus/TARGET only with FUZZ_MERGE=1 (merged: just
 #                                  those that add coverage); crashes to .build-fuzz/crashes/TARGET
-#   fuzz.sh regress [TARGET...]    build, then run each target once over its committed corpus
+#   fuzz.sh regress [TARGET...]    build (debug), then run each target once over its committed corpus
 #
+# Fuzzing wants the optimized build (several times the executions a second);
+# the replay in make test wants the one that builds in a third of the time.
 # Exits 1 if any target crashed or broke an invariant. Replay one input with
 #   SWIFT_BACKTRACE=enable=no .build-fuzz/release/FuzzTARGET FILE
 set -uo pipefail
@@ -16,7 +18,6 @@ cd "$(dirname "$0")/.."
 
 SWIFT=${SWIFT:-swift}
 SCRATCH=.build-fuzz
-BIN=$SCRATCH/release
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 # Swift's own crash backtracer and ASan's both want the fatal signal; ASan's
 # report is the one that names the bad access.
@@ -24,8 +25,10 @@ export SWIFT_BACKTRACE=enable=no
 # The corpus runs in CI: a slow input (an accidental quadratic path) fails like a crash.
 LIMITS=(-timeout=10 -rss_limit_mb=2048)
 
+# Builds every target in configuration $1 and sets BIN to where they are.
 build() {
-    local swift runtime
+    local configuration=$1 swift runtime
+    BIN=$SCRATCH/$configuration
     swift=$(readlink -f "$(command -v "$SWIFT")") || { echo "fuzz: $SWIFT is not on PATH" >&2; return 1; }
     # libFuzzer without its main: SwiftPM gives every executable a main, which
     # calls libFuzzer's driver (Fuzz/Support/FuzzSupport/Fuzzing.swift).
@@ -33,7 +36,7 @@ build() {
     [ -n "$runtime" ] || { echo "fuzz: libFuzzer (libclang_rt.fuzzer_no_main) is not in the Swift toolchain of $swift" >&2; return 1; }
     # Coverage as -sanitize=fuzzer would add it, but without linking libFuzzer's main.
     # The linker's "Cannot export local symbol" lines are about ASan's own symbols, and harmless.
-    MESH_AGENT_FUZZ=1 "$SWIFT" build -c release --scratch-path "$SCRATCH" \
+    MESH_AGENT_FUZZ=1 "$SWIFT" build -c "$configuration" --scratch-path "$SCRATCH" \
         -Xswiftc -sanitize=address -Xswiftc -sanitize-coverage=edge,inline-8bit-counters,pc-table,trace-cmp \
         -Xswiftc -enable-testing -Xcc -fsanitize=fuzzer-no-link,address \
         -Xlinker "$runtime" -Xlinker -lstdc++ 2>&1 | grep -v "Cannot export local symbol"
@@ -113,8 +116,8 @@ summary() {
 command=${1:-}
 shift || true
 case "$command" in
-    build) build ;;
-    fuzz) build && fuzz "$@" ;;
-    regress) build && regress "$@" ;;
-    *) echo "usage: $0 build | fuzz [TARGET...] | regress [TARGET...]" >&2; exit 2 ;;
+    build) build "${1:-release}" ;;
+    fuzz) build release && fuzz "$@" ;;
+    regress) build debug && regress "$@" ;;
+    *) echo "usage: $0 build [debug|release] | fuzz [TARGET...] | regress [TARGET...]" >&2; exit 2 ;;
 esac
