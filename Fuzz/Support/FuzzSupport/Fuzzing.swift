@@ -24,6 +24,10 @@ public enum Fuzzing {
     /// Set once, before libFuzzer starts calling, and only read after.
     nonisolated(unsafe) private static var target: (([UInt8]) -> Void)?
 
+    /// What an HTTP/2 client with prior knowledge sends first. The HTTP/2
+    /// targets add it, so that every input is a frame sequence.
+    public static let http2Preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
+
     /// Bytes as the agent reads text from outside: UTF-8, invalid sequences
     /// repaired.
     public static func text(_ bytes: [UInt8]) -> String {

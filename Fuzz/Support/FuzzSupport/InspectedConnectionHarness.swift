@@ -60,6 +60,11 @@ public final class InspectedConnectionHarness {
 
     /// One connection's life with `bytes` from the client, checked.
     public static func run(clientBytes bytes: [UInt8], workload workloadProtocol: WorkloadProtocol) {
+        precondition(canariesReachTheWorkload)
+        life(bytes, workloadProtocol).requireOnlyAllowedRequestsReachedTheWorkload()
+    }
+
+    private static func life(_ bytes: [UInt8], _ workloadProtocol: WorkloadProtocol) -> InspectedConnectionHarness {
         let harness: InspectedConnectionHarness
         do {
             harness = try InspectedConnectionHarness(workload: workloadProtocol)
@@ -68,7 +73,35 @@ public final class InspectedConnectionHarness {
         }
         harness.clientSends(bytes)
         harness.finish()
-        harness.requireOnlyAllowedRequestsReachedTheWorkload()
+        return harness
+    }
+
+    /// Checked once per process: a request the fixture's policy allows does
+    /// reach the workload. Without it, a setup that let nothing through would
+    /// pass every input.
+    private static let canariesReachTheWorkload: Bool = {
+        let http1 = Array("GET /public/canary HTTP/1.1\r\nHost: orders.shop\r\n\r\n".utf8)
+        for (bytes, workload) in [(http1, WorkloadProtocol.http1), (http2Canary(), .http2)] {
+            let seen = life(bytes, workload).requestsSeen.map(\.target)
+            Fuzzing.require(seen == ["/public/canary"], "an allowed request reached the \(workload) workload as \(seen)")
+        }
+        return true
+    }()
+
+    /// The preface, an empty SETTINGS frame, and a HEADERS frame that opens
+    /// and ends stream 1.
+    private static func http2Canary() -> [UInt8] {
+        var block = ByteBuffer()
+        var encoder = HPACKEncoder(allocator: ByteBufferAllocator())
+        let request: HPACKHeaders = [":method": "GET", ":scheme": "http", ":authority": "orders.shop", ":path": "/public/canary"]
+        do {
+            try encoder.encode(headers: request, to: &block)
+        } catch {
+            fatalError("the canary request cannot be encoded: \(error)")
+        }
+        let length = block.readableBytes
+        let headers: [UInt8] = [UInt8(length >> 16), UInt8(truncatingIfNeeded: length >> 8), UInt8(truncatingIfNeeded: length), 0x1, 0x5, 0, 0, 0, 1]
+        return Fuzzing.http2Preface + [0, 0, 0, 0x4, 0, 0, 0, 0, 0] + headers + Array(block.readableBytesView)
     }
 
     /// Bytes from the client, in one read.

@@ -21,7 +21,7 @@ Fuzzing.run { bytes in
         fatalError("the tunnel connection cannot be set up: \(error)")
     }
     channel.connect(to: MeshFixture.workloadAddress, promise: nil)
-    _ = try? channel.writeInbound(ByteBuffer(bytes: Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8) + bytes))
+    _ = try? channel.writeInbound(ByteBuffer(bytes: Fuzzing.http2Preface + bytes))
     channel.embeddedEventLoop.run()
     channel.close(promise: nil)
     channel.embeddedEventLoop.run()

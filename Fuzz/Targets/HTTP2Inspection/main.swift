@@ -6,5 +6,5 @@ import FuzzSupport
 /// each header block, the request decision, and the per-stream exchange with
 /// an HTTP/2 workload. Only requests policy allows may reach the workload.
 Fuzzing.run { bytes in
-    InspectedConnectionHarness.run(clientBytes: Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8) + bytes, workload: .http2)
+    InspectedConnectionHarness.run(clientBytes: Fuzzing.http2Preface + bytes, workload: .http2)
 }
