@@ -194,6 +194,7 @@ if Context.environment["MESH_AGENT_FUZZ"] != nil {
             dependencies: [
                 "CLibFuzzer", "Policy", "Proxy", "TLS", "Workloads", "TestFixtures",
                 nio("NIOCore"), nio("NIOEmbedded"), nio("NIOHTTP1"), http2("NIOHTTP2"), http2("NIOHPACK"),
+                .product(name: "Metrics", package: "swift-metrics"),
             ],
             path: "Fuzz/Support/FuzzSupport"),
     ]

@@ -26,6 +26,8 @@ public final class InspectedConnectionHarness {
     private let agentUpstream: EmbeddedChannel
     private let workload: EmbeddedChannel
     private let record = WorkloadRecord()
+    /// How many requests the agent allowed on this connection.
+    private var allowedRequests: Int64 = 0
 
     public init(workload workloadProtocol: WorkloadProtocol) throws {
         agentClient = EmbeddedChannel(loop: loop)
@@ -65,6 +67,7 @@ public final class InspectedConnectionHarness {
     }
 
     private static func life(_ bytes: [UInt8], _ workloadProtocol: WorkloadProtocol) -> InspectedConnectionHarness {
+        let allowedBefore = AllowedRequestCounter.shared.value
         let harness: InspectedConnectionHarness
         do {
             harness = try InspectedConnectionHarness(workload: workloadProtocol)
@@ -73,6 +76,7 @@ public final class InspectedConnectionHarness {
         }
         harness.clientSends(bytes)
         harness.finish()
+        harness.allowedRequests = AllowedRequestCounter.shared.value - allowedBefore
         return harness
     }
 
@@ -82,8 +86,10 @@ public final class InspectedConnectionHarness {
     private static let canariesReachTheWorkload: Bool = {
         let http1 = Array("GET /public/canary HTTP/1.1\r\nHost: orders.shop\r\n\r\n".utf8)
         for (bytes, workload) in [(http1, WorkloadProtocol.http1), (http2Canary(), .http2)] {
-            let seen = life(bytes, workload).requestsSeen.map(\.target)
+            let harness = life(bytes, workload)
+            let seen = harness.requestsSeen.map(\.target)
             Fuzzing.require(seen == ["/public/canary"], "an allowed request reached the \(workload) workload as \(seen)")
+            Fuzzing.require(harness.allowedRequests == 1, "the \(workload) canary counted \(harness.allowedRequests) allowed requests")
         }
         return true
     }()
@@ -131,9 +137,13 @@ public final class InspectedConnectionHarness {
     /// The requests the workload received, each as method and target.
     public var requestsSeen: [(method: String, target: String)] { record.requests }
 
-    /// Fails the run if the workload got a request policy cannot allow, or a
-    /// target that is not normalized: one the agent did not decide as sent.
+    /// Fails the run if the workload got a request policy cannot allow, a
+    /// target that is not normalized, or more requests than the agent allowed
+    /// (one hidden in another's body): one the agent did not decide as sent.
     public func requireOnlyAllowedRequestsReachedTheWorkload() {
+        Fuzzing.require(
+            record.requests.count <= allowedRequests,
+            "the workload got \(record.requests.count) requests where the agent allowed \(allowedRequests): \(record.requests)")
         for request in record.requests {
             let normalized = HTTPPath.normalize(request.target, rules: MeshFixture.workloadPolicy.pathRules)
             guard case .success(let target) = normalized else {
