@@ -225,15 +225,21 @@ if Context.environment["MESH_AGENT_FUZZ"] != nil {
     // Only the modules the fuzz targets use are built (not the agent's own
     // services): the fuzz build runs in every make test.
     var used = Set<String>()
+    var usedPackages = Set<String>()
     var pending = fuzzTargets.map { "Fuzz\($0.name)" }
     while let name = pending.popLast() {
         guard used.insert(name).inserted, let target = package.targets.first(where: { $0.name == name }) else { continue }
         for dependency in target.dependencies {
             switch dependency {
             case .targetItem(let name, _), .byNameItem(let name, _): pending.append(name)
+            case .productItem(_, let package?, _, _): usedPackages.insert(package)
             default: break
             }
         }
     }
     package.targets.removeAll { !used.contains($0.name) }
+    package.dependencies.removeAll { dependency in
+        guard case .sourceControl(_, let location, _) = dependency.kind, let last = location.split(separator: "/").last else { return false }
+        return !usedPackages.contains(last.hasSuffix(".git") ? String(last.dropLast(4)) : String(last))
+    }
 }
