@@ -10,7 +10,7 @@
 #   fuzz.sh regress [TARGET...]    build (debug), then run each target once over its committed corpus
 #
 # Fuzzing wants the optimized build (several times the executions a second);
-# the replay in make test wants the one that builds in a third of the time.
+# the replay in make test wants the one that builds in half the time.
 # Exits 1 if any target crashed or broke an invariant. Replay one input with
 #   SWIFT_BACKTRACE=enable=no .build-fuzz/release/FuzzTARGET FILE
 set -uo pipefail
@@ -34,7 +34,8 @@ build() {
     # calls libFuzzer's driver (Fuzz/Support/FuzzSupport/Fuzzing.swift).
     runtime=$(ls "$(dirname "$swift")"/../lib/clang/*/lib/linux/libclang_rt.fuzzer_no_main-x86_64.a 2>/dev/null | head -n 1)
     [ -n "$runtime" ] || { echo "fuzz: libFuzzer (libclang_rt.fuzzer_no_main) is not in the Swift toolchain of $swift" >&2; return 1; }
-    # Coverage as -sanitize=fuzzer would add it, but without linking libFuzzer's main.
+    # Coverage as -sanitize=fuzzer would add it, but without linking libFuzzer's main;
+    # -enable-testing for the targets' @testable imports of internal parsers.
     # The linker's "Cannot export local symbol" lines are about ASan's own symbols, and harmless.
     MESH_AGENT_FUZZ=1 "$SWIFT" build -c "$configuration" --scratch-path "$SCRATCH" \
         -Xswiftc -sanitize=address -Xswiftc -sanitize-coverage=edge,inline-8bit-counters,pc-table,trace-cmp \
@@ -47,7 +48,7 @@ targets() {
     if [ $# -gt 0 ]; then echo "$@"; else ls Fuzz/Targets; fi
 }
 
-stat() {
+final_stat() {
     grep -o "^stat::$1: *[0-9]*" "$2" | awk '{ print $2 }'
 }
 
@@ -69,8 +70,8 @@ fuzz() {
         started=$(date +%s)
         if "$BIN/Fuzz$target" "${LIMITS[@]}" -max_total_time="$FUZZ_SECONDS" -print_final_stats=1 \
             -artifact_prefix="$SCRATCH/crashes/$target/" "$scratch" "$corpus" >"$log" 2>&1; then
-            runs=$(stat number_of_executed_units "$log")
-            news=$(stat new_units_added "$log")
+            runs=$(final_stat number_of_executed_units "$log")
+            news=$(final_stat new_units_added "$log")
             echo "fuzz: $target: ${runs:-?} executions in $(($(date +%s) - started)) s, ${news:-0} new inputs in $scratch, no crash"
             if [ "${FUZZ_MERGE:-0}" = 1 ]; then
                 "$BIN/Fuzz$target" "${LIMITS[@]}" -merge=1 "$corpus" "$scratch" >"$SCRATCH/logs/$target.merge.log" 2>&1 \
