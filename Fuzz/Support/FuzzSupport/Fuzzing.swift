@@ -34,6 +34,14 @@ public enum Fuzzing {
         String(decoding: bytes, as: UTF8.self)
     }
 
+    /// Text the agent writes to a log or answers a client with, made from
+    /// what a client sent, holds no control character that could forge or
+    /// break a line.
+    public static func requireLoggable(_ text: String, _ what: @autoclosure () -> String, file: StaticString = #fileID, line: UInt = #line) {
+        let control = text.unicodeScalars.first { $0.value < 0x20 || (0x7F...0x9F).contains($0.value) }
+        require(control == nil, "\(what()) has control character \(control.map { String($0.value, radix: 16) } ?? ""): \(text.debugDescription)", file: file, line: line)
+    }
+
     /// An invariant of the code under test. A broken one is a finding, so it
     /// stops the run the way a crash does and libFuzzer keeps the input.
     public static func require(_ condition: Bool, _ message: @autoclosure () -> String, file: StaticString = #fileID, line: UInt = #line) {

@@ -35,7 +35,7 @@ public final class InspectedConnectionHarness {
         workload = EmbeddedChannel(loop: loop)
         let address = MeshFixture.workloadAddress
 
-        let carrier = Carrier.inspect(MeshFixture.inspector, accessLog: DiscardingAccessLog(), limit: HTTPHeadSizeLimit(), on: loop)
+        let carrier = Carrier.inspect(MeshFixture.inspector, accessLog: CheckingAccessLog(), limit: HTTPHeadSizeLimit(), on: loop)
         try carrier.installUpstream(on: agentUpstream)
         agentUpstream.connect(to: address, promise: nil)
 

@@ -92,7 +92,10 @@ public enum MeshFixture {
     }
 }
 
-/// Access-log lines, dropped: the targets look at what reaches the workload.
-final class DiscardingAccessLog: AccessLogSink {
-    func record(_ entry: AccessLogEntry) {}
+/// Access-log lines, checked and dropped: a reason is documented as safe to
+/// log (it quotes a request only escaped and shortened, if at all).
+final class CheckingAccessLog: AccessLogSink {
+    func record(_ entry: AccessLogEntry) {
+        Fuzzing.requireLoggable(entry.reason, "the access-log reason")
+    }
 }

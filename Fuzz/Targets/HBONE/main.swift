@@ -10,7 +10,8 @@ import NIOHTTP2
 /// sets up each peer's (`HBONE.configureConnection`, server mode), each
 /// stream's request read by `HBONE.target(of:)` and answered. A target it
 /// accepts must be an IP literal and port that the request this agent sends
-/// for it names again exactly.
+/// for it names again exactly; a reason it refuses with is logged, so it must
+/// be safe to log.
 Fuzzing.run { bytes in
     let channel = EmbeddedChannel()
     do {
@@ -47,6 +48,7 @@ private final class TunnelRequestReader: ChannelInboundHandler {
             Fuzzing.require(again == .success(target), "the request for \(target) reads back as \(again)")
             status = .ok
         case .failure(let refusal):
+            Fuzzing.requireLoggable(refusal.reason, "the reason a tunnel request was refused")
             status = refusal.status
         }
         context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: HBONE.response(status: status), endStream: status != .ok))), promise: nil)

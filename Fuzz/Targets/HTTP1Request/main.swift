@@ -19,13 +19,18 @@ Fuzzing.run { bytes in
     let limit = HTTPHeadSizeLimit()
     let decoded = decode(bytes, decoder: limit.makeRequestDecoder())
     for head in decoded.heads {
-        guard case .forward(let forwarded, _) = MeshFixture.inspector.inspect(head, now: JWTFixtures.now) else { continue }
+        let outcome = MeshFixture.inspector.inspect(head, now: JWTFixtures.now)
+        if case .respond(let response, let entry) = outcome {
+            Fuzzing.requireLoggable(entry.reason, "the reason for refusing \(head.method) \(head.uri.debugDescription)")
+            Fuzzing.requireLoggable(response.body.trimmingCharacters(in: ["\n"]), "the answer to \(head.method) \(head.uri.debugDescription)")
+        }
+        guard case .forward(let forwarded, _) = outcome else { continue }
         let path = HTTPPath.normalize(forwarded.uri).map(\.path)
         Fuzzing.require((try? path.get()).map(MeshFixture.mayReachWorkload) == true, "forwarded \(forwarded.method) \(forwarded.uri.debugDescription), which policy denies")
         checkReadBackTheSame(forwarded)
     }
     if let error = decoded.error {
-        _ = RequestRefusal(decoderError: error, limit: limit).responseStatus
+        Fuzzing.requireLoggable(RequestRefusal(decoderError: error, limit: limit).reason, "the reason for refusing \(error)")
     }
 }
 

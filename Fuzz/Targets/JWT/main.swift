@@ -15,11 +15,16 @@ Fuzzing.run { bytes in
         _ = try token.verify(keys: JWTTarget.keys, issuer: JWTFixtures.issuer, audiences: ["shop"], now: JWTFixtures.now)
         requireAnotherSignatureFails(text)
     } catch {
-        _ = "\(error)"
+        Fuzzing.requireLoggable("\(error)", "the reason a token was refused")
     }
     let authenticator = MeshFixture.workloadPolicy.authenticator
-    _ = authenticator.authenticate(headers: [HTTPField(name: "authorization", value: text)], query: nil, now: JWTFixtures.now)
-    _ = authenticator.authenticate(headers: [], query: Substring(text), now: JWTFixtures.now)
+    for result in [
+        authenticator.authenticate(headers: [HTTPField(name: "authorization", value: text)], query: nil, now: JWTFixtures.now),
+        authenticator.authenticate(headers: [], query: Substring(text), now: JWTFixtures.now),
+    ] {
+        guard case .rejected(let reason) = result else { continue }
+        Fuzzing.requireLoggable(reason, "the reason a token was rejected")
+    }
 }
 
 private enum JWTTarget {
