@@ -74,7 +74,11 @@ public final class InspectedConnectionHarness {
         } catch {
             fatalError("the inspected connection cannot be set up: \(error)")
         }
-        harness.clientSends(bytes)
+        // In two reads, cut where the last byte says: the agent must read the
+        // bytes the same however they arrive.
+        let cut = bytes.last.map { Int($0) % bytes.count } ?? 0
+        harness.clientSends(Array(bytes[..<cut]))
+        harness.clientSends(Array(bytes[cut...]))
         harness.finish()
         harness.allowedRequests = AllowedRequestCounter.shared.value - allowedBefore
         return harness
@@ -110,9 +114,9 @@ public final class InspectedConnectionHarness {
         return Fuzzing.http2Preface + [0, 0, 0, 0x4, 0, 0, 0, 0, 0] + headers + Array(block.readableBytesView)
     }
 
-    /// Bytes from the client, in one read.
+    /// Bytes from the client, in one read (a socket never reads none).
     public func clientSends(_ bytes: [UInt8]) {
-        guard agentClient.isActive else { return }
+        guard agentClient.isActive, !bytes.isEmpty else { return }
         _ = try? agentClient.writeInbound(ByteBuffer(bytes: bytes))
         pump()
     }
