@@ -29,7 +29,7 @@ public final class InspectedConnectionHarness {
     /// How many requests the agent allowed on this connection.
     private var allowedRequests: Int64 = 0
 
-    public init(workload workloadProtocol: WorkloadProtocol) throws {
+    private init(workload workloadProtocol: WorkloadProtocol) throws {
         agentClient = EmbeddedChannel(loop: loop)
         agentUpstream = EmbeddedChannel(loop: loop)
         workload = EmbeddedChannel(loop: loop)
@@ -115,7 +115,7 @@ public final class InspectedConnectionHarness {
     }
 
     /// Bytes from the client, in one read (a socket never reads none).
-    public func clientSends(_ bytes: [UInt8]) {
+    private func clientSends(_ bytes: [UInt8]) {
         guard agentClient.isActive, !bytes.isEmpty else { return }
         _ = try? agentClient.writeInbound(ByteBuffer(bytes: bytes))
         pump()
@@ -123,7 +123,7 @@ public final class InspectedConnectionHarness {
 
     /// The client half-closes, then everything closes, and every timer the
     /// agent set fires: the connection's whole life.
-    public func finish() {
+    private func finish() {
         agentClient.pipeline.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
         pump()
         for channel in [agentClient, workload, agentUpstream] {
@@ -139,12 +139,12 @@ public final class InspectedConnectionHarness {
     }
 
     /// The requests the workload received, each as method and target.
-    public var requestsSeen: [(method: String, target: String)] { record.requests }
+    private var requestsSeen: [(method: String, target: String)] { record.requests }
 
     /// Fails the run if the workload got a request policy cannot allow, a
     /// target that is not normalized, or more requests than the agent allowed
     /// (one hidden in another's body): one the agent did not decide as sent.
-    public func requireOnlyAllowedRequestsReachedTheWorkload() {
+    private func requireOnlyAllowedRequestsReachedTheWorkload() {
         Fuzzing.require(
             record.requests.count <= allowedRequests,
             "the workload got \(record.requests.count) requests where the agent allowed \(allowedRequests): \(record.requests)")
