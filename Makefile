@@ -8,6 +8,7 @@
 #   make demo    two nodes on this machine: mTLS tunnel, identities, STRICT refusing plaintext (root)
 #   make test-sanitize   unit tests under AddressSanitizer and ThreadSanitizer, then the agent built
 #                with each through the tunnel, restart and policy integration tests (root)
+#   make fuzz    every libFuzzer target (Fuzz/Targets) for FUZZ_SECONDS each (default 60); FUZZ_TARGETS="A B" for some
 
 SWIFT      ?= swift
 PYTHON     ?= python3
@@ -22,7 +23,7 @@ DEB_PACKAGES := libssl-dev openssl libmnl-dev libnftnl-dev pkg-config nftables i
 # MODULE or MODULE=PIP_PACKAGE when the names differ.
 PY_MODULES := pytest h2 cryptography yaml=pyyaml
 
-.PHONY: all deps build build-debug test unit-test integration-test test-sanitize demo clean install install-files bench bench-micro
+.PHONY: all deps build build-debug test unit-test integration-test fuzz fuzz-regress test-sanitize demo clean install install-files bench bench-micro
 
 all: build
 
@@ -62,10 +63,21 @@ unit-test: build-debug
 integration-test: build-debug
 	MESH_AGENT_BIN=$(CURDIR)/$(DEBUG_BIN) $(PYTHON) -m pytest -v -rs -p no:cacheprovider Tests/integration
 
+# Fuzzing (Fuzz/fuzz.sh): `make fuzz` explores, new inputs go to .build-fuzz/corpus
+# (FUZZ_MERGE=1 merges those that add coverage into Fuzz/Corpus); fuzz-regress
+# runs every committed corpus input once, so a crash found once stays found.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?=
+fuzz: deps
+	FUZZ_SECONDS=$(FUZZ_SECONDS) SWIFT=$(SWIFT) bash Fuzz/fuzz.sh fuzz $(FUZZ_TARGETS)
+
+fuzz-regress: deps
+	SWIFT=$(SWIFT) bash Fuzz/fuzz.sh regress $(FUZZ_TARGETS)
+
 # Each phase timed, so a slow one shows before CI's limit does.
 test:
 	@start=$$(date +%s); status=0; \
-	for phase in build-debug unit-test integration-test; do \
+	for phase in build-debug unit-test fuzz-regress integration-test; do \
 	  phase_start=$$(date +%s); \
 	  $(MAKE) --no-print-directory $$phase || { status=$$?; echo "make test: $$phase failed"; break; }; \
 	  echo "make test: $$phase took $$(( $$(date +%s) - phase_start )) s"; \
@@ -115,4 +127,4 @@ install-files:
 	$(RELEASE_BIN)/agentctl --generate-completion-script zsh > $(DESTDIR)$(PREFIX)/share/zsh/site-functions/_agentctl
 
 clean:
-	rm -rf .build .build-address .build-thread
+	rm -rf .build .build-fuzz .build-address .build-thread

@@ -179,3 +179,68 @@ let package = Package(
     ],
     swiftLanguageModes: [.v6]
 )
+
+// libFuzzer targets (Fuzz/), one executable each over a parser that takes bytes
+// from outside. They need libFuzzer and ASan linked in, which only the fuzz
+// build does (Fuzz/fuzz.sh, `make fuzz`): they exist only when MESH_AGENT_FUZZ
+// is set, and then the other executables and the tests are left out of it.
+if Context.environment["MESH_AGENT_FUZZ"] != nil {
+    let nio: (String) -> Target.Dependency = { .product(name: $0, package: "swift-nio") }
+    let http2: (String) -> Target.Dependency = { .product(name: $0, package: "swift-nio-http2") }
+    package.products.removeAll()
+    package.targets += [
+        .systemLibrary(name: "CLibFuzzer", path: "Fuzz/Support/CLibFuzzer"),
+        .target(
+            name: "FuzzSupport",
+            dependencies: [
+                "CLibFuzzer", "Policy", "Proxy", "TLS", "Workloads", "TestFixtures",
+                nio("NIOCore"), nio("NIOEmbedded"), nio("NIOHTTP1"), http2("NIOHTTP2"), http2("NIOHPACK"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
+            path: "Fuzz/Support/FuzzSupport"),
+    ]
+    let fuzzTargets: [(name: String, dependencies: [Target.Dependency])] = [
+        ("HTTP1Request", ["Policy", "Proxy", "TestFixtures", nio("NIOCore"), nio("NIOEmbedded"), nio("NIOHTTP1")]),
+        ("HTTP1Connection", []),
+        ("HTTP2Inspection", []),
+        ("HBONE", ["Proxy", nio("NIOCore"), nio("NIOEmbedded"), http2("NIOHTTP2"), http2("NIOHPACK")]),
+        ("HTTPPath", ["Policy"]),
+        ("JWT", ["Policy", "TestFixtures"]),
+        ("JWKS", ["Policy", "TestFixtures"]),
+        ("PolicyYAML", ["Policy", "TestFixtures"]),
+        ("AgentConfig", ["Config"]),
+        ("SockDiag", ["LinuxNet"]),
+        ("Conntrack", ["LinuxNet"]),
+        ("Netfilter", ["Netfilter", "LinuxNet"]),
+        ("Cgroup", ["LinuxNet"]),
+        ("CertificateDER", ["TLS"]),
+        ("CertificatePEM", ["TLS"]),
+        ("SpiffeID", ["TLS"]),
+    ]
+    for (name, dependencies) in fuzzTargets {
+        package.targets.append(.executableTarget(
+            name: "Fuzz\(name)",
+            dependencies: ["FuzzSupport"] + dependencies,
+            path: "Fuzz/Targets/\(name)"))
+    }
+    // Only the modules the fuzz targets use are built (not the agent's own
+    // services): the fuzz build runs in every make test.
+    var used = Set<String>()
+    var usedPackages = Set<String>()
+    var pending = fuzzTargets.map { "Fuzz\($0.name)" }
+    while let name = pending.popLast() {
+        guard used.insert(name).inserted, let target = package.targets.first(where: { $0.name == name }) else { continue }
+        for dependency in target.dependencies {
+            switch dependency {
+            case .targetItem(let name, _), .byNameItem(let name, _): pending.append(name)
+            case .productItem(_, let package?, _, _): usedPackages.insert(package)
+            default: break
+            }
+        }
+    }
+    package.targets.removeAll { !used.contains($0.name) }
+    package.dependencies.removeAll { dependency in
+        guard case .sourceControl(_, let location, _) = dependency.kind, let last = location.split(separator: "/").last else { return false }
+        return !usedPackages.contains(last.hasSuffix(".git") ? String(last.dropLast(4)) : String(last))
+    }
+}
