@@ -100,17 +100,34 @@ public enum AdminViews {
         /// The inbound mTLS mode of each port ("8080": "STRICT").
         public var mtls: [String: String]
         public var labels: [String: String]
+        /// Which source declared it (`config`, `podman`, `kubernetes`, `cni`).
+        public var source: String?
+        /// `host`, or `netns` for a workload captured in its own network namespace.
+        public var captureMode: String?
+        /// For `netns`: the namespace, its addresses, whether it is captured and since when.
+        public var netns: String?
+        public var addresses: [String]?
+        public var state: String?
+        public var since: String?
 
         enum CodingKeys: String, CodingKey {
-            case name, namespace, identity, cgroup, present, ports, mtls, labels
+            case name, namespace, identity, cgroup, present, ports, mtls, labels, source, netns, addresses, state, since
             case serviceAccount = "service_account"
             case cgroupID = "cgroup_id"
+            case captureMode = "capture_mode"
         }
 
         public init(
             name: String, namespace: String, serviceAccount: String, identity: String, cgroup: String, cgroupID: UInt64?, present: Bool,
-            ports: [UInt16], mtls: [String: String], labels: [String: String]
+            ports: [UInt16], mtls: [String: String], labels: [String: String], source: String? = nil, captureMode: String? = nil,
+            netns: String? = nil, addresses: [String]? = nil, state: String? = nil, since: String? = nil
         ) {
+            self.source = source
+            self.captureMode = captureMode
+            self.netns = netns
+            self.addresses = addresses
+            self.state = state
+            self.since = since
             self.name = name
             self.namespace = namespace
             self.serviceAccount = serviceAccount

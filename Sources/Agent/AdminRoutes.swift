@@ -55,7 +55,7 @@ enum AdminRoutes {
                 AdminServer.Response(body: try AdminViews.encode(AdminViews.policies(state.current.policy)))
             },
             "/v1/workloads": {
-                AdminServer.Response(body: try AdminViews.encode(AdminViews.workloads(registry, modes: state.current.peerAuthentication)))
+                AdminServer.Response(body: try AdminViews.encode(AdminViews.workloads(registry, modes: state.current.peerAuthentication, namespaces: state.current.namespaces)))
             },
             "/v1/status": {
                 let now = state.current

@@ -44,9 +44,16 @@ extension AdminViews {
         }
     }
 
-    public static func workloads(_ registry: WorkloadRegistry, modes: PeerAuthenticationSet) -> [WorkloadView] {
+    static func workloads(_ registry: WorkloadRegistry, modes: PeerAuthenticationSet, namespaces: [String: NamespaceCaptures.Status]) -> [WorkloadView] {
         registry.members.map { member in
             let workload = member.workload
+            let captured = namespaces[workload.qualifiedName]
+            let state: String
+            if member.spec.network.isHost {
+                state = member.isPresent ? "captured" : "waiting: its cgroup does not exist yet"
+            } else {
+                state = captured?.state ?? (member.isPresent ? "waiting: not captured yet" : "waiting: its cgroup does not exist yet")
+            }
             return WorkloadView(
                 name: workload.name, namespace: workload.namespace, serviceAccount: workload.serviceAccount,
                 identity: workload.identity.description, cgroup: member.cgroup.description,
@@ -54,7 +61,9 @@ extension AdminViews {
                 mtls: Dictionary(uniqueKeysWithValues: workload.ports.map {
                     (String($0), modes.mode(namespace: workload.namespace, labels: workload.labels, port: $0).rawValue)
                 }),
-                labels: workload.labels)
+                labels: workload.labels, source: member.source.name, captureMode: member.spec.network.isHost ? "host" : "netns",
+                netns: captured?.netns, addresses: captured?.addresses, state: state,
+                since: captured?.since.map { Certificate.formatTime(Int64($0.timeIntervalSince1970)) })
         }
     }
 
@@ -84,6 +93,8 @@ final class AgentState: Sendable {
         /// What the table the agent wants is built from; the table itself is
         /// built only when someone asks (`agentctl rules`), not on every tick.
         var captureParameters: CaptureParameters?
+        /// Workloads in namespaces of their own, by qualified name.
+        var namespaces: [String: NamespaceCaptures.Status] = [:]
 
         /// The mTLS modes in force: those of the policies in force.
         var peerAuthentication: PeerAuthenticationSet { policy.policies.peerAuthentication }
@@ -95,6 +106,12 @@ final class AgentState: Sendable {
             $0.rules = capture.rulesStatus
             $0.captureParameters = capture.parameters
         }
+    }
+
+    /// Publishes the namespace workloads' capture states.
+    func publish(_ namespaces: NamespaceCaptures) {
+        let statuses = namespaces.statuses
+        update { $0.namespaces = statuses }
     }
 
     let started = ContinuousClock.now

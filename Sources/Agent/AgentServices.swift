@@ -45,6 +45,11 @@ struct AgentServices {
     let takeover: Handover.Taking?
     /// Hands this agent's sockets to the next one.
     let handover: Handover.Giving
+    /// What the listeners of workloads in namespaces of their own are made from.
+    let workloadTLS: WorkloadTLS
+    let mount: CgroupV2Mount
+    /// Makes sockets inside workloads' network namespaces.
+    let namespaceThread: NamespaceThread
     /// The admin API, then Prometheus and the readiness probe; made once the
     /// parts they show exist.
     private(set) var servers: [AdminServer] = []
@@ -113,7 +118,7 @@ struct AgentServices {
             config: config, configPath: configPath, logger: logger, systemd: SystemdNotifier(), group: group, netfilter: netfilter, registry: registry,
             destinations: destinations, accessLog: accessLog, trustBundle: trustBundle, svids: svids, agentIdentity: agentIdentity,
             connections: connections, state: state, authorizer: authorizer, enforcement: enforcement, listeners: listeners, sockets: sockets,
-            takeover: takeover, handover: handover)
+            takeover: takeover, handover: handover, workloadTLS: workloadTLS, mount: mount, namespaceThread: try NamespaceThread())
         services.servers = AdminRoutes.servers(for: services, events: events, metrics: metrics)
         return services
     }
@@ -123,7 +128,7 @@ struct AgentServices {
     /// In `failureMode: closed` the table comes first: a workload connection
     /// made while the agent starts waits (or is refused), never leaves in
     /// plaintext. A step that fails undoes the ones before it.
-    func start() async throws -> Capture {
+    func start() async throws -> (Capture, NamespaceCaptures) {
         var capture = Capture(
             config: config, registry: registry, netfilter: netfilter, peerAuthentication: state.current.peerAuthentication, logger: logger)
         do {
@@ -143,7 +148,12 @@ struct AgentServices {
                 for name in unused { notify(["FDSTOREREMOVE=1", "FDNAME=\(name)"]) }
             }
         }
+        // Workloads in namespaces of their own are captured before the agent
+        // says it is ready; one that cannot be yet waits, and is retried every tick.
+        var namespaces = NamespaceCaptures(logger: logger)
+        await namespaces.sync(services: self, config: config, peerAuthentication: state.current.peerAuthentication)
         state.publish(capture)
+        state.publish(namespaces)
         state.update { $0.ready = true }
         logger.info("mesh-agent ready: node \(config.node), trust domain \(config.trustDomain), \(registry.members.count) workload(s), table inet \(capture.parameters.tableName)")
         notify(["READY=1", "STATUS=ready: \(registry.members.count) workload(s), capture installed"])
@@ -154,7 +164,7 @@ struct AgentServices {
         } catch {
             logger.warning("cannot offer this agent's sockets to a successor (\(error)); an upgrade will bind anew")
         }
-        return capture
+        return (capture, namespaces)
     }
 
     /// Under systemd, the listening sockets go into the service's file
@@ -172,7 +182,7 @@ struct AgentServices {
     /// captured first; the table itself goes only after the drain, because
     /// unregistering its nat hook makes the kernel drop the NAT state of the
     /// connections still being proxied.
-    func drain(capture: inout Capture, config: AgentConfig) async {
+    func drain(capture: inout Capture, namespaces: inout NamespaceCaptures, config: AgentConfig) async {
         handover.stop()
         if !capture.owned {
             logger.info("the agent that took over keeps table inet \(capture.parameters.tableName); draining this one's connections")
@@ -182,7 +192,9 @@ struct AgentServices {
             logger.info("failureMode closed: leaving table inet \(capture.parameters.tableName) in place; workload traffic stays captured until the agent is back")
         }
         await listeners.stopAccepting()
+        await namespaces.stopAccepting()
         await waitForConnections(upTo: config.drainTimeout)
+        await namespaces.close(removingTables: config.failureMode == .open && capture.owned)
         if config.failureMode == .open {
             capture.remove()
         }

@@ -44,10 +44,14 @@ struct Capture {
     /// Every configured workload port, by the mTLS mode its PeerAuthentication
     /// gives it. Ports of workloads not running yet are guarded too: STRICT
     /// must hold from the first packet, whoever listens.
+    ///
+    /// Only workloads of the node's own namespace: a pod's ports are guarded by
+    /// the table in its namespace, and the node's prerouting hook also sees
+    /// the traffic it forwards to pods, which it must leave alone.
     var guardedPorts: (strict: [UInt16], permissive: [UInt16]) {
         var strict: [UInt16] = []
         var permissive: [UInt16] = []
-        for member in registry.members {
+        for member in registry.members where member.spec.network.isHost {
             let workload = member.workload
             for port in workload.ports {
                 switch peerAuthentication.mode(namespace: workload.namespace, labels: workload.labels, port: port) {

@@ -19,6 +19,8 @@ struct ControlLoop {
     /// The config in force: the one the agent started with, as reloads changed it.
     var config: AgentConfig
     var capture: Capture
+    /// Workloads in network namespaces of their own, each captured in there.
+    var namespaces: NamespaceCaptures
     var ticks = 0
     /// The policy files and the JWKS files they name, as last read: a change
     /// to either reloads the policies.
@@ -26,10 +28,11 @@ struct ControlLoop {
     var agentMetrics = AgentMetrics()
     var logger: Logger { services.logger }
 
-    init(services: AgentServices, capture: Capture) {
+    init(services: AgentServices, capture: Capture, namespaces: NamespaceCaptures) {
         self.services = services
         self.config = services.config
         self.capture = capture
+        self.namespaces = namespaces
         policyFingerprint = currentPolicyFingerprint()
         updateMetrics()
     }

@@ -1,5 +1,6 @@
 import Config
 import Identity
+import LinuxNet
 import Logging
 import NIOCore
 import Proxy
@@ -16,24 +17,33 @@ struct Listeners {
     init(
         config: AgentConfig, group: EventLoopGroup, workloadTLS: WorkloadTLS, agentIdentity: SpiffeID, identifier: SourceIdentifier,
         destinations: LocalDestinations, accessLog: AccessLogSink, connections: ConnectionTracker, authorizer: InboundAuthorizer,
-        sockets: ListeningSockets, logger: Logger
+        sockets: ListeningSockets, namespace: SocketNamespace? = nil, logger: Logger
     ) {
         let connectTimeout = config.limits.connectTimeout.timeAmount
+        var tunnelClientConfiguration = TunnelClient.Configuration(tunnelPort: config.ports.tunnel, mark: config.mark, connectTimeout: connectTimeout)
+        tunnelClientConfiguration.namespace = namespace
+        var outboundConfiguration = OutboundProxy.Configuration(
+            port: config.ports.outbound, mark: config.mark, connectTimeout: connectTimeout, meshNetworks: config.meshNetworks)
+        outboundConfiguration.namespace = namespace
+        var tunnelConfiguration = TunnelServer.Configuration(port: config.ports.tunnel, mark: config.mark, connectTimeout: connectTimeout)
+        tunnelConfiguration.namespace = namespace
+        var plaintextConfiguration = InboundPlaintextProxy.Configuration(port: config.ports.inboundPlaintext, mark: config.mark, connectTimeout: connectTimeout)
+        plaintextConfiguration.namespace = namespace
         // The source agent presents the workload's certificate and accepts only an
         // agent at the other end; the destination agent answers as itself.
         let tunnelClient = TunnelClient(
-            configuration: .init(tunnelPort: config.ports.tunnel, mark: config.mark, connectTimeout: connectTimeout), group: group,
+            configuration: tunnelClientConfiguration, group: group,
             clientContext: { source in try workloadTLS.context(for: source, role: .client, expectedPeer: agentIdentity) }, logger: logger)
         outbound = OutboundProxy(
-            configuration: .init(port: config.ports.outbound, mark: config.mark, connectTimeout: connectTimeout, meshNetworks: config.meshNetworks),
+            configuration: outboundConfiguration,
             group: group, identifier: identifier, destinations: destinations, accessLog: accessLog, connections: connections, tunnel: tunnelClient,
             authorizer: authorizer, sockets: sockets, logger: logger)
         tunnel = TunnelServer(
-            configuration: .init(port: config.ports.tunnel, mark: config.mark, connectTimeout: connectTimeout), group: group,
+            configuration: tunnelConfiguration, group: group,
             serverContext: { try workloadTLS.context(for: agentIdentity, role: .server) }, destinations: destinations, accessLog: accessLog,
             connections: connections, authorizer: authorizer, sockets: sockets, logger: logger)
         inboundPlaintext = InboundPlaintextProxy(
-            configuration: .init(port: config.ports.inboundPlaintext, mark: config.mark, connectTimeout: connectTimeout), group: group,
+            configuration: plaintextConfiguration, group: group,
             destinations: destinations, accessLog: accessLog, connections: connections, authorizer: authorizer, sockets: sockets, logger: logger)
     }
 

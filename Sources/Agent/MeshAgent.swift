@@ -25,9 +25,10 @@ public final class MeshAgent: Sendable {
         if let interval = services.systemd.watchdogInterval, interval < ControlLoop.tickInterval * 2 {
             logger.warning("WatchdogSec is shorter than \(ControlLoop.tickInterval * 2): the agent pings once per \(ControlLoop.tickInterval) and may be restarted while healthy; use WatchdogSec=10s or more")
         }
-        var loop = ControlLoop(services: services, capture: try await services.start())
+        let (capture, namespaces) = try await services.start()
+        var loop = ControlLoop(services: services, capture: capture, namespaces: namespaces)
         await loop.run(events)
-        await services.drain(capture: &loop.capture, config: loop.config)
+        await services.drain(capture: &loop.capture, namespaces: &loop.namespaces, config: loop.config)
     }
 }
 

@@ -9,6 +9,8 @@ extension ControlLoop {
         registry.rescan()
         capture.sync()
         services.state.publish(capture)
+        await namespaces.sync(services: services, config: config, peerAuthentication: services.state.current.peerAuthentication)
+        services.state.publish(namespaces)
         services.destinations.refreshAddresses()
         services.svids.setIdentities(registry.presentIdentities.union([services.agentIdentity]))
         if services.trustBundle.poll() != nil {
@@ -19,7 +21,9 @@ extension ControlLoop {
         services.accessLog.writeDropSummary()
         if ticks % Self.driftCheckEvery == 0 {
             capture.reconcile()
+            namespaces.reconcile()
             services.state.publish(capture)
+            services.state.publish(namespaces)
         }
         await pingWatchdog()
     }

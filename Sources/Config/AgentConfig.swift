@@ -95,9 +95,6 @@ extension AgentConfig {
         if let node = top.take("node") { config.node = try validDNSName(node) }
         if let node = top.take("captureMode") {
             config.captureMode = try node.oneOf(CaptureMode.self, [.host, .netns])
-            if config.captureMode == .netns {
-                throw node.error("captureMode netns (a network namespace per workload) is not available in this version; use host")
-            }
         }
         let markNode = top.take("mark")
         if let markNode { config.mark = try markNode.unsigned(UInt32.self, in: 1...UInt32.max) }
@@ -129,7 +126,7 @@ extension AgentConfig {
         }
         if let node = top.take("limits") { config.limits = try parseLimits(node) }
         if let node = top.take("http") { config.http = try parseHTTP(node) }
-        if let node = workloadsNode { config.workloads = try parseWorkloads(node, trustDomain: trustDomain, agentPorts: config.ports) }
+        if let node = workloadsNode { config.workloads = try parseWorkloads(node, trustDomain: trustDomain, agentPorts: config.ports, captureMode: config.captureMode) }
         try top.finish(allowed: [
             "trustDomain", "node", "captureMode", "mark", "markMask", "failureMode", "ports", "adminSocket",
             "accessLog", "accessLogLimit", "policyDir", "rootNamespace", "certificateTTL", "mtlsMode", "drainTimeout", "ca",
@@ -212,7 +209,7 @@ extension AgentConfig {
         return limit
     }
 
-    private static func parseWorkloads(_ node: YAMLNode, trustDomain: String, agentPorts: Ports) throws -> [WorkloadSpec] {
+    private static func parseWorkloads(_ node: YAMLNode, trustDomain: String, agentPorts: Ports, captureMode nodeCaptureMode: CaptureMode) throws -> [WorkloadSpec] {
         var workloads: [WorkloadSpec] = []
         var names: [String: Int] = [:]
         for item in try node.sequence() {
@@ -242,7 +239,9 @@ extension AgentConfig {
                 ports.append(port)
                 if protocolName == "tcp" { tcpPorts.insert(port) }
             }
-            try map.finish(allowed: ["name", "namespace", "serviceAccount", "cgroup", "labels", "ports"])
+            let network = try workloadNetwork(mode: map.take("captureMode"), netns: map.take("netns"), nodeDefault: nodeCaptureMode)
+            let exclusions = try map.take("captureExclusions").map(parseExclusions) ?? CaptureExclusions()
+            try map.finish(allowed: ["name", "namespace", "serviceAccount", "cgroup", "labels", "ports", "captureMode", "netns", "captureExclusions"])
 
             let key = "\(namespace)/\(name)"
             if let first = names[key] {
@@ -250,7 +249,7 @@ extension AgentConfig {
             }
             for (index, spec) in workloads.enumerated() {
                 let other = spec.workload
-                if let shared = ports.first(where: other.ports.contains) {
+                if network.isHost, spec.network.isHost, let shared = ports.first(where: other.ports.contains) {
                     throw nameNode.error("port \(shared) is already served by workloads[\(index)] (\(other.namespace)/\(other.name)); in host mode a port on the node belongs to one workload")
                 }
                 if spec.cgroup == cgroup {
@@ -270,9 +269,36 @@ extension AgentConfig {
             workloads.append(WorkloadSpec(
                 workload: Workload(
                     name: name, namespace: namespace, serviceAccount: serviceAccount, identity: identity, labels: labels, ports: ports, tcpPorts: tcpPorts),
-                cgroup: cgroup, source: .config))
+                cgroup: cgroup, source: .config, network: network, exclusions: exclusions))
         }
         return workloads
+    }
+
+    /// `captureMode:` (the node's by default) and `netns:`: a workload in a
+    /// namespace of its own is found by its file, or else by its cgroup's processes.
+    private static func workloadNetwork(mode modeNode: YAMLNode?, netns netnsNode: YAMLNode?, nodeDefault: CaptureMode) throws -> WorkloadNetwork {
+        let mode = try modeNode.map { try $0.oneOf(CaptureMode.self, [.host, .netns]) } ?? (netnsNode == nil ? nodeDefault : .netns)
+        switch mode {
+        case .host:
+            if let netnsNode {
+                throw netnsNode.error("netns names the namespace of a workload captured in it (captureMode netns), but this one has captureMode host")
+            }
+            return .host
+        case .netns:
+            guard let netnsNode else { return .namespace(.ofCgroup) }
+            return .namespace(.path(try absolutePath(netnsNode)))
+        }
+    }
+
+    /// `captureExclusions: {ports: [9090], cidrs: [10.0.0.0/8]}`: never captured, either way.
+    private static func parseExclusions(_ node: YAMLNode) throws -> CaptureExclusions {
+        var map = try node.mapping()
+        let ports = try map.take("ports")?.sequence().map { try $0.unsigned(UInt16.self, in: 1...65535) } ?? []
+        let networks = try map.take("cidrs")?.sequence().map { item -> String in
+            do { return try IPPrefix(item.string()).description } catch let error as IPPrefixError { throw item.error(error.description) }
+        } ?? []
+        try map.finish(allowed: ["ports", "cidrs"])
+        return CaptureExclusions(ports: ports, networks: networks)
     }
 
     /// A workload port: `8080`, or `{port: 5432, protocol: tcp}` for a port that

@@ -12,6 +12,11 @@ public struct InterfaceAddresses: Sendable {
     /// IPv4 broadcast addresses, in host byte order.
     public var broadcast: [UInt32]
 
+    public init(addresses: [SocketAddress], broadcast: [UInt32]) {
+        self.addresses = addresses
+        self.broadcast = broadcast
+    }
+
     public static func current() throws -> InterfaceAddresses {
         var list: UnsafeMutablePointer<ifaddrs>?
         guard getifaddrs(&list) == 0 else {

@@ -54,6 +54,8 @@ private final class NamespaceThreadResult<T>: @unchecked Sendable {
 public enum NetworkNamespaceError: Error, CustomStringConvertible, Equatable {
     case cannotOpen(path: String, errno: Int32)
     case cannotEnter(path: String, errno: Int32)
+    case noProcess(cgroup: String)
+    case threadStopped(reason: String)
 
     public var description: String {
         switch self {
@@ -61,6 +63,10 @@ public enum NetworkNamespaceError: Error, CustomStringConvertible, Equatable {
             return "cannot open network namespace \(path): \(String(cString: strerror(code))); check that it exists (ip netns list)"
         case .cannotEnter(let path, let code):
             return "cannot enter network namespace \(path): \(String(cString: strerror(code))); entering a namespace needs CAP_SYS_ADMIN"
+        case .noProcess(let cgroup):
+            return "no process runs in cgroup \(cgroup), so its network namespace cannot be found; it is captured once one starts (or give its netns path)"
+        case .threadStopped(let reason):
+            return "cannot make sockets in other network namespaces: \(reason)"
         }
     }
 }

@@ -65,7 +65,7 @@ public enum OriginalDestination {
 
     /// The original destination of an accepted connection. Fails with
     /// `OriginalDestinationError.notRedirected` if the connection was not
-    /// redirected. Safe to call from any thread; completes on the channel's loop.
+    /// redirected (no NAT entry, or one that leads to the listener itself). Safe to call from any thread; completes on the channel's loop.
     public static func of(_ channel: Channel) -> EventLoopFuture<SocketAddress> {
         guard let provider = channel as? SocketOptionProvider else {
             return channel.eventLoop.makeFailedFuture(OriginalDestinationError.unsupportedChannel)
@@ -90,7 +90,17 @@ public enum OriginalDestination {
             let future: EventLoopFuture<sockaddr_in6> = provider.unsafeGetSocketOption(level: level, name: name)
             result = future.flatMapThrowing { try address(from: $0) }
         }
-        return result.flatMapErrorThrowing { error in throw mapError(error) }
+        return result.flatMapErrorThrowing { error in throw mapError(error) }.flatMapThrowing { try redirected($0, local: localAddress) }
+    }
+
+    /// Conntrack answers for any connection it tracks once some NAT table
+    /// exists in the namespace (a container engine's, a CNI's), so a direct
+    /// connection comes back with its own destination: the listener itself.
+    static func redirected(_ original: SocketAddress, local: SocketAddress) throws -> SocketAddress {
+        guard original.ipAddress != local.ipAddress || original.port != local.port else {
+            throw OriginalDestinationError.notRedirected
+        }
+        return original
     }
 
     /// The original destination of the connected socket `fd` (blocking
@@ -113,8 +123,8 @@ public enum OriginalDestination {
         }
         guard let query = Query(local: local) else { throw OriginalDestinationError.noLocalAddress }
         switch query {
-        case .v4: return try address(from: try getOption(fd, query, as: sockaddr_in.self))
-        case .v6: return try address(from: try getOption(fd, query, as: sockaddr_in6.self))
+        case .v4: return try redirected(try address(from: try getOption(fd, query, as: sockaddr_in.self)), local: local)
+        case .v6: return try redirected(try address(from: try getOption(fd, query, as: sockaddr_in6.self)), local: local)
         }
     }
 

@@ -151,6 +151,10 @@ extension NFT.Expression {
             return nfprotoDependency(K.nfprotoIPv6, family) + addressMatch(prefix.bytes, offset: 24, length: length, op: K.cmpEq)
         case .ipv6DestinationNotIn(let prefix, let length):
             return nfprotoDependency(K.nfprotoIPv6, family) + addressMatch(prefix.bytes, offset: 24, length: length, op: K.cmpNeq)
+        case .ipv4SourceIn(let prefix, let length):
+            return nfprotoDependency(K.nfprotoIPv4, family) + addressMatch(prefix.bytes, offset: 12, length: length, op: K.cmpEq)
+        case .ipv6SourceIn(let prefix, let length):
+            return nfprotoDependency(K.nfprotoIPv6, family) + addressMatch(prefix.bytes, offset: 8, length: length, op: K.cmpEq)
         case .ipv4DestinationInSet(let set):
             return nfprotoDependency(K.nfprotoIPv4, family) + [
                 .payload(base: K.payloadNetwork, offset: 16, length: 4, dreg: K.reg1),
@@ -295,7 +299,7 @@ enum Decoder {
             guard family == .inet, case .cmp(_, K.cmpEq, let data) = at(1), data.count == 1 else { return nil }
             return address(at: Array(ir.dropFirst(2)), ipv6: data[0] == K.nfprotoIPv6)
         case .payload(K.payloadNetwork, let offset, _, _) where family != .inet:
-            return address(at: ir, ipv6: offset == 24)
+            return address(at: ir, ipv6: offset == 24 || offset == 8)
         case .socket(K.socketCgroupV2, _, let level):
             guard case .lookup(_, let set, 0) = at(1) else { return nil }
             return .socketCgroupV2(level: Int(level), inSet: set)
@@ -318,10 +322,16 @@ enum Decoder {
         }
     }
 
-    /// `ip daddr …` / `ip6 daddr …` after the family check.
+    /// `ip daddr …` / `ip6 daddr …` / `ip saddr …` / `ip6 saddr …` after the family check.
     private static func address(at ir: [LowExpr], ipv6: Bool) -> NFT.Expression? {
         let size = ipv6 ? 16 : 4
-        guard case .payload(K.payloadNetwork, ipv6 ? 24 : 16, let loaded, _) = ir.first else { return nil }
+        guard case .payload(K.payloadNetwork, let offset, let loaded, _) = ir.first else { return nil }
+        let source: Bool
+        switch (offset, ipv6) {
+        case (16, false), (24, true): source = false
+        case (12, false), (8, true): source = true
+        default: return nil
+        }
         var length = Int(loaded) * 8
         var next = 1
         if ir.count > 1, case .bitwise(_, _, let mask, _) = ir[1] {
@@ -330,10 +340,16 @@ enum Decoder {
         }
         guard ir.count > next else { return nil }
         switch ir[next] {
-        case .lookup(_, let set, 0):
+        case .lookup(_, let set, 0) where !source:
             return ipv6 ? .ipv6DestinationInSet(set) : .ipv4DestinationInSet(set)
-        case .cmp(_, let op, let data) where data.count <= size:
+        case .cmp(_, let op, let data) where data.count <= size && (!source || op == K.cmpEq):
             let padded = data + [UInt8](repeating: 0, count: size - data.count)
+            if source {
+                if ipv6 {
+                    return NFT.IPv6Address(bytes: padded).map { .ipv6SourceIn(prefix: $0, length: length) }
+                }
+                return NFT.IPv4Address(bytes: padded).map { .ipv4SourceIn(prefix: $0, length: length) }
+            }
             if ipv6 {
                 guard let prefix = NFT.IPv6Address(bytes: padded) else { return nil }
                 return op == K.cmpEq ? .ipv6DestinationIn(prefix: prefix, length: length) : .ipv6DestinationNotIn(prefix: prefix, length: length)

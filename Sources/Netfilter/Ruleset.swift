@@ -459,6 +459,10 @@ public enum NFT {
         case ipv6DestinationIn(prefix: IPv6Address, length: Int)
         /// `ip6 daddr != PREFIX/LENGTH`
         case ipv6DestinationNotIn(prefix: IPv6Address, length: Int)
+        /// `ip saddr PREFIX/LENGTH` (`ip saddr ADDRESS` for length 32).
+        case ipv4SourceIn(prefix: IPv4Address, length: Int)
+        /// `ip6 saddr PREFIX/LENGTH` (`ip6 saddr ADDRESS` for length 128).
+        case ipv6SourceIn(prefix: IPv6Address, length: Int)
         /// `ip daddr @SET` (a set of type ipv4_addr)
         case ipv4DestinationInSet(String)
         /// `ip6 daddr @SET` (a set of type ipv6_addr)
@@ -520,6 +524,10 @@ public enum NFT {
                 return "ip6 daddr \(prefixText(prefix.description, length, full: 128))"
             case .ipv6DestinationNotIn(let prefix, let length):
                 return "ip6 daddr != \(prefixText(prefix.description, length, full: 128))"
+            case .ipv4SourceIn(let prefix, let length):
+                return "ip saddr \(prefixText(prefix.description, length, full: 32))"
+            case .ipv6SourceIn(let prefix, let length):
+                return "ip6 saddr \(prefixText(prefix.description, length, full: 128))"
             case .ipv4DestinationInSet(let set): return "ip daddr @\(set)"
             case .ipv6DestinationInSet(let set): return "ip6 daddr @\(set)"
             case .socketCgroupV2(let level, let set): return "socket cgroupv2 level \(level) @\(set)"

@@ -62,19 +62,19 @@ extension NFT.Table {
 extension NFT.Expression {
     func validate(in table: NFT.Table, what: String) throws(NetfilterError) {
         switch self {
-        case .ipv4DestinationIn, .ipv4DestinationNotIn, .ipv4DestinationInSet:
+        case .ipv4DestinationIn, .ipv4DestinationNotIn, .ipv4DestinationInSet, .ipv4SourceIn:
             guard table.family != .ip6 else { throw .invalidRuleset("\(what): an ip6 table cannot match IPv4 addresses") }
-        case .ipv6DestinationIn, .ipv6DestinationNotIn, .ipv6DestinationInSet:
+        case .ipv6DestinationIn, .ipv6DestinationNotIn, .ipv6DestinationInSet, .ipv6SourceIn:
             guard table.family != .ip else { throw .invalidRuleset("\(what): an ip table cannot match IPv6 addresses") }
         default:
             break
         }
         switch self {
-        case .ipv4DestinationIn(_, let length), .ipv4DestinationNotIn(_, let length):
+        case .ipv4DestinationIn(_, let length), .ipv4DestinationNotIn(_, let length), .ipv4SourceIn(_, let length):
             guard (1...32).contains(length) else {
                 throw .invalidRuleset("\(what): IPv4 prefix length \(length) is not in 1...32")
             }
-        case .ipv6DestinationIn(_, let length), .ipv6DestinationNotIn(_, let length):
+        case .ipv6DestinationIn(_, let length), .ipv6DestinationNotIn(_, let length), .ipv6SourceIn(_, let length):
             guard (1...128).contains(length) else {
                 throw .invalidRuleset("\(what): IPv6 prefix length \(length) is not in 1...128")
             }

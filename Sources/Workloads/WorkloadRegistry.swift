@@ -93,9 +93,10 @@ public final class WorkloadRegistry: Sendable {
         state.withLockedValue { $0.members }
     }
 
-    /// The cgroup depths the declared workloads live at (one capture set each).
+    /// The cgroup depths the declared workloads of the node's own namespace
+    /// live at (one capture set each in the node's table).
     public var levels: [Int] {
-        Array(Set(members.map(\.cgroup.level))).sorted()
+        Array(Set(members.filter(\.spec.network.isHost).map(\.cgroup.level))).sorted()
     }
 
     /// The identities of the present workloads: those the node holds
@@ -104,7 +105,8 @@ public final class WorkloadRegistry: Sendable {
         Set(members.filter(\.isPresent).map(\.workload.identity))
     }
 
-    /// The present workload that serves `port` on this node, if any.
+    /// The present workload in the node's own namespace that serves `port`
+    /// on the node's addresses, if any.
     public func presentWorkload(servingPort port: UInt16) -> Workload? {
         state.withLockedValue { state in
             guard let index = state.servingPort[port], index < state.members.count else { return nil }
@@ -112,10 +114,12 @@ public final class WorkloadRegistry: Sendable {
         }
     }
 
-    /// The capture-set elements for the present workloads, by level.
+    /// The node table's capture-set elements: the present workloads of the
+    /// node's own namespace, by level. (A workload in a namespace of its own
+    /// is captured by the table inside it.)
     public var elementsByLevel: [Int: [CgroupID]] {
         var result: [Int: [CgroupID]] = [:]
-        for member in members {
+        for member in members where member.spec.network.isHost {
             if let id = member.cgroupID {
                 result[member.cgroup.level, default: []].append(id)
             }
@@ -141,7 +145,8 @@ public final class WorkloadRegistry: Sendable {
             var members = before.filter { $0.source != source }
             var rejections: [Rejection] = []
             for spec in specs {
-                let candidate = WorkloadSpec(workload: spec.workload, cgroup: spec.cgroup, source: source)
+                var candidate = spec
+                candidate.source = source
                 if let reason = Self.clash(of: candidate, with: members) {
                     rejections.append(Rejection(spec: candidate, reason: reason))
                     continue
@@ -172,7 +177,8 @@ public final class WorkloadRegistry: Sendable {
             if other.workload.qualifiedName == spec.workload.qualifiedName {
                 return "the name is already \(owner)'s"
             }
-            if let port = spec.workload.ports.first(where: other.workload.ports.contains) {
+            // Ports are shared only in the node's namespace; each pod has its own.
+            if spec.network.isHost, other.spec.network.isHost, let port = spec.workload.ports.first(where: other.workload.ports.contains) {
                 return "port \(port) is already served by \(owner); in host mode a port on the node belongs to one workload"
             }
             if spec.cgroup.isDescendant(ofOrEqualTo: other.cgroup) || other.cgroup.isDescendant(ofOrEqualTo: spec.cgroup) {
@@ -184,7 +190,7 @@ public final class WorkloadRegistry: Sendable {
 
     private static func servingPorts(_ members: [Member]) -> [UInt16: Int] {
         var servingPort: [UInt16: Int] = [:]
-        for (index, member) in members.enumerated() where member.isPresent {
+        for (index, member) in members.enumerated() where member.isPresent && member.spec.network.isHost {
             for port in member.workload.ports { servingPort[port] = index }
         }
         return servingPort
@@ -196,7 +202,6 @@ public final class WorkloadRegistry: Sendable {
     /// cgroup tree) and logs what came and went. Blocking: never on an event loop.
     public func rescan() {
         walking.withLock {
-            let before = elementsByLevel
             let snapshot = members
             var found: [CgroupID?] = []
             var owners: [CgroupID: Int] = [:]
@@ -223,23 +228,28 @@ public final class WorkloadRegistry: Sendable {
                 state.owners = owners
                 state.servingPort = Self.servingPorts(state.members)
             }
-            logChanges(from: before)
+            logChanges(from: snapshot)
         }
     }
 
-    private func logChanges(from before: [Int: [CgroupID]]) {
-        let changes = Self.difference(from: before, to: elementsByLevel)
+    private func logChanges(from before: [Member]) {
+        let present = { (members: [Member]) in Set(members.compactMap { member in member.cgroupID.map { PresentCgroup(path: member.cgroup, id: $0) } }) }
+        let old = present(before)
         let now = members
-        for (level, ids) in changes.added {
-            for id in ids {
-                if let member = now.first(where: { $0.cgroupID == id && $0.cgroup.level == level }) {
-                    logger.info("workload \(member.workload.qualifiedName) is present: cgroup \(member.cgroup) (id \(id)), identity \(member.workload.identity), from \(member.source)")
-                }
-            }
+        let new = present(now)
+        for member in now {
+            guard let id = member.cgroupID, !old.contains(PresentCgroup(path: member.cgroup, id: id)) else { continue }
+            logger.info("workload \(member.workload.qualifiedName) is present: cgroup \(member.cgroup) (id \(id)), identity \(member.workload.identity), \(member.spec.network), from \(member.source)")
         }
-        for (_, ids) in changes.removed {
-            logger.info("cgroup ids \(ids.map(\.description).joined(separator: ", ")) left the registry (cgroup removed or workload no longer declared)")
+        let gone = old.subtracting(new).sorted { $0.id < $1.id }
+        if !gone.isEmpty {
+            logger.info("cgroups \(gone.map { "\($0.path) (id \($0.id))" }.joined(separator: ", ")) left the registry (cgroup removed or workload no longer declared)")
         }
+    }
+
+    private struct PresentCgroup: Hashable {
+        var path: CgroupPath
+        var id: CgroupID
     }
 
     /// The workload that owns the cgroup with this id, as the last walk saw

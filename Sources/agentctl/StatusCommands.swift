@@ -49,11 +49,14 @@ struct WorkloadsCommand: ParsableCommand {
             print(String(decoding: raw, as: UTF8.self))
         case .table:
             printTable(
-                ["WORKLOAD", "IDENTITY", "CGROUP", "CGROUP ID", "PORTS", "LABELS"],
+                ["WORKLOAD", "IDENTITY", "SOURCE", "CAPTURE", "CGROUP", "CGROUP ID", "STATE", "PORTS", "LABELS"],
                 workloads.map { view in
                     [
-                        "\(view.namespace)/\(view.name)", view.identity, view.cgroup,
+                        "\(view.namespace)/\(view.name)", view.identity, view.source ?? "-",
+                        view.captureMode == "netns" ? "netns \(view.netns ?? "?") \((view.addresses ?? []).joined(separator: ","))" : (view.captureMode ?? "host"),
+                        view.cgroup,
                         view.cgroupID.map(String.init) ?? "(not present)",
+                        view.state.map { state in view.since.map { "\(state) since \($0)" } ?? state } ?? "-",
                         view.ports.isEmpty ? "-" : view.ports.map { "\($0) \(view.mtls[String($0)] ?? "?")" }.joined(separator: ", "),
                         view.labels.isEmpty ? "-" : view.labels.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ","),
                     ]

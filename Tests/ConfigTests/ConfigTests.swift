@@ -1,3 +1,4 @@
+import Workloads
 import Policy
 import Testing
 @testable import Config
@@ -105,7 +106,12 @@ import Testing
         ("trustDomain: td\nports: {outbound: 70000}\n", "agent.yaml:2: ports.outbound: must be between 1 and 65535"),
         ("trustDomain: td\nports: {outbund: 1}\n", "agent.yaml:2: ports.outbund: unknown key"),
         ("trustDomain: td\nfailureMode: maybe\n", "agent.yaml:2: failureMode: must be one of open, closed"),
-        ("trustDomain: td\ncaptureMode: netns\n", "captureMode: captureMode netns"),
+        ("trustDomain: td\ncaptureMode: pods\n", "agent.yaml:2: captureMode: must be one of host, netns"),
+        ("trustDomain: td\nworkloads:\n  - {name: a, namespace: ns, cgroup: /x, captureMode: host, netns: /run/netns/a}\n", "workloads[0].netns: netns names the namespace of a workload captured in it"),
+        ("trustDomain: td\nworkloads:\n  - {name: a, namespace: ns, cgroup: /x, netns: run/netns/a}\n", "workloads[0].netns: must be an absolute path"),
+        ("trustDomain: td\nworkloads:\n  - {name: a, namespace: ns, cgroup: /x, captureExclusions: {cidrs: [10.0.0.1/8]}}\n", "workloads[0].captureExclusions.cidrs[0]: \"10.0.0.1/8\" is not a network"),
+        ("trustDomain: td\nworkloads:\n  - {name: a, namespace: ns, cgroup: /x, captureExclusions: {ports: [0]}}\n", "workloads[0].captureExclusions.ports[0]: must be between 1 and 65535"),
+        ("trustDomain: td\nworkloads:\n  - {name: a, namespace: ns, cgroup: /x, captureExclusions: {hosts: []}}\n", "workloads[0].captureExclusions.hosts: unknown key"),
         ("trustDomain: td\ndrainTimeout: 10 minutes\n", "agent.yaml:2: drainTimeout: \"10 minutes\" is not a duration"),
         ("trustDomain: td\nmeshNetworks: [10.77.0.1/16]\n", "agent.yaml:2: meshNetworks[0]: \"10.77.0.1/16\" is not a network: host bits are set"),
         ("trustDomain: td\naccessLog: relative.log\n", "agent.yaml:2: accessLog: must be an absolute path"),
@@ -168,6 +174,25 @@ import Testing
                 return matches
             }
         }
+    }
+
+    /// `captureMode: netns` is the node's default for workloads that say
+    /// nothing; `netns:` names the namespace, else the cgroup's processes do.
+    /// Ports are per namespace: two pods may serve the same one.
+    @Test func netnsWorkloadsAndTheirExclusions() throws {
+        let config = try AgentConfig.parse(
+            """
+            trustDomain: td
+            captureMode: netns
+            workloads:
+              - {name: a, namespace: ns, cgroup: /pods/a, ports: [8080], netns: /run/netns/a, captureExclusions: {ports: [9090, 9090, 22], cidrs: [10.0.0.0/8, "fd00::/8"]}}
+              - {name: b, namespace: ns, cgroup: /pods/b, ports: [8080]}
+              - {name: c, namespace: ns, cgroup: /system.slice/c.service, ports: [8080], captureMode: host}
+            """, file: "agent.yaml", defaultNode: "n")
+        #expect(config.captureMode == .netns)
+        #expect(config.workloads.map(\.network) == [.namespace(.path("/run/netns/a")), .namespace(.ofCgroup), .host])
+        #expect(config.workloads[0].exclusions == CaptureExclusions(ports: [22, 9090], networks: ["10.0.0.0/8", "fd00::/8"]))
+        #expect(config.workloads[1].exclusions.isEmpty)
     }
 
     @Test func theShippedExampleConfigIsValid() throws {

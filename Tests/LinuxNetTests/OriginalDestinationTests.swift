@@ -78,6 +78,17 @@ struct OriginalDestinationQueryTests {
         #expect(OriginalDestination.mapError(IOError(errnoCode: EBADF, reason: "getsockopt")) as? OriginalDestinationError == .system(errno: EBADF))
     }
 
+    /// Where some NAT table exists (a container engine's), conntrack answers
+    /// for a direct connection too, with the listener's own address.
+    @Test func anOriginalDestinationThatIsTheListenerItselfWasNotRedirected() throws {
+        let listener = try SocketAddress(ipAddress: "127.0.0.1", port: 15001)
+        #expect(throws: OriginalDestinationError.notRedirected) { try OriginalDestination.redirected(listener, local: listener) }
+        let elsewhere = try SocketAddress(ipAddress: "10.77.1.2", port: 8080)
+        #expect(try OriginalDestination.redirected(elsewhere, local: listener) == elsewhere)
+        let otherPort = try SocketAddress(ipAddress: "127.0.0.1", port: 8080)
+        #expect(try OriginalDestination.redirected(otherPort, local: listener) == otherPort)
+    }
+
     @Test func noLocalAddressFails() async throws {
         let provider = DescriptorSocketOptions(fd: -1)
         await #expect(throws: OriginalDestinationError.noLocalAddress) {

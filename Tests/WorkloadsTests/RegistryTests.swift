@@ -1,4 +1,5 @@
 import LinuxNet
+import NIOCore
 import TestFixtures
 import Testing
 @testable import Workloads
@@ -177,5 +178,54 @@ let quiet = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
         }
         for miss in misses { #expect(try miss.wait() == nil) }
         #expect(cgroups.walkCount == walksAfterUpdate + 1, "misses within the interval share the last walk")
+    }
+}
+
+/// Workloads in namespaces of their own have ports of their own: two pods
+/// serve the same port without a clash, the node's table guards neither, and
+/// a node address at that port is no pod's.
+@Suite struct RegistryNamespaceTests {
+    @Test func podsShareAPortAndStayOutOfTheNodesTable() throws {
+        let cgroups = FakeCgroups()
+        cgroups.set("/pods/a", 10)
+        cgroups.set("/pods/b", 20)
+        cgroups.set("/system.slice/c.service", 30)
+        let registry = WorkloadRegistry(logger: quiet, readSubtree: cgroups.reader())
+        var a = try spec("a", cgroup: "/pods/a", ports: [8080])
+        a.network = .namespace(.path("/run/netns/a"))
+        var b = try spec("b", cgroup: "/pods/b", ports: [8080])
+        b.network = .namespace(.ofCgroup)
+        let c = try spec("c", cgroup: "/system.slice/c.service", ports: [8080])
+        #expect(registry.update([a, b, c], from: .config).isEmpty)
+        #expect(registry.members.map(\.spec.network) == [.namespace(.path("/run/netns/a")), .namespace(.ofCgroup), .host])
+        #expect(registry.presentWorkload(servingPort: 8080)?.name == "c", "only the node's own workload serves a node port")
+        #expect(registry.levels == [2])
+        #expect(registry.elementsByLevel == [2: [CgroupID(30)]])
+        #expect(registry.presentIdentities.count == 3, "every present workload gets a certificate")
+        #expect(registry.workload(forCgroup: CgroupID(10))?.name == "a", "a pod's sockets are still identified by cgroup")
+
+        // Two workloads of the node's own namespace still cannot share one.
+        let d = try spec("d", cgroup: "/system.slice/d.service", ports: [8080])
+        let rejections = registry.update([a, b, c, d], from: .config)
+        #expect(rejections.map(\.spec.workload.name) == ["d"])
+    }
+}
+
+@Suite struct NamespaceDestinationsTests {
+    @Test func onlyTheNamespacesOwnAddressesAreTheWorkload() throws {
+        let workload = try spec("a", cgroup: "/pods/a").workload
+        let destinations = NamespaceDestinations(workload: workload, agentPorts: [15001, 15006, 15008])
+        destinations.update(
+            InterfaceAddresses(
+                addresses: [
+                    try SocketAddress(ipAddress: "127.0.0.1", port: 0), try SocketAddress(ipAddress: "10.77.5.2", port: 0),
+                    try SocketAddress(ipAddress: "fe80::1", port: 0),
+                ], broadcast: [0x0a4d_05ff]))
+        #expect(destinations.ownAddresses == ["10.77.5.2"])
+        #expect(destinations.resolve(try SocketAddress(ipAddress: "10.77.5.2", port: 9999)) == .workload(workload), "any port of the pod is the pod's")
+        #expect(destinations.resolve(try SocketAddress(ipAddress: "10.77.5.2", port: 15008)) == .forbidden(.agentPort))
+        #expect(destinations.resolve(try SocketAddress(ipAddress: "127.0.0.1", port: 8080)) == .forbidden(.loopback))
+        #expect(destinations.resolve(try SocketAddress(ipAddress: "10.77.5.255", port: 8080)) == .forbidden(.broadcast))
+        #expect(destinations.resolve(try SocketAddress(ipAddress: "10.77.6.2", port: 8080)) == .elsewhere, "another pod")
     }
 }

@@ -296,7 +296,7 @@ class Agent:
         ]
         if settings.get("meshNetworks") is not None:
             lines.append(f"meshNetworks: [{', '.join(json.dumps(str(n)) for n in settings['meshNetworks'])}]")
-        for key in ("mtlsMode", "policyDir", "rootNamespace"):
+        for key in ("mtlsMode", "policyDir", "rootNamespace", "captureMode"):
             if settings.get(key) is not None:
                 lines.append(f"{key}: {settings[key]}")
         if settings.get("http") is not None:
@@ -314,6 +314,11 @@ class Agent:
                 lines.append(f"    labels: {json.dumps(w['labels'])}")
             if w.get("ports"):
                 lines.append(f"    ports: [{', '.join(str(p) for p in w['ports'])}]")
+            for key in ("captureMode", "netns"):
+                if w.get(key):
+                    lines.append(f"    {key}: {w[key]}")
+            if w.get("captureExclusions"):
+                lines.append(f"    captureExclusions: {json.dumps(w['captureExclusions'])}")
         if not workloads:
             lines[-1] = "workloads: []"
         self.config_path.write_text("\n".join(lines) + "\n")

@@ -20,6 +20,9 @@ public final class InboundPlaintextProxy: Sendable {
         public var bindAddresses: [String] = ["0.0.0.0", "::"]
         public var mark: UInt32
         public var connectTimeout: TimeAmount
+        /// A workload's own network namespace, where the listener's sockets and
+        /// its dials are made; the node's when nil.
+        public var namespace: SocketNamespace?
         public var requestHeadLimit = HTTPHeadSizeLimit()
 
         public init(port: UInt16, mark: UInt32, connectTimeout: TimeAmount) {
@@ -49,7 +52,7 @@ public final class InboundPlaintextProxy: Sendable {
         self.connections = connections
         self.logger = logger
         self.forwarder = WorkloadForwarder(
-            arrivalLabel: Arrival.plaintext.label, dialer: Dialer(mark: configuration.mark, connectTimeout: configuration.connectTimeout),
+            arrivalLabel: Arrival.plaintext.label, dialer: Dialer(mark: configuration.mark, connectTimeout: configuration.connectTimeout, namespace: configuration.namespace),
             accessLog: accessLog, connections: connections, authorizer: authorizer, requestHeadLimit: configuration.requestHeadLimit,
             counters: WorkloadForwarder.ListenerCounters(
                 opened: Counter(label: "mesh_agent_inbound_connections_opened_total", dimensions: [("tls", "none")]),

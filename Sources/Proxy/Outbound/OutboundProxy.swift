@@ -22,6 +22,9 @@ public final class OutboundProxy: Sendable {
         public var bindAddresses: [String] = ["127.0.0.1", "::1"]
         public var mark: UInt32
         public var connectTimeout: TimeAmount
+        /// A workload's own network namespace, where the listener's sockets and
+        /// its dials are made; the node's when nil.
+        public var namespace: SocketNamespace?
         /// Destinations whose agents speak HBONE: connections to them (other than
         /// to this node's workloads) go through the tunnel.
         public var meshNetworks: [IPPrefix]
@@ -68,7 +71,7 @@ public final class OutboundProxy: Sendable {
         self.tunnel = tunnel
         self.logger = logger
         self.sameNode = WorkloadForwarder(
-            arrivalLabel: "same_node", dialer: Dialer(mark: configuration.mark, connectTimeout: configuration.connectTimeout), accessLog: accessLog,
+            arrivalLabel: "same_node", dialer: Dialer(mark: configuration.mark, connectTimeout: configuration.connectTimeout, namespace: configuration.namespace), accessLog: accessLog,
             connections: connections, authorizer: authorizer, requestHeadLimit: configuration.requestHeadLimit, counters: metrics.listenerCounters,
             logger: logger)
     }
@@ -174,7 +177,7 @@ public final class OutboundProxy: Sendable {
     }
 
     private func dial(_ destination: SocketAddress, on eventLoop: EventLoop, carrier: Carrier) -> EventLoopFuture<Channel> {
-        Dialer(mark: configuration.mark, connectTimeout: configuration.connectTimeout).connect(to: destination, on: eventLoop) { channel in
+        Dialer(mark: configuration.mark, connectTimeout: configuration.connectTimeout, namespace: configuration.namespace).connect(to: destination, on: eventLoop) { channel in
             try carrier.installUpstream(on: channel)
         }
     }

@@ -25,10 +25,14 @@ public final class ListeningSockets: Sendable {
 
     private let state: NIOLockedValueBox<State>
     private let logger: Logger
+    /// Where new sockets are made: the node's namespace, or a workload's own.
+    private let namespace: SocketNamespace?
 
-    /// - Parameter inherited: descriptors handed over, by name; this registry
-    ///   owns them.
-    public init(inherited: [(name: String, fd: CInt)] = [], logger: Logger) {
+    /// - Parameters:
+    ///   - inherited: descriptors handed over, by name; this registry owns them.
+    ///   - namespace: a workload's namespace to make the sockets in.
+    public init(inherited: [(name: String, fd: CInt)] = [], namespace: SocketNamespace? = nil, logger: Logger) {
+        self.namespace = namespace
         var byName: [String: CInt] = [:]
         for (name, fd) in inherited {
             if let duplicate = byName[name] { close(duplicate) }
@@ -66,7 +70,11 @@ public final class ListeningSockets: Sendable {
                 logger.warning("the socket handed over as \(name) is not listening on \(address) port \(port); making a new one")
                 close(adopted)
             }
-            own = try ListeningSocket.open(address: address, port: port)
+            if let namespace {
+                own = try namespace.runAndWait { try ListeningSocket.open(address: address, port: port) }
+            } else {
+                own = try ListeningSocket.open(address: address, port: port)
+            }
         }
         let forLibrary = dup(own)
         guard forLibrary >= 0 else {

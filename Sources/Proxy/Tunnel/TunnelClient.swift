@@ -3,6 +3,7 @@ import Metrics
 import NIOCore
 import NIOHPACK
 import NIOHTTP2
+import LinuxNet
 import NIOPosix
 import TLS
 import Workloads
@@ -23,6 +24,9 @@ public final class TunnelClient: Sendable {
         public var tunnelPort: UInt16
         public var mark: UInt32
         public var connectTimeout: TimeAmount
+        /// A workload's own network namespace, where tunnel connections leave
+        /// from (with its address as the source); the node's when nil.
+        public var namespace: SocketNamespace?
         public var maximumStreamsPerConnection = HBONE.defaultMaximumStreamsPerConnection
         /// A pooled connection without streams for this long is closed.
         public var idleTimeout: TimeAmount = .seconds(60)
@@ -180,7 +184,7 @@ private final class LoopPool: @unchecked Sendable {
         let handshake = eventLoop.makePromise(of: Void.self)
         let multiplexerBox = NIOLoopBoundBox<Multiplexer?>.makeEmptyBox(valueType: Multiplexer.self, eventLoop: eventLoop)
         let agent = key.agent.authority
-        let dialer = Dialer(mark: configuration.mark, connectTimeout: configuration.connectTimeout)
+        let dialer = Dialer(mark: configuration.mark, connectTimeout: configuration.connectTimeout, namespace: configuration.namespace)
         let connected = dialer.connect(to: key.agent, on: eventLoop) { channel in
             let operations = channel.pipeline.syncOperations
             try operations.addHandler(TLSHandler(context: context))

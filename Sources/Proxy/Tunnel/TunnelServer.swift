@@ -1,3 +1,4 @@
+import LinuxNet
 import Logging
 import Metrics
 import NIOConcurrencyHelpers
@@ -21,6 +22,9 @@ public final class TunnelServer: Sendable {
         public var bindAddresses: [String] = ["0.0.0.0", "::"]
         public var mark: UInt32
         public var connectTimeout: TimeAmount
+        /// A workload's own network namespace, where the listener's sockets and
+        /// its dials are made; the node's when nil.
+        public var namespace: SocketNamespace?
         /// Streams one peer connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
         public var maximumConcurrentStreams = HBONE.defaultMaximumStreamsPerConnection
         /// A peer connection with no open stream for this long is closed.
@@ -65,7 +69,7 @@ public final class TunnelServer: Sendable {
         self.connections = connections
         self.logger = logger
         self.forwarder = WorkloadForwarder(
-            arrivalLabel: "tunnel", dialer: Dialer(mark: configuration.mark, connectTimeout: configuration.connectTimeout), accessLog: accessLog,
+            arrivalLabel: "tunnel", dialer: Dialer(mark: configuration.mark, connectTimeout: configuration.connectTimeout, namespace: configuration.namespace), accessLog: accessLog,
             connections: connections, authorizer: authorizer, requestHeadLimit: configuration.requestHeadLimit,
             counters: metrics.listenerCounters, logger: logger)
     }

@@ -1,0 +1,216 @@
+"""Workloads in network namespaces of their own (captureMode netns): two nodes,
+each with a "pod" namespace behind a veth pair, as a CNI bridge or ptp plugin
+would make it. The agent of each node captures its pod inside the pod's
+namespace: a table there, its listeners there, its dials from there.
+
+Real kernel, real agents, real TLS; every namespace and cgroup is the test's
+own and goes away even when a test fails.
+"""
+import json
+import subprocess
+import time
+
+import pytest
+
+from conftest import TRUST_DOMAIN, TwoNodes, sh, wait_for
+
+MESH = ["10.77.0.0/16"]
+ECHO = 8080
+
+
+class Pods:
+    """A pod namespace on each of the two nodes, routed between them:
+    pod a 10.77.P.2 behind node a (10.77.P.1), pod b 10.77.Q.2 behind node b."""
+
+    def __init__(self, nodes):
+        self.nodes = nodes
+        t = nodes.topology
+        self.created = []
+        self.pod = {"a": f"{t.node}-pod", "b": f"{t.remote}-pod"}
+        subnet = {"a": (t.index + 100) % 250 + 1, "b": (t.index + 175) % 250 + 1}
+        self.ip = {which: f"10.77.{subnet[which]}.2" for which in "ab"}
+        try:
+            for which in "ab":
+                node, pod = nodes.namespace(which), self.pod[which]
+                sh("ip", "netns", "add", pod)
+                self.created.append(pod)
+                sh("ip", "-n", pod, "link", "set", "lo", "up")
+                host_end, pod_end = f"{t.veth[0][:-1]}{which}h", f"{t.veth[0][:-1]}{which}p"
+                sh("ip", "link", "add", host_end, "netns", node, "type", "veth", "peer", "name", pod_end, "netns", pod)
+                sh("ip", "-n", node, "addr", "add", f"10.77.{subnet[which]}.1/24", "dev", host_end)
+                sh("ip", "-n", node, "link", "set", host_end, "up")
+                sh("ip", "-n", pod, "addr", "add", f"{self.ip[which]}/24", "dev", pod_end)
+                sh("ip", "-n", pod, "link", "set", pod_end, "up")
+                sh("ip", "-n", pod, "route", "add", "default", "via", f"10.77.{subnet[which]}.1")
+                t.run_in(node, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+            sh("ip", "-n", t.node, "route", "add", f"10.77.{subnet['b']}.0/24", "via", t.remote_ip)
+            sh("ip", "-n", t.remote, "route", "add", f"10.77.{subnet['a']}.0/24", "via", t.node_ip)
+        except BaseException:
+            self.close()
+            raise
+
+    def netns(self, which):
+        return f"/run/netns/{self.pod[which]}"
+
+    def close(self):
+        for pod in reversed(self.created):
+            sh("ip", "netns", "delete", pod, check=False)
+        self.created = []
+
+
+@pytest.fixture
+def pods(tmp_path, request):
+    nodes = TwoNodes(tmp_path, request.node.name.split("[")[0][-20:])
+    try:
+        pods = Pods(nodes)
+    except BaseException:
+        nodes.close()
+        raise
+    try:
+        yield pods
+    finally:
+        for agent in nodes.agents:
+            if agent.alive():
+                agent.stop()
+        pods.close()
+        nodes.close()
+
+
+def pod_workload(pods, which, name, **extra):
+    return pods.nodes.workload(name, namespace="shop", captureMode="netns", netns=pods.netns(which), **extra)
+
+
+def start_pair(pods, client_extra=None, server_extra=None, **settings):
+    nodes = pods.nodes
+    client = pod_workload(pods, "a", "client", serviceAccount="checkout", **(client_extra or {}))
+    server = pod_workload(pods, "b", "server", serviceAccount="orders", ports=[ECHO], **(server_extra or {}))
+    agent_a = nodes.agent("a", [client], meshNetworks=MESH, **settings).start()
+    agent_b = nodes.agent("b", [server], meshNetworks=MESH, **settings).start()
+    return client, server, agent_a, agent_b
+
+
+def pod_table(pods, which):
+    return pods.nodes.topology.run_in(pods.pod[which], "nft", "list", "table", "inet", "mesh_agent", check=False)
+
+
+def listeners_in(pods, which):
+    out = pods.nodes.topology.run_in(pods.pod[which], "ss", "-Htln").stdout
+    return sorted({int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines() if line.strip()})
+
+
+def identity(sa, namespace="shop"):
+    return f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{sa}"
+
+
+def test_pod_to_pod_goes_through_the_tunnel_with_both_pods_identities(pods):
+    nodes, t = pods.nodes, pods.nodes.topology
+    client, server, agent_a, agent_b = start_pair(pods)
+    t.server(ns=pods.pod["b"], port=ECHO, cgroup=nodes.cgroups.directory("server"))
+    wait_for(lambda: pod_table(pods, "a").returncode == 0 and pod_table(pods, "b").returncode == 0, what="both pods' tables")
+    assert listeners_in(pods, "a") == [15001, 15006, 15008]
+
+    result = t.client(["echo", pods.ip["b"], ECHO, "hello from pod a"], ns=pods.pod["a"], cgroup=nodes.cgroups.directory("client"))
+    assert result["ok"], "the echo came back different"
+
+    outbound = agent_a.find_entry(lambda e: e.get("direction") == "outbound" and e.get("dst_addr", "").startswith(pods.ip["b"]),
+                                  what="node a's outbound line")
+    assert outbound["src_identity"] == identity("checkout")
+    assert outbound["src_addr"].startswith(pods.ip["a"] + ":"), outbound
+    assert outbound["tls"] == "mutual"
+    inbound = agent_b.find_entry(lambda e: e.get("direction") == "inbound" and e.get("src_identity") == identity("checkout"),
+                                 what="node b's inbound line")
+    assert inbound["dst_identity"] == identity("orders")
+    assert inbound["action"] == "allow"
+    # The tunnel left pod a from pod a's own address: node b's pod saw the source pod.
+    assert inbound["src_addr"].startswith(pods.ip["a"] + ":"), inbound
+
+
+def test_a_pod_is_captured_in_its_namespace_not_in_the_nodes(pods):
+    nodes, t = pods.nodes, pods.nodes.topology
+    _, _, agent_a, _ = start_pair(pods)
+    wait_for(lambda: pod_table(pods, "a").returncode == 0, what="pod a's table")
+    table = pod_table(pods, "a").stdout
+    assert "redirect to :15001" in table and "redirect to :15006" in table
+    assert "ip saddr 169.254.7.127" in table
+    # The node's own table holds no pod cgroup: the pod's sockets never pass its hooks.
+    node_table = t.nft("list", "table", "inet", "mesh_agent").stdout
+    assert "workloads_l" not in node_table or "elements" not in node_table
+    views = json.loads(agent_a.ctl("workloads", "-o", "json").stdout)
+    (view,) = views
+    assert view["capture_mode"] == "netns"
+    assert view["netns"] == pods.netns("a")
+    assert pods.ip["a"] in view["addresses"]
+    assert view["state"].startswith("captured"), view
+
+
+def test_strict_refuses_plaintext_into_a_pod(pods, tmp_path):
+    nodes, t = pods.nodes, pods.nodes.topology
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "strict.yaml").write_text(
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata:\n  name: strict\n  namespace: shop\n"
+        "spec:\n  mtls:\n    mode: STRICT\n")
+    start_pair(pods, policyDir=policies)
+    t.server(ns=pods.pod["b"], port=ECHO, cgroup=nodes.cgroups.directory("server"))
+    wait_for(lambda: "strict_ports" in pod_table(pods, "b").stdout and f"{ECHO}" in pod_table(pods, "b").stdout,
+             what="pod b's STRICT port in its table")
+    # Plaintext from node b itself (not a workload): refused in pod b's kernel.
+    probe = t.run_in(t.remote, "python3", "-c",
+                     "import socket,sys\n"
+                     f"s=socket.create_connection(('{pods.ip['b']}',{ECHO}),timeout=5)\n"
+                     "s.sendall(b'x'); print(len(s.recv(10)))", check=False)
+    assert probe.returncode != 0 and "ConnectionRefused" in probe.stderr, probe
+    # Through the mesh the same port answers.
+    result = t.client(["echo", pods.ip["b"], ECHO, "strict but meshed"], ns=pods.pod["a"], cgroup=nodes.cgroups.directory("client"))
+    assert result["ok"], "the echo came back different"
+
+
+def test_excluded_ports_bypass_the_agent(pods):
+    nodes, t = pods.nodes, pods.nodes.topology
+    exclusions = {"captureExclusions": {"ports": [ECHO]}}
+    _, _, agent_a, agent_b = start_pair(pods, client_extra=exclusions, server_extra=exclusions)
+    t.server(ns=pods.pod["b"], port=ECHO, cgroup=nodes.cgroups.directory("server"))
+    wait_for(lambda: "excluded_ports" in pod_table(pods, "a").stdout, what="pod a's table")
+    result = t.client(["echo", pods.ip["b"], ECHO, "not captured"], ns=pods.pod["a"], cgroup=nodes.cgroups.directory("client"))
+    assert result["ok"], "the echo came back different"
+    # Neither agent saw it: the line of a proxied connection is written when it closes, and the client has closed.
+    assert not [e for e in agent_a.entries() + agent_b.entries() if e.get("dst_addr", "").endswith(f":{ECHO}")]
+
+
+def test_removing_a_pod_workload_removes_its_table_and_listeners(pods):
+    nodes, t = pods.nodes, pods.nodes.topology
+    client, _, agent_a, _ = start_pair(pods)
+    wait_for(lambda: pod_table(pods, "a").returncode == 0, what="pod a's table")
+    agent_a.write_config([])
+    agent_a.reload()
+    wait_for(lambda: pod_table(pods, "a").returncode != 0, what="pod a's table to go")
+    wait_for(lambda: listeners_in(pods, "a") == [], what="pod a's listeners to go")
+
+
+def test_agent_restart_refinds_pods_and_leaves_nothing_behind(pods):
+    nodes, t = pods.nodes, pods.nodes.topology
+    client, _, agent_a, agent_b = start_pair(pods)
+    t.server(ns=pods.pod["b"], port=ECHO, cgroup=nodes.cgroups.directory("server"))
+    wait_for(lambda: pod_table(pods, "a").returncode == 0, what="pod a's table")
+    agent_a.stop()
+    # failureMode open: the pod flows uncaptured while its agent is away.
+    wait_for(lambda: pod_table(pods, "a").returncode != 0, what="pod a's table to go with its agent")
+    assert listeners_in(pods, "a") == []
+    agent_a.start()
+    wait_for(lambda: pod_table(pods, "a").returncode == 0, what="pod a's table again")
+    assert listeners_in(pods, "a") == [15001, 15006, 15008]
+    result = t.client(["echo", pods.ip["b"], ECHO, "after restart"], ns=pods.pod["a"], cgroup=nodes.cgroups.directory("client"))
+    assert result["ok"], "the echo came back different"
+    assert agent_a.find_entry(lambda e: e.get("direction") == "outbound" and e.get("src_identity") == identity("checkout"))
+
+
+def test_failure_mode_closed_keeps_the_pod_table_while_the_agent_is_away(pods):
+    nodes, t = pods.nodes, pods.nodes.topology
+    _, _, agent_a, _ = start_pair(pods, failureMode="closed")
+    wait_for(lambda: pod_table(pods, "a").returncode == 0, what="pod a's table")
+    agent_a.stop()
+    assert pod_table(pods, "a").returncode == 0, "the pod's table must stay in failureMode closed"
+    refused = t.run_in(pods.pod["a"], "python3", "-c",
+                       "import socket\n"
+                       f"socket.create_connection(('{pods.ip['b']}',{ECHO}),timeout=5)", check=False)
+    assert refused.returncode != 0 and "ConnectionRefused" in refused.stderr, refused
