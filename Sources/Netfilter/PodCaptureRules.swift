@@ -109,14 +109,7 @@ public enum PodCaptureRules {
             NFT.Rule([.ipv6DestinationEquals(.loopback), .return], comment: "loopback never leaves the workload's namespace"),
             NFT.Rule([.tcpDestinationPortInSet(excludedPortSetName), .return], comment: "excluded ports are never captured (captureExclusions)"),
         ]
-        for network in parameters.excludedNetworks {
-            let match: NFT.Expression
-            switch network {
-            case .ipv4(let prefix, let length): match = .ipv4DestinationIn(prefix: prefix, length: length)
-            case .ipv6(let prefix, let length): match = .ipv6DestinationIn(prefix: prefix, length: length)
-            }
-            rules.append(NFT.Rule([match, .return], comment: "an excluded network is never captured (captureExclusions)"))
-        }
+        rules += exclusionRules(parameters.excludedNetworks, matchingDestination: true)
         rules.append(
             NFT.Rule(
                 [.l4proto(.tcp), .redirect(toPort: parameters.outboundPort)],
@@ -169,14 +162,20 @@ public enum PodCaptureRules {
             rules.append(NFT.Rule([.tcpDestinationPort(tunnelPort), .return], comment: "HBONE reaches the agent's tunnel listener in this namespace"))
         }
         rules.append(NFT.Rule([.tcpDestinationPortInSet(excludedPortSetName), .return], comment: "excluded ports are never captured (captureExclusions)"))
-        for network in parameters.excludedNetworks {
+        return rules + exclusionRules(parameters.excludedNetworks, matchingDestination: false)
+    }
+
+    /// One `return` per excluded network: by destination on the way out, by source on the way in.
+    private static func exclusionRules(_ networks: [PodCaptureParameters.Network], matchingDestination: Bool) -> [NFT.Rule] {
+        networks.map { network in
             let match: NFT.Expression
-            switch network {
-            case .ipv4(let prefix, let length): match = .ipv4SourceIn(prefix: prefix, length: length)
-            case .ipv6(let prefix, let length): match = .ipv6SourceIn(prefix: prefix, length: length)
+            switch (network, matchingDestination) {
+            case (.ipv4(let prefix, let length), true): match = .ipv4DestinationIn(prefix: prefix, length: length)
+            case (.ipv6(let prefix, let length), true): match = .ipv6DestinationIn(prefix: prefix, length: length)
+            case (.ipv4(let prefix, let length), false): match = .ipv4SourceIn(prefix: prefix, length: length)
+            case (.ipv6(let prefix, let length), false): match = .ipv6SourceIn(prefix: prefix, length: length)
             }
-            rules.append(NFT.Rule([match, .return], comment: "an excluded network is never captured (captureExclusions)"))
+            return NFT.Rule([match, .return], comment: "an excluded network is never captured (captureExclusions)")
         }
-        return rules
     }
 }

@@ -9,14 +9,9 @@ import NIOCore
 /// everything else is elsewhere (other pods, other nodes), reached through the
 /// tunnel or passed through.
 public final class NamespaceDestinations: LocalDestinations {
-    private struct Addresses {
-        var own: Set<String> = []
-        var broadcast: Set<UInt32> = []
-    }
-
     public let workload: Workload
     private let agentPorts: Set<UInt16>
-    private let addresses = NIOLockedValueBox(Addresses())
+    private let addresses = NIOLockedValueBox(OwnAddresses())
 
     public init(workload: Workload, agentPorts: Set<UInt16>) {
         self.workload = workload
@@ -25,29 +20,20 @@ public final class NamespaceDestinations: LocalDestinations {
 
     /// Takes the namespace's interface addresses, read inside it.
     public func update(_ interfaces: InterfaceAddresses) {
-        let broadcast = Set(interfaces.broadcast)
-        let own = Set(interfaces.addresses.filter {
-            ForbiddenDestination.classify($0, agentPorts: [], broadcastAddresses: broadcast) == nil
-        }.compactMap(\.ipAddress))
-        addresses.withLockedValue { $0 = Addresses(own: own, broadcast: broadcast) }
+        let own = OwnAddresses(interfaces)
+        addresses.withLockedValue { $0 = own }
     }
 
     /// The workload's own routable addresses, as text.
     public var ownAddresses: [String] {
-        addresses.withLockedValue { Array($0.own) }.sorted()
+        addresses.withLockedValue { $0.addresses }.sorted()
     }
 
     public func resolve(_ destination: SocketAddress) -> LocalDestination {
-        let known = addresses.withLockedValue { $0 }
-        if let kind = ForbiddenDestination.classify(destination, agentPorts: [], broadcastAddresses: known.broadcast) {
-            return .forbidden(kind)
+        switch addresses.withLockedValue({ $0 }).match(destination, agentPorts: agentPorts) {
+        case .forbidden(let kind): return .forbidden(kind)
+        case .elsewhere: return .elsewhere
+        case .own: return .workload(workload)
         }
-        guard let port = destination.port.map({ UInt16(clamping: $0) }), let ip = destination.ipAddress, known.own.contains(ip) else {
-            return .elsewhere
-        }
-        if agentPorts.contains(port) {
-            return .forbidden(.agentPort)
-        }
-        return .workload(workload)
     }
 }
