@@ -152,6 +152,8 @@ struct AgentServices {
         // says it is ready; one that cannot be yet waits, and is retried every tick.
         var namespaces = NamespaceCaptures(logger: logger)
         await namespaces.sync(services: self, config: config, peerAuthentication: state.current.peerAuthentication)
+        capture.namespaceAddresses = namespaces.addresses
+        capture.sync()
         state.publish(capture)
         state.publish(namespaces)
         state.update { $0.ready = true }

@@ -32,13 +32,29 @@ struct Capture {
         self.netfilter = netfilter
         self.peerAuthentication = peerAuthentication
         self.logger = logger
+        self.netnsByDefault = config.captureMode == .netns
         refreshMembership()
     }
+
+    /// The addresses of the workloads captured in their own namespaces, as
+    /// the control loop last found them: the node source-NATs its own
+    /// connections to them (health probes).
+    var namespaceAddresses: [String] = []
+    /// Whether this node has workloads in namespaces of their own, or is set
+    /// up for them (`captureMode: netns`): the table then has the probe chain.
+    private let netnsByDefault: Bool
 
     private mutating func refreshMembership() {
         parameters.workloadCgroupLevels = registry.levels
         parameters.workloadCgroups = registry.elementsByLevel
         (parameters.strictPorts, parameters.permissivePorts) = guardedPorts
+        refreshProbeTargets(&parameters)
+    }
+
+    private func refreshProbeTargets(_ parameters: inout CaptureParameters) {
+        parameters.probeSourceNAT = netnsByDefault || registry.members.contains { !$0.spec.network.isHost }
+        parameters.podAddressesIPv4 = namespaceAddresses.compactMap(NFT.IPv4Address.init).sorted()
+        parameters.podAddressesIPv6 = namespaceAddresses.compactMap(NFT.IPv6Address.init).sorted()
     }
 
     /// Every configured workload port, by the mTLS mode its PeerAuthentication
@@ -100,13 +116,14 @@ struct Capture {
     /// difference is taken against what is installed, so nothing is lost.
     mutating func sync() {
         guard owned else { return }
-        if registry.levels != parameters.workloadCgroupLevels {
-            reinstall()
-            return
-        }
         var target = parameters
         target.workloadCgroups = registry.elementsByLevel
         (target.strictPorts, target.permissivePorts) = guardedPorts
+        refreshProbeTargets(&target)
+        if registry.levels != parameters.workloadCgroupLevels || target.probeSourceNAT != parameters.probeSourceNAT {
+            reinstall()
+            return
+        }
         let changes = Self.elementChanges(from: parameters, to: target)
         guard !changes.isEmpty else { return }
         do {
@@ -136,6 +153,10 @@ struct Capture {
         }
         compare(CaptureRules.strictPortSetName, installed.strictPorts.map(NFT.SetElement.port), target.strictPorts.map(NFT.SetElement.port))
         compare(CaptureRules.permissivePortSetName, installed.permissivePorts.map(NFT.SetElement.port), target.permissivePorts.map(NFT.SetElement.port))
+        if target.probeSourceNAT {
+            compare(CaptureRules.podAddressSetIPv4, installed.podAddressesIPv4.map(NFT.SetElement.ipv4), target.podAddressesIPv4.map(NFT.SetElement.ipv4))
+            compare(CaptureRules.podAddressSetIPv6, installed.podAddressesIPv6.map(NFT.SetElement.ipv6), target.podAddressesIPv6.map(NFT.SetElement.ipv6))
+        }
         return removals + additions
     }
 

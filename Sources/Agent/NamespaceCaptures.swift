@@ -57,6 +57,11 @@ struct NamespaceCaptures {
         self.logger = logger
     }
 
+    /// The addresses of every captured workload, as text.
+    var addresses: [String] {
+        scopes.values.flatMap(\.destinations.ownAddresses).sorted()
+    }
+
     /// Each namespace workload's status, by qualified name.
     var statuses: [String: Status] {
         var result: [String: Status] = [:]

@@ -7,10 +7,11 @@ extension ControlLoop {
         reloadPoliciesIfTheirFilesChanged()
         let registry = services.registry
         registry.rescan()
-        capture.sync()
-        services.state.publish(capture)
         await namespaces.sync(services: services, config: config, peerAuthentication: services.state.current.peerAuthentication)
         services.state.publish(namespaces)
+        capture.namespaceAddresses = namespaces.addresses
+        capture.sync()
+        services.state.publish(capture)
         services.destinations.refreshAddresses()
         services.svids.setIdentities(registry.presentIdentities.union([services.agentIdentity]))
         if services.trustBundle.poll() != nil {

@@ -25,6 +25,13 @@ public struct CaptureParameters: Hashable, Sendable {
     /// at most one of them.
     public var strictPorts: [UInt16]
     public var permissivePorts: [UInt16]
+    /// Whether workloads live in namespaces of their own on this node: then
+    /// connections from the node itself to them (health probes) are
+    /// source-NATed to the address their tables let through.
+    public var probeSourceNAT = false
+    /// The addresses of those workloads: elements of `pod_addresses_v4` and `pod_addresses_v6`.
+    public var podAddressesIPv4: [NFT.IPv4Address] = []
+    public var podAddressesIPv6: [NFT.IPv6Address] = []
 
     public init(
         tableName: String = "mesh_agent",
@@ -147,13 +154,52 @@ public enum CaptureRules {
 
     public static func table(for parameters: CaptureParameters) -> NFT.Table {
         let levels = levels(of: parameters)
-        return NFT.Table(
-            family: .inet,
-            name: parameters.tableName,
-            comment: tableComment,
-            sets: levels.map { workloadSet(level: $0, cgroups: parameters.workloadCgroups[$0] ?? []) }
-                + [strictPortSet(ports: parameters.strictPorts), permissivePortSet(ports: parameters.permissivePorts)],
-            chains: [outputChain(for: parameters), preroutingChain(for: parameters), inputChain(for: parameters)])
+        var sets = levels.map { workloadSet(level: $0, cgroups: parameters.workloadCgroups[$0] ?? []) }
+            + [strictPortSet(ports: parameters.strictPorts), permissivePortSet(ports: parameters.permissivePorts)]
+        var chains = [outputChain(for: parameters), preroutingChain(for: parameters), inputChain(for: parameters)]
+        if parameters.probeSourceNAT {
+            sets += [
+                NFT.NamedSet(
+                    name: podAddressSetIPv4, keyType: .ipv4Address, comment: "addresses of workloads captured in their own network namespace",
+                    elements: Set(parameters.podAddressesIPv4.map(NFT.SetElement.ipv4))),
+                NFT.NamedSet(
+                    name: podAddressSetIPv6, keyType: .ipv6Address, comment: "addresses of workloads captured in their own network namespace",
+                    elements: Set(parameters.podAddressesIPv6.map(NFT.SetElement.ipv6))),
+            ]
+            chains.append(postroutingChain(for: parameters))
+        }
+        return NFT.Table(family: .inet, name: parameters.tableName, comment: tableComment, sets: sets, chains: chains)
+    }
+
+    /// Where the node's connections to pods come from (Istio's addresses).
+    public static let probeSourceIPv4 = NFT.IPv4Address(169, 254, 7, 127)
+    public static let probeSourceIPv6 = NFT.IPv6Address(high: 0xfd16_9254_7127_1337, low: 0xffff_ffff_ffff_ffff)
+    public static let postroutingChainName = "postrouting"
+    public static let podAddressSetIPv4 = "pod_addresses_v4"
+    public static let podAddressSetIPv6 = "pod_addresses_v6"
+
+    /// Connections the node itself makes to a workload in its own namespace
+    /// (the kubelet's health probes, any host process) leave with the source
+    /// that workload's table lets through unproxied, as Istio does: a probe
+    /// reaches a STRICT workload. Only what is made on the node (its source is
+    /// a local address): traffic the node forwards to its pods from elsewhere
+    /// keeps its source and meets the pod's capture.
+    public static func postroutingChain(for parameters: CaptureParameters) -> NFT.Chain {
+        let why = "connections from the node itself to a pod (health probes) come from the address the pod's table lets through"
+        return NFT.Chain(
+            name: postroutingChainName,
+            base: NFT.BaseChain(type: .nat, hook: .postrouting, priority: NFT.Priority.srcnat, policy: .accept),
+            rules: [
+                NFT.Rule(
+                    [.markMasked(mask: parameters.markMask, equals: parameters.mark & parameters.markMask), .return],
+                    comment: "the agent's own connections to workloads (its tunnel, its dials) keep their source"),
+                NFT.Rule(
+                    [.sourceAddressIsLocal, .ipv4DestinationInSet(podAddressSetIPv4), .l4proto(.tcp), .snatIPv4(probeSourceIPv4)],
+                    comment: why),
+                NFT.Rule(
+                    [.sourceAddressIsLocal, .ipv6DestinationInSet(podAddressSetIPv6), .l4proto(.tcp), .snatIPv6(probeSourceIPv6)],
+                    comment: why),
+            ])
     }
 
     public static func outputChain(for parameters: CaptureParameters) -> NFT.Chain {

@@ -147,6 +147,20 @@ extension LowExpr {
                 nftnl_expr_set_u32(expression, attribute(NFTNL_EXPR_REDIR_FLAGS), flags)
             }
             return expression
+        case .fib(let flags, let result, let dreg):
+            guard let expression = new("fib") else { return nil }
+            nftnl_expr_set_u32(expression, attribute(NFTNL_EXPR_FIB_DREG), dreg)
+            nftnl_expr_set_u32(expression, attribute(NFTNL_EXPR_FIB_RESULT), result)
+            nftnl_expr_set_u32(expression, attribute(NFTNL_EXPR_FIB_FLAGS), flags)
+            return expression
+        case .nat(let type, let family, let register, let flags):
+            guard let expression = new("nat") else { return nil }
+            nftnl_expr_set_u32(expression, attribute(NFTNL_EXPR_NAT_TYPE), type)
+            nftnl_expr_set_u32(expression, attribute(NFTNL_EXPR_NAT_FAMILY), family)
+            nftnl_expr_set_u32(expression, attribute(NFTNL_EXPR_NAT_REG_ADDR_MIN), register)
+            nftnl_expr_set_u32(expression, attribute(NFTNL_EXPR_NAT_REG_ADDR_MAX), register)
+            nftnl_expr_set_u32(expression, attribute(NFTNL_EXPR_NAT_FLAGS), flags)
+            return expression
         case .reject(let type, let code):
             guard let expression = new("reject") else { return nil }
             nftnl_expr_set_u32(expression, attribute(NFTNL_EXPR_REJECT_TYPE), type)

@@ -24,6 +24,12 @@ enum K {
 
     static let rejectTCPReset: UInt32 = 1  // NFT_REJECT_TCP_RST
     static let natProtoSpecified: UInt32 = 2  // NF_NAT_RANGE_PROTO_SPECIFIED
+    static let natMapIPs: UInt32 = 1  // NF_NAT_RANGE_MAP_IPS
+    static let natSource: UInt32 = 0  // NFT_NAT_SNAT
+
+    static let fibSourceAddress: UInt32 = 1  // NFTA_FIB_F_SADDR
+    static let fibResultAddressType: UInt32 = 3  // NFT_FIB_RESULT_ADDRTYPE
+    static let addressTypeLocal: UInt32 = 2  // RTN_LOCAL
 
     static let nfprotoIPv4: UInt8 = 2
     static let nfprotoIPv6: UInt8 = 10
@@ -46,6 +52,10 @@ enum LowExpr: Hashable, Sendable, CustomStringConvertible {
     /// `redir` with the port in `protoRegister` (0 = no port).
     case redirect(protoRegister: UInt32, flags: UInt32)
     case reject(type: UInt32, code: UInt8)
+    /// A FIB lookup: `result` for the fields in `flags`, into `dreg`.
+    case fib(flags: UInt32, result: UInt32, dreg: UInt32)
+    /// Address NAT of `type` for `family`, the address in `addressRegister`.
+    case nat(type: UInt32, family: UInt32, addressRegister: UInt32, flags: UInt32)
     /// An expression the agent never writes, in libnftnl's text form.
     case other(String)
 
@@ -77,6 +87,14 @@ enum LowExpr: Hashable, Sendable, CustomStringConvertible {
                 : "[ redir proto_min reg \(register) flags 0x\(String(flags, radix: 16)) ]"
         case .reject(let type, let code):
             return "[ reject type \(type) code \(code) ]"
+        case .fib(let flags, let result, let dreg):
+            return flags == K.fibSourceAddress && result == K.fibResultAddressType
+                ? "[ fib saddr type => reg \(dreg) ]"
+                : "[ fib flags 0x\(String(flags, radix: 16)) result \(result) => reg \(dreg) ]"
+        case .nat(let type, let family, let register, let flags):
+            let name = type == K.natSource ? "snat" : "dnat"
+            let familyName = family == UInt32(K.nfprotoIPv6) ? "ip6" : family == UInt32(K.nfprotoIPv4) ? "ip" : "family \(family)"
+            return "[ nat \(name) \(familyName) addr_min reg \(register) addr_max reg \(register) flags 0x\(String(flags, radix: 16)) ]"
         case .other(let text):
             return "[ \(text) ]"
         }
@@ -197,6 +215,21 @@ extension NFT.Expression {
             ]
         case .rejectTCPReset:
             return [.reject(type: K.rejectTCPReset, code: 0)]
+        case .sourceAddressIsLocal:
+            return [
+                .fib(flags: K.fibSourceAddress, result: K.fibResultAddressType, dreg: K.reg1),
+                .cmp(sreg: K.reg1, op: K.cmpEq, data: hostBytes(K.addressTypeLocal)),
+            ]
+        case .snatIPv4(let address):
+            return [
+                .immediate(dreg: K.reg1, data: address.bytes),
+                .nat(type: K.natSource, family: UInt32(K.nfprotoIPv4), addressRegister: K.reg1, flags: K.natMapIPs),
+            ]
+        case .snatIPv6(let address):
+            return [
+                .immediate(dreg: K.reg1, data: address.bytes),
+                .nat(type: K.natSource, family: UInt32(K.nfprotoIPv6), addressRegister: K.reg1, flags: K.natMapIPs),
+            ]
         }
     }
 }
@@ -315,6 +348,12 @@ enum Decoder {
             return .return
         case .immediate(_, let data) where data.count == 2:
             return .redirect(toPort: UInt16(data[0]) << 8 | UInt16(data[1]))
+        case .immediate(_, let data) where data.count == 4:
+            return NFT.IPv4Address(bytes: data).map(NFT.Expression.snatIPv4)
+        case .immediate(_, let data) where data.count == 16:
+            return NFT.IPv6Address(bytes: data).map(NFT.Expression.snatIPv6)
+        case .fib:
+            return .sourceAddressIsLocal
         case .reject(K.rejectTCPReset, _):
             return .rejectTCPReset
         default:

@@ -80,8 +80,8 @@ public enum PodCaptureRules {
     public static let tableComment = "mesh-agent capture inside one workload's network namespace; owned by mesh-agent, which replaces it as a whole"
     public static let excludedPortSetName = "excluded_ports"
     /// Where the node's table sends health probes from (Istio's addresses).
-    public static let probeSourceIPv4 = NFT.IPv4Address(169, 254, 7, 127)
-    public static let probeSourceIPv6 = NFT.IPv6Address(high: 0xfd16_9254_7127_1337, low: 0xffff_ffff_ffff_ffff)
+    public static let probeSourceIPv4 = CaptureRules.probeSourceIPv4
+    public static let probeSourceIPv6 = CaptureRules.probeSourceIPv6
 
     public static func table(for parameters: PodCaptureParameters) -> NFT.Table {
         NFT.Table(

@@ -229,6 +229,12 @@ enum ReplyParser {
             // The kernel reports proto_max = proto_min when only a minimum was given.
             guard (try data.u32(2) ?? minimum) == minimum else { break }
             return .redirect(protoRegister: minimum, flags: try u32(3))
+        case "fib" where only([1, 2, 3], required: [1, 2, 3]):  // DREG, RESULT, FLAGS
+            return .fib(flags: try u32(3), result: try u32(2), dreg: try u32(1))
+        case "nat" where only([1, 2, 3, 4, 7], required: [1, 2, 3]):  // TYPE, FAMILY, REG_ADDR_MIN, REG_ADDR_MAX, FLAGS
+            let minimum = try u32(3)
+            guard (try data.u32(4) ?? minimum) == minimum else { break }
+            return .nat(type: try u32(1), family: try u32(2), addressRegister: minimum, flags: try u32(7))
         case "reject" where only([1, 2], required: [1]):  // TYPE, ICMP_CODE
             let type = try u32(1)
             // The kernel reports no code for a TCP reset; nft sends 0.

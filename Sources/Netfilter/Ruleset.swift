@@ -488,6 +488,13 @@ public enum NFT {
         case redirect(toPort: UInt16)
         /// `reject with tcp reset`
         case rejectTCPReset
+        /// `fib saddr type local`: the packet's source is one of this
+        /// namespace's own addresses (it was made here, not forwarded).
+        case sourceAddressIsLocal
+        /// `snat ip to ADDRESS` (in a nat chain of the postrouting hook).
+        case snatIPv4(IPv4Address)
+        /// `snat ip6 to ADDRESS`
+        case snatIPv6(IPv6Address)
 
         /// `ip daddr ADDRESS`
         public static func ipv4DestinationEquals(_ address: IPv4Address) -> Expression {
@@ -540,6 +547,9 @@ public enum NFT {
             case .return: return "return"
             case .redirect(let port): return "redirect to :\(port)"
             case .rejectTCPReset: return "reject with tcp reset"
+            case .sourceAddressIsLocal: return "fib saddr type local"
+            case .snatIPv4(let address): return "snat ip to \(address)"
+            case .snatIPv6(let address): return "snat ip6 to \(address)"
             }
         }
     }

@@ -62,9 +62,9 @@ extension NFT.Table {
 extension NFT.Expression {
     func validate(in table: NFT.Table, what: String) throws(NetfilterError) {
         switch self {
-        case .ipv4DestinationIn, .ipv4DestinationNotIn, .ipv4DestinationInSet, .ipv4SourceIn:
+        case .ipv4DestinationIn, .ipv4DestinationNotIn, .ipv4DestinationInSet, .ipv4SourceIn, .snatIPv4:
             guard table.family != .ip6 else { throw .invalidRuleset("\(what): an ip6 table cannot match IPv4 addresses") }
-        case .ipv6DestinationIn, .ipv6DestinationNotIn, .ipv6DestinationInSet, .ipv6SourceIn:
+        case .ipv6DestinationIn, .ipv6DestinationNotIn, .ipv6DestinationInSet, .ipv6SourceIn, .snatIPv6:
             guard table.family != .ip else { throw .invalidRuleset("\(what): an ip table cannot match IPv6 addresses") }
         default:
             break

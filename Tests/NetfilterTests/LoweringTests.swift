@@ -146,6 +146,8 @@ import Testing
         .inputInterface("eth0"), .inputInterfaceNot("lo"),
         .tcpDestinationPort(443), .tcpDestinationPortInSet("ports"),
         .accept, .drop, .return, .redirect(toPort: 15001), .rejectTCPReset,
+        .sourceAddressIsLocal, .snatIPv4(NFT.IPv4Address(169, 254, 7, 127)),
+        .snatIPv6(NFT.IPv6Address(high: 0xfd16_9254_7127_1337, low: .max)),
     ]
 
     @Test(arguments: everyExpression)

@@ -59,3 +59,44 @@ struct PodCaptureKernelTests {
         }
     }
 }
+
+@Suite struct ProbeSourceNATTests {
+    @Test func theNodesTableSourceNATsItsOwnConnectionsToPods() throws {
+        var parameters = CaptureParameters()
+        parameters.probeSourceNAT = true
+        parameters.podAddressesIPv4 = [NFT.IPv4Address(10, 77, 5, 2)]
+        let table = CaptureRules.table(for: parameters)
+        try table.validate()
+        #expect(table.sets.map(\.name) == ["strict_ports", "permissive_ports", "pod_addresses_v4", "pod_addresses_v6"])
+        let chain = try #require(table.chains.first { $0.name == "postrouting" })
+        #expect(chain.base == NFT.BaseChain(type: .nat, hook: .postrouting, priority: 100, policy: .accept))
+        #expect(
+            chain.rules.map { $0.expressions.map(\.description).joined(separator: " ") } == [
+                "meta mark & 0x00000fff == 0x00000539 return",
+                "fib saddr type local ip daddr @pod_addresses_v4 meta l4proto tcp snat ip to 169.254.7.127",
+                "fib saddr type local ip6 daddr @pod_addresses_v6 meta l4proto tcp snat ip6 to fd16:9254:7127:1337:ffff:ffff:ffff:ffff",
+            ])
+        #expect(!CaptureRules.table(for: CaptureParameters()).chains.contains { $0.name == "postrouting" }, "no pods, no probe chain")
+    }
+}
+
+@Suite(.enabled(if: TestEnvironment.privilegedTestsRun, "needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN) to create network namespaces and program nftables"))
+struct ProbeSourceNATKernelTests {
+    @Test func theKernelHoldsTheProbeChainAsBuilt() throws {
+        try withTestNamespace { namespace in
+            var parameters = CaptureParameters(workloadCgroupLevels: [2])
+            parameters.probeSourceNAT = true
+            parameters.podAddressesIPv4 = [NFT.IPv4Address(10, 77, 5, 2)]
+            parameters.podAddressesIPv6 = [NFT.IPv6Address("fd77::5")!]
+            let table = CaptureRules.table(for: parameters)
+            let client = try NetfilterClient(namespace: namespace.namespace)
+            try client.replace(table)
+            let listing = try namespace.nft("list", "table", "inet", "mesh_agent")
+            for rule in table.chains.flatMap(\.rules) {
+                #expect(listing.contains("\t\t\(rule)\n"), "nft list shows \(rule)")
+            }
+            #expect(listing.contains("10.77.5.2"))
+            #expect(try client.drift(desired: table) == .inSync)
+        }
+    }
+}

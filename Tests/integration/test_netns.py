@@ -143,7 +143,15 @@ def test_a_pod_is_captured_in_its_namespace_not_in_the_nodes(pods):
     assert view["state"].startswith("captured"), view
 
 
-def test_strict_refuses_plaintext_into_a_pod(pods, tmp_path):
+def connect_and_echo(t, ns, host, port):
+    """A plain TCP client (a host process, in no workload cgroup) in namespace ns."""
+    return t.run_in(ns, "python3", "-c",
+                    "import socket\n"
+                    f"s=socket.create_connection(('{host}',{port}),timeout=5)\n"
+                    "s.sendall(b'probe'); print(s.recv(10).decode())", check=False)
+
+
+def test_strict_refuses_plaintext_into_a_pod_but_not_its_nodes_probes(pods, tmp_path):
     nodes, t = pods.nodes, pods.nodes.topology
     policies = tmp_path / "policies"
     policies.mkdir()
@@ -154,12 +162,13 @@ def test_strict_refuses_plaintext_into_a_pod(pods, tmp_path):
     t.server(ns=pods.pod["b"], port=ECHO, cgroup=nodes.cgroups.directory("server"))
     wait_for(lambda: "strict_ports" in pod_table(pods, "b").stdout and f"{ECHO}" in pod_table(pods, "b").stdout,
              what="pod b's STRICT port in its table")
-    # Plaintext from node b itself (not a workload): refused in pod b's kernel.
-    probe = t.run_in(t.remote, "python3", "-c",
-                     "import socket,sys\n"
-                     f"s=socket.create_connection(('{pods.ip['b']}',{ECHO}),timeout=5)\n"
-                     "s.sendall(b'x'); print(len(s.recv(10)))", check=False)
-    assert probe.returncode != 0 and "ConnectionRefused" in probe.stderr, probe
+    # Plaintext from another node (node a itself, not a workload): refused in pod b's kernel.
+    refused = connect_and_echo(t, t.node, pods.ip["b"], ECHO)
+    assert refused.returncode != 0 and "ConnectionRefused" in refused.stderr, refused
+    # A health probe from pod b's own node: source-NATed to 169.254.7.127 there, let through in the pod.
+    probe = connect_and_echo(t, t.remote, pods.ip["b"], ECHO)
+    assert probe.returncode == 0 and probe.stdout.strip() == "probe", probe
+    assert "169.254.7.127" in t.run_in(t.remote, "nft", "list", "chain", "inet", "mesh_agent", "postrouting").stdout
     # Through the mesh the same port answers.
     result = t.client(["echo", pods.ip["b"], ECHO, "strict but meshed"], ns=pods.pod["a"], cgroup=nodes.cgroups.directory("client"))
     assert result["ok"], "the echo came back different"
