@@ -43,6 +43,41 @@ public struct AgentConfig: Equatable, Sendable {
         public var connectTimeout: Duration = .seconds(10)
     }
 
+    /// Where workloads come from besides `workloads:` (`workloadSources:`);
+    /// each one present is on, several at once.
+    public struct WorkloadSources: Equatable, Sendable {
+        /// A container engine's API on its Unix socket.
+        public struct Engine: Equatable, Sendable {
+            public var socket: String
+        }
+
+        public struct Kubernetes: Equatable, Sendable {
+            /// The node whose pods this agent captures (`spec.nodeName`).
+            public var node: String
+            /// Default: the in-cluster address (KUBERNETES_SERVICE_HOST and _PORT).
+            public var apiServer: String?
+            /// Default: the pod's service-account token and CA.
+            public var tokenFile: String?
+            public var caFile: String?
+        }
+
+        /// Where the CNI plugin asks the agent to enroll a new namespace.
+        public struct CNI: Equatable, Sendable {
+            public var socket: String
+        }
+
+        public var podman: Engine?
+        public var docker: Engine?
+        public var kubernetes: Kubernetes?
+        public var cni: CNI?
+
+        public var isEmpty: Bool { podman == nil && docker == nil && kubernetes == nil && cni == nil }
+
+        public static let defaultPodmanSocket = "/run/podman/podman.sock"
+        public static let defaultDockerSocket = "/var/run/docker.sock"
+        public static let defaultCNISocket = "/run/mesh-agent/cni.sock"
+    }
+
     public var trustDomain: String
     public var node: String
     public var captureMode: CaptureMode = .host
@@ -65,6 +100,7 @@ public struct AgentConfig: Equatable, Sendable {
     public var http = HTTPPath.Rules.standard
     /// The `workloads:` list: the config file's own workload source.
     public var workloads: [WorkloadSpec] = []
+    public var workloadSources = WorkloadSources()
 
     public init(trustDomain: String, node: String) {
         self.trustDomain = trustDomain
@@ -126,11 +162,12 @@ extension AgentConfig {
         }
         if let node = top.take("limits") { config.limits = try parseLimits(node) }
         if let node = top.take("http") { config.http = try parseHTTP(node) }
+        if let node = top.take("workloadSources") { config.workloadSources = try parseWorkloadSources(node, node: config.node) }
         if let node = workloadsNode { config.workloads = try parseWorkloads(node, trustDomain: trustDomain, agentPorts: config.ports, captureMode: config.captureMode) }
         try top.finish(allowed: [
             "trustDomain", "node", "captureMode", "mark", "markMask", "failureMode", "ports", "adminSocket",
             "accessLog", "accessLogLimit", "policyDir", "rootNamespace", "certificateTTL", "mtlsMode", "drainTimeout", "ca",
-            "meshNetworks", "limits", "http", "workloads",
+            "meshNetworks", "limits", "http", "workloads", "workloadSources",
         ])
         return config
     }
@@ -272,6 +309,43 @@ extension AgentConfig {
                 cgroup: cgroup, source: .config, network: network, exclusions: exclusions))
         }
         return workloads
+    }
+
+    /// `workloadSources: {podman: {socket: PATH}, docker: {…}, kubernetes: {node: NAME, …}, cni: {socket: PATH}}`;
+    /// `podman: {}` takes the default socket.
+    private static func parseWorkloadSources(_ node: YAMLNode, node nodeName: String) throws -> WorkloadSources {
+        var map = try node.mapping()
+        var sources = WorkloadSources()
+        func socket(_ item: YAMLNode, default path: String) throws -> String {
+            guard !item.isNull else { return path }
+            var fields = try item.mapping()
+            let socket = try fields.take("socket").map(absolutePath) ?? path
+            try fields.finish(allowed: ["socket"])
+            return socket
+        }
+        if let item = map.take("podman") { sources.podman = .init(socket: try socket(item, default: WorkloadSources.defaultPodmanSocket)) }
+        if let item = map.take("docker") { sources.docker = .init(socket: try socket(item, default: WorkloadSources.defaultDockerSocket)) }
+        if let item = map.take("cni") { sources.cni = .init(socket: try socket(item, default: WorkloadSources.defaultCNISocket)) }
+        if let item = map.take("kubernetes") {
+            var kubernetes = WorkloadSources.Kubernetes(node: nodeName)
+            if !item.isNull {
+                var fields = try item.mapping()
+                if let value = fields.take("node") { kubernetes.node = try validDNSName(value) }
+                if let value = fields.take("apiServer") {
+                    let url = try value.nonEmptyString()
+                    guard url.hasPrefix("https://") || url.hasPrefix("http://") else {
+                        throw value.error("must be an https:// (or http://) URL, got \"\(url)\"")
+                    }
+                    kubernetes.apiServer = url
+                }
+                if let value = fields.take("tokenFile") { kubernetes.tokenFile = try absolutePath(value) }
+                if let value = fields.take("caFile") { kubernetes.caFile = try absolutePath(value) }
+                try fields.finish(allowed: ["node", "apiServer", "tokenFile", "caFile"])
+            }
+            sources.kubernetes = kubernetes
+        }
+        try map.finish(allowed: ["podman", "docker", "kubernetes", "cni"])
+        return sources
     }
 
     /// `captureMode:` (the node's by default) and `netns:`: a workload in a

@@ -45,7 +45,13 @@ public struct SpiffeID: Hashable, Sendable, CustomStringConvertible, Comparable 
     }
 
     /// The identity of a workload: `spiffe://TD/ns/NAMESPACE/sa/SERVICE_ACCOUNT`.
+    /// Istio's workload ID. Each part is one path segment: a namespace or
+    /// service account holding `/` (from a label a container's author wrote,
+    /// say) would otherwise forge another ID's shape.
     public init(trustDomain: String, namespace: String, serviceAccount: String) throws {
+        for (what, value) in [("namespace", namespace), ("service account", serviceAccount)] where value.isEmpty || value.contains("/") {
+            throw SpiffeIDError(text: value, problem: "a \(what) must be one non-empty path segment, without '/'")
+        }
         try self.init("spiffe://\(trustDomain)/ns/\(namespace)/sa/\(serviceAccount)")
     }
 

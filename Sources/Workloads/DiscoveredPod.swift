@@ -1,4 +1,5 @@
 import LinuxNet
+import TLS
 
 /// A pod or container that a discovery source (a container engine, the
 /// Kubernetes API, the CNI plugin) found on this node, as the source describes
@@ -83,5 +84,39 @@ public enum EnrollmentLabels {
             if namespaceLabels[dataplaneMode] == ambient { return .enrolled }
             return .notEnrolled(reason: "neither the pod nor its namespace is labelled \(dataplaneMode)=\(ambient)")
         }
+    }
+}
+
+extension DiscoveredPod {
+    /// Why an enrolled pod cannot be captured (yet).
+    public enum Unusable: Error, Equatable, CustomStringConvertible {
+        case notEnrolled(String)
+        case noCgroup
+        case identity(String)
+
+        public var description: String {
+            switch self {
+            case .notEnrolled(let reason): return "not enrolled: \(reason)"
+            case .noCgroup: return "its cgroup is not known yet, so its sockets cannot be told apart"
+            case .identity(let reason): return "no SPIFFE identity can be made for it: \(reason)"
+            }
+        }
+    }
+
+    /// The workload the agent captures for this pod: in its own network
+    /// namespace (named by the source, or else that of its cgroup's
+    /// processes), with identity `spiffe://TD/ns/NAMESPACE/sa/SERVICE_ACCOUNT`.
+    public func spec(trustDomain: String) throws(Unusable) -> WorkloadSpec {
+        if case .notEnrolled(let reason) = enrollment { throw .notEnrolled(reason) }
+        guard let cgroup else { throw .noCgroup }
+        let identity: SpiffeID
+        do {
+            identity = try SpiffeID(trustDomain: trustDomain, namespace: namespace, serviceAccount: serviceAccount)
+        } catch {
+            throw .identity("\(error)")
+        }
+        let workload = Workload(name: name, namespace: namespace, serviceAccount: serviceAccount, identity: identity, labels: labels, ports: ports)
+        let network = WorkloadNetwork.namespace(networkNamespacePath.map(WorkloadNetwork.NamespaceLocation.path) ?? .ofCgroup)
+        return WorkloadSpec(workload: workload, cgroup: cgroup, source: source, network: network)
     }
 }

@@ -195,6 +195,41 @@ import Testing
         #expect(config.workloads[1].exclusions.isEmpty)
     }
 
+    @Test func workloadSourcesTakeDefaultsAndTheirOwnSettings() throws {
+        let config = try AgentConfig.parse(
+            """
+            trustDomain: td
+            node: node-a
+            workloadSources:
+              podman: {}
+              docker: {socket: /run/docker.sock}
+              kubernetes: {apiServer: "https://10.96.0.1:443", caFile: /etc/k8s/ca.crt}
+              cni:
+            """, file: "agent.yaml", defaultNode: "n")
+        let sources = config.workloadSources
+        #expect(sources.podman?.socket == "/run/podman/podman.sock")
+        #expect(sources.docker?.socket == "/run/docker.sock")
+        #expect(sources.cni?.socket == "/run/mesh-agent/cni.sock")
+        #expect(sources.kubernetes == .init(node: "node-a", apiServer: "https://10.96.0.1:443", tokenFile: nil, caFile: "/etc/k8s/ca.crt"))
+        #expect(try AgentConfig.parse("trustDomain: td\n", file: "agent.yaml", defaultNode: "n").workloadSources.isEmpty)
+    }
+
+    @Test(arguments: [
+        ("trustDomain: td\nworkloadSources: {crio: {}}\n", "workloadSources.crio: unknown key"),
+        ("trustDomain: td\nworkloadSources: {podman: {socket: podman.sock}}\n", "workloadSources.podman.socket: must be an absolute path"),
+        ("trustDomain: td\nworkloadSources: {kubernetes: {apiServer: 10.96.0.1}}\n", "workloadSources.kubernetes.apiServer: must be an https:// (or http://) URL"),
+        ("trustDomain: td\nworkloadSources: {kubernetes: {nodeName: a}}\n", "workloadSources.kubernetes.nodeName: unknown key"),
+    ])
+    func badWorkloadSourcesSayWhy(text: String, expected: String) {
+        #expect {
+            _ = try AgentConfig.parse(text, file: "agent.yaml", defaultNode: "n")
+        } throws: { error in
+            let matches = "\(error)".contains(expected)
+            if !matches { Issue.record("got: \(error)") }
+            return matches
+        }
+    }
+
     @Test func theShippedExampleConfigIsValid() throws {
         let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
         let config = try AgentConfig.load(path: root.appendingPathComponent("deploy/examples/agent.yaml").path)

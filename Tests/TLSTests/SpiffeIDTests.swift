@@ -24,6 +24,12 @@ import Testing
         #expect(throws: SpiffeIDError.self) { try SpiffeID(text) }
     }
 
+    /// A namespace or service account from a label must not add path segments.
+    @Test(arguments: [("x/sa/admin", "y"), ("shop", "orders/ns/a"), ("", "orders"), ("shop", "")])
+    func workloadPartsAreOneSegmentEach(namespace: String, serviceAccount: String) {
+        #expect(throws: SpiffeIDError.self) { try SpiffeID(trustDomain: "td", namespace: namespace, serviceAccount: serviceAccount) }
+    }
+
     @Test func tooLongIsRefused() {
         let text = "spiffe://td/" + String(repeating: "a", count: SpiffeID.maximumLength)
         #expect(throws: SpiffeIDError.self) { try SpiffeID(text) }
