@@ -83,7 +83,12 @@ public final class KubernetesSource: Sendable {
         self.endpoint = try configuration.endpoint(environment: environment)
         self.client = APIServerClient(endpoint: endpoint, configuration: configuration, group: group)
         self.logger = logger
-        self.cgroupExists = cgroupExists ?? Self.cgroupExistsBelowMount
+        if let cgroupExists {
+            self.cgroupExists = cgroupExists
+        } else {
+            let mount = try? CgroupV2Mount.discover()
+            self.cgroupExists = { cgroup in mount.map { (try? $0.id(of: cgroup)) != nil } ?? false }
+        }
         (updates, continuation) = AsyncStream.makeStream(of: [DiscoveredPod].self, bufferingPolicy: .bufferingNewest(1))
         state = NIOLockedValueBox(State(
             inventory: PodInventory(node: configuration.node),
@@ -332,11 +337,6 @@ public final class KubernetesSource: Sendable {
     }
 
     private static let unreserved = CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~")
-
-    @Sendable private static func cgroupExistsBelowMount(_ cgroup: CgroupPath) -> Bool {
-        guard let mount = try? CgroupV2Mount.discover() else { return false }
-        return (try? mount.id(of: cgroup)) != nil
-    }
 }
 
 /// What the source reads of every object it watches.

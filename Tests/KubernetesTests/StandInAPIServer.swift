@@ -177,7 +177,10 @@ final class StandInAPIServer: @unchecked Sendable {
     /// here on, and the open ones are told so and ended.
     func expireHistory() {
         let open: [any Channel] = lock.withLock {
-            oldestWatchable = revision + 1
+            // The compaction is a change of its own: a list after it gives a
+            // version that can be watched.
+            revision += 1
+            oldestWatchable = revision
             history = []
             defer { watchers = [] }
             return watchers.map(\.channel)
@@ -261,7 +264,7 @@ final class StandInAPIServer: @unchecked Sendable {
                 node = String(selector.dropFirst("spec.nodeName=".count))
             }
             if request.isWatch {
-                guard let from = query["resourceVersion"].flatMap(Int.init), from + 1 >= oldestWatchable else {
+                guard let from = query["resourceVersion"].flatMap(Int.init), from >= oldestWatchable else {
                     if _goneAsHTTPStatus {
                         return .json(status: .gone, body: Self.goneLine())
                     }
