@@ -234,6 +234,8 @@ if Context.environment["MESH_AGENT_FUZZ"] != nil {
         ("Conntrack", ["LinuxNet"]),
         ("Netfilter", ["Netfilter", "LinuxNet"]),
         ("Cgroup", ["LinuxNet"]),
+        ("PodCgroup", ["Workloads", "LinuxNet"]),
+        ("KubernetesWatch", ["Kubernetes", "Workloads", "LinuxNet", nio("NIOCore")]),
         ("CertificateDER", ["TLS"]),
         ("CertificatePEM", ["TLS"]),
         ("SpiffeID", ["TLS"]),

@@ -352,23 +352,41 @@ public enum PodCgroupError: Error, Equatable, CustomStringConvertible {
     case deletedCgroup(file: String, path: String)
     case invalidUnifiedEntry(file: String, line: String, reason: String)
 
+    // Cgroup names may hold any byte but "/" and NUL, and UIDs come from the
+    // API server: both are quoted with control characters escaped, so an
+    // error is always one log line.
     public var description: String {
         switch self {
         case .invalidPodUID(let text):
-            return "pod UID \(text.debugDescription) is neither a UUID (8-4-4-4-12 hex digits) nor a static pod's 32 hex digits; no cgroup is named after it"
+            return "pod UID \(quoted(text)) is neither a UUID (8-4-4-4-12 hex digits) nor a static pod's 32 hex digits; no cgroup is named after it"
         case .invalidLayout(let root, let reason):
-            return "kubelet cgroup root \(root.debugDescription): \(reason)"
+            return "kubelet cgroup root \(quoted(root)): \(reason)"
         case .noUnifiedEntry(let file):
-            return "\(file) has no cgroup v2 entry (a line \"0::/path\"); is cgroup v2 mounted?"
+            return "\(quoted(file)) has no cgroup v2 entry (a line \"0::/path\"); is cgroup v2 mounted?"
         case .deletedCgroup(let file, let path):
-            return "\(file) names cgroup \(path), which was removed; the process is exiting"
+            return "\(quoted(file)) names cgroup \(quoted(path)), which was removed; the process is exiting"
         case .invalidUnifiedEntry(let file, let line, let reason):
-            return "\(file): the cgroup v2 entry \(line.debugDescription) is not a usable path: \(reason)"
+            return "\(quoted(file)): the cgroup v2 entry \(quoted(line)) is not a usable path: \(quoted(reason, marks: false))"
         }
     }
 }
 
 // MARK: - Helpers
+
+/// `text` in quotes (or, with `marks` false, without), at most 300
+/// characters, control characters written as `\u{XX}`.
+private func quoted(_ text: String, marks: Bool = true) -> String {
+    var out = ""
+    for scalar in text.unicodeScalars.prefix(300) {
+        if scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value) {
+            out += "\\u{" + String(scalar.value, radix: 16) + "}"
+        } else {
+            out.unicodeScalars.append(scalar)
+        }
+    }
+    if text.unicodeScalars.count > 300 { out += "…" }
+    return marks ? "\"\(out)\"" : out
+}
 
 private func isHexDigit(_ byte: UInt8) -> Bool {
     switch byte {
