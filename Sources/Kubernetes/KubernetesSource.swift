@@ -145,7 +145,7 @@ public final class KubernetesSource: Sendable {
             switch action {
             case .list:
                 do {
-                    let (items, version) = try await list(resource)
+                    let (items, version) = try await list(resource, fromCache: machine.listsFromCache)
                     action = machine.listed(resourceVersion: version)
                     logger.info("kubernetes: listed \(items.count) \(resource.name) at version \(version)")
                     update(resource.name, machine) { state in
@@ -179,13 +179,14 @@ public final class KubernetesSource: Sendable {
     }
 
     /// Every page of the list: its items and the version they were read at.
-    private func list<Object>(_ resource: Resource<Object>) async throws -> ([Object], String) {
+    private func list<Object>(_ resource: Resource<Object>, fromCache: Bool) async throws -> ([Object], String) {
         var items: [Object] = []
         var continueToken: String?
         var version: String?
         var total = 0
         repeat {
-            var query = "limit=\(configuration.pageSize)"
+            // The watch cache answers in one piece; etcd reads come in pages.
+            var query = fromCache ? "resourceVersion=0" : "limit=\(configuration.pageSize)"
             if let token = continueToken {
                 query += "&continue=" + (token.addingPercentEncoding(withAllowedCharacters: Self.unreserved) ?? "")
             }

@@ -84,6 +84,13 @@ struct ListWatchState: Sendable {
 
     func start() -> Action { .list }
 
+    /// Whether the next list may come from the API server's watch cache
+    /// (`resourceVersion=0`): cheap for the API server, where a node's pods
+    /// are indexed, instead of a read of every pod in etcd, and what the
+    /// watch then starts from catches up. After a 410 the cache itself may be
+    /// behind what was seen, so the list is read from etcd.
+    var listsFromCache: Bool { consecutiveGone == 0 }
+
     mutating func listed(resourceVersion: String) -> Action {
         if hasListed { relists += 1 }
         hasListed = true

@@ -55,8 +55,10 @@ import Testing
 
     @Test func goneListsAgainAtOnceThenBacksOff() {
         var state = ListWatchState(backoff: Self.noJitter)
+        #expect(state.listsFromCache)
         _ = state.listed(resourceVersion: "10")
         #expect(state.watchEnded(.gone, random: 0) == .list)
+        #expect(!state.listsFromCache, "after a 410 the list is read from etcd, not from a cache that may be behind")
         #expect(state.resourceVersion == nil)
         #expect(state.listed(resourceVersion: "20") == .watch(resourceVersion: "20"))
         #expect(state.relists == 1)
@@ -65,6 +67,7 @@ import Testing
         #expect(state.waited() == .list)
         #expect(state.listed(resourceVersion: "30") == .watch(resourceVersion: "30"))
         state.observed(resourceVersion: "31")
+        #expect(state.listsFromCache)
         #expect(state.watchEnded(.gone, random: 0) == .list, "after an event, a 410 lists at once again")
     }
 
