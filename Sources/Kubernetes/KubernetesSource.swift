@@ -290,7 +290,6 @@ public final class KubernetesSource: Sendable {
             machine.observed(resourceVersion: version)
             update(resource.name, machine) { state in state.status.lastSync = Date() }
         case .error(let status):
-            if status.isGone { throw KubernetesSourceError.watchError(request: request, Status(code: 410)) }
             throw KubernetesSourceError.watchError(request: request, status)
         case .unknown(let type):
             logger.debug("kubernetes: skipping a \(resource.name) watch event of unknown type \(type)")
