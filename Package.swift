@@ -38,6 +38,19 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Pods on this node from the Kubernetes API (list and watch), as
+        // DiscoveredPods for the registry.
+        .target(
+            name: "Kubernetes",
+            dependencies: [
+                "Workloads", "LinuxNet", "TLS", "COpenSSL",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .target(
             name: "Netfilter",
             dependencies: ["CNetlink", "LinuxNet"]
@@ -143,6 +156,14 @@ let package = Package(
             .product(name: "NIOPosix", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ]),
+        .testTarget(name: "KubernetesTests", dependencies: [
+            "Kubernetes", "Workloads", "LinuxNet", "TLS", "COpenSSL", "TestFixtures",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+            .product(name: "NIOHTTP1", package: "swift-nio"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+        ]),
         .testTarget(name: "ProxyTests", dependencies: [
             "Proxy", "TLS", "Policy", "Workloads", "LinuxNet",
             .product(name: "Logging", package: "swift-log"),
@@ -213,6 +234,8 @@ if Context.environment["MESH_AGENT_FUZZ"] != nil {
         ("Conntrack", ["LinuxNet"]),
         ("Netfilter", ["Netfilter", "LinuxNet"]),
         ("Cgroup", ["LinuxNet"]),
+        ("PodCgroup", ["Workloads", "LinuxNet"]),
+        ("KubernetesWatch", ["Kubernetes", "Workloads", "LinuxNet", nio("NIOCore")]),
         ("CertificateDER", ["TLS"]),
         ("CertificatePEM", ["TLS"]),
         ("SpiffeID", ["TLS"]),
