@@ -107,7 +107,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
-                "AdminAPI", "Config", "Proxy", "Workloads", "Netfilter", "LinuxNet", "TLS", "Identity", "Policy",
+                "AdminAPI", "Config", "Proxy", "Workloads", "Netfilter", "LinuxNet", "TLS", "Identity", "Policy", "Kubernetes",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -141,6 +141,39 @@ public enum AdminViews {
         }
     }
 
+    /// One workload source besides the config file, as `agentctl status` shows it.
+    public struct SourceView: Codable, Equatable, Sendable {
+        public var name: String
+        /// The socket or API server it reads.
+        public var endpoint: String
+        /// Following its source now. While false, the workloads it reported last stay as they were.
+        public var connected: Bool
+        public var workloads: Int
+        public var enrolled: Int
+        /// Enrolled, but not made a workload (and why, per pod) or refused by the registry.
+        public var failed: Int
+        public var restarts: Int
+        public var lastError: String?
+
+        enum CodingKeys: String, CodingKey {
+            case name, endpoint, connected, workloads, enrolled, failed, restarts
+            case lastError = "last_error"
+        }
+
+        public init(
+            name: String, endpoint: String, connected: Bool, workloads: Int, enrolled: Int, failed: Int, restarts: Int, lastError: String?
+        ) {
+            self.name = name
+            self.endpoint = endpoint
+            self.connected = connected
+            self.workloads = workloads
+            self.enrolled = enrolled
+            self.failed = failed
+            self.restarts = restarts
+            self.lastError = lastError
+        }
+    }
+
     public struct StatusView: Codable, Equatable, Sendable {
         public var version: String
         public var uptimeSeconds: Int
@@ -160,9 +193,11 @@ public enum AdminViews {
         public var defaultMTLSMode: String
         public var certificates: Int
         public var earliestCertificateExpiry: String?
+        /// The workload sources besides the config file.
+        public var sources: [SourceView]?
 
         enum CodingKeys: String, CodingKey {
-            case version, node, table, rules, ready, workloads, connections, certificates
+            case version, node, table, rules, ready, workloads, connections, certificates, sources
             case uptimeSeconds = "uptime_seconds"
             case trustDomain = "trust_domain"
             case captureMode = "capture_mode"
@@ -177,8 +212,9 @@ public enum AdminViews {
         public init(
             version: String, uptimeSeconds: Int, node: String, trustDomain: String, captureMode: String, table: String, rules: String,
             ready: Bool, workloads: Int, workloadsPresent: Int, connections: Int, peerAuthentications: Int, authorizationPolicies: Int,
-            policyGeneration: Int, defaultMTLSMode: String, certificates: Int, earliestCertificateExpiry: String?
+            policyGeneration: Int, defaultMTLSMode: String, certificates: Int, earliestCertificateExpiry: String?, sources: [SourceView]? = nil
         ) {
+            self.sources = sources
             self.version = version
             self.uptimeSeconds = uptimeSeconds
             self.node = node

@@ -38,6 +38,7 @@ enum AdminRoutes {
         let (config, state, svids, registry, connections, netfilter, group) = (
             services.config, services.state, services.svids, services.registry, services.connections, services.netfilter, services.group
         )
+        let podSources = services.podSources
         return [
             "/v1/certs": { AdminServer.Response(body: try AdminViews.encode(AdminViews.certificates(svids))) },
             "/v1/connections": { AdminServer.Response(body: try AdminViews.encode(AdminViews.connections(connections))) },
@@ -70,7 +71,8 @@ enum AdminRoutes {
                     connections: connections.count, peerAuthentications: now.peerAuthentication.policies.count,
                     authorizationPolicies: now.policy.policies.authorization.policies.count, policyGeneration: now.policy.generation,
                     defaultMTLSMode: now.peerAuthentication.defaultMode.rawValue, certificates: certificates.count,
-                    earliestCertificateExpiry: certificates.compactMap(\.notAfter).min().map(Certificate.formatTime))
+                    earliestCertificateExpiry: certificates.compactMap(\.notAfter).min().map(Certificate.formatTime),
+                    sources: podSources.views)
                 return AdminServer.Response(body: try AdminViews.encode(status))
             },
         ]

@@ -50,6 +50,8 @@ struct AgentServices {
     let mount: CgroupV2Mount
     /// Makes sockets inside workloads' network namespaces.
     let namespaceThread: NamespaceThread
+    /// Pods from container engines, Kubernetes and the CNI plugin.
+    let podSources: PodSources
     /// The admin API, then Prometheus and the readiness probe; made once the
     /// parts they show exist.
     private(set) var servers: [AdminServer] = []
@@ -118,7 +120,8 @@ struct AgentServices {
             config: config, configPath: configPath, logger: logger, systemd: SystemdNotifier(), group: group, netfilter: netfilter, registry: registry,
             destinations: destinations, accessLog: accessLog, trustBundle: trustBundle, svids: svids, agentIdentity: agentIdentity,
             connections: connections, state: state, authorizer: authorizer, enforcement: enforcement, listeners: listeners, sockets: sockets,
-            takeover: takeover, handover: handover, workloadTLS: workloadTLS, mount: mount, namespaceThread: try NamespaceThread())
+            takeover: takeover, handover: handover, workloadTLS: workloadTLS, mount: mount, namespaceThread: try NamespaceThread(),
+            podSources: try PodSources(config: config, group: group, registry: registry, logger: logger) { events.workloadsChanged() })
         services.servers = AdminRoutes.servers(for: services, events: events, metrics: metrics)
         return services
     }
@@ -148,6 +151,7 @@ struct AgentServices {
                 for name in unused { notify(["FDSTOREREMOVE=1", "FDNAME=\(name)"]) }
             }
         }
+        podSources.start()
         // Workloads in namespaces of their own are captured before the agent
         // says it is ready; one that cannot be yet waits, and is retried every tick.
         var namespaces = NamespaceCaptures(logger: logger)
@@ -193,6 +197,7 @@ struct AgentServices {
         } else {
             logger.info("failureMode closed: leaving table inet \(capture.parameters.tableName) in place; workload traffic stays captured until the agent is back")
         }
+        await podSources.stop()
         await listeners.stopAccepting()
         await namespaces.stopAccepting()
         await waitForConnections(upTo: config.drainTimeout)

@@ -19,6 +19,9 @@ enum ControlEvent: Sendable {
     case handoverAbandoned
     /// Another agent took this one's sockets and serves now.
     case superseded(by: Int32)
+    /// A workload source changed the registry: capture what came, release
+    /// what went, without waiting for the tick.
+    case workloadsChanged
 }
 
 /// The control loop's inbox: signals and a timer feed it from Dispatch, and
@@ -80,6 +83,10 @@ struct ControlEvents: Sendable {
             return try promise.futureResult.wait()
         }
         try promise.futureResult.wait()
+    }
+
+    func workloadsChanged() {
+        continuation.yield(.workloadsChanged)
     }
 
     func handoverAbandoned() {

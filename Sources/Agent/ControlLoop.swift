@@ -49,6 +49,8 @@ struct ControlLoop {
                 promise?.succeed(outcome)
             case .reopenLogs:
                 reopenLogs()
+            case .workloadsChanged:
+                await syncWorkloads()
             case .handoverRequested(let promise):
                 await services.pauseForHandover()
                 promise.succeed()

@@ -5,15 +5,9 @@ extension ControlLoop {
     mutating func tick() async {
         ticks += 1
         reloadPoliciesIfTheirFilesChanged()
-        let registry = services.registry
-        registry.rescan()
-        await namespaces.sync(services: services, config: config, peerAuthentication: services.state.current.peerAuthentication)
-        services.state.publish(namespaces)
-        capture.namespaceAddresses = namespaces.addresses
-        capture.sync()
-        services.state.publish(capture)
+        services.registry.rescan()
+        await syncWorkloads()
         services.destinations.refreshAddresses()
-        services.svids.setIdentities(registry.presentIdentities.union([services.agentIdentity]))
         if services.trustBundle.poll() != nil {
             services.svids.renewAll(because: "the trust bundle \(services.trustBundle.path) changed")
         }
@@ -27,6 +21,18 @@ extension ControlLoop {
             services.state.publish(namespaces)
         }
         await pingWatchdog()
+    }
+
+    /// Brings the captures and certificates to the registry: workloads in
+    /// namespaces of their own, the node's table (its sets, and the pod
+    /// addresses it source-NATs probes to), one certificate per present identity.
+    mutating func syncWorkloads() async {
+        await namespaces.sync(services: services, config: config, peerAuthentication: services.state.current.peerAuthentication)
+        services.state.publish(namespaces)
+        capture.namespaceAddresses = namespaces.addresses
+        capture.sync()
+        services.state.publish(capture)
+        services.svids.setIdentities(services.registry.presentIdentities.union([services.agentIdentity]))
     }
 
     /// Policy files are watched: an edit applies within a tick, without SIGHUP.

@@ -29,7 +29,15 @@ struct StatusCommand: ParsableCommand {
                 ["mTLS", "default \(status.defaultMTLSMode), \(status.peerAuthentications) PeerAuthentication(s)"],
                 ["policies", "generation \(status.policyGeneration), \(status.authorizationPolicies) AuthorizationPolicy(s)"],
                 ["certificates", "\(status.certificates), earliest expiry \(status.earliestCertificateExpiry ?? "-")"],
-            ])
+            ] + (status.sources ?? []).map { source in
+                let state = source.connected ? "connected" : "NOT CONNECTED (keeping its last workloads)"
+                let failed = source.failed > 0 ? ", \(source.failed) failed" : ""
+                let error = source.lastError.map { "; last error: \($0)" } ?? ""
+                return [
+                    "source \(source.name)",
+                    "\(source.endpoint): \(state), \(source.enrolled) enrolled of \(source.workloads)\(failed), \(source.restarts) restart(s)\(error)",
+                ]
+            })
         }
     }
 }

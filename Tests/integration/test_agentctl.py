@@ -40,9 +40,11 @@ def test_status_and_workloads_say_what_the_agent_is_doing(topology, cgroups, mak
     assert orders["mtls"] == {"8080": "STRICT", "9090": "PERMISSIVE"}, orders
     assert orders["labels"] == {"app": "orders"}
     assert later["present"] is False and later.get("cgroup_id") is None and later["mtls"] == {"7070": "PERMISSIVE"}
+    assert later["source"] == "config" and later["capture_mode"] == "host" and later["state"].startswith("waiting"), later
 
     lines = agent.ctl("workloads").stdout.strip().splitlines()
-    assert lines[0].split()[:3] == ["WORKLOAD", "IDENTITY", "CGROUP"], lines
+    assert lines[0].split()[:5] == ["WORKLOAD", "IDENTITY", "SOURCE", "CAPTURE", "CGROUP"], lines
+    assert all(" config " in line and " host " in line for line in lines[1:]), lines
     assert any("test/later" in line and "(not present)" in line for line in lines), lines
     assert any("8080 STRICT, 9090 PERMISSIVE" in line for line in lines), lines
 

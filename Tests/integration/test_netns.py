@@ -12,68 +12,10 @@ import time
 
 import pytest
 
-from conftest import TRUST_DOMAIN, TwoNodes, sh, wait_for
+from conftest import TRUST_DOMAIN, wait_for
 
 MESH = ["10.77.0.0/16"]
 ECHO = 8080
-
-
-class Pods:
-    """A pod namespace on each of the two nodes, routed between them:
-    pod a 10.77.P.2 behind node a (10.77.P.1), pod b 10.77.Q.2 behind node b."""
-
-    def __init__(self, nodes):
-        self.nodes = nodes
-        t = nodes.topology
-        self.created = []
-        self.pod = {"a": f"{t.node}-pod", "b": f"{t.remote}-pod"}
-        subnet = {"a": (t.index + 100) % 250 + 1, "b": (t.index + 175) % 250 + 1}
-        self.ip = {which: f"10.77.{subnet[which]}.2" for which in "ab"}
-        try:
-            for which in "ab":
-                node, pod = nodes.namespace(which), self.pod[which]
-                sh("ip", "netns", "add", pod)
-                self.created.append(pod)
-                sh("ip", "-n", pod, "link", "set", "lo", "up")
-                host_end, pod_end = f"{t.veth[0][:-1]}{which}h", f"{t.veth[0][:-1]}{which}p"
-                sh("ip", "link", "add", host_end, "netns", node, "type", "veth", "peer", "name", pod_end, "netns", pod)
-                sh("ip", "-n", node, "addr", "add", f"10.77.{subnet[which]}.1/24", "dev", host_end)
-                sh("ip", "-n", node, "link", "set", host_end, "up")
-                sh("ip", "-n", pod, "addr", "add", f"{self.ip[which]}/24", "dev", pod_end)
-                sh("ip", "-n", pod, "link", "set", pod_end, "up")
-                sh("ip", "-n", pod, "route", "add", "default", "via", f"10.77.{subnet[which]}.1")
-                t.run_in(node, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
-            sh("ip", "-n", t.node, "route", "add", f"10.77.{subnet['b']}.0/24", "via", t.remote_ip)
-            sh("ip", "-n", t.remote, "route", "add", f"10.77.{subnet['a']}.0/24", "via", t.node_ip)
-        except BaseException:
-            self.close()
-            raise
-
-    def netns(self, which):
-        return f"/run/netns/{self.pod[which]}"
-
-    def close(self):
-        for pod in reversed(self.created):
-            sh("ip", "netns", "delete", pod, check=False)
-        self.created = []
-
-
-@pytest.fixture
-def pods(tmp_path, request):
-    nodes = TwoNodes(tmp_path, request.node.name.split("[")[0][-20:])
-    try:
-        pods = Pods(nodes)
-    except BaseException:
-        nodes.close()
-        raise
-    try:
-        yield pods
-    finally:
-        for agent in nodes.agents:
-            if agent.alive():
-                agent.stop()
-        pods.close()
-        nodes.close()
 
 
 def pod_workload(pods, which, name, **extra):
