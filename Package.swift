@@ -82,6 +82,10 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
+        // The CNI protocol (environment, network config, results) and the
+        // enrollment protocol between mesh-agent-cni and the agent. Standard
+        // library only: the plugin is a small binary a runtime runs per pod.
+        .target(name: "CNI"),
         // The admin API's JSON as both ends see it: the agent encodes these
         // views and agentctl decodes them, so agentctl needs no daemon code.
         .target(name: "AdminAPI"),
@@ -153,6 +157,7 @@ let package = Package(
             .product(name: "NIOHPACK", package: "swift-nio-http2"),
         ]),
         .testTarget(name: "AdminAPITests", dependencies: ["AdminAPI"]),
+        .testTarget(name: "CNITests", dependencies: ["CNI"]),
         .testTarget(name: "ConfigTests", dependencies: ["Config", "Policy", "LinuxNet", "Workloads"]),
         .testTarget(name: "AgentTests", dependencies: [
             "Agent", "AdminAPI", "Config", "Workloads", "Proxy", "Policy", "TestFixtures",
