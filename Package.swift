@@ -7,6 +7,7 @@ let package = Package(
     products: [
         .executable(name: "mesh-agent", targets: ["mesh-agent"]),
         .executable(name: "agentctl", targets: ["agentctl"]),
+        .executable(name: "mesh-agent-cni", targets: ["mesh-agent-cni"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -95,6 +96,22 @@ let package = Package(
                 .product(name: "Yams", package: "Yams"),
             ]
         ),
+        // The CNI protocol (environment, network config, results) and the
+        // enrollment protocol between mesh-agent-cni and the agent. Standard
+        // library only: the plugin is a small binary a runtime runs per pod.
+        .target(name: "CNI"),
+        // The agent's end of the enrollment protocol: a Unix-socket server.
+        .target(
+            name: "CNIServer",
+            dependencies: [
+                "CNI", "LinuxNet",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ]
+        ),
         // The admin API's JSON as both ends see it: the agent encodes these
         // views and agentctl decodes them, so agentctl needs no daemon code.
         .target(name: "AdminAPI"),
@@ -126,6 +143,8 @@ let package = Package(
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
+        // The chained CNI plugin: no NIO, no agent code, only the protocol.
+        .executableTarget(name: "mesh-agent-cni", dependencies: ["CNI"]),
         .executableTarget(
             name: "micro-bench",
             dependencies: [
@@ -174,6 +193,15 @@ let package = Package(
             .product(name: "NIOHPACK", package: "swift-nio-http2"),
         ]),
         .testTarget(name: "AdminAPITests", dependencies: ["AdminAPI"]),
+        .testTarget(name: "CNITests", dependencies: [
+            "CNI", "CNIServer", "LinuxNet",
+            .product(name: "Logging", package: "swift-log"),
+            .product(name: "Metrics", package: "swift-metrics"),
+            .product(name: "MetricsTestKit", package: "swift-metrics"),
+            .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOPosix", package: "swift-nio"),
+        ]),
         .testTarget(name: "ConfigTests", dependencies: ["Config", "Policy", "LinuxNet", "Workloads"]),
         .testTarget(name: "AgentTests", dependencies: [
             "Agent", "AdminAPI", "Config", "Workloads", "Proxy", "Policy", "TestFixtures",
