@@ -1,4 +1,5 @@
 import Foundation
+import CNIServer
 import Config
 import Identity
 import LinuxNet
@@ -52,6 +53,10 @@ struct AgentServices {
     let namespaceThread: NamespaceThread
     /// Pods from container engines, Kubernetes and the CNI plugin.
     let podSources: PodSources
+    /// The CNI plugin's enrollments of the agent before this one.
+    let cniEnrollments: CNIEnrollments
+    /// Where the CNI plugin asks to enroll pods (`workloadSources.cni`).
+    let enrollmentServer: EnrollmentServer?
     /// The admin API, then Prometheus and the readiness probe; made once the
     /// parts they show exist.
     private(set) var servers: [AdminServer] = []
@@ -90,6 +95,11 @@ struct AgentServices {
         let conntrack = openConntrack(logger: logger)
         let registry = WorkloadRegistry(mount: mount, logger: logger)
         registry.update(config.workloads, from: .config)
+        var cniEnrollments = CNIEnrollments(adminSocket: config.adminSocket, logger: logger)
+        if config.workloadSources.cni != nil, config.workloadSources.kubernetes == nil {
+            cniEnrollments.load(mount: mount)
+            registry.update(cniEnrollments.specs(trustDomain: config.trustDomain), from: CNIEnrollments.source)
+        }
         let accessLog = try AccessLogWriter(path: config.accessLog, limit: config.accessLogLimit)
         let trustBundle = try TrustBundleWatcher(path: config.ca.trustBundle, logger: logger)
         let svids = SVIDManager(issuer: try loadAuthority(config), lifetime: config.certificateTTL, logger: logger)
@@ -121,7 +131,13 @@ struct AgentServices {
             destinations: destinations, accessLog: accessLog, trustBundle: trustBundle, svids: svids, agentIdentity: agentIdentity,
             connections: connections, state: state, authorizer: authorizer, enforcement: enforcement, listeners: listeners, sockets: sockets,
             takeover: takeover, handover: handover, workloadTLS: workloadTLS, mount: mount, namespaceThread: try NamespaceThread(),
-            podSources: try PodSources(config: config, group: group, registry: registry, logger: logger) { events.workloadsChanged() })
+            podSources: try PodSources(config: config, group: group, registry: registry, logger: logger) { events.workloadsChanged() },
+            cniEnrollments: cniEnrollments,
+            enrollmentServer: config.workloadSources.cni.map { settings in
+                EnrollmentServer(path: settings.socket, group: group, logger: logger) { request in
+                    try await events.cni(request, on: group.next())
+                }
+            })
         services.servers = AdminRoutes.servers(for: services, events: events, metrics: metrics)
         return services
     }
@@ -165,6 +181,13 @@ struct AgentServices {
         notify(["READY=1", "STATUS=ready: \(registry.members.count) workload(s), capture installed"])
         storeSocketsWithSystemd()
         takeover?.confirmReady(logger: logger)
+        if let enrollmentServer {
+            do {
+                try await enrollmentServer.start()
+            } catch {
+                logger.error("\(error); the CNI plugin cannot enroll pods (ADD fails and the runtime retries)")
+            }
+        }
         do {
             try handover.start()
         } catch {
@@ -197,6 +220,7 @@ struct AgentServices {
         } else {
             logger.info("failureMode closed: leaving table inet \(capture.parameters.tableName) in place; workload traffic stays captured until the agent is back")
         }
+        await enrollmentServer?.stop()
         await podSources.stop()
         await listeners.stopAccepting()
         await namespaces.stopAccepting()

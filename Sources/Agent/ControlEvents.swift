@@ -1,4 +1,5 @@
 import AdminAPI
+import CNI
 import Dispatch
 import Foundation
 import NIOCore
@@ -22,6 +23,8 @@ enum ControlEvent: Sendable {
     /// A workload source changed the registry: capture what came, release
     /// what went, without waiting for the tick.
     case workloadsChanged
+    /// The CNI plugin asks (ADD, DEL, CHECK); answered once the change is made.
+    case cni(EnrollmentRequest, EventLoopPromise<EnrollmentOutcome>)
 }
 
 /// The control loop's inbox: signals and a timer feed it from Dispatch, and
@@ -83,6 +86,15 @@ struct ControlEvents: Sendable {
             return try promise.futureResult.wait()
         }
         try promise.futureResult.wait()
+    }
+
+    /// From the enrollment server: the plugin waits for the outcome.
+    func cni(_ request: EnrollmentRequest, on eventLoop: EventLoop) async throws -> EnrollmentOutcome {
+        let promise = eventLoop.makePromise(of: EnrollmentOutcome.self)
+        if case .enqueued = continuation.yield(.cni(request, promise)) {} else {
+            promise.fail(CNIEnrollmentError.shuttingDown)
+        }
+        return try await promise.futureResult.get()
     }
 
     func workloadsChanged() {

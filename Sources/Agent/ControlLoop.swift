@@ -21,6 +21,8 @@ struct ControlLoop {
     var capture: Capture
     /// Workloads in network namespaces of their own, each captured in there.
     var namespaces: NamespaceCaptures
+    /// The pods the CNI plugin enrolled.
+    var cni: CNIEnrollments
     var ticks = 0
     /// The policy files and the JWKS files they name, as last read: a change
     /// to either reloads the policies.
@@ -33,6 +35,7 @@ struct ControlLoop {
         self.config = services.config
         self.capture = capture
         self.namespaces = namespaces
+        self.cni = services.cniEnrollments
         policyFingerprint = currentPolicyFingerprint()
         updateMetrics()
     }
@@ -51,6 +54,8 @@ struct ControlLoop {
                 reopenLogs()
             case .workloadsChanged:
                 await syncWorkloads()
+            case .cni(let request, let promise):
+                promise.completeWith(await enroll(request))
             case .handoverRequested(let promise):
                 await services.pauseForHandover()
                 promise.succeed()
@@ -68,6 +73,7 @@ struct ControlLoop {
                     switch late {
                     case .reload(let promise?): promise.fail(AgentError.shuttingDown)
                     case .handoverRequested(let promise): promise.fail(AgentError.shuttingDown)
+                    case .cni(_, let promise): promise.fail(CNIEnrollmentError.shuttingDown)
                     default: break
                     }
                 }

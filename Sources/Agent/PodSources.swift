@@ -99,6 +99,16 @@ final class PodSources: Sendable {
         changed()
     }
 
+    /// What the Kubernetes source last said about a pod of this node.
+    func kubernetesPod(namespace: String, name: String) -> DiscoveredPod? {
+        kubernetes?.currentPods?.first { $0.namespace == namespace && $0.name == name }
+    }
+
+    /// Why an enrolled pod is not a workload, if it is not.
+    func unusableReason(namespace: String, name: String) -> String? {
+        tallies.withLockedValue { $0.values.lazy.compactMap { $0.unusable["\(namespace)/\(name)"] }.first }
+    }
+
     /// What `agentctl status` shows of each source.
     var views: [AdminViews.SourceView] {
         let tallies = self.tallies.withLockedValue { $0 }

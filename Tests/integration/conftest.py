@@ -565,3 +565,26 @@ def pods(tmp_path, request):
                 agent.stop()
         pods.close()
         nodes.close()
+
+
+class KubeletCgroups:
+    """Pod cgroups where a kubelet with the cgroupfs driver makes them."""
+
+    def __init__(self):
+        self.root = Path(cgroup2_mount())
+        self.made = []
+
+    def pod(self, uid):
+        path = self.root / "kubepods" / "besteffort" / f"pod{uid}"
+        for directory in (self.root / "kubepods", self.root / "kubepods" / "besteffort", path):
+            if not directory.exists():
+                directory.mkdir()
+                self.made.append(directory)
+        return path
+
+    def close(self):
+        for directory in reversed(self.made):
+            try:
+                directory.rmdir()
+            except OSError:
+                pass

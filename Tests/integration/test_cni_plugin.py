@@ -93,6 +93,7 @@ class Conflist:
         self.bridge = f"macni{tag}"[:15]
         self.network = f"macni-{tag}"
         self.container_id = f"ctr{tag}"
+        self.pod_uid = "8e2b6f1c"
         self.tmp = Path(tempfile.mkdtemp(prefix="ma-cni-"))
         self.ipam_dir = self.tmp / "ipam"
         self.socket = self.tmp / "cni.sock"
@@ -128,8 +129,8 @@ class Conflist:
             config["prevResult"] = prev_result
         env = {
             "CNI_COMMAND": command, "CNI_CONTAINERID": self.container_id, "CNI_NETNS": f"/run/netns/{self.pod}",
-            "CNI_IFNAME": "eth0", "CNI_PATH": str(CNI_BIN),
-            "CNI_ARGS": "IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_UID=8e2b6f1c",
+            "CNI_IFNAME": "lo" if plugin["type"] == "loopback" else "eth0", "CNI_PATH": str(CNI_BIN),
+            "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_UID={self.pod_uid}",
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         }
         binary = PLUGIN if plugin["type"] == "mesh-agent-cni" else CNI_BIN / plugin["type"]

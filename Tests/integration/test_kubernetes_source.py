@@ -16,35 +16,12 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TRUST_DOMAIN, cgroup2_mount, read_line, wait_for
+from conftest import TRUST_DOMAIN, KubeletCgroups, read_line, wait_for
 
 HERE = Path(__file__).resolve().parent
 ECHO = 8080
 AMBIENT = {"istio.io/dataplane-mode": "ambient"}
 MESH = ["10.77.0.0/16"]
-
-
-class KubeletCgroups:
-    """Pod cgroups where a kubelet with the cgroupfs driver makes them."""
-
-    def __init__(self):
-        self.root = Path(cgroup2_mount())
-        self.made = []
-
-    def pod(self, uid):
-        path = self.root / "kubepods" / "besteffort" / f"pod{uid}"
-        for directory in (self.root / "kubepods", self.root / "kubepods" / "besteffort", path):
-            if not directory.exists():
-                directory.mkdir()
-                self.made.append(directory)
-        return path
-
-    def close(self):
-        for directory in reversed(self.made):
-            try:
-                directory.rmdir()
-            except OSError:
-                pass
 
 
 class StandIn:
