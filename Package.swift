@@ -52,6 +52,20 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // The container engines' REST API (Podman's libpod and the Docker
+        // Engine API) as a workload source: decoders that need no socket, and
+        // the client that lists and follows events over the engine's socket.
+        .target(
+            name: "EngineAPI",
+            dependencies: [
+                "Workloads", "LinuxNet",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
+        ),
         .target(
             name: "Netfilter",
             dependencies: ["CNetlink", "LinuxNet"]
@@ -183,6 +197,19 @@ let package = Package(
             .product(name: "NIOHTTP1", package: "swift-nio"),
             .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
         ]),
+        .testTarget(
+            name: "EngineAPITests",
+            dependencies: [
+                "EngineAPI", "Workloads", "LinuxNet", "TestFixtures",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ],
+            // Bytes recorded from a real Podman, read by path (not bundled).
+            exclude: ["Recorded"]
+        ),
         .testTarget(name: "ProxyTests", dependencies: [
             "Proxy", "TLS", "Policy", "Workloads", "LinuxNet",
             .product(name: "Logging", package: "swift-log"),
