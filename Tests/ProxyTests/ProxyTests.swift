@@ -148,6 +148,36 @@ extension AccessLogEntryTests {
         #expect(rightHandler.bytesRead == 6)
     }
 
+    /// An upstream that became active (and asked to read) before the client's
+    /// handler was in place still gets its read once the client side arrives.
+    @Test func aReadAskedBeforeThePartnerExistsIsReleasedWhenItArrives() throws {
+        let loop = EmbeddedEventLoop()
+        let client = EmbeddedChannel(loop: loop)
+        let upstream = EmbeddedChannel(loop: loop)
+        let reads = ReadCounter()
+        let (clientHandler, upstreamHandler) = SpliceHandler.pair()
+        try upstream.pipeline.syncOperations.addHandlers([reads, upstreamHandler])
+        try upstream.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 2)).wait()
+        upstream.read()
+        #expect(reads.count == 0, "no client to write to yet: the read is held")
+
+        try client.pipeline.syncOperations.addHandler(clientHandler)
+        #expect(reads.count == 1, "the client side arrived: the held read goes out")
+        try client.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
+        try upstream.writeInbound(ByteBuffer(string: "echo"))
+        #expect(try client.readOutbound(as: ByteBuffer.self) == ByteBuffer(string: "echo"))
+    }
+
+    /// Counts the reads that reach the channel (it sits at the head's end).
+    final class ReadCounter: ChannelOutboundHandler {
+        typealias OutboundIn = ByteBuffer
+        var count = 0
+        func read(context: ChannelHandlerContext) {
+            count += 1
+            context.read()
+        }
+    }
+
     @Test func closingOneSideClosesTheOther() throws {
         let loop = EmbeddedEventLoop()
         let left = EmbeddedChannel(loop: loop)

@@ -90,6 +90,13 @@ final class SpliceHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
+        // The partner may have asked to read before this side existed (an
+        // upstream dialled from a pod's namespace can be active before the
+        // client's handlers go in): that read was held for us, so release it
+        // now, or its bytes would wait in the kernel for ever.
+        if context.channel.isWritable {
+            partner?.partnerBecameWritable()
+        }
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
