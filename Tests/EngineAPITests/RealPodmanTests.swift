@@ -10,7 +10,8 @@ import Workloads
 
 /// The source against a real `podman system service` with a store of its own
 /// (notes/pods.md: per-node storage isolation), so it sees only what the test
-/// makes. Root only; CI runs it.
+/// makes, in a network namespace of its own, so the firewall rules and
+/// bridges netavark makes never touch the host's. Root only; CI runs it.
 @Suite(.enabled(if: TestEnvironment.privilegedTestsRun, "needs root to run podman"), .timeLimit(.minutes(3)))
 struct RealPodmanTests {
     @Test func labelledPodIsEnrolledAndGoesAwayWhenRemoved() async throws {
@@ -67,6 +68,8 @@ final class PodmanLab: Sendable {
     let name: String
     let image: String
     let network: String
+    /// The scratch network namespace every podman command runs in.
+    let networkNamespace: String
     var socket: String { directory + "/podman.sock" }
     private let service = NIOLockedValueBox<pid_t?>(nil)
     private let podID = NIOLockedValueBox<String?>(nil)
@@ -77,6 +80,7 @@ final class PodmanLab: Sendable {
         name = "ma-engine-\(tag)"
         image = "localhost/ma-engine-busybox:\(tag)"
         network = "ma-engine-\(tag)"
+        networkNamespace = "ma-engine-\(tag)"
         try FileManager.default.createDirectory(atPath: directory + "/rootfs/bin", withIntermediateDirectories: true)
         // notes/pods.md: runc (crun refuses hybrid cgroups), cgroupfs, ulimits
         // the machine allows, and a store, locks and events of its own.
@@ -110,8 +114,10 @@ final class PodmanLab: Sendable {
         return environment
     }
 
-    /// Image, network, then the API service.
+    /// Namespace, image, network, then the API service.
     func start() throws {
+        try run(["/usr/sbin/ip", "netns", "add", networkNamespace], inNamespace: false)
+        try run(["/usr/sbin/ip", "link", "set", "lo", "up"])
         try FileManager.default.copyItem(atPath: "/bin/busybox", toPath: directory + "/rootfs/bin/busybox")
         try run(["/usr/bin/tar", "-C", directory + "/rootfs", "-cf", directory + "/rootfs.tar", "."])
         try podman(["import", "-q", directory + "/rootfs.tar", image])
@@ -129,7 +135,7 @@ final class PodmanLab: Sendable {
         guard created else { throw LabError(text: "every subnet 10.77.232-239.0/24 is in use on this host") }
 
         let pid = try Spawn.start(
-            ["/usr/bin/podman", "system", "service", "--time=0", "unix://" + socket], environment: environment,
+            inNamespace(["/usr/bin/podman", "system", "service", "--time=0", "unix://" + socket]), environment: environment,
             output: directory + "/service.log")
         service.withLockedValue { $0 = pid }
         let deadline = Date().addingTimeInterval(20)
@@ -174,6 +180,8 @@ final class PodmanLab: Sendable {
             parents.append("/sys/fs/cgroup")
             for parent in parents { rmdir("\(parent)/libpod_parent/\(id)") }
         }
+        // The namespace takes netavark's bridge and firewall tables with it.
+        _ = try? run(["/usr/sbin/ip", "netns", "delete", networkNamespace], inNamespace: false)
         try? FileManager.default.removeItem(atPath: directory)
     }
 
@@ -186,15 +194,22 @@ final class PodmanLab: Sendable {
     /// `podman pod start` leaves conmon behind holding whatever it was given
     /// as stdout, and a pipe would then never reach its end.
     @discardableResult
-    func run(_ command: [String]) throws -> String {
+    func run(_ command: [String], inNamespace: Bool = true) throws -> String {
         let output = directory + "/command-\(UInt32.random(in: 0...UInt32.max)).log"
         defer { unlink(output) }
-        let status = Spawn.wait(try Spawn.start(command, environment: environment, output: output))
+        let spawned = inNamespace ? self.inNamespace(command) : command
+        let status = Spawn.wait(try Spawn.start(spawned, environment: environment, output: output))
         let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
         guard status == 0 else {
             throw LabError(text: "\(command.joined(separator: " ")) failed (\(status)): \(text)")
         }
         return text
+    }
+
+    /// `nsenter --net`, not `ip netns exec`: the latter remounts /sys and
+    /// hides the cgroup file system podman needs (notes/pods.md).
+    func inNamespace(_ command: [String]) -> [String] {
+        ["/usr/bin/nsenter", "--net=/run/netns/\(networkNamespace)"] + command
     }
 
     struct LabError: Error, CustomStringConvertible {
