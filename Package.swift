@@ -138,7 +138,7 @@ let package = Package(
         .target(
             name: "Agent",
             dependencies: [
-                "AdminAPI", "Config", "Proxy", "Workloads", "Netfilter", "LinuxNet", "TLS", "Identity", "Policy", "Kubernetes", "CNI", "CNIServer",
+                "AdminAPI", "Config", "Proxy", "Workloads", "Netfilter", "LinuxNet", "TLS", "Identity", "Policy", "Kubernetes", "EngineAPI", "CNI", "CNIServer",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

@@ -1,5 +1,6 @@
 import AdminAPI
 import Config
+import EngineAPI
 import Foundation
 import Kubernetes
 import Logging
@@ -26,6 +27,7 @@ final class PodSources: Sendable {
     }
 
     private let kubernetes: KubernetesSource?
+    private let engines: [EngineWorkloadSource]
     private let trustDomain: String
     private let registry: WorkloadRegistry
     private let changed: @Sendable () -> Void
@@ -46,6 +48,9 @@ final class PodSources: Sendable {
         } else {
             kubernetes = nil
         }
+        engines = [(EngineFlavor.podman, sources.podman), (.docker, sources.docker)].compactMap { flavor, settings in
+            settings.map { EngineWorkloadSource(flavor: flavor, socketPath: $0.socket, group: group, logger: logger) }
+        }
         self.trustDomain = config.trustDomain
         self.registry = registry
         self.changed = changed
@@ -61,6 +66,9 @@ final class PodSources: Sendable {
                     self.apply(pods, from: WorkloadSource("kubernetes"))
                 }
             })
+        }
+        for engine in engines {
+            started.append(Task { await engine.run { pods in self.apply(pods, from: engine.flavor.source) } })
         }
         tasks.withLockedValue { $0 += started }
     }
@@ -122,6 +130,15 @@ final class PodSources: Sendable {
                     name: "kubernetes", endpoint: "\(status.apiServer) (node \(status.node))", connected: status.connected,
                     workloads: status.pods, enrolled: status.enrolledPods, failed: tally.failed, restarts: status.watchRestarts + status.relists,
                     lastError: status.lastError))
+        }
+        for engine in engines {
+            let status = engine.status
+            let tally = tallies[engine.flavor.source.name] ?? Tally()
+            Self.gauges(engine.flavor.source.name).restarts.record(status.reconnects)
+            views.append(
+                AdminViews.SourceView(
+                    name: engine.flavor.source.name, endpoint: status.socketPath, connected: status.connected, workloads: status.workloads,
+                    enrolled: status.enrolled, failed: tally.failed, restarts: status.reconnects, lastError: status.lastError))
         }
         return views
     }

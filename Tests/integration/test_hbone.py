@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PEER, TRUST_DOMAIN, TwoNodes, make_node_cas, read_line, wait_for
+from conftest import PEER, TRUST_DOMAIN, TwoNodes, make_node_cas, pcap_segments, read_line, start_capture, stop_capture, wait_for
 
 TOOLS = Path(__file__).resolve().parent / "tools"
 HBONE = TOOLS / "hbone.py"
@@ -255,67 +255,6 @@ def test_echo_over_ipv6_names_the_ipv6_destination_on_both_agents(mesh):
 
 
 # ---------------------------------------------------------------- the wire
-
-def start_capture(topology, ns, device, path):
-    # --immediate-mode: without it, packets that arrived shortly before SIGINT
-    # can be counted "received by filter" yet never written.
-    proc = topology.spawn(ns, ["tcpdump", "-i", device, "-w", str(path), "-U", "-s", "0", "-n", "-Z", "root",
-                               "--immediate-mode", "tcp"])
-    line = read_line(proc.stderr, 15, "tcpdump did not start")
-    assert "listening on" in line, f"tcpdump did not start: {line}"
-    return proc
-
-
-def stop_capture(proc, path):
-    # The last segments of the exchange (ACKs, FINs) may still be on their way
-    # to the file: stop once it has not grown for a while.
-    sizes = []
-
-    def settled():
-        sizes.append(path.stat().st_size if path.exists() else 0)
-        return len(sizes) >= 4 and len(set(sizes[-4:])) == 1
-
-    wait_for(settled, timeout=10, interval=0.05, what=f"the capture {path.name} to stop growing")
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=15)
-    assert re.search(r"^0 packets dropped by kernel", err, re.M), f"the capture is incomplete: {err}"
-
-
-def pcap_segments(path):
-    """(source port, destination port, payload) of every TCP segment in a pcap file."""
-    data = Path(path).read_bytes()
-    assert len(data) > 24, "the capture is empty"
-    magic = data[:4]
-    endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
-    linktype = struct.unpack(endian + "I", data[20:24])[0]
-    segments = []
-    offset = 24
-    while offset + 16 <= len(data):
-        _, _, included, _ = struct.unpack(endian + "IIII", data[offset:offset + 16])
-        packet = data[offset + 16:offset + 16 + included]
-        offset += 16 + included
-        if linktype == 1:
-            ethertype, l3 = struct.unpack(">H", packet[12:14])[0], packet[14:]
-        elif linktype == 113:
-            ethertype, l3 = struct.unpack(">H", packet[14:16])[0], packet[16:]
-        elif linktype == 276:
-            ethertype, l3 = struct.unpack(">H", packet[0:2])[0], packet[20:]
-        else:
-            raise AssertionError(f"unexpected pcap link type {linktype}")
-        if ethertype == 0x0800 and len(l3) >= 20:
-            header, proto = (l3[0] & 15) * 4, l3[9]
-            l4 = l3[header:struct.unpack(">H", l3[2:4])[0]]
-        elif ethertype == 0x86DD and len(l3) >= 40:
-            proto = l3[6]
-            l4 = l3[40:40 + struct.unpack(">H", l3[4:6])[0]]
-        else:
-            continue
-        if proto != 6 or len(l4) < 20:
-            continue
-        sport, dport = struct.unpack(">HH", l4[:4])
-        segments.append((sport, dport, l4[(l4[12] >> 4) * 4:]))
-    return segments
-
 
 def test_the_wire_between_the_nodes_carries_no_plaintext(mesh):
     marker = f"PLAINTEXT-MARKER-{uuid.uuid4().hex}"

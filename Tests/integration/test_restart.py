@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import BIN, PEER, TwoNodes, read_line, wait_for
+from conftest import BIN, PEER, TwoNodes, read_line, start_capture, wait_for
 
 TOOLS = Path(__file__).resolve().parent / "tools"
 HTTP_PEER = TOOLS / "http_peer.py"
@@ -204,14 +204,6 @@ def test_a_restart_through_the_file_descriptor_store_refuses_no_connection(lab, 
         assert result["requests"] > 100, result["output"]
     finally:
         manager.close()
-
-
-def start_capture(topology, ns, device, path):
-    proc = topology.spawn(ns, ["tcpdump", "-i", device, "-w", str(path), "-U", "-s", "0", "-n", "-Z", "root",
-                               "--immediate-mode", "tcp"])
-    line = read_line(proc.stderr, 15, "tcpdump did not start")
-    assert "listening on" in line, line
-    return proc
 
 
 def test_kill_9_with_failure_mode_closed_leaks_no_plaintext_and_recovers_within_5_seconds(tmp_path):
