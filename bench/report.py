@@ -141,6 +141,7 @@ def markdown(results, source):
         f"| node B's agent CPU per request, L4-only policy → L7 policy | {policy['l4'].get('node_b_cpu_us_per_request', '?')} µs → "
         f"{policy['l7'].get('node_b_cpu_us_per_request', '?')} µs |",
     ]
+    lines += pod_lines(results)
     micro = results.get("micro", {})
     if micro:
         lines += ["", "Micro-benchmarks of the hot pure pieces (`make bench-micro`, release build, one core):", "",
@@ -154,6 +155,42 @@ def markdown(results, source):
     if notes.exists():
         lines += ["", notes.read_text().strip()]
     return "\n".join(lines) + "\n"
+
+
+def pod_lines(results):
+    """Pods captured in their own namespaces: pod-to-pod rates beside host
+    mode's, and CNI enrollment on a node of its own. Runs from before pods
+    existed have neither."""
+    lines = []
+    pods = results.get("pods")
+    if pods:
+        lines += ["", "Pods (`captureMode: netns`): a pod on node A to a pod on node B, each captured in its own network "
+                  "namespace, against the host-mode mesh path of the same run:", "",
+                  "| measurement | pod to pod | host mode | pod ÷ host | pod p99 (ms) |", "|---|---|---|---|---|"]
+        for name, title in (("wrk_keepalive", "keep-alive requests/s"), ("wrk_close", "new connections/s")):
+            sample = pods.get(name)
+            if not sample:
+                continue
+            host = sample.get("host_mode_requests_s")
+            lines.append(f"| {title} | {sample['requests_s']:,.0f} | {'—' if host is None else f'{host:,.0f}'} | "
+                         f"{ratio_cell(sample.get('pod_vs_host'))} | {cell(sample.get('p99_ms'), 'p99_ms')} |")
+    enrollment = results.get("enrollment")
+    if enrollment:
+        half = enrollment["pods"] // 2
+        rss = enrollment["rss_kib"]
+        lines += ["", f"CNI enrollment on one node: {enrollment['pods']} pods made by the reference `bridge` and `host-local` "
+                  "plugins, each followed by `mesh-agent-cni ADD`, timed from its start to its return (the pod's table and "
+                  "listeners are in place then):", "",
+                  "| measurement | value |", "|---|---|",
+                  f"| `ADD` → capture installed, first {half} pods | p50 {enrollment['add_ms_p50_first_half']} ms, "
+                  f"p99 {enrollment['add_ms_p99_first_half']} ms |",
+                  f"| `ADD` → capture installed, all {enrollment['pods']} pods | p50 {enrollment['add_ms_p50']} ms, "
+                  f"p99 {enrollment['add_ms_p99']} ms, slowest {enrollment['add_ms_max']} ms |",
+                  f"| pods captured at the end | {enrollment['captured']} of {enrollment['pods']} |",
+                  f"| agent RSS with 0 / {half} / {enrollment['pods']} pods | "
+                  + " / ".join(f"{rss[k] / 1024:.1f} MiB" for k in ("0", str(half), str(enrollment["pods"])) if k in rss) + " |",
+                  f"| agent memory per enrolled pod | {enrollment['kib_per_pod']} KiB |"]
+    return lines
 
 
 def main(argv):

@@ -17,14 +17,18 @@ and by HAProxy). The paths:
 and what is measured on each: iperf3 with 1 and 4 streams, wrk keep-alive (16
 connections) and wrk with "Connection: close" against nginx. For the mesh also:
 agent memory per idle proxied connection, agent RSS at idle with 100
-workloads, agent CPU per GB, and the request-rate cost of an L7 policy.
+workloads, agent CPU per GB, and the request-rate cost of an L7 policy. For
+pods (captureMode netns): pod-to-pod keep-alive and new-connection rates
+through the mesh, beside host mode's; and on a third node alone, CNI ADD to
+capture installed for BENCH_ENROLLED_PODS (200) pods made by the reference
+bridge plugin, with the agent's memory per enrolled pod.
 
 Results go to bench/results/<time>.json; docs/benchmarks.md and
 docs/benchmarks.svg are written from them. Run as root from the repository:
   python3 bench/run.py            (BENCH_SECONDS, BENCH_ROUNDS, BENCH_IDLE_CONNECTIONS, MESH_AGENT_BIN)
 
 To look at one part while working on it, BENCH_PATHS (e.g. "mesh haproxy-mtls")
-and BENCH_PARTS (any of "iperf wrk idle policy workloads micro") narrow the run; a
+and BENCH_PARTS (any of "iperf wrk idle policy workloads pods enrollment micro") narrow the run; a
 narrowed run prints its JSON and writes no result or report. BENCH_PROFILE=DIR
 records `perf record -g` of both agents during each mesh measurement into DIR.
 """
@@ -60,7 +64,14 @@ A_IP_OUTSIDE, B_IP_OUTSIDE = "10.77.253.1", "10.77.253.2"   # outside meshNetwor
 MESH_HTTP, OTHER_HTTP, MESH_IPERF, OTHER_IPERF = 8080, 8081, 5201, 5202
 HAPROXY_HTTP, HAPROXY_IPERF, HAPROXY_TLS_HTTP, HAPROXY_TLS_IPERF = 18080, 15211, 18443, 15443
 ALL_PATHS = ["direct", "mesh", "mesh-passthrough", "haproxy-mtls"]
-ALL_PARTS = ["iperf", "wrk", "idle", "policy", "workloads", "micro"]
+ALL_PARTS = ["iperf", "wrk", "idle", "policy", "workloads", "pods", "enrollment", "micro"]
+# Pods (captureMode netns): a pod namespace behind each node, routed between them.
+POD_A, POD_B = f"ma-{TAG}-pa", f"ma-{TAG}-pb"
+POD_A_IP, POD_B_IP = "10.77.250.2", "10.77.251.2"
+POD_NETWORKS = "10.77.250.0/23"
+POD_HTTP = 8080
+ENROLLED_PODS = int(os.environ.get("BENCH_ENROLLED_PODS", "200"))
+CNI_BIN = Path("/usr/lib/cni")
 PATHS = os.environ.get("BENCH_PATHS", " ".join(ALL_PATHS)).split()
 PARTS = os.environ.get("BENCH_PARTS", " ".join(ALL_PARTS)).split()
 PROFILE = os.environ.get("BENCH_PROFILE")
@@ -163,6 +174,20 @@ class Bench:
             for address in addresses:
                 run("ip", "-n", namespace, "addr", "add", f"{address}/24", "dev", device)
             run("ip", "-n", namespace, "link", "set", device, "up")
+        if "pods" in PARTS:
+            for node, pod, pod_ip, peer_ip, far in ((A, POD_A, POD_A_IP, B_IP, POD_B_IP), (B, POD_B, POD_B_IP, A_IP, POD_A_IP)):
+                gateway = pod_ip.rsplit(".", 1)[0] + ".1"
+                run("ip", "netns", "add", pod)
+                self.namespaces.append(pod)
+                run("ip", "-n", pod, "link", "set", "lo", "up")
+                run("ip", "link", "add", f"h{pod[-2:]}{TAG}"[:15], "netns", node, "type", "veth", "peer", "name", "eth0", "netns", pod)
+                run("ip", "-n", node, "addr", "add", f"{gateway}/24", "dev", f"h{pod[-2:]}{TAG}"[:15])
+                run("ip", "-n", node, "link", "set", f"h{pod[-2:]}{TAG}"[:15], "up")
+                run("ip", "-n", pod, "addr", "add", f"{pod_ip}/24", "dev", "eth0")
+                run("ip", "-n", pod, "link", "set", "eth0", "up")
+                run("ip", "-n", pod, "route", "add", "default", "via", gateway)
+                run(*self.ns(node), "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+                run("ip", "-n", node, "route", "add", far.rsplit(".", 1)[0] + ".0/24", "via", peer_ip)
 
     def certificates(self):
         """A mesh CA (agentctl) for the agents, and P-256 certificates from one
@@ -356,6 +381,124 @@ backend iperf
         agent.wait(timeout=30)
         return {"workloads": count, "certificates": status["certificates"], "rss_kib": rss}
 
+    def pod_to_pod(self, agents, host_mode):
+        """Keep-alive and new-connection rates from a pod on node A to a pod on
+        node B, both captured in their own namespaces, with the host-mode mesh
+        path's figures of this run beside them."""
+        nginx = self.work / "nginx-pod.conf"
+        nginx.write_text(f"""
+daemon off; worker_processes 1; worker_rlimit_nofile 20000; pid {self.work}/nginx-pod.pid; error_log {self.work}/nginx-pod.err;
+events {{ worker_connections 19000; }}
+http {{
+  access_log off; keepalive_requests 1000000; keepalive_timeout 300s;
+  client_body_temp_path {self.work}/nginx-pod-body; proxy_temp_path {self.work}/nginx-pod-proxy;
+  fastcgi_temp_path {self.work}/nginx-pod-fcgi; uwsgi_temp_path {self.work}/nginx-pod-uwsgi; scgi_temp_path {self.work}/nginx-pod-scgi;
+  server {{ listen {POD_HTTP} backlog=65535; location / {{ return 200 "ok\\n"; }} }}
+}}
+""")
+        self.spawn(POD_B, ["nginx", "-c", nginx], cgroup=self.cgroup("pod-server"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://{POD_B_IP}:{POD_HTTP}/"
+        for _ in range(100):
+            status = json.loads(run(BIN / "agentctl", "workloads", "-o", "json", "--socket", self.work / "a" / "admin.sock").stdout)
+            if any(w["name"] == "pod-client" and w.get("state", "").startswith("captured") for w in status):
+                break
+            time.sleep(0.1)
+        samples = {"wrk_keepalive": [], "wrk_close": []}
+        for _ in range(ROUNDS):
+            for name, close in (("wrk_keepalive", False), ("wrk_close", True)):
+                cmd = ["wrk", "-t2", "-c16", f"-d{SECONDS}s", "--latency"] + (["-H", "Connection: close"] if close else []) + [url]
+                with self.cpu_of(agents) as cpu:
+                    sample = parse_wrk(self.output(POD_A, cmd, self.cgroup("pod-client")))
+                sample["proxy_cpu_us_per_request"] = round(cpu.total / max(sample["requests_s"] * SECONDS, 1) * 1e6, 1)
+                samples[name].append(sample)
+        access = (self.work / "a" / "access.log").read_text()
+        assert "spiffe://cluster.local/ns/shop/sa/checkout" in access and POD_B_IP in access, "the pod's connections did not go through the mesh"
+        result = {name: median_sample(taken) for name, taken in samples.items()}
+        for name in samples:
+            if name in host_mode:
+                result[name]["host_mode_requests_s"] = host_mode[name]["requests_s"]
+                result[name]["pod_vs_host"] = round(result[name]["requests_s"] / host_mode[name]["requests_s"], 3)
+        return result
+
+    def enrollment(self, count):
+        """On node C, alone: `count` pods made as a runtime makes them (the
+        loopback, bridge and host-local plugins, then mesh-agent-cni), each
+        timed from mesh-agent-cni's start to its return, which is when the
+        agent has the pod's table and listeners in place; the agent's RSS
+        before, at half and at the end."""
+        cni_socket = self.work / "c" / "cni.sock"
+        (self.work / "c").mkdir(exist_ok=True)
+        config = self.agent_config("c", [], "10.77.64.0/18").read_text().replace(
+            "workloads:\n", f"workloads: []\nworkloadSources: {{cni: {{socket: {cni_socket}}}}}\n")
+        (self.work / "c" / "agent.yaml").write_text(config)
+        agent = self.start_agent(C, self.work / "c" / "agent.yaml", "c")
+        kubepods = self.cg / "kubepods" / "besteffort"
+        made = []
+        for directory in (self.cg / "kubepods", kubepods):
+            if not directory.exists():
+                directory.mkdir()
+                made.append(directory)
+        network = {"cniVersion": "1.0.0", "name": f"bench-{TAG}"}
+        plugins = [
+            {"type": "bridge", "bridge": f"br{TAG}"[:15], "isGateway": True,
+             "ipam": {"type": "host-local", "subnet": "10.77.64.0/18", "dataDir": str(self.work / "ipam")}},
+            {"type": "mesh-agent-cni", "agentSocket": str(cni_socket), "timeoutSeconds": 30},
+        ]
+        latencies, rss = [], {"0": self.rss_kib(agent)}
+        pods = []
+        try:
+            for index in range(count):
+                uid = f"00000000-0000-4000-8000-{index:012d}"
+                pod = f"ma-{TAG}-p{index}"
+                run("ip", "netns", "add", pod)
+                pods.append((pod, uid))
+                (kubepods / f"pod{uid}").mkdir()
+                env = {"CNI_CONTAINERID": f"bench{index}", "CNI_NETNS": f"/run/netns/{pod}", "CNI_PATH": str(CNI_BIN),
+                       "CNI_ARGS": f"K8S_POD_NAMESPACE=bench;K8S_POD_NAME=pod-{index};K8S_POD_UID={uid}", "PATH": os.environ["PATH"]}
+                self.cni(C, {"type": "loopback"}, network, {**env, "CNI_COMMAND": "ADD", "CNI_IFNAME": "lo"})
+                result = self.cni(C, plugins[0], network, {**env, "CNI_COMMAND": "ADD", "CNI_IFNAME": "eth0"})
+                started = time.perf_counter()
+                self.cni(C, plugins[1], {**network, "prevResult": result}, {**env, "CNI_COMMAND": "ADD", "CNI_IFNAME": "eth0"})
+                latencies.append((time.perf_counter() - started) * 1000)
+                if index + 1 in (count // 2, count):
+                    time.sleep(2)
+                    rss[str(index + 1)] = self.rss_kib(agent)
+            status = json.loads(run(BIN / "agentctl", "workloads", "-o", "json", "--socket", self.work / "c" / "admin.sock").stdout)
+            captured = sum(1 for w in status if w.get("state", "").startswith("captured"))
+        finally:
+            agent.send_signal(signal.SIGTERM)
+            agent.wait(timeout=60)
+            for pod, uid in pods:
+                run("ip", "netns", "delete", pod, check=False)
+                with contextlib.suppress(OSError):
+                    (kubepods / f"pod{uid}").rmdir()
+            for directory in reversed(made):
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+            run(*self.ns(C), "ip", "link", "delete", f"br{TAG}"[:15], check=False)
+
+        def percentile(values, fraction):
+            ordered = sorted(values)
+            return round(ordered[min(len(ordered) - 1, int(round(fraction * (len(ordered) - 1))))], 1)
+
+        first = latencies[: count // 2]
+        return {
+            "pods": count, "captured": captured,
+            "add_ms_p50_first_half": percentile(first, 0.5), "add_ms_p99_first_half": percentile(first, 0.99),
+            "add_ms_p50": percentile(latencies, 0.5), "add_ms_p99": percentile(latencies, 0.99), "add_ms_max": round(max(latencies), 1),
+            "rss_kib": rss,
+            "kib_per_pod": round((rss[str(count)] - rss["0"]) / count, 1),
+        }
+
+    def cni(self, namespace, plugin, network, env):
+        """One CNI plugin invocation as a runtime makes it; its result."""
+        binary = BIN / "mesh-agent-cni" if plugin["type"] == "mesh-agent-cni" else CNI_BIN / plugin["type"]
+        done = subprocess.run(self.ns(namespace) + [str(binary)], input=json.dumps({**network, **plugin}), env=env,
+                              capture_output=True, text=True, timeout=60)
+        if done.returncode != 0:
+            sys.exit(f"CNI {plugin['type']} {env['CNI_COMMAND']} failed: {done.stdout} {done.stderr}")
+        return json.loads(done.stdout) if done.stdout.strip() else None
+
     def policy_cost(self, agents):
         """Keep-alive requests/s through the mesh with an L4-only policy, then an L7 one."""
         policies = self.work / "b" / "policies"
@@ -431,9 +574,16 @@ backend iperf
         self.topology()
         pki = self.certificates()
         checkout, orders = self.cgroup("checkout"), self.cgroup("orders")
-        config_a = self.agent_config("a", [f"  - {{name: checkout, namespace: shop, cgroup: /{checkout.name}}}"], "10.77.252.0/24")
-        config_b = self.agent_config("b", [f"  - {{name: orders, namespace: shop, cgroup: /{orders.name}, ports: [{MESH_IPERF}, {MESH_HTTP}]}}"],
-                                     "10.77.252.0/24")
+        pods_a, pods_b, networks = [], [], "10.77.252.0/24"
+        if "pods" in PARTS:
+            networks += f", {POD_NETWORKS}"
+            pods_a = [f"  - {{name: pod-client, namespace: shop, serviceAccount: checkout, cgroup: /{self.cgroup('pod-client').name}, "
+                      f"captureMode: netns, netns: /run/netns/{POD_A}}}"]
+            pods_b = [f"  - {{name: pod-server, namespace: shop, serviceAccount: orders, cgroup: /{self.cgroup('pod-server').name}, "
+                      f"captureMode: netns, netns: /run/netns/{POD_B}, ports: [{POD_HTTP}]}}"]
+        config_a = self.agent_config("a", [f"  - {{name: checkout, namespace: shop, cgroup: /{checkout.name}}}"] + pods_a, networks)
+        config_b = self.agent_config("b", [f"  - {{name: orders, namespace: shop, cgroup: /{orders.name}, ports: [{MESH_IPERF}, {MESH_HTTP}]}}"] + pods_b,
+                                     networks)
         agents = {"a": self.start_agent(A, config_a, "a"), "b": self.start_agent(B, config_b, "b")}
         self.servers(orders)
         haproxies = self.haproxy(pki)
@@ -462,6 +612,14 @@ backend iperf
             log("100 workloads at idle")
             results["idle_100_workloads"] = self.idle_with_workloads()
             log(f"  {json.dumps(results['idle_100_workloads'])}")
+        if "pods" in PARTS:
+            log("pod to pod")
+            results["pods"] = self.pod_to_pod(agents, results["paths"].get("mesh", {}))
+            log(f"  {json.dumps(results['pods'])}")
+        if "enrollment" in PARTS:
+            log(f"CNI enrollment of {ENROLLED_PODS} pods")
+            results["enrollment"] = self.enrollment(ENROLLED_PODS)
+            log(f"  {json.dumps(results['enrollment'])}")
         if "micro" in PARTS:
             results["micro"] = micro_benchmarks()
         results["machine"] = machine()
