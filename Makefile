@@ -5,7 +5,8 @@
 #   make test    deps + build + unit tests + integration tests (root: real kernel)
 #   make bench   every path (direct, mesh, passthrough, HAProxy mTLS) in one run -> docs/benchmarks.md (root)
 #   make bench-micro   cost of the hot pure pieces: an authorization decision, an identity lookup, an HBONE stream
-#   make demo    two nodes on this machine: mTLS tunnel, identities, STRICT refusing plaintext (root)
+#   make demo    Podman pods on two nodes, each captured in its own namespace: mTLS, identities, STRICT (root)
+#   make demo-host  the host-mode tour: workloads as cgroups, connections, policies (root)
 #   make test-sanitize   unit tests under AddressSanitizer and ThreadSanitizer, then the agent built
 #                with each through the tunnel, restart and policy integration tests (root)
 #   make fuzz    every libFuzzer target (Fuzz/Targets) for FUZZ_SECONDS each (default 60); FUZZ_TARGETS="A B" for some
@@ -23,7 +24,7 @@ DEB_PACKAGES := libssl-dev openssl libmnl-dev libnftnl-dev pkg-config nftables i
 # MODULE or MODULE=PIP_PACKAGE when the names differ.
 PY_MODULES := pytest h2 cryptography yaml=pyyaml
 
-.PHONY: all deps build build-debug test unit-test integration-test fuzz fuzz-regress test-sanitize demo clean install install-files bench bench-micro
+.PHONY: all deps build build-debug test unit-test integration-test fuzz fuzz-regress test-sanitize demo demo-host clean install install-files bench bench-micro
 
 all: build
 
@@ -107,6 +108,9 @@ bench-micro: build
 
 demo: build
 	MESH_AGENT_BIN=$(CURDIR)/$(RELEASE_BIN) bash deploy/demo/demo.sh
+
+demo-host: build
+	MESH_AGENT_BIN=$(CURDIR)/$(RELEASE_BIN) bash deploy/demo/demo-host.sh
 
 install: build install-files
 
