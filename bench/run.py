@@ -454,7 +454,7 @@ http {{
                 pods.append((pod, uid))
                 (kubepods / f"pod{uid}").mkdir()
                 env = {"CNI_CONTAINERID": f"bench{index}", "CNI_NETNS": f"/run/netns/{pod}", "CNI_PATH": str(CNI_BIN),
-                       "CNI_ARGS": f"K8S_POD_NAMESPACE=bench;K8S_POD_NAME=pod-{index};K8S_POD_UID={uid}", "PATH": os.environ["PATH"]}
+                       "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=pod-{index};K8S_POD_UID={uid}", "PATH": os.environ["PATH"]}
                 self.cni(C, {"type": "loopback"}, network, {**env, "CNI_COMMAND": "ADD", "CNI_IFNAME": "lo"})
                 result = self.cni(C, plugins[0], network, {**env, "CNI_COMMAND": "ADD", "CNI_IFNAME": "eth0"})
                 started = time.perf_counter()
