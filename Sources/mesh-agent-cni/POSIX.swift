@@ -117,6 +117,16 @@ enum POSIX {
         }
     }
 
+    /// One line on stdout, for the installer's report.
+    static func say(_ line: String) {
+        writeAll(STDOUT_FILENO, Array("\(line)\n".utf8))
+    }
+
+    static func fail(_ message: String, status: Int32) -> Never {
+        writeAll(STDERR_FILENO, Array("\(message)\n".utf8))
+        exit(status)
+    }
+
     private static func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
         var written = 0
         while written < bytes.count {
