@@ -301,6 +301,17 @@ def test_install_chains_the_plugin_into_the_bridge_conflist_and_uninstall_restor
     assert chained["plugins"] == bridge_only + [{"type": "mesh-agent-cni", "agentSocket": str(conflist.socket)}]
     assert {k: v for k, v in chained.items() if k != "plugins"} == {"cniVersion": "1.0.0", "name": conflist.network}
     assert primary.stat().st_mode & 0o7777 == 0o640, "the network plugin's file keeps its mode"
+    # The copy runs on a node that has no Swift runtime: in a root holding only it and /proc
+    # (a private mount namespace, so the mount goes with the process).
+    bare = conflist.tmp / "bare-root"
+    (bare / "proc").mkdir(parents=True)
+    shutil.copy2(plugin, bare / "mesh-agent-cni")
+    version = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                              f"mount -t proc proc {bare}/proc && exec chroot {bare} /mesh-agent-cni"],
+                             input='{"cniVersion": "1.0.0"}', env={**os.environ, "CNI_COMMAND": "VERSION"},
+                             capture_output=True, text=True, timeout=30)
+    assert version.returncode == 0, f"the installed plugin does not run without the Swift toolchain: {version.stderr}"
+    assert "1.0.0" in json.loads(version.stdout)["supportedVersions"]
     assert json.loads(later.read_text())["type"] == "loopback", "only the file the runtime uses is chained"
     assert sorted(p.name for p in conf_dir.iterdir()) == ["10-bridge.conflist", "99-loopback.conf"], "no temporary file left"
 
