@@ -124,19 +124,10 @@ enum Files {
         let fd = open(path, O_RDONLY | O_CLOEXEC)
         guard fd >= 0 else { throw failure("cannot open \(path)", errno) }
         defer { close(fd) }
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 1 << 20)
-        while bytes.count < limit {
-            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, min($0.count, limit - bytes.count)) }
-            if count > 0 {
-                bytes.append(contentsOf: chunk[0..<count])
-            } else if count == 0 {
-                break
-            } else if errno != EINTR {
-                throw failure("cannot read \(path)", errno)
-            }
+        switch POSIX.readAll(fd, limit: limit) {
+        case .success(let bytes): return bytes
+        case .failure(let error): throw failure("cannot read \(path)", error.code)
         }
-        return bytes
     }
 
     /// The permission bits of `path`; nil when there is no such file.
@@ -167,18 +158,9 @@ enum Files {
             close(fd)
             throw failure("cannot set the mode of \(temporary)", code)
         }
-        var written = 0
-        while written < contents.count {
-            let count = contents.withUnsafeBytes { write(fd, $0.baseAddress.map { $0 + written }, contents.count - written) }
-            if count > 0 {
-                written += count
-            } else if count < 0 && errno == EINTR {
-                continue
-            } else {
-                let code = count < 0 ? errno : EIO
-                close(fd)
-                throw failure("cannot write \(temporary) to replace \(target)", code)
-            }
+        if let error = POSIX.writeAll(fd, contents) {
+            close(fd)
+            throw failure("cannot write \(temporary) to replace \(target)", error.code)
         }
         // Data on disk before the name points at it, so a crash leaves the
         // old file or the whole new one.
