@@ -117,7 +117,7 @@ install: build install-files
 # The files of an install, from binaries already built (RELEASE_BIN).
 install-files:
 	install -d $(DESTDIR)$(PREFIX)/bin
-	install -m 0755 $(RELEASE_BIN)/mesh-agent $(RELEASE_BIN)/agentctl $(DESTDIR)$(PREFIX)/bin/
+	install -m 0755 $(RELEASE_BIN)/mesh-agent $(RELEASE_BIN)/agentctl $(RELEASE_BIN)/mesh-agent-cni $(DESTDIR)$(PREFIX)/bin/
 	install -d $(DESTDIR)/etc/mesh-agent $(DESTDIR)/etc/mesh-agent/policies.example
 	install -m 0644 deploy/examples/agent.yaml $(DESTDIR)/etc/mesh-agent/agent.yaml.example
 	install -m 0644 deploy/examples/policies/*.yaml $(DESTDIR)/etc/mesh-agent/policies.example/

@@ -158,7 +158,15 @@ let package = Package(
             ]
         ),
         // The chained CNI plugin: no NIO, no agent code, only the protocol.
-        .executableTarget(name: "mesh-agent-cni", dependencies: ["CNI"]),
+        // The runtime runs it from the node's /opt/cni/bin, where no Swift
+        // runtime is installed (mesh-agent-cni install copies it there from
+        // the image), so it is one static executable; lld, because GNU ld
+        // warns about the Swift runtime's optional dlopen in a static binary.
+        // Sanitizer runtimes cannot be linked statically: their builds
+        // (Tests/Sanitizers/run.sh) set MESH_AGENT_SANITIZE.
+        .executableTarget(
+            name: "mesh-agent-cni", dependencies: ["CNI"],
+            linkerSettings: Context.environment["MESH_AGENT_SANITIZE"] == nil ? [.unsafeFlags(["-static-executable", "-use-ld=lld"])] : []),
         .executableTarget(
             name: "micro-bench",
             dependencies: [

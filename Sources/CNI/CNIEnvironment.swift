@@ -38,7 +38,7 @@ public struct CNIEnvironment: Equatable, Sendable {
         guard let text = environment["CNI_COMMAND"], !text.isEmpty else {
             throw CNIError(
                 .invalidEnvironment, "CNI_COMMAND is not set",
-                details: "mesh-agent-cni is a CNI plugin: a container runtime runs it with CNI_COMMAND (ADD, DEL, CHECK, VERSION, GC or STATUS) and the network config on stdin")
+                details: "mesh-agent-cni is a CNI plugin: a container runtime runs it with CNI_COMMAND (ADD, DEL, CHECK, VERSION, GC or STATUS) and the network config on stdin; to put it on a node, run mesh-agent-cni install (see mesh-agent-cni --help)")
         }
         guard let command = CNICommand(rawValue: text) else {
             throw CNIError(

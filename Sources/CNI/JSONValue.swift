@@ -74,11 +74,29 @@ public enum JSONValue: Hashable, Sendable {
     /// slashes unescaped (paths stay readable).
     public func encoded() -> [UInt8] {
         var output: [UInt8] = []
-        encode(into: &output)
+        encode(into: &output, indent: nil)
         return output
     }
 
-    private func encode(into output: inout [UInt8]) {
+    /// As `encoded()`, one member or element per line, indented by two
+    /// spaces a level, with a final newline: for files people read and
+    /// edit, such as the node's CNI config.
+    public func indentedEncoded() -> [UInt8] {
+        var output: [UInt8] = []
+        encode(into: &output, indent: 0)
+        output.append(0x0A)
+        return output
+    }
+
+    /// `indent` is the current level when indenting, nil for compact output.
+    private func encode(into output: inout [UInt8], indent: Int?) {
+        // A new line at `level`, only when indenting.
+        func newline(_ level: Int) {
+            guard indent != nil else { return }
+            output.append(0x0A)
+            output += [UInt8](repeating: 0x20, count: 2 * level)
+        }
+        let inner = indent.map { $0 + 1 }
         switch self {
         case .null:
             output += Array("null".utf8)
@@ -94,17 +112,22 @@ public enum JSONValue: Hashable, Sendable {
             output.append(0x5B)
             for (index, element) in elements.enumerated() {
                 if index > 0 { output.append(0x2C) }
-                element.encode(into: &output)
+                newline(inner ?? 0)
+                element.encode(into: &output, indent: inner)
             }
+            if !elements.isEmpty { newline(indent ?? 0) }
             output.append(0x5D)
         case .object(let members):
             output.append(0x7B)
             for (index, key) in members.keys.sorted().enumerated() {
                 if index > 0 { output.append(0x2C) }
+                newline(inner ?? 0)
                 Self.encode(string: key, into: &output)
                 output.append(0x3A)
-                members[key]?.encode(into: &output)
+                if indent != nil { output.append(0x20) }
+                members[key]?.encode(into: &output, indent: inner)
             }
+            if !members.isEmpty { newline(indent ?? 0) }
             output.append(0x7D)
         }
     }

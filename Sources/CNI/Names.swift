@@ -38,6 +38,11 @@ public enum Names {
         absolutePathProblem(path, maximumLength: maximumPathLength)
     }
 
+    /// A file or directory the installer writes in (`/opt/cni/bin`, `/etc/cni/net.d`).
+    public static func filePathProblem(_ path: String) -> String? {
+        absolutePathProblem(path, maximumLength: maximumPathLength)
+    }
+
     /// The agent's socket, as `connect(2)` takes it.
     public static func socketPathProblem(_ path: String) -> String? {
         absolutePathProblem(path, maximumLength: maximumSocketPathLength)

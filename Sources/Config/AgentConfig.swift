@@ -120,7 +120,19 @@ extension AgentConfig {
         return try parse(text, file: path)
     }
 
-    public static func parse(_ text: String, file: String, defaultNode: String = ProcessInfo.processInfo.hostName) throws -> AgentConfig {
+    /// The node name when the config has no `node:`: `NODE_NAME` when it is
+    /// set, else the host name. A DaemonSet sets `NODE_NAME` from
+    /// `spec.nodeName` (the downward API), because the name pods are
+    /// scheduled by, which the Kubernetes source selects pods with, need not
+    /// be the host's.
+    public static func defaultNode(
+        environment: [String: String] = ProcessInfo.processInfo.environment, hostName: String = ProcessInfo.processInfo.hostName
+    ) -> String {
+        if let name = environment["NODE_NAME"], !name.isEmpty { return name }
+        return hostName
+    }
+
+    public static func parse(_ text: String, file: String, defaultNode: String = AgentConfig.defaultNode()) throws -> AgentConfig {
         guard let root = try YAMLNode.parse(text, file: file) else {
             throw YAMLError(file: file, line: nil, keyPath: "", reason: "the config is empty; trustDomain is required")
         }
@@ -128,7 +140,14 @@ extension AgentConfig {
         let trustDomain = try validTrustDomain(try top.require("trustDomain"))
         let workloadsNode = top.take("workloads")
         var config = AgentConfig(trustDomain: trustDomain, node: defaultNode)
-        if let node = top.take("node") { config.node = try validDNSName(node) }
+        if let node = top.take("node") {
+            config.node = try validDNSName(node)
+        } else if !isValidNodeName(defaultNode) {
+            // Selecting pods by a name no node has would capture nothing, silently.
+            throw YAMLError(
+                file: file, line: nil, keyPath: "node",
+                reason: "not set, and the default \"\(defaultNode)\" (NODE_NAME, else the host name) is not a valid node name: set node, or NODE_NAME to the node's name")
+        }
         if let node = top.take("captureMode") {
             config.captureMode = try node.oneOf(CaptureMode.self, [.host, .netns])
         }
@@ -423,11 +442,15 @@ extension AgentConfig {
 
     private static func validDNSName(_ node: YAMLNode) throws -> String {
         let value = try node.nonEmptyString()
-        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
-        guard value.count <= 253, value.allSatisfy(allowed.contains) else {
+        guard isValidNodeName(value) else {
             throw node.error("\"\(value)\" is not a valid node name: use letters, digits, '.', '-' and '_'")
         }
         return value
+    }
+
+    private static func isValidNodeName(_ value: String) -> Bool {
+        let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_")
+        return !value.isEmpty && value.count <= 253 && value.allSatisfy(allowed.contains)
     }
 
     private static func duration(_ node: YAMLNode, atLeast minimum: Duration) throws -> Duration {

@@ -30,16 +30,26 @@ enum POSIX {
     /// Reads stdin to its end, or to `limit` bytes (the decoder refuses a
     /// config that long, so more is not needed to say so).
     static func readStandardInput(limit: Int) -> Result<[UInt8], Failure> {
+        readAll(STDIN_FILENO, limit: limit).mapError { Failure(reason: describe($0.code)) }
+    }
+
+    /// A failed system call's errno.
+    struct Errno: Error {
+        let code: Int32
+    }
+
+    /// Reads `fd` to its end, or to `limit` bytes.
+    static func readAll(_ fd: Int32, limit: Int) -> Result<[UInt8], Errno> {
         var bytes: [UInt8] = []
         var chunk = [UInt8](repeating: 0, count: 64 * 1024)
         while bytes.count < limit {
-            let count = chunk.withUnsafeMutableBytes { read(STDIN_FILENO, $0.baseAddress, min($0.count, limit - bytes.count)) }
+            let count = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, min($0.count, limit - bytes.count)) }
             if count > 0 {
                 bytes.append(contentsOf: chunk[0..<count])
             } else if count == 0 {
                 break
             } else if errno != EINTR {
-                return .failure(Failure(reason: describe(errno)))
+                return .failure(Errno(code: errno))
             }
         }
         return .success(bytes)
@@ -117,7 +127,19 @@ enum POSIX {
         }
     }
 
-    private static func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
+    /// One line on stdout, for the installer's report.
+    static func say(_ line: String) {
+        writeAll(STDOUT_FILENO, Array("\(line)\n".utf8))
+    }
+
+    static func fail(_ message: String, status: Int32) -> Never {
+        writeAll(STDERR_FILENO, Array("\(message)\n".utf8))
+        exit(status)
+    }
+
+    /// Writes all of `bytes`; nil when done, else why not.
+    @discardableResult
+    static func writeAll(_ fd: Int32, _ bytes: [UInt8]) -> Errno? {
         var written = 0
         while written < bytes.count {
             let count = bytes.withUnsafeBytes { write(fd, $0.baseAddress.map { $0 + written }, bytes.count - written) }
@@ -126,9 +148,10 @@ enum POSIX {
             } else if count < 0 && errno == EINTR {
                 continue
             } else {
-                return
+                return Errno(code: count < 0 ? errno : EIO)
             }
         }
+        return nil
     }
 
     /// Milliseconds on the monotonic clock.

@@ -4,6 +4,14 @@ import CNI
 /// environment and the network config on stdin. The decisions are
 /// `CNIPlugin`'s; this only reads, asks the agent, prints and exits.
 /// stdout carries the CNI result and nothing else; logs go to stderr.
+///
+/// Run with arguments and without CNI_COMMAND, it is the installer
+/// (`mesh-agent-cni install`): runtimes pass no arguments.
+let environment = POSIX.environment()
+if environment["CNI_COMMAND"] == nil, CommandLine.arguments.count > 1 {
+    Installer.run(Array(CommandLine.arguments.dropFirst()))
+}
+
 let stdin: [UInt8]
 switch POSIX.readStandardInput(limit: NetworkConfig.maximumSize + 1) {
 case .success(let bytes):
@@ -14,7 +22,7 @@ case .failure(let error):
         exitCode: 1, log: ["reading stdin failed: \(error.reason)"]))
 }
 
-switch CNIPlugin.plan(environment: POSIX.environment(), stdin: stdin) {
+switch CNIPlugin.plan(environment: environment, stdin: stdin) {
 case .finish(let output):
     POSIX.finish(output)
 case .askAgent(let call):

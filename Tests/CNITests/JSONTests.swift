@@ -57,6 +57,27 @@ struct JSONTests {
         #expect(JSONValue.number("1; drop").encoded() == Array("null".utf8))
     }
 
+    @Test func indentedEncoding() throws {
+        let value = JSONValue.object([
+            "plugins": .array([.object(["type": .string("bridge"), "ipam": .object([:])]), .array([])]), "name": .string("n"),
+        ])
+        #expect(String(decoding: value.indentedEncoded(), as: UTF8.self) == """
+            {
+              "name": "n",
+              "plugins": [
+                {
+                  "ipam": {},
+                  "type": "bridge"
+                },
+                []
+              ]
+            }
+
+            """)
+        #expect(try JSONValue.parse(value.indentedEncoded()) == value)
+        #expect(JSONValue.string("x").indentedEncoded() == Array("\"x\"\n".utf8))
+    }
+
     @Test func numbers() {
         #expect(JSONValue.number("2").integerValue == 2)
         #expect(JSONValue.number("2.0").integerValue == 2)

@@ -26,6 +26,29 @@ import Testing
         #expect(config.workloads.isEmpty)
     }
 
+    @Test func theNodeComesFromNodeNameThenTheHostName() throws {
+        #expect(AgentConfig.defaultNode(environment: ["NODE_NAME": "worker-3"], hostName: "ip-10-0-1-7") == "worker-3")
+        #expect(AgentConfig.defaultNode(environment: ["NODE_NAME": ""], hostName: "ip-10-0-1-7") == "ip-10-0-1-7")
+        #expect(AgentConfig.defaultNode(environment: [:], hostName: "ip-10-0-1-7") == "ip-10-0-1-7")
+
+        let fromEnvironment = AgentConfig.defaultNode(environment: ["NODE_NAME": "worker-3"], hostName: "h")
+        #expect(try AgentConfig.parse(Self.minimal, file: "agent.yaml", defaultNode: fromEnvironment).node == "worker-3")
+        // The node's pods are selected by it, as is kubernetes.node by default.
+        let sources = try AgentConfig.parse(Self.minimal + "workloadSources: {kubernetes: {}}\n", file: "agent.yaml", defaultNode: fromEnvironment)
+        #expect(sources.workloadSources.kubernetes?.node == "worker-3")
+        // The config's own node: wins.
+        #expect(try AgentConfig.parse(Self.minimal + "node: node-a\n", file: "agent.yaml", defaultNode: fromEnvironment).node == "node-a")
+    }
+
+    @Test func aDefaultNodeThatIsNoNodeNameIsRefused() {
+        #expect {
+            _ = try AgentConfig.parse(Self.minimal, file: "agent.yaml", defaultNode: "worker 3")
+        } throws: { error in
+            "\(error)" == #"agent.yaml: node: not set, and the default "worker 3" (NODE_NAME, else the host name) is not a valid node name: set node, or NODE_NAME to the node's name"#
+        }
+        #expect(throws: Never.self) { try AgentConfig.parse(Self.minimal + "node: node-a\n", file: "agent.yaml", defaultNode: "worker 3") }
+    }
+
     @Test func portsMayBeDeclaredTCPOnly() throws {
         let config = try AgentConfig.parse(
             "trustDomain: td\nworkloads:\n  - {name: db, namespace: ns, cgroup: /db, ports: [8080, {port: 5432, protocol: tcp}, {port: 9000, protocol: http}]}\n",

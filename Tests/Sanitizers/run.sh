@@ -10,6 +10,8 @@
 #   SANITIZE_INTEGRATION="..."    the integration test files ("" skips them)
 set -u
 cd "$(dirname "$0")/../.."
+# Package.swift links mesh-agent-cni statically, which the sanitizer runtimes cannot be.
+export MESH_AGENT_SANITIZE=1
 
 SWIFT=${SWIFT:-swift}
 PYTHON=${PYTHON:-python3}

@@ -99,6 +99,8 @@ class Conflist:
         self.socket = self.tmp / "cni.sock"
         self.made = []
         self.agent = None
+        # The binary run for the mesh-agent-cni entries: the built one, or a copy `install` made.
+        self.mesh_plugin = PLUGIN
         try:
             for ns in (self.node, self.pod):
                 sh("ip", "netns", "add", ns)
@@ -133,7 +135,7 @@ class Conflist:
             "CNI_ARGS": f"IgnoreUnknown=1;K8S_POD_NAMESPACE=shop;K8S_POD_NAME=web-0;K8S_POD_UID={self.pod_uid}",
             "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         }
-        binary = PLUGIN if plugin["type"] == "mesh-agent-cni" else CNI_BIN / plugin["type"]
+        binary = self.mesh_plugin if plugin["type"] == "mesh-agent-cni" else CNI_BIN / plugin["type"]
         # The plugins run in the node namespace, as a runtime runs them in its own.
         return subprocess.run(["nsenter", f"--net=/run/netns/{self.node}", str(binary)], input=json.dumps(config),
                               env=env, capture_output=True, text=True, timeout=30)
@@ -265,3 +267,76 @@ def test_add_refused_by_the_agent_reports_its_reason(conflist):
     failed = conflist.delete(result)
     assert failed is None, f"DEL without the agent failed: {failed.stdout} {failed.stderr}"
     assert conflist.allocations() == []
+
+
+def installer(command, conflist, *flags):
+    return subprocess.run([str(PLUGIN), command, "--cni-bin-dir", str(conflist.tmp / "bin"), "--cni-conf-dir", str(conflist.tmp / "net.d"),
+                           *flags], capture_output=True, text=True, timeout=60)
+
+
+def test_install_chains_the_plugin_into_the_bridge_conflist_and_uninstall_restores_it(conflist):
+    conf_dir, bin_dir = conflist.tmp / "net.d", conflist.tmp / "bin"
+    conf_dir.mkdir()
+    bin_dir.mkdir()
+    # Before the network plugin has written its config: a clear refusal, and nothing installed.
+    refused = installer("install", conflist, "--agent-socket", str(conflist.socket))
+    assert refused.returncode == 1
+    assert "the network plugin has not written its config yet" in refused.stderr and str(conf_dir) in refused.stderr
+    assert list(bin_dir.iterdir()) == []
+
+    # What the network plugin wrote: the bridge with host-local, as the reference plugins expect it.
+    bridge_only = [conflist.plugins[0]]
+    original = {"cniVersion": "1.0.0", "name": conflist.network, "plugins": bridge_only}
+    primary = conf_dir / "10-bridge.conflist"
+    primary.write_text(json.dumps(original, indent=2))
+    primary.chmod(0o640)
+    later = conf_dir / "99-loopback.conf"
+    later.write_text(json.dumps({"cniVersion": "1.0.0", "name": "lo", "type": "loopback"}))
+
+    installed = installer("install", conflist, "--agent-socket", str(conflist.socket))
+    assert installed.returncode == 0, installed.stderr
+    plugin = bin_dir / "mesh-agent-cni"
+    assert plugin.read_bytes() == PLUGIN.read_bytes() and os.access(plugin, os.X_OK)
+    chained = json.loads(primary.read_text())
+    assert chained["plugins"] == bridge_only + [{"type": "mesh-agent-cni", "agentSocket": str(conflist.socket)}]
+    assert {k: v for k, v in chained.items() if k != "plugins"} == {"cniVersion": "1.0.0", "name": conflist.network}
+    assert primary.stat().st_mode & 0o7777 == 0o640, "the network plugin's file keeps its mode"
+    # The copy runs on a node that has no Swift runtime: in a root holding only it and /proc
+    # (a private mount namespace, so the mount goes with the process).
+    bare = conflist.tmp / "bare-root"
+    (bare / "proc").mkdir(parents=True)
+    shutil.copy2(plugin, bare / "mesh-agent-cni")
+    version = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                              f"mount -t proc proc {bare}/proc && exec chroot {bare} /mesh-agent-cni"],
+                             input='{"cniVersion": "1.0.0"}', env={**os.environ, "CNI_COMMAND": "VERSION"},
+                             capture_output=True, text=True, timeout=30)
+    assert version.returncode == 0, f"the installed plugin does not run without the Swift toolchain: {version.stderr}"
+    assert "1.0.0" in json.loads(version.stdout)["supportedVersions"]
+    assert json.loads(later.read_text())["type"] == "loopback", "only the file the runtime uses is chained"
+    assert sorted(p.name for p in conf_dir.iterdir()) == ["10-bridge.conflist", "99-loopback.conf"], "no temporary file left"
+
+    again = installer("install", conflist, "--agent-socket", str(conflist.socket))
+    assert again.returncode == 0, again.stderr
+    assert json.loads(primary.read_text()) == chained
+    assert "nothing to change" in again.stdout
+
+    # The chained list, as a runtime runs it, with the binary install put there.
+    conflist.plugins = chained["plugins"]
+    conflist.mesh_plugin = plugin
+    agent = conflist.start_agent()
+    result, failed = conflist.add()
+    assert failed is None, f"ADD failed: {failed.stdout} {failed.stderr}"
+    address = result["ips"][0]["address"].split("/")[0]
+    assert address.startswith(f"10.77.{conflist.index}.") and conflist.pod_addresses() == [address]
+    assert [(r["command"], r["addresses"]) for r in agent.requests] == [("ADD", [address])]
+    failed = conflist.delete(result)
+    assert failed is None, f"DEL failed: {failed.stdout} {failed.stderr}"
+    assert [r["command"] for r in agent.requests] == ["ADD", "DEL"]
+    assert conflist.allocations() == []
+
+    removed = installer("uninstall", conflist)
+    assert removed.returncode == 0, removed.stderr
+    assert json.loads(primary.read_text()) == original
+    assert primary.stat().st_mode & 0o7777 == 0o640
+    assert not plugin.exists()
+    assert sorted(p.name for p in conf_dir.iterdir()) == ["10-bridge.conflist", "99-loopback.conf"]
