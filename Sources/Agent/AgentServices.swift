@@ -40,8 +40,11 @@ struct AgentServices {
     let authorizer: InboundAuthorizer
     let enforcement: PolicyEnforcement
     let listeners: Listeners
-    /// Every listening socket, handed over by the agent before this one or made here.
+    /// Every listening socket of the node's namespace, handed over by the agent before this one or made here.
     let sockets: ListeningSockets
+    /// The listening sockets of workloads in namespaces of their own, as the
+    /// agent before this one handed them over and as this one will.
+    let podSockets: PodSockets
     /// The running agent this one takes over from, if one handed its sockets over.
     let takeover: Handover.Taking?
     /// Hands this agent's sockets to the next one.
@@ -87,7 +90,8 @@ struct AgentServices {
         // A running agent hands its sockets over (an upgrade); after a restart
         // under systemd, the file descriptor store has them.
         let takeover = Handover.Taking.request(path: Handover.path(adminSocket: config.adminSocket), logger: logger)
-        let sockets = ListeningSockets(inherited: takeover?.sockets ?? fromSystemd(logger: logger), logger: logger)
+        let (nodeSockets, podSockets) = PodSockets.split(takeover?.sockets ?? fromSystemd(logger: logger))
+        let sockets = ListeningSockets(inherited: nodeSockets, logger: logger)
         let mount = try CgroupV2Mount.discover()
         logger.info("cgroup v2 is mounted at \(mount.path)")
         let netfilter = try NetfilterClient()
@@ -121,7 +125,7 @@ struct AgentServices {
             identifier: CgroupSourceIdentifier(sockDiag: sockDiag, conntrack: conntrack, registry: registry), destinations: destinations,
             accessLog: accessLog, connections: connections, authorizer: authorizer, sockets: sockets, logger: logger)
         let handover = Handover.Giving(
-            path: Handover.path(adminSocket: config.adminSocket), sockets: sockets, logger: logger,
+            path: Handover.path(adminSocket: config.adminSocket), sockets: { sockets.all + podSockets.all }, logger: logger,
             prepare: { try events.prepareHandover(on: group.next()) },
             abandoned: { events.handoverAbandoned() },
             superseded: { pid in events.superseded(by: pid) })
@@ -130,7 +134,7 @@ struct AgentServices {
             config: config, configPath: configPath, logger: logger, systemd: SystemdNotifier(), group: group, netfilter: netfilter, registry: registry,
             destinations: destinations, accessLog: accessLog, trustBundle: trustBundle, svids: svids, agentIdentity: agentIdentity,
             connections: connections, state: state, authorizer: authorizer, enforcement: enforcement, listeners: listeners, sockets: sockets,
-            takeover: takeover, handover: handover, workloadTLS: workloadTLS, mount: mount, namespaceThread: try NamespaceThread(),
+            podSockets: podSockets, takeover: takeover, handover: handover, workloadTLS: workloadTLS, mount: mount, namespaceThread: try NamespaceThread(),
             podSources: try PodSources(config: config, group: group, registry: registry, logger: logger) { events.workloadsChanged() },
             cniEnrollments: cniEnrollments,
             enrollmentServer: config.workloadSources.cni.map { settings in
@@ -170,7 +174,7 @@ struct AgentServices {
         podSources.start()
         // Workloads in namespaces of their own are captured before the agent
         // says it is ready; one that cannot be yet waits, and is retried every tick.
-        var namespaces = NamespaceCaptures(logger: logger)
+        var namespaces = NamespaceCaptures(sockets: podSockets, logger: logger)
         await namespaces.sync(services: self, config: config, peerAuthentication: state.current.peerAuthentication)
         capture.namespaceAddresses = namespaces.addresses
         capture.sync()
@@ -231,6 +235,7 @@ struct AgentServices {
         }
         await stopServing()
         sockets.closeAll()
+        _ = podSockets.closeUnclaimed()
         // Lines of the loops' last tick, if their scheduled write did not run.
         accessLog.flush()
         logger.info("mesh-agent stopped")

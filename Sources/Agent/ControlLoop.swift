@@ -14,6 +14,10 @@ struct ControlLoop {
     /// workload traffic escape capture, so it is repaired within seconds. The
     /// comparison is a few netlink round trips.
     static let driftCheckEvery = 3
+    /// Pod sockets the agent before this one handed over wait this many ticks
+    /// for their pod to be captured again: the sources (Kubernetes, Podman)
+    /// list pods only after the agent is ready.
+    static let podSocketsClaimTicks = 30
 
     let services: AgentServices
     /// The config in force: the one the agent started with, as reloads changed it.
@@ -58,10 +62,13 @@ struct ControlLoop {
                 promise.completeWith(await enroll(request))
             case .handoverRequested(let promise):
                 await services.pauseForHandover()
+                await namespaces.pauseAccepting()
                 promise.succeed()
             case .handoverAbandoned:
+                await namespaces.resumeAccepting()
                 await services.resumeAfterAbandonedHandover()
             case .superseded(let pid):
+                await namespaces.handOver()
                 await services.handedOver(capture: &capture, to: pid)
                 services.state.publish(capture)
             case .terminate(let signal):

@@ -69,7 +69,8 @@ enum Handover {
     /// its own (blocking I/O, never an event loop).
     final class Giving: Sendable {
         private let path: String
-        private let sockets: ListeningSockets
+        /// Every listening socket to hand over, the node's and the pods', by name.
+        private let sockets: @Sendable () -> [(name: String, fd: CInt)]
         private let logger: Logger
         private let prepare: @Sendable () throws -> Void
         private let abandoned: @Sendable () -> Void
@@ -81,7 +82,7 @@ enum Handover {
         ///   - abandoned: called when a taker that got the sockets did not become ready;
         ///   - superseded: called once a taker said it is ready.
         init(
-            path: String, sockets: ListeningSockets, logger: Logger, prepare: @escaping @Sendable () throws -> Void,
+            path: String, sockets: @escaping @Sendable () -> [(name: String, fd: CInt)], logger: Logger, prepare: @escaping @Sendable () throws -> Void,
             abandoned: @escaping @Sendable () -> Void, superseded: @escaping @Sendable (_ by: Int32) -> Void
         ) {
             self.path = path
@@ -127,7 +128,7 @@ enum Handover {
                 }
                 try prepare()
                 do {
-                    let held = sockets.all
+                    let held = sockets()
                     let names = (["SOCKETS"] + held.map(\.name)).joined(separator: "\n") + "\n"
                     try taker.send(Array(names.utf8), descriptors: held.map(\.fd))
                     logger.info("handed \(held.count) listening socket(s) to the agent with pid \(pid); waiting for it to be ready")

@@ -46,6 +46,12 @@ struct NamespaceCaptures {
     private(set) var scopes: [String: Scope] = [:]
     /// Workloads whose capture could not be made yet, and why.
     private(set) var waiting: [String: String] = [:]
+    /// Where each capture's listening sockets are registered for the next
+    /// agent, and where the previous agent's wait to be claimed.
+    let sockets: PodSockets
+    /// Another agent took over: it owns the captures now, and this one only
+    /// drains the connections it has.
+    private(set) var handedOver = false
     let logger: Logger
 
     private static let enrolled = Metrics.Counter(label: "mesh_agent_netns_captures_total", dimensions: [("result", "installed")])
@@ -53,7 +59,8 @@ struct NamespaceCaptures {
     private static let removed = Metrics.Counter(label: "mesh_agent_netns_captures_total", dimensions: [("result", "removed")])
     private static let drift = Metrics.Counter(label: "mesh_agent_nft_drift_total", dimensions: [("found", "netns")])
 
-    init(logger: Logger) {
+    init(sockets: PodSockets = PodSockets(), logger: Logger) {
+        self.sockets = sockets
         self.logger = logger
     }
 
@@ -80,6 +87,7 @@ struct NamespaceCaptures {
     /// captured again there, and one whose ports changed mode gets its table
     /// updated.
     mutating func sync(services: AgentServices, config: AgentConfig, peerAuthentication: PeerAuthenticationSet) async {
+        guard !handedOver else { return }
         let wanted = Dictionary(
             services.registry.members.filter { !$0.spec.network.isHost && $0.isPresent }.map { ($0.workload.qualifiedName, $0) },
             uniquingKeysWith: { first, _ in first })
@@ -138,7 +146,9 @@ struct NamespaceCaptures {
         destinations.update(try namespace.runAndWait { try InterfaceAddresses.current() })
         var workloadLogger = logger
         workloadLogger[metadataKey: "workload"] = "\(spec.workload.qualifiedName)"
-        let sockets = ListeningSockets(namespace: namespace, logger: workloadLogger)
+        // The agent before this one may have handed over this namespace's
+        // sockets: connections waiting in their queues are served, not refused.
+        let sockets = ListeningSockets(inherited: self.sockets.take(for: handle.identity), namespace: namespace, logger: workloadLogger)
         let listeners = Listeners(
             config: config, group: services.group, workloadTLS: services.workloadTLS, agentIdentity: services.agentIdentity,
             identifier: CgroupSourceIdentifier(sockDiag: sockDiag, conntrack: conntrack, registry: services.registry), destinations: destinations,
@@ -154,6 +164,7 @@ struct NamespaceCaptures {
             sockets.closeAll()
             throw error
         }
+        self.sockets.register(sockets, for: handle.identity)
         logger.info(
             "capturing workload \(spec.workload.qualifiedName) in network namespace \(handle): addresses \(destinations.ownAddresses.joined(separator: ", ")), table inet \(parameters.tableName) \(rulesStatus)"
         )
@@ -218,6 +229,7 @@ struct NamespaceCaptures {
 
     /// Compares every namespace's table with the desired one and repairs drift.
     mutating func reconcile() {
+        guard !handedOver else { return }
         for key in scopes.keys.sorted() {
             guard var scope = scopes[key] else { continue }
             let desired = PodCaptureRules.table(for: scope.parameters)
@@ -247,6 +259,7 @@ struct NamespaceCaptures {
         guard let scope = scopes.removeValue(forKey: key) else { return }
         await scope.listeners.stopAccepting()
         await scope.listeners.close()
+        sockets.unregister(scope.namespace.handle.identity)
         scope.sockets.closeAll()
         do {
             _ = try scope.netfilter.delete(tableNamed: scope.parameters.tableName)
@@ -262,14 +275,38 @@ struct NamespaceCaptures {
         for scope in scopes.values { await scope.listeners.stopAccepting() }
     }
 
+    /// Another agent asks for the sockets: these stop accepting first, so
+    /// that two agents never accept on one socket.
+    func pauseAccepting() async {
+        for scope in scopes.values { await scope.listeners.pauseAccepting() }
+    }
+
+    /// The agent that asked did not become ready: accept again.
+    func resumeAccepting() async {
+        for scope in scopes.values { await scope.listeners.resumeAccepting() }
+    }
+
+    /// Another agent took over every namespace's sockets and tables: this one
+    /// lets go of its copies of the sockets and leaves the tables alone,
+    /// even where a workload goes away meanwhile (the new agent removes it).
+    mutating func handOver() async {
+        handedOver = true
+        for scope in scopes.values {
+            await scope.listeners.stopAccepting()
+            sockets.unregister(scope.namespace.handle.identity)
+            scope.sockets.closeAll()
+        }
+    }
+
     /// After the drain: listeners closed; in `failureMode: open` the tables go
     /// too (the workloads' traffic flows uncaptured), in `closed` they stay,
     /// so nothing leaves a workload unprotected until the agent is back.
     mutating func close(removingTables: Bool) async {
         for (key, scope) in scopes.sorted(by: { $0.key < $1.key }) {
             await scope.listeners.close()
+            sockets.unregister(scope.namespace.handle.identity)
             scope.sockets.closeAll()
-            if removingTables {
+            if removingTables && !handedOver {
                 do {
                     _ = try scope.netfilter.delete(tableNamed: scope.parameters.tableName)
                 } catch {

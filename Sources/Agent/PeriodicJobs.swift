@@ -14,6 +14,12 @@ extension ControlLoop {
         services.svids.tick()
         updateMetrics()
         services.accessLog.writeDropSummary()
+        if ticks == Self.podSocketsClaimTicks {
+            let unclaimed = services.podSockets.closeUnclaimed()
+            if !unclaimed.isEmpty {
+                logger.info("closed the pod sockets handed over for namespaces no workload was captured in: \(unclaimed.joined(separator: ", "))")
+            }
+        }
         if ticks % Self.driftCheckEvery == 0 {
             capture.reconcile()
             namespaces.reconcile()

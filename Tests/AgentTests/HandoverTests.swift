@@ -28,7 +28,7 @@ import Testing
     private func giving(_ sockets: ListeningSockets, _ events: Events) throws -> (Handover.Giving, String) {
         let path = "/tmp/mesh-agent-handover-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
         let giving = Handover.Giving(
-            path: path, sockets: sockets, logger: logger,
+            path: path, sockets: { sockets.all }, logger: logger,
             prepare: {
                 events.prepared.withLockedValue { $0 += 1 }
                 if events.refusePreparing { throw CannotStopAccepting() }
@@ -120,5 +120,47 @@ import Testing
         let (answer, descriptors) = try stranger.receive()
         #expect(answer.isEmpty && descriptors.isEmpty, "the connection is closed without an answer")
         #expect(events.prepared.withLockedValue { $0 } == 0)
+    }
+}
+
+/// Pod sockets travel under their namespace's identity, and only a name this
+/// version reads is claimed.
+@Suite struct PodSocketsTests {
+    private func descriptor() -> CInt {
+        var fds: [CInt] = [-1, -1]
+        _ = pipe(&fds)
+        close(fds[1])
+        return fds[0]
+    }
+
+    @Test func aNameReadsBackAsItsNamespaceAndSocket() throws {
+        let namespace = NamespaceIdentity(device: 4, inode: 4_026_532_371)
+        let name = PodSockets.name("tunnel@0.0.0.0_15008", in: namespace)
+        #expect(name == "netns@4_4026532371/tunnel@0.0.0.0_15008")
+        let parsed = try #require(PodSockets.parse(name))
+        #expect(parsed.namespace == namespace && parsed.socket == "tunnel@0.0.0.0_15008")
+        for bad in ["tunnel@0.0.0.0_15008", "netns@4/tunnel", "netns@x_1/tunnel", "netns@4_1/", "netns@4_1_2/tunnel", "netns@"] {
+            #expect(PodSockets.parse(bad) == nil, "\(bad)")
+        }
+    }
+
+    @Test func handedOverSocketsAreSplitByNamespaceAndUnclaimedOnesClosed() {
+        let pod = NamespaceIdentity(device: 4, inode: 100)
+        let gone = NamespaceIdentity(device: 4, inode: 200)
+        let node = descriptor(), podTunnel = descriptor(), goneTunnel = descriptor(), unreadable = descriptor()
+        let (nodeSockets, pods) = PodSockets.split([
+            ("tunnel@0.0.0.0_15008", node), (PodSockets.name("tunnel@0.0.0.0_15008", in: pod), podTunnel),
+            (PodSockets.name("tunnel@0.0.0.0_15008", in: gone), goneTunnel), ("netns@garbage", unreadable),
+        ])
+        #expect(nodeSockets.map(\.name) == ["tunnel@0.0.0.0_15008"])
+        #expect(fcntl(unreadable, F_GETFD) < 0, "a name nobody can claim is closed at once")
+        let taken = pods.take(for: pod)
+        #expect(taken.map(\.name) == ["tunnel@0.0.0.0_15008"] && taken.first?.fd == podTunnel)
+        #expect(pods.take(for: pod).isEmpty, "taken once")
+        #expect(pods.closeUnclaimed() == [PodSockets.name("tunnel@0.0.0.0_15008", in: gone)])
+        #expect(fcntl(goneTunnel, F_GETFD) < 0)
+        #expect(fcntl(podTunnel, F_GETFD) >= 0, "the claimed one belongs to its pod now")
+        close(node)
+        close(podTunnel)
     }
 }

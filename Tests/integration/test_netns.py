@@ -7,12 +7,18 @@ Real kernel, real agents, real TLS; every namespace and cgroup is the test's
 own and goes away even when a test fails.
 """
 import json
+import re
+import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from conftest import TRUST_DOMAIN, wait_for
+
+HTTP_PEER = Path(__file__).resolve().parent / "tools" / "http_peer.py"
 
 MESH = ["10.77.0.0/16"]
 ECHO = 8080
@@ -165,3 +171,48 @@ def test_failure_mode_closed_keeps_the_pod_table_while_the_agent_is_away(pods):
                        "import socket\n"
                        f"socket.create_connection(('{pods.ip['b']}',{ECHO}),timeout=5)", check=False)
     assert refused.returncode != 0 and "ConnectionRefused" in refused.stderr, refused
+
+
+@pytest.mark.parametrize("which", ["a", "b"])
+def test_a_second_agent_takes_over_the_pods_listeners_under_load_without_a_refused_connection(pods, tmp_path, which):
+    """As a DaemonSet rolling update with surge: the new agent starts beside
+    the old one and gets the sockets inside each pod's namespace too (a
+    pod's table redirects to them), so no connection from or to a pod is
+    refused while the agents change; the old one drains on SIGTERM and
+    leaves the pod's table to the new one. Node a's takeover moves pod a's
+    outbound listener, node b's pod b's tunnel listener."""
+    nodes, t = pods.nodes, pods.nodes.topology
+    client, server, agent_a, agent_b = start_pair(pods)
+    t.serve(pods.pod["b"], [sys.executable, str(HTTP_PEER), "serve", str(ECHO), str(tmp_path / "requests")],
+            cgroup=nodes.cgroups.directory("server"), what="the web server in pod b")
+    wait_for(lambda: pod_table(pods, "a").returncode == 0 and pod_table(pods, "b").returncode == 0, what="both pods' tables")
+    load = t.spawn(pods.pod["a"], ["wrk", "-t1", "-c8", "-d12s", "--timeout", "30s", "-H", "Connection: close",
+                                   f"http://{pods.ip['b']}:{ECHO}/wrk"], cgroup=nodes.cgroups.directory("client"))
+    time.sleep(3)  # the load runs through the first agents before the takeover starts
+    first = agent_a if which == "a" else agent_b
+    workloads = [client] if which == "a" else [server]
+    second = nodes.agent(which, workloads, directory=tmp_path / f"{which}-second", meshNetworks=MESH)
+    second.admin_socket = first.admin_socket
+    second.write_config(workloads)
+    second.start()
+    wait_for(lambda: "took over: this one accepts nothing new" in first.log(), timeout=20, what="the first agent to hand over")
+    pod_name = "client" if which == "a" else "server"
+    took_over = f"workload=shop/{pod_name} [Proxy] took over the listening socket" in second.log()
+    first.proc.send_signal(signal.SIGTERM)
+    assert first.proc.wait(timeout=30) == 0, first.log()[-2000:]
+
+    out, err = load.communicate(timeout=60)
+    assert load.returncode == 0, err
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    print(f"takeover on node {which} with pods under load: {requests} requests, errors {errors.groups() if errors else 0}, "
+          f"non-2xx {non2xx.group(1) if non2xx else 0}")
+    assert requests > 100, out
+    assert errors is None and non2xx is None, out
+    assert took_over, second.log()[-3000:]
+    # The new agent owns the pod's capture: the table stayed, the sockets are its own.
+    assert pod_table(pods, which).returncode == 0
+    assert {15001, 15006, 15008} <= set(listeners_in(pods, which))
+    assert second.find_entry(lambda e: e.get("src_identity") == identity("checkout"), timeout=10)
+    second.stop()
