@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 
 /// A pod as Podman's `GET /libpod/pods/json` lists it.
 public struct EnginePodSummary: Hashable, Sendable {
@@ -237,13 +238,19 @@ public enum EngineDecoding {
         return Set((first...last).map { UInt16($0) })
     }
 
-    /// Every non-empty address of every network, sorted by network name so
-    /// that the same container always reads the same.
+    /// Every address of every network, sorted by network name so that the
+    /// same container always reads the same. Each is written as NIO writes
+    /// it and what is not an address is left out, as the Kubernetes source
+    /// does: a pod's addresses are shown and logged as the agent's own text,
+    /// not the engine's.
     static func addresses(_ settings: RawNetworkSettings?) -> [String] {
         guard let settings else { return [] }
         var out: [String] = []
-        func add(_ address: String?) {
-            if let address, !address.isEmpty, !out.contains(address) { out.append(address) }
+        func add(_ text: String?) {
+            guard let text, text.utf8.count <= 64, let address = try? SocketAddress(ipAddress: text, port: 0),
+                let written = address.ipAddress, !out.contains(written)
+            else { return }
+            out.append(written)
         }
         add(settings.IPAddress)
         add(settings.GlobalIPv6Address)

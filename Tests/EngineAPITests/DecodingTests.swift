@@ -78,6 +78,18 @@ import Testing
         #expect(reviews.cgroupPath == "/libpod_parent/\(Recorded.reviewsPod)", "a kube play pod is a pod like any other")
     }
 
+    /// Found by the EngineAPI fuzz target: an engine's "10.77)231.5" was
+    /// reported as a pod's address. Only addresses pass, as the agent writes them.
+    @Test func addressesAreAddressesAsTheAgentWritesThem() throws {
+        let list = #"""
+            [{"Id":"a","NetworkSettings":{"IPAddress":"10.77)231.5","GlobalIPv6Address":"FD00:0::5",
+              "Networks":{"x":{"IPAddress":" 10.77.231.6"},"y":{"IPAddress":"10.77.231.7","GlobalIPv6Address":"fd00::5"}}}}]
+            """#
+        #expect(try EngineDecoding.dockerContainers(Array(list.utf8)).first?.addresses == ["fd00::5", "10.77.231.7"])
+        let inspection = #"{"Id":"a","NetworkSettings":{"IPAddress":"10.77.231.7\n","Networks":{"x":{"IPAddress":"10.77.231.8"}}}}"#
+        #expect(try EngineDecoding.containerDetails(Array(inspection.utf8)).addresses == ["10.77.231.8"])
+    }
+
     @Test func errorAnswersGiveTheirMessage() throws {
         #expect(EngineDecoding.errorMessage(try Recorded.bytes("libpod-error-404.json")) == "no container with name or ID \"nosuch\" found: no such container")
         #expect(EngineDecoding.errorMessage(Array("Not Found\n".utf8)) == nil)
