@@ -129,6 +129,13 @@ struct EnrollmentProtocolTests {
         #expect((decoded.error?.utf8.count ?? 0) <= 4096)
     }
 
+    /// Broke the CNI fuzz target's check that what the agent logs is one
+    /// line: a NEL (U+0085) in a refused field went raw into the error.
+    @Test func refusedValuesAreEscapedInTheAgentsLog() {
+        let error = requestError(#"{"version":1,"command":"ADD","containerID":"a\u0085\u001b","netns":"/n","ifName":"e","network":"n","cniVersion":"1.0.0"}"#)
+        #expect(error?.hasPrefix(#"containerID "a\u{85}\u{1b}" in the request is not valid"#) == true, "\(error ?? "")")
+    }
+
     @Test func framing() {
         #expect(EnrollmentFrame([], limit: 10) == .incomplete)
         #expect(EnrollmentFrame(Array("abc".utf8), limit: 10) == .incomplete)
