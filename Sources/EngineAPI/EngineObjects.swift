@@ -118,9 +118,13 @@ public struct EnginePodDetails: Hashable, Sendable {
 /// The decoders of the engines' list and inspect answers. Pure: bytes in,
 /// values out; any input either decodes or throws `EngineAPIError.undecodable`
 /// naming the document and the field.
+///
+/// A list entry with an empty `Id` is left out: no event names it, and its
+/// inspection would ask for `/containers//json`, which is no container's
+/// (a router that cleans paths makes it the list), so every relist failed.
 public enum EngineDecoding {
     public static func libpodPods(_ bytes: some Collection<UInt8>) throws -> [EnginePodSummary] {
-        try decode([RawPodSummary].self, bytes, what: "the libpod pod list").map { raw in
+        try decode([RawPodSummary].self, bytes, what: "the libpod pod list").filter { !$0.Id.isEmpty }.map { raw in
             EnginePodSummary(
                 id: raw.Id, name: raw.Name ?? "", status: raw.Status ?? "",
                 infraContainerID: raw.InfraId.flatMap { $0.isEmpty ? nil : $0 }, labels: raw.Labels ?? [:])
@@ -128,7 +132,7 @@ public enum EngineDecoding {
     }
 
     public static func libpodContainers(_ bytes: some Collection<UInt8>) throws -> [EngineContainerSummary] {
-        try decode([RawLibpodContainer].self, bytes, what: "the libpod container list").map { raw in
+        try decode([RawLibpodContainer].self, bytes, what: "the libpod container list").filter { !$0.Id.isEmpty }.map { raw in
             var ports = Set<UInt16>()
             for port in raw.Ports ?? [] where (port.protocol ?? "tcp").lowercased() == "tcp" {
                 ports.formUnion(portRange(first: port.container_port, count: port.range ?? 1))
@@ -140,7 +144,7 @@ public enum EngineDecoding {
     }
 
     public static func dockerContainers(_ bytes: some Collection<UInt8>) throws -> [EngineContainerSummary] {
-        try decode([RawDockerContainer].self, bytes, what: "the container list").map { raw in
+        try decode([RawDockerContainer].self, bytes, what: "the container list").filter { !$0.Id.isEmpty }.map { raw in
             var ports = Set<UInt16>()
             for port in raw.Ports ?? [] where (port.Type ?? "tcp").lowercased() == "tcp" {
                 if let number = port.PrivatePort, let port = UInt16(exactly: number), port > 0 { ports.insert(port) }

@@ -90,6 +90,21 @@ import Testing
         #expect(try EngineDecoding.containerDetails(Array(inspection.utf8)).addresses == ["10.77.231.8"])
     }
 
+    /// Broke the EngineAPI fuzz target's check that no id reaches another
+    /// endpoint: an enrolled container with "Id": "" was inspected at
+    /// `/containers//json`. Entries without an id are left out.
+    @Test func entriesWithoutAnIdAreLeftOut() throws {
+        let labels = #""Labels":{"istio.io/dataplane-mode":"ambient"},"State":"running""#
+        let docker = try EngineDecoding.dockerContainers(Array(#"[{"Id":"",\#(labels)},{"Id":"c1",\#(labels)}]"#.utf8))
+        #expect(docker.map(\.id) == ["c1"])
+        let libpod = try EngineDecoding.libpodContainers(Array(#"[{"Id":"",\#(labels)},{"Id":"c1",\#(labels)}]"#.utf8))
+        #expect(libpod.map(\.id) == ["c1"])
+        let pods = try EngineDecoding.libpodPods(Array(#"[{"Id":"","InfraId":"c1"},{"Id":"p1"}]"#.utf8))
+        #expect(pods.map(\.id) == ["p1"])
+        let needed = EngineWorkloads.inspectionsNeeded(EngineListing(flavor: .docker, containers: docker))
+        #expect(needed.containers == ["c1"])
+    }
+
     @Test func errorAnswersGiveTheirMessage() throws {
         #expect(EngineDecoding.errorMessage(try Recorded.bytes("libpod-error-404.json")) == "no container with name or ID \"nosuch\" found: no such container")
         #expect(EngineDecoding.errorMessage(Array("Not Found\n".utf8)) == nil)
