@@ -70,7 +70,8 @@ public struct EngineContainerDetails: Hashable, Sendable {
     public var cgroupPath: String?
     /// `NetworkSettings.SandboxKey`: the bind mount that names its network
     /// namespace; nil when it has none of its own (host network, or a
-    /// namespace borrowed from another container).
+    /// namespace borrowed from another container), or when the key is not an
+    /// absolute path.
     public var sandboxKey: String?
     /// `HostConfig.NetworkMode`: `bridge`, `host`, `container:ID`, a network name, …
     public var networkMode: String?
@@ -167,7 +168,7 @@ public enum EngineDecoding {
         let pid = raw.State?.Pid.flatMap { Int32(exactly: $0) }.flatMap { $0 > 0 ? $0 : nil }
         return EngineContainerDetails(
             id: raw.Id, running: running, pid: running ? pid : nil, cgroupPath: nonEmpty(raw.State?.CgroupPath),
-            sandboxKey: nonEmpty(raw.NetworkSettings?.SandboxKey), networkMode: nonEmpty(raw.HostConfig?.NetworkMode),
+            sandboxKey: namespaceFile(raw.NetworkSettings?.SandboxKey), networkMode: nonEmpty(raw.HostConfig?.NetworkMode),
             addresses: addresses(raw.NetworkSettings), tcpPorts: ports)
     }
 
@@ -219,6 +220,18 @@ public enum EngineDecoding {
         @unknown default:
             return "\(error)"
         }
+    }
+
+    /// The sandbox key as a file the agent may open: an absolute path with
+    /// no control characters. Anything else is left out, and the container's
+    /// namespace is found through its first process instead: a relative path
+    /// would be opened from the agent's working directory, and a NUL would
+    /// end the path where the kernel reads it, naming another namespace.
+    static func namespaceFile(_ text: String?) -> String? {
+        guard let text, text.hasPrefix("/"),
+            !text.unicodeScalars.contains(where: { $0.value < 0x20 || (0x7F...0x9F).contains($0.value) })
+        else { return nil }
+        return text
     }
 
     static func nonEmpty(_ text: String?) -> String? {

@@ -105,6 +105,24 @@ import Testing
         #expect(needed.containers == ["c1"])
     }
 
+    /// Broke the EngineAPI fuzz target's check that a namespace file is an
+    /// absolute path the kernel reads whole: "netns-x" was to be opened from
+    /// the agent's working directory, "/run/netns/x\u0000y" as /run/netns/x.
+    /// The namespace is then found through the container's first process.
+    @Test func sandboxKeysAreAbsolutePathsOrNothing() throws {
+        func inspection(_ key: String) -> [UInt8] {
+            Array(#"{"Id":"c1","State":{"Running":true,"Pid":5},"NetworkSettings":{"SandboxKey":"\#(key)"}}"#.utf8)
+        }
+        for key in ["netns-x", #"/run/netns/x\u0000y"#, #"/run/netns/x\ny"#, #"/run/netns/x\u0085"#, ""] {
+            #expect(try EngineDecoding.containerDetails(inspection(key)).sandboxKey == nil, "\(key)")
+        }
+        #expect(try EngineDecoding.containerDetails(inspection("/run/netns/x")).sandboxKey == "/run/netns/x")
+        let list = #"[{"Id":"c1","Labels":{"istio.io/dataplane-mode":"ambient"},"State":"running"}]"#
+        let listing = EngineListing(flavor: .docker, containers: try EngineDecoding.dockerContainers(Array(list.utf8)))
+        let details = EngineDetails(containers: ["c1": try EngineDecoding.containerDetails(inspection("netns-x"))])
+        #expect(EngineWorkloads.discoveredPods(listing, details: details).first?.networkNamespacePath == "/proc/5/ns/net")
+    }
+
     @Test func errorAnswersGiveTheirMessage() throws {
         #expect(EngineDecoding.errorMessage(try Recorded.bytes("libpod-error-404.json")) == "no container with name or ID \"nosuch\" found: no such container")
         #expect(EngineDecoding.errorMessage(Array("Not Found\n".utf8)) == nil)
