@@ -20,7 +20,8 @@ import Glibc
 /// accepts as sent; whatever the agent answers fits the plugin's limit; the
 /// agent's socket acts the same whatever chunks the request arrives in, and
 /// once; the plugin prints a CNI result or error and one-line logs; errors
-/// are short, and those the agent logs are one line.
+/// are short, and those the agent logs are one line; an address is one to
+/// the codec exactly when it is one to the C library.
 Fuzzing.run { bytes in
     guard let first = bytes.first else { return }
     let body = Array(bytes.dropFirst())
