@@ -299,6 +299,8 @@ if Context.environment["MESH_AGENT_FUZZ"] != nil {
         ("Cgroup", ["LinuxNet"]),
         ("PodCgroup", ["Workloads", "LinuxNet"]),
         ("KubernetesWatch", ["Kubernetes", "Workloads", "LinuxNet", nio("NIOCore")]),
+        ("EngineAPI", ["EngineAPI", "Workloads", "LinuxNet", nio("NIOCore")]),
+        ("CNI", ["CNI"]),
         ("CertificateDER", ["TLS"]),
         ("CertificatePEM", ["TLS"]),
         ("SpiffeID", ["TLS"]),

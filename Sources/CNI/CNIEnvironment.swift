@@ -79,11 +79,27 @@ public struct CNIEnvironment: Equatable, Sendable {
     }
 
     /// Values from outside, shown in messages: quoted and escaped, and cut
-    /// short so that a huge variable cannot make a huge error.
+    /// short so that a huge variable cannot make a huge error. C1 control
+    /// characters are escaped too (`debugDescription` leaves them): the agent
+    /// logs these messages, and a NEL there would break its log line.
     static func quoted(_ value: String) -> String {
         let limit = 128
-        let shown = value.unicodeScalars.count > limit ? String(String.UnicodeScalarView(value.unicodeScalars.prefix(limit))) + "…" : value
-        return shown.debugDescription
+        var out = "\""
+        for scalar in value.unicodeScalars.prefix(limit) {
+            switch scalar {
+            case "\"": out += "\\\""
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            case _ where scalar.value < 0x20 || (0x7F...0x9F).contains(scalar.value):
+                out += "\\u{\(String(scalar.value, radix: 16))}"
+            default:
+                out.unicodeScalars.append(scalar)
+            }
+        }
+        if value.unicodeScalars.count > limit { out += "…" }
+        return out + "\""
     }
 }
 

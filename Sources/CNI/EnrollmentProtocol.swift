@@ -25,7 +25,8 @@ public enum EnrollmentProtocol {
     /// for one connection.
     public static let maximumRequestSize = 64 * 1024
     public static let maximumResponseSize = 16 * 1024
-    /// Messages in a response are cut to this, so that a response always fits.
+    /// Messages in a response are cut to this many bytes as JSON writes them
+    /// (escapes counted), so that a response with both always fits.
     static let maximumMessageLength = 4096
 
     public static let newline: UInt8 = 0x0A
@@ -191,14 +192,17 @@ public struct EnrollmentResponse: Equatable, Sendable {
         return response
     }
 
+    /// Counted as written, not as UTF-8: a control character takes six bytes
+    /// in JSON, so 4096 of them cut by their UTF-8 made a response larger than
+    /// the plugin reads, and ADD failed on an answer "not understood".
     static func cut(_ message: String) -> String {
         let limit = EnrollmentProtocol.maximumMessageLength
-        guard message.utf8.count > limit else { return message }
+        guard message.unicodeScalars.reduce(0, { $0 + JSONValue.encodedWidth(of: $1) }) > limit else { return message }
         // Whole scalars only, and room for the 3 bytes of the ellipsis.
         var kept = String.UnicodeScalarView()
         var size = 0
         for scalar in message.unicodeScalars {
-            size += UTF8.width(scalar)
+            size += JSONValue.encodedWidth(of: scalar)
             if size > limit - 3 { break }
             kept.append(scalar)
         }

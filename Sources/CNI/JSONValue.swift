@@ -132,6 +132,15 @@ public enum JSONValue: Hashable, Sendable {
         }
     }
 
+    /// The bytes `scalar` takes in a JSON string as `encoded()` writes it.
+    static func encodedWidth(of scalar: Unicode.Scalar) -> Int {
+        switch scalar.value {
+        case 0x22, 0x5C, 0x0A, 0x0D, 0x09, 0x08, 0x0C: return 2
+        case 0x00..<0x20: return 6
+        default: return UTF8.width(scalar)
+        }
+    }
+
     private static func encode(string: String, into output: inout [UInt8]) {
         output.append(0x22)
         for byte in string.utf8 {
@@ -221,9 +230,10 @@ struct JSONParser {
             skipWhitespace()
             let value = try value(depth: depth + 1)
             // Two values for one key mean different things to different
-            // parsers; no CNI document has them.
+            // parsers; no CNI document has them. The key is shown cut: it may
+            // be most of a megabyte of stdin.
             guard members.updateValue(value, forKey: key) == nil else {
-                throw JSONError(reason: "the key \(key.debugDescription) appears twice in the object at byte \(start) (again at byte \(keyStart))")
+                throw JSONError(reason: "the key \(CNIEnvironment.quoted(key)) appears twice in the object at byte \(start) (again at byte \(keyStart))")
             }
             skipWhitespace()
             switch peek {

@@ -1,4 +1,5 @@
 import Foundation
+import NIOCore
 
 /// A pod as Podman's `GET /libpod/pods/json` lists it.
 public struct EnginePodSummary: Hashable, Sendable {
@@ -69,7 +70,8 @@ public struct EngineContainerDetails: Hashable, Sendable {
     public var cgroupPath: String?
     /// `NetworkSettings.SandboxKey`: the bind mount that names its network
     /// namespace; nil when it has none of its own (host network, or a
-    /// namespace borrowed from another container).
+    /// namespace borrowed from another container), or when the key is not an
+    /// absolute path.
     public var sandboxKey: String?
     /// `HostConfig.NetworkMode`: `bridge`, `host`, `container:ID`, a network name, …
     public var networkMode: String?
@@ -117,9 +119,13 @@ public struct EnginePodDetails: Hashable, Sendable {
 /// The decoders of the engines' list and inspect answers. Pure: bytes in,
 /// values out; any input either decodes or throws `EngineAPIError.undecodable`
 /// naming the document and the field.
+///
+/// A list entry with an empty `Id` is left out: no event names it, and its
+/// inspection would ask for `/containers//json`, which is no container's
+/// (a router that cleans paths makes it the list), so every relist failed.
 public enum EngineDecoding {
     public static func libpodPods(_ bytes: some Collection<UInt8>) throws -> [EnginePodSummary] {
-        try decode([RawPodSummary].self, bytes, what: "the libpod pod list").map { raw in
+        try decode([RawPodSummary].self, bytes, what: "the libpod pod list").filter { !$0.Id.isEmpty }.map { raw in
             EnginePodSummary(
                 id: raw.Id, name: raw.Name ?? "", status: raw.Status ?? "",
                 infraContainerID: raw.InfraId.flatMap { $0.isEmpty ? nil : $0 }, labels: raw.Labels ?? [:])
@@ -127,7 +133,7 @@ public enum EngineDecoding {
     }
 
     public static func libpodContainers(_ bytes: some Collection<UInt8>) throws -> [EngineContainerSummary] {
-        try decode([RawLibpodContainer].self, bytes, what: "the libpod container list").map { raw in
+        try decode([RawLibpodContainer].self, bytes, what: "the libpod container list").filter { !$0.Id.isEmpty }.map { raw in
             var ports = Set<UInt16>()
             for port in raw.Ports ?? [] where (port.protocol ?? "tcp").lowercased() == "tcp" {
                 ports.formUnion(portRange(first: port.container_port, count: port.range ?? 1))
@@ -139,7 +145,7 @@ public enum EngineDecoding {
     }
 
     public static func dockerContainers(_ bytes: some Collection<UInt8>) throws -> [EngineContainerSummary] {
-        try decode([RawDockerContainer].self, bytes, what: "the container list").map { raw in
+        try decode([RawDockerContainer].self, bytes, what: "the container list").filter { !$0.Id.isEmpty }.map { raw in
             var ports = Set<UInt16>()
             for port in raw.Ports ?? [] where (port.Type ?? "tcp").lowercased() == "tcp" {
                 if let number = port.PrivatePort, let port = UInt16(exactly: number), port > 0 { ports.insert(port) }
@@ -162,7 +168,7 @@ public enum EngineDecoding {
         let pid = raw.State?.Pid.flatMap { Int32(exactly: $0) }.flatMap { $0 > 0 ? $0 : nil }
         return EngineContainerDetails(
             id: raw.Id, running: running, pid: running ? pid : nil, cgroupPath: nonEmpty(raw.State?.CgroupPath),
-            sandboxKey: nonEmpty(raw.NetworkSettings?.SandboxKey), networkMode: nonEmpty(raw.HostConfig?.NetworkMode),
+            sandboxKey: namespaceFile(raw.NetworkSettings?.SandboxKey), networkMode: nonEmpty(raw.HostConfig?.NetworkMode),
             addresses: addresses(raw.NetworkSettings), tcpPorts: ports)
     }
 
@@ -216,6 +222,18 @@ public enum EngineDecoding {
         }
     }
 
+    /// The sandbox key as a file the agent may open: an absolute path with
+    /// no control characters. Anything else is left out, and the container's
+    /// namespace is found through its first process instead: a relative path
+    /// would be opened from the agent's working directory, and a NUL would
+    /// end the path where the kernel reads it, naming another namespace.
+    static func namespaceFile(_ text: String?) -> String? {
+        guard let text, text.hasPrefix("/"),
+            !text.unicodeScalars.contains(where: { $0.value < 0x20 || (0x7F...0x9F).contains($0.value) })
+        else { return nil }
+        return text
+    }
+
     static func nonEmpty(_ text: String?) -> String? {
         guard let text, !text.isEmpty else { return nil }
         return text
@@ -237,13 +255,19 @@ public enum EngineDecoding {
         return Set((first...last).map { UInt16($0) })
     }
 
-    /// Every non-empty address of every network, sorted by network name so
-    /// that the same container always reads the same.
+    /// Every address of every network, sorted by network name so that the
+    /// same container always reads the same. Each is written as NIO writes
+    /// it and what is not an address is left out, as the Kubernetes source
+    /// does: a pod's addresses are shown and logged as the agent's own text,
+    /// not the engine's.
     static func addresses(_ settings: RawNetworkSettings?) -> [String] {
         guard let settings else { return [] }
         var out: [String] = []
-        func add(_ address: String?) {
-            if let address, !address.isEmpty, !out.contains(address) { out.append(address) }
+        func add(_ text: String?) {
+            guard let text, text.utf8.count <= 64, let address = try? SocketAddress(ipAddress: text, port: 0),
+                let written = address.ipAddress, !out.contains(written)
+            else { return }
+            out.append(written)
         }
         add(settings.IPAddress)
         add(settings.GlobalIPv6Address)

@@ -129,6 +129,26 @@ struct EnrollmentProtocolTests {
         #expect((decoded.error?.utf8.count ?? 0) <= 4096)
     }
 
+    /// Broke the CNI fuzz target's check that every response fits the
+    /// plugin's limit: a message of control characters, cut to 4096 bytes of
+    /// UTF-8, is six times as long in JSON. Messages are cut as written.
+    @Test(arguments: ["\u{01}", "\"", "\\", "\n", "é"])
+    func escapedMessagesAreCutToFit(character: String) throws {
+        let message = String(repeating: character, count: 10_000)
+        let encoded = EnrollmentResponse(ok: false, captured: false, reason: message, error: message).encoded()
+        #expect(encoded.count <= EnrollmentProtocol.maximumResponseSize + 1)
+        let decoded = try EnrollmentResponse.decode(line: Array(encoded.dropLast()))
+        #expect(decoded.error?.hasSuffix("…") == true && decoded.reason == decoded.error)
+        #expect(decoded.error?.unicodeScalars.dropLast().allSatisfy { String($0) == character } == true)
+    }
+
+    /// Broke the CNI fuzz target's check that what the agent logs is one
+    /// line: a NEL (U+0085) in a refused field went raw into the error.
+    @Test func refusedValuesAreEscapedInTheAgentsLog() {
+        let error = requestError(#"{"version":1,"command":"ADD","containerID":"a\u0085\u001b","netns":"/n","ifName":"e","network":"n","cniVersion":"1.0.0"}"#)
+        #expect(error?.hasPrefix(#"containerID "a\u{85}\u{1b}" in the request is not valid"#) == true, "\(error ?? "")")
+    }
+
     @Test func framing() {
         #expect(EnrollmentFrame([], limit: 10) == .incomplete)
         #expect(EnrollmentFrame(Array("abc".utf8), limit: 10) == .incomplete)

@@ -43,6 +43,15 @@ struct JSONTests {
         #expect(error("1" + String(repeating: "0", count: 600)) == "the number at byte 0 is longer than 512 characters")
     }
 
+    /// Broke the CNI fuzz target's check that errors are short: a repeated
+    /// key was shown whole, so a megabyte of stdin made a megabyte error.
+    @Test func aRepeatedLongKeyIsShownCut() {
+        let key = String(repeating: "k", count: 5000)
+        let reason = error(#"{"\#(key)":1,"\#(key)":2}"#)
+        #expect(reason?.hasPrefix(#"the key ""# + String(repeating: "k", count: 128) + #"…" appears twice in the object at byte 0"#) == true)
+        #expect((reason?.utf8.count ?? 0) < 300)
+    }
+
     @Test func invalidUTF8() {
         #expect(throws: JSONError(reason: "the string at byte 0 is not valid UTF-8")) { try JSONValue.parse([0x22, 0xC3, 0x28, 0x22]) }
         #expect(throws: JSONError.self) { try JSONValue.parse([0x22, 0xED, 0xA0, 0x80, 0x22]) }

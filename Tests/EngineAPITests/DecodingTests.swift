@@ -78,6 +78,51 @@ import Testing
         #expect(reviews.cgroupPath == "/libpod_parent/\(Recorded.reviewsPod)", "a kube play pod is a pod like any other")
     }
 
+    /// Found by the EngineAPI fuzz target: an engine's "10.77)231.5" was
+    /// reported as a pod's address. Only addresses pass, as the agent writes them.
+    @Test func addressesAreAddressesAsTheAgentWritesThem() throws {
+        let list = #"""
+            [{"Id":"a","NetworkSettings":{"IPAddress":"10.77)231.5","GlobalIPv6Address":"FD00:0::5",
+              "Networks":{"x":{"IPAddress":" 10.77.231.6"},"y":{"IPAddress":"10.77.231.7","GlobalIPv6Address":"fd00::5"}}}}]
+            """#
+        #expect(try EngineDecoding.dockerContainers(Array(list.utf8)).first?.addresses == ["fd00::5", "10.77.231.7"])
+        let inspection = #"{"Id":"a","NetworkSettings":{"IPAddress":"10.77.231.7\n","Networks":{"x":{"IPAddress":"10.77.231.8"}}}}"#
+        #expect(try EngineDecoding.containerDetails(Array(inspection.utf8)).addresses == ["10.77.231.8"])
+    }
+
+    /// Broke the EngineAPI fuzz target's check that no id reaches another
+    /// endpoint: an enrolled container with "Id": "" was inspected at
+    /// `/containers//json`. Entries without an id are left out.
+    @Test func entriesWithoutAnIdAreLeftOut() throws {
+        let labels = #""Labels":{"istio.io/dataplane-mode":"ambient"},"State":"running""#
+        let docker = try EngineDecoding.dockerContainers(Array(#"[{"Id":"",\#(labels)},{"Id":"c1",\#(labels)}]"#.utf8))
+        #expect(docker.map(\.id) == ["c1"])
+        let libpod = try EngineDecoding.libpodContainers(Array(#"[{"Id":"",\#(labels)},{"Id":"c1",\#(labels)}]"#.utf8))
+        #expect(libpod.map(\.id) == ["c1"])
+        let pods = try EngineDecoding.libpodPods(Array(#"[{"Id":"","InfraId":"c1"},{"Id":"p1"}]"#.utf8))
+        #expect(pods.map(\.id) == ["p1"])
+        let needed = EngineWorkloads.inspectionsNeeded(EngineListing(flavor: .docker, containers: docker))
+        #expect(needed.containers == ["c1"])
+    }
+
+    /// Broke the EngineAPI fuzz target's check that a namespace file is an
+    /// absolute path the kernel reads whole: "netns-x" was to be opened from
+    /// the agent's working directory, "/run/netns/x\u0000y" as /run/netns/x.
+    /// The namespace is then found through the container's first process.
+    @Test func sandboxKeysAreAbsolutePathsOrNothing() throws {
+        func inspection(_ key: String) -> [UInt8] {
+            Array(#"{"Id":"c1","State":{"Running":true,"Pid":5},"NetworkSettings":{"SandboxKey":"\#(key)"}}"#.utf8)
+        }
+        for key in ["netns-x", #"/run/netns/x\u0000y"#, #"/run/netns/x\ny"#, #"/run/netns/x\u0085"#, ""] {
+            #expect(try EngineDecoding.containerDetails(inspection(key)).sandboxKey == nil, "\(key)")
+        }
+        #expect(try EngineDecoding.containerDetails(inspection("/run/netns/x")).sandboxKey == "/run/netns/x")
+        let list = #"[{"Id":"c1","Labels":{"istio.io/dataplane-mode":"ambient"},"State":"running"}]"#
+        let listing = EngineListing(flavor: .docker, containers: try EngineDecoding.dockerContainers(Array(list.utf8)))
+        let details = EngineDetails(containers: ["c1": try EngineDecoding.containerDetails(inspection("netns-x"))])
+        #expect(EngineWorkloads.discoveredPods(listing, details: details).first?.networkNamespacePath == "/proc/5/ns/net")
+    }
+
     @Test func errorAnswersGiveTheirMessage() throws {
         #expect(EngineDecoding.errorMessage(try Recorded.bytes("libpod-error-404.json")) == "no container with name or ID \"nosuch\" found: no such container")
         #expect(EngineDecoding.errorMessage(Array("Not Found\n".utf8)) == nil)
