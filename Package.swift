@@ -229,7 +229,7 @@ let package = Package(
         ]),
         .testTarget(name: "AdminAPITests", dependencies: ["AdminAPI"]),
         .testTarget(name: "CNITests", dependencies: [
-            "CNI", "CNIServer", "LinuxNet",
+            "CNI", "CNIServer", "LinuxNet", "TestFixtures",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "Metrics", package: "swift-metrics"),
             .product(name: "MetricsTestKit", package: "swift-metrics"),

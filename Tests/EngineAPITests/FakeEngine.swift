@@ -143,7 +143,7 @@ final class FakeEngine: Sendable {
 
 /// Polls `condition` until it holds or `timeout` passes.
 func eventually(
-    timeout: Duration = .seconds(10), _ what: @autoclosure () -> String, _ condition: @autoclosure () -> Bool
+    timeout: Duration = .seconds(30), _ what: @autoclosure () -> String, _ condition: @autoclosure () -> Bool
 ) async throws {
     let deadline = ContinuousClock.now + timeout
     while !condition() {

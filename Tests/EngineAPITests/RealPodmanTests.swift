@@ -17,7 +17,7 @@ struct RealPodmanTests {
     @Test func labelledPodIsEnrolledAndGoesAwayWhenRemoved() async throws {
         let lab = try PodmanLab()
         defer { lab.cleanUp() }
-        try await offThePool { try lab.start() }
+        try await onOwnThread { try lab.start() }
 
         let reports = WorkloadSourceTests.Reports()
         let source = EngineWorkloadSource(
@@ -27,7 +27,7 @@ struct RealPodmanTests {
         try await eventually(timeout: .seconds(20), "the first listing", reports.count >= 1)
         #expect(reports.last == [], "the lab's own store holds nothing yet")
 
-        let podID = try await offThePool { try lab.createPod(labels: [
+        let podID = try await onOwnThread { try lab.createPod(labels: [
             "istio.io/dataplane-mode": "ambient", "mesh-agent.io/namespace": "shop",
             "mesh-agent.io/service-account": "orders", "mesh-agent.io/ports": "8080",
         ]) }
@@ -44,19 +44,11 @@ struct RealPodmanTests {
         let netns = try #require(pod.networkNamespacePath)
         #expect(FileManager.default.fileExists(atPath: netns), "\(netns)")
 
-        try await offThePool { try lab.removePod() }
+        try await onOwnThread { try lab.removePod() }
         try await eventually(timeout: .seconds(20), "the pod gone", reports.last == [])
         #expect(source.status.connected && source.status.reconnects == 0)
         task.cancel()
         await task.value
-    }
-}
-
-/// Runs blocking work (podman commands, waitpid) on a thread of its own, so
-/// that it does not hold one of the few threads every async test shares.
-func offThePool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread { continuation.resume(with: Result { try body() }) }.start()
     }
 }
 

@@ -205,7 +205,7 @@ import Workloads
                 try await eventually("a failed attempt", source.status.reconnects >= 1)
                 #expect(source.status.lastError?.hasPrefix("the libpod container list is not what this agent understands: not valid JSON") == true, "\(source.status.lastError ?? "")")
                 try Self.recordedLists(engine)
-                try await eventually("the whole listing", reports.last?.count == 6)
+                try await eventually("the whole listing (status then: \(source.status))", reports.last?.count == 6)
             }
         }
     }

@@ -53,7 +53,7 @@ import Workloads
     /// Waits until `condition` holds for the last reported pods.
     @discardableResult
     static func eventually(
-        _ source: KubernetesSource, _ what: String, timeout: Duration = .seconds(10),
+        _ source: KubernetesSource, _ what: String, timeout: Duration = .seconds(30),
         _ condition: ([DiscoveredPod]) -> Bool
     ) async throws -> [DiscoveredPod] {
         let deadline = ContinuousClock.now + timeout
@@ -65,7 +65,7 @@ import Workloads
         throw CancellationError()
     }
 
-    static func waitFor(_ what: String, timeout: Duration = .seconds(10), _ condition: () -> Bool) async throws {
+    static func waitFor(_ what: String, timeout: Duration = .seconds(30), _ condition: () -> Bool) async throws {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             if condition() { return }
