@@ -259,8 +259,7 @@ struct NamespaceCaptures {
         guard let scope = scopes.removeValue(forKey: key) else { return }
         await scope.listeners.stopAccepting()
         await scope.listeners.close()
-        sockets.unregister(scope.namespace.handle.identity)
-        scope.sockets.closeAll()
+        releaseSockets(of: scope)
         do {
             _ = try scope.netfilter.delete(tableNamed: scope.parameters.tableName)
         } catch {
@@ -293,9 +292,16 @@ struct NamespaceCaptures {
         handedOver = true
         for scope in scopes.values {
             await scope.listeners.stopAccepting()
-            sockets.unregister(scope.namespace.handle.identity)
-            scope.sockets.closeAll()
+            releaseSockets(of: scope)
         }
+    }
+
+    /// The agent's own descriptors of a capture's listening sockets: no longer
+    /// offered to a successor, and closed (a listening channel still open
+    /// keeps its own descriptor until it is closed too).
+    private func releaseSockets(of scope: Scope) {
+        sockets.unregister(scope.namespace.handle.identity)
+        scope.sockets.closeAll()
     }
 
     /// After the drain: listeners closed; in `failureMode: open` the tables go
@@ -304,8 +310,7 @@ struct NamespaceCaptures {
     mutating func close(removingTables: Bool) async {
         for (key, scope) in scopes.sorted(by: { $0.key < $1.key }) {
             await scope.listeners.close()
-            sockets.unregister(scope.namespace.handle.identity)
-            scope.sockets.closeAll()
+            releaseSockets(of: scope)
             if removingTables && !handedOver {
                 do {
                     _ = try scope.netfilter.delete(tableNamed: scope.parameters.tableName)

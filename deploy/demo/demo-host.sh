@@ -37,18 +37,11 @@ WORK=$(mktemp -d /tmp/mesh-agent-demo.XXXXXX)
 AGENT_A=""; AGENT_B=""; SERVER=""; HOLDER=""; TCPDUMP=""
 CLIENT="$HERE/client.py"; ACCESSLOG="$HERE/accesslog.py"
 
+# shellcheck source=common.sh
+source "$HERE/common.sh"
+
 # ---------------------------------------------------------------------------
 # Cleanup: everything this run made, in reverse order, whatever happened.
-
-running() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
-stop_pid() {   # PID [signal]: signal it, wait up to 10 s for it to exit, then SIGKILL
-    local pid=$1 sig=${2:-TERM}
-    [ -n "$pid" ] || return 0
-    kill -"$sig" "$pid" 2>/dev/null || return 0
-    for _ in $(seq 100); do running "$pid" || break; sleep 0.1; done
-    running "$pid" && kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null || true
-}
 
 cleanup() {
     local code=$?
@@ -82,26 +75,7 @@ trap 'exit 143' TERM
 # ---------------------------------------------------------------------------
 # Helpers
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$1"; shift; for line in "$@"; do printf '   %s\n' "$line"; done; }
-ok() { printf '\033[32m✔ %s\033[0m\n' "$*"; }
-fail() {
-    printf '\033[31m✘ %s\033[0m\n' "$*" >&2
-    for node in a b; do
-        [ -s "$WORK/$node/agent.log" ] && { echo "--- last lines of node ${node^^}'s agent log:" >&2; tail -n 15 "$WORK/$node/agent.log" >&2; }
-    done
-    exit 1
-}
-indent() { sed 's/^/    /'; }
-has() { grep -q -- "$1" <<<"$2"; }   # has PATTERN TEXT (no pipe into grep -q: pipefail and SIGPIPE)
 workload_of() { [ "$1" = a ] && echo checkout || echo orders; }
-netns_of() { [ "$1" = a ] && echo "$NS_A" || echo "$NS_B"; }
-# Runs a command in node $1's network namespace. In a subshell (`on ... &`,
-# `$(...)`, a pipeline) it execs, so $! is the command's own PID.
-on() {
-    local ns; ns=$(netns_of "$1"); shift
-    set -- nsenter --net="/run/netns/$ns" "$@"
-    if [ "$BASHPID" != "$$" ]; then exec "$@"; else "$@"; fi
-}
 # Runs a command as a process of workload cgroup $2 on node $1: a shell joins
 # the cgroup, then becomes nsenter, which becomes the command (same PID). In a
 # subshell (`in_workload ... &`, `$(...)`, a pipeline) it execs, so $! is the
@@ -112,24 +86,12 @@ in_workload() {
         nsenter --net="/run/netns/$(netns_of "$node")" "$@"
     if [ "$BASHPID" != "$$" ]; then exec "$@"; else "$@"; fi
 }
-ctl() { local node=$1; shift; "$BIN/agentctl" "$@" --socket "$WORK/$node/admin.sock"; }
-log_lines() { wc -l < "$WORK/$1/access.log" 2>/dev/null || echo 0; }
 # An HTTP GET as an unmodified application would make it: curl if installed.
 if command -v curl >/dev/null; then
     HTTP_GET=(curl -sS --fail --max-time 10); HTTP_CLIENT=curl
 else
     HTTP_GET=(python3 "$CLIENT" get); HTTP_CLIENT="python3 (urllib)"
 fi
-
-capture_start() {   # FILE: tcpdump on node B's end of the veth
-    : > "$WORK/tcpdump.err"
-    on b tcpdump -i "$VETH_B" -nn -U --immediate-mode -Z root -w "$1" 2>"$WORK/tcpdump.err" &
-    TCPDUMP=$!
-    for _ in $(seq 100); do grep -q "listening on" "$WORK/tcpdump.err" && return 0; sleep 0.1; done
-    cat "$WORK/tcpdump.err" >&2; fail "tcpdump did not start"
-}
-capture_stop() { sleep 0.3; stop_pid "$TCPDUMP" INT; TCPDUMP=""; }
-packets() { tcpdump -r "$1" -nn "${@:2}" 2>/dev/null | wc -l; }
 
 # ---------------------------------------------------------------------------
 
@@ -191,20 +153,7 @@ write_config a checkout checkout
 write_config b orders orders 8080
 indent < "$WORK/b/agent.yaml"
 
-for node in a b; do
-    on "$node" "$BIN/mesh-agent" --config "$WORK/$node/agent.yaml" 2>"$WORK/$node/agent.log" &
-    if [ "$node" = a ]; then AGENT_A=$!; else AGENT_B=$!; fi
-done
-for node in a b; do
-    pid=$AGENT_A; [ "$node" = b ] && pid=$AGENT_B
-    for _ in $(seq 300); do
-        grep -q "mesh-agent ready" "$WORK/$node/agent.log" && break
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    grep -q "mesh-agent ready" "$WORK/$node/agent.log" || fail "the agent on node ${node^^} did not become ready"
-    ok "node ${node^^}: $(grep -o 'mesh-agent ready.*' "$WORK/$node/agent.log" | head -n 1)"
-done
+start_agents
 
 step "4. Each agent's workload certificates (agentctl certs)" \
      "Short-lived X.509 SVIDs, one per workload present on the node, plus the agent's own" \

@@ -43,18 +43,11 @@ WORK=$(mktemp -d /tmp/mesh-agent-demo.XXXXXX)
 AGENT_A=""; AGENT_B=""; SERVICE_A=""; SERVICE_B=""; TCPDUMP=""; POD_IDS=""
 ACCESSLOG="$HERE/accesslog.py"
 
+# shellcheck source=common.sh
+source "$HERE/common.sh"
+
 # ---------------------------------------------------------------------------
 # Cleanup: everything this run made, in reverse order, whatever happened.
-
-running() { [ -r "/proc/$1/status" ] && ! grep -q '^State:[[:space:]]*Z' "/proc/$1/status" 2>/dev/null; }
-stop_pid() {   # PID [signal]: signal it, wait up to 10 s for it to exit, then SIGKILL
-    local pid=$1 sig=${2:-TERM}
-    [ -n "$pid" ] || return 0
-    kill -"$sig" "$pid" 2>/dev/null || return 0
-    for _ in $(seq 100); do running "$pid" || break; sleep 0.1; done
-    running "$pid" && kill -KILL "$pid" 2>/dev/null
-    wait "$pid" 2>/dev/null || true
-}
 
 cleanup() {
     local code=$?
@@ -95,28 +88,11 @@ trap 'exit 143' TERM
 # ---------------------------------------------------------------------------
 # Helpers
 
-step() { printf '\n\033[1m== %s\033[0m\n' "$1"; shift; for line in "$@"; do printf '   %s\n' "$line"; done; }
-ok() { printf '\033[32m✔ %s\033[0m\n' "$*"; }
-fail() {
-    printf '\033[31m✘ %s\033[0m\n' "$*" >&2
-    for node in a b; do
-        [ -s "$WORK/$node/agent.log" ] && { echo "--- last lines of node ${node^^}'s agent log:" >&2; tail -n 15 "$WORK/$node/agent.log" >&2; }
-    done
-    exit 1
-}
-indent() { sed 's/^/    /'; }
-has() { grep -q -- "$1" <<<"$2"; }   # has PATTERN TEXT (no pipe into grep -q: pipefail and SIGPIPE)
-netns_of() { [ "$1" = a ] && echo "$NS_A" || echo "$NS_B"; }
-# Runs a command in node $1's network namespace (in the foreground: for one in
-# the background, call nsenter itself so that $! is the command's PID).
-on() { local ns; ns=$(netns_of "$1"); shift; nsenter --net="/run/netns/$ns" "$@"; }
 # podman of node $1: its own configuration and store, inside the node's namespace.
 pm() {
     local node=$1; shift
     CONTAINERS_CONF="$WORK/$node/containers.conf" CONTAINERS_STORAGE_CONF="$WORK/$node/storage.conf" on "$node" podman "$@"
 }
-ctl() { local node=$1; shift; "$BIN/agentctl" "$@" --socket "$WORK/$node/admin.sock"; }
-log_lines() { wc -l < "$WORK/$1/access.log" 2>/dev/null || echo 0; }
 # An HTTP GET from inside a pod's container, as its application would make it
 # (busybox wget; its own -T crashes, so timeout bounds it).
 pod_get() { local node=$1 container=$2 url=$3; pm "$node" exec "$container" /bin/busybox timeout 5 /bin/busybox wget -q -O - "$url"; }
@@ -136,16 +112,6 @@ wait_captured() {   # NODE NAME
     done
     fail "node ${1^^}'s agent did not capture pod $2"
 }
-
-capture_start() {   # FILE: tcpdump on node B's end of the veth
-    : > "$WORK/tcpdump.err"
-    nsenter --net="/run/netns/$NS_B" tcpdump -i "$VETH_B" -nn -U --immediate-mode -Z root -w "$1" 2>"$WORK/tcpdump.err" &
-    TCPDUMP=$!
-    for _ in $(seq 100); do grep -q "listening on" "$WORK/tcpdump.err" && return 0; sleep 0.1; done
-    cat "$WORK/tcpdump.err" >&2; fail "tcpdump did not start"
-}
-capture_stop() { sleep 0.3; stop_pid "$TCPDUMP" INT; TCPDUMP=""; }
-packets() { tcpdump -r "$1" -nn "${@:2}" 2>/dev/null | wc -l; }
 
 # ---------------------------------------------------------------------------
 
@@ -190,9 +156,7 @@ CONF
     printf '[storage]\ndriver = "vfs"\ngraphroot = "%s/graph"\nrunroot = "%s/run"\n' "$dir" "$dir" > "$dir/storage.conf"
     pm "$node" import -q --change 'CMD ["/bin/busybox", "sleep", "3600"]' "$WORK/rootfs.tar" "$IMAGE" >/dev/null
     pm "$node" network create --disable-dns --subnet "$subnet.0/24" "$NETWORK" >/dev/null
-    CONTAINERS_CONF="$dir/containers.conf" CONTAINERS_STORAGE_CONF="$dir/storage.conf" \
-        nsenter --net="/run/netns/$(netns_of "$node")" podman system service --time=0 "unix://$dir/podman.sock" \
-        >"$dir/podman-service.log" 2>&1 &
+    pm "$node" system service --time=0 "unix://$dir/podman.sock" >"$dir/podman-service.log" 2>&1 &
     if [ "$node" = a ]; then SERVICE_A=$!; else SERVICE_B=$!; fi
     for _ in $(seq 100); do [ -S "$dir/podman.sock" ] && break; sleep 0.1; done
     [ -S "$dir/podman.sock" ] || fail "podman system service on node ${node^^} made no socket"
@@ -226,21 +190,7 @@ YAML
     "$BIN/agentctl" config check "$WORK/$node/agent.yaml" >/dev/null || fail "the config of node ${node^^} is invalid"
 done
 indent < "$WORK/b/agent.yaml"
-for node in a b; do
-    # nsenter execs the agent: $! is the agent itself, for the signals below.
-    nsenter --net="/run/netns/$(netns_of "$node")" "$BIN/mesh-agent" --config "$WORK/$node/agent.yaml" 2>"$WORK/$node/agent.log" &
-    if [ "$node" = a ]; then AGENT_A=$!; else AGENT_B=$!; fi
-done
-for node in a b; do
-    pid=$AGENT_A; [ "$node" = b ] && pid=$AGENT_B
-    for _ in $(seq 300); do
-        grep -q "mesh-agent ready" "$WORK/$node/agent.log" && break
-        kill -0 "$pid" 2>/dev/null || break
-        sleep 0.1
-    done
-    grep -q "mesh-agent ready" "$WORK/$node/agent.log" || fail "the agent on node ${node^^} did not become ready"
-    ok "node ${node^^}: $(grep -o 'mesh-agent ready.*' "$WORK/$node/agent.log" | head -n 1)"
-done
+start_agents
 
 step "4. Pods: orders on node B (port 8080), checkout and legacy on node A" \
      "The label istio.io/dataplane-mode=ambient enrolls a pod; mesh-agent.io/namespace and" \
