@@ -43,7 +43,7 @@ struct PluginBinaryTests {
     }
 
     /// Runs the plugin; a hung plugin fails the test instead of hanging it.
-    static func run(_ environment: [String: String], stdin: [UInt8], timeout: Double = 30) async throws -> Run {
+    static func run(_ environment: [String: String], stdin: [UInt8], timeout: Double = 90) async throws -> Run {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: try pluginPath())
         process.environment = environment.merging(["PATH": "/usr/bin:/bin"]) { current, _ in current }
@@ -126,6 +126,11 @@ struct PluginBinaryTests {
         func config(_ example: String = SpecExamples.addPortmap, _ settings: [String: JSONValue] = [:]) -> [UInt8] {
             var all = settings
             all["agentSocket"] = all["agentSocket"] ?? .string(socket)
+            // The fixture's server answers on the concurrency pool, which the
+            // suite's blocking kernel tests can hold for seconds (longer under
+            // the sanitizers): the plugin waits for it longer than its default
+            // 10 s. A test of the timeout sets its own.
+            all["timeoutSeconds"] = all["timeoutSeconds"] ?? .integer(60)
             return SpecExamples.asMeshAgentCNI(example, settings: all)
         }
     }
