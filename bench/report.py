@@ -144,6 +144,11 @@ def markdown(results, source):
         f"| memory per idle proxied connection ({idle['connections']:,} held) | node A {idle['kib_per_connection']['a']} KiB, node B {idle['kib_per_connection']['b']} KiB |",
         f"| agent RSS at idle, {results['idle_100_workloads']['workloads']} workloads with certificates | {results['idle_100_workloads']['rss_kib'] / 1024:.1f} MiB |",
         f"| keep-alive requests/s, L4-only policy → L7 policy | {policy['l4']['requests_s']:,.0f} → {policy['l7']['requests_s']:,.0f} ({policy['l7_cost'] * 100:.0f}% fewer) |",
+    ]
+    if "l7_denied_only" in policy:
+        lines.append(f"| keep-alive requests/s, L7 policy logging refused requests only (`accessLog.requests: denied`) | "
+                     f"{policy['l7_denied_only']['requests_s']:,.0f} ({policy['l7_denied_only_cost'] * 100:.0f}% fewer than L4) |")
+    lines += [
         f"| node B's agent CPU per request, L4-only policy → L7 policy | {policy['l4'].get('node_b_cpu_us_per_request', '?')} µs → "
         f"{policy['l7'].get('node_b_cpu_us_per_request', '?')} µs |",
     ]

@@ -104,7 +104,7 @@ struct AgentServices {
             cniEnrollments.load(mount: mount)
             registry.update(cniEnrollments.specs(trustDomain: config.trustDomain), from: CNIEnrollments.source)
         }
-        let accessLog = try AccessLogWriter(path: config.accessLog, limit: config.accessLogLimit)
+        let accessLog = try AccessLogWriter(path: config.accessLog, limit: config.accessLogLimit, requests: config.accessLogRequests)
         let trustBundle = try TrustBundleWatcher(path: config.ca.trustBundle, logger: logger)
         let svids = SVIDManager(issuer: try loadAuthority(config), lifetime: config.certificateTTL, logger: logger)
         let agentIdentity = try config.agentIdentity

@@ -88,6 +88,8 @@ public struct AgentConfig: Equatable, Sendable {
     public var adminSocket = "/run/mesh-agent/admin.sock"
     public var accessLog = "/var/log/mesh-agent/access.log"
     public var accessLogLimit = AccessLogLimit.default
+    /// Which inspected HTTP requests get an access-log line of their own.
+    public var accessLogRequests = AccessLogRequests.all
     public var policyDir = "/etc/mesh-agent/policies"
     public var rootNamespace = "istio-system"
     public var certificateTTL: Duration = .seconds(24 * 3600)
@@ -161,10 +163,7 @@ extension AgentConfig {
         if let node = top.take("failureMode") { config.failureMode = try node.oneOf(FailureMode.self, [.open, .closed]) }
         if let node = top.take("ports") { config.ports = try parsePorts(node) }
         if let node = top.take("adminSocket") { config.adminSocket = try absolutePath(node) }
-        if let node = top.take("accessLog") {
-            let value = try node.nonEmptyString()
-            config.accessLog = value == "-" ? value : try absolutePath(node)
-        }
+        if let node = top.take("accessLog") { try parseAccessLog(node, into: &config) }
         if let node = top.take("accessLogLimit") { config.accessLogLimit = try parseAccessLogLimit(node) }
         if let node = top.take("policyDir") { config.policyDir = try absolutePath(node) }
         if let node = top.take("rootNamespace") { config.rootNamespace = try validLabel(node) }
@@ -250,6 +249,26 @@ extension AgentConfig {
         }
         try map.finish(allowed: ["pathNormalization", "pathParameters"])
         return rules
+    }
+
+    /// `accessLog: PATH` (or "-" for stdout), or `accessLog: {path: PATH,
+    /// requests: denied|all}`.
+    private static func parseAccessLog(_ node: YAMLNode, into config: inout AgentConfig) throws {
+        guard node.isMapping else {
+            config.accessLog = try accessLogPath(node)
+            return
+        }
+        var map = try node.mapping()
+        if let value = map.take("path") { config.accessLog = try accessLogPath(value) }
+        if let value = map.take("requests") {
+            config.accessLogRequests = try value.oneOf(AccessLogRequests.self, AccessLogRequests.allCases)
+        }
+        try map.finish(allowed: ["path", "requests"])
+    }
+
+    private static func accessLogPath(_ node: YAMLNode) throws -> String {
+        let value = try node.nonEmptyString()
+        return value == "-" ? value : try absolutePath(node)
     }
 
     /// `accessLogLimit: {linesPerSecond: 5000, burst: 20000}`; `linesPerSecond: 0`
