@@ -25,7 +25,7 @@ bridge plugin, with the agent's memory per enrolled pod.
 
 Results go to bench/results/<time>.json; docs/benchmarks.md and
 docs/benchmarks.svg are written from them. Run as root from the repository:
-  python3 bench/run.py            (BENCH_SECONDS, BENCH_ROUNDS, BENCH_IDLE_CONNECTIONS, MESH_AGENT_BIN)
+  python3 bench/run.py            (BENCH_SECONDS, BENCH_ROUNDS, BENCH_IDLE_CONNECTIONS, BENCH_EVENT_LOOPS, MESH_AGENT_BIN)
 
 To look at one part while working on it, BENCH_PATHS (e.g. "mesh haproxy-mtls")
 and BENCH_PARTS (any of "iperf wrk idle policy workloads pods enrollment micro") narrow the run; a
@@ -56,6 +56,8 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "6"))
 # in a slow moment the others missed, and a ratio of single samples swings by
 # 10-20% from run to run.
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+# BENCH_EVENT_LOOPS=N runs both agents with limits.eventLoops N (default: one per core).
+EVENT_LOOPS = f", eventLoops: {int(os.environ['BENCH_EVENT_LOOPS'])}" if os.environ.get("BENCH_EVENT_LOOPS") else ""
 IDLE_CONNECTIONS = int(os.environ.get("BENCH_IDLE_CONNECTIONS", "10000"))
 TAG = f"mb{os.getpid()}"
 A, B, C = f"ma-{TAG}-a", f"ma-{TAG}-b", f"ma-{TAG}-c"
@@ -216,7 +218,7 @@ class Bench:
             f"accessLog: {directory}/access.log", f"policyDir: {policy_dir}", f"mtlsMode: {mtls}",
             "accessLogLimit: {linesPerSecond: 0}",
             f"ca: {{certificate: {directory}/intermediate.pem, key: {directory}/intermediate.key, trustBundle: {directory}/bundle.pem}}",
-            f"meshNetworks: [{mesh_networks}]", "limits: {maxConnections: 100000}", "workloads:",
+            f"meshNetworks: [{mesh_networks}]", f"limits: {{maxConnections: 100000{EVENT_LOOPS}}}", "workloads:",
         ]
         lines += workloads
         path = directory / "agent.yaml"

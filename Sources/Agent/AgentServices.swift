@@ -111,7 +111,7 @@ struct AgentServices {
         svids.setIdentities(registry.presentIdentities.union([agentIdentity]))
         let workloadTLS = WorkloadTLS(svids: svids, bundle: { trustBundle.bundle }, acceptedTrustDomains: [config.trustDomain])
 
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: System.coreCount)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: config.limits.eventLoopCount(cores: System.coreCount))
         let connections = ConnectionTracker(maximum: config.limits.maxConnections)
         let state = AgentState(policy: PolicyStatus(generation: 1, loadedAt: Date().timeIntervalSince1970, directory: config.policyDir, policies: policies))
         let authorizer = InboundAuthorizer(

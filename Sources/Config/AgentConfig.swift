@@ -41,6 +41,13 @@ public struct AgentConfig: Equatable, Sendable {
         public var maxConnections = 65_536
         /// How long dialling an original destination may take.
         public var connectTimeout: Duration = .seconds(10)
+        /// Event-loop threads that carry the data path; nil for one per core.
+        public var eventLoops: Int?
+
+        /// The number of event loops to run on a machine with `cores` cores.
+        public func eventLoopCount(cores: Int) -> Int {
+            eventLoops ?? max(1, cores)
+        }
     }
 
     /// Where workloads come from besides `workloads:` (`workloadSources:`);
@@ -230,7 +237,8 @@ extension AgentConfig {
         var limits = Limits()
         if let value = map.take("maxConnections") { limits.maxConnections = Int(try value.unsigned(UInt32.self, in: 1...10_000_000)) }
         if let value = map.take("connectTimeout") { limits.connectTimeout = try duration(value, atLeast: .milliseconds(1)) }
-        try map.finish(allowed: ["maxConnections", "connectTimeout"])
+        if let value = map.take("eventLoops") { limits.eventLoops = Int(try value.unsigned(UInt16.self, in: 1...256)) }
+        try map.finish(allowed: ["maxConnections", "connectTimeout", "eventLoops"])
         return limits
     }
 
