@@ -5,8 +5,9 @@ import Proxy
 
 /// One HBONE tunnel stream opened and closed on an established HTTP/2
 /// connection: the client sends the CONNECT, the server answers 200, then each
-/// side ends its half of the stream. Both ends run the product's HTTP/2
-/// configuration on in-memory channels, without sockets or TLS.
+/// side ends its half of the stream. Then a 1-byte round trip on a stream that
+/// stays open. Both ends run the product's tunnel connection (frame codec and
+/// stream table) on in-memory channels, without sockets or TLS.
 func measureTunnelStreams() throws {
     let tunnel = try InMemoryTunnel()
     let failure = { tunnel.tally.firstFailureDescription }
@@ -17,18 +18,6 @@ func measureTunnelStreams() throws {
     }
     let stream = try tunnel.openStreamForRoundTrips()
     measureEvery("HBONE hop pair 1-byte round trip", per: "round trip", iterations: 100_000, counting: "echoed", explained: failure) {
-        try tunnel.roundTrip(on: stream)
-    }
-}
-
-/// The same two measurements on the frame-level prototype (FrameLevelTunnel).
-func measureFrameLevelTunnel() throws {
-    let tunnel = try FrameLevelTunnel()
-    measureEvery("frame-level stream open+close", per: "stream", iterations: 20_000, counting: "answered 200 and closed") {
-        try tunnel.openAndCloseStream()
-    }
-    let stream = try tunnel.openStreamForRoundTrips()
-    measureEvery("frame-level 1-byte round trip", per: "round trip", iterations: 100_000, counting: "echoed") {
         try tunnel.roundTrip(on: stream)
     }
 }
@@ -60,30 +49,32 @@ final class StreamTally {
 final class InMemoryTunnel {
     let tally = StreamTally()
     private let link = InMemoryLink()
-    private var loop: EmbeddedEventLoop { link.loop }
-    private let clientStreams: NIOHTTP2Handler.StreamMultiplexer
+    private let clientStreams: TunnelStreams
     private let destination: SocketAddress
 
     init() throws {
         destination = try SocketAddress(ipAddress: "10.77.0.2", port: 8080)
         // As TunnelClient's pooled connections and TunnelServer's peer
-        // connections, less TLS (and, on the server, the idle monitor): streams
-        // start without reading, and the first handler reads the request.
+        // connections, less TLS (and, on the server, the idle monitor).
         clientStreams = try HBONE.configureConnection(
-            link.client.pipeline.syncOperations, mode: .client, maximumConcurrentStreams: HBONE.defaultMaximumStreamsPerConnection
-        ) { pushed in
-            pushed.close()
-        }
-        let boundTally = NIOLoopBound(tally, eventLoop: loop)
-        _ = try HBONE.configureConnection(
-            link.server.pipeline.syncOperations, mode: .server, maximumConcurrentStreams: HBONE.defaultMaximumStreamsPerConnection
-        ) { stream in
-            stream.closeFuture.whenComplete { _ in boundTally.value.closed += 1 }
-            return stream.eventLoop.makeCompletedFuture {
-                try stream.syncOptions?.setOption(.autoRead, value: false)
-                try stream.pipeline.syncOperations.addHandler(TunnelAnswerer(tally: boundTally.value))
+            link.client.pipeline.syncOperations, role: .client, maximumConcurrentStreams: HBONE.defaultMaximumStreamsPerConnection)
+        let tally = self.tally
+        _ = try HBONE.configureConnection(link.server.pipeline.syncOperations, role: .server { stream, request in
+            // As the tunnel server does once the workload's connection is up.
+            stream.closeFuture.assumeIsolated().whenComplete { _ in tally.closed += 1 }
+            guard !request.endStream, case .success = HBONE.target(of: request.headers) else {
+                tally.failed("the server got a stream that did not start with a tunnel CONNECT: \(request)")
+                stream.close(promise: nil)
+                return
             }
-        }
+            _ = stream.respond(.ok, endStream: false)
+            do {
+                try stream.pipeline.syncOperations.addHandler(TunnelAnswerer(tally: tally))
+                try stream.startReading()
+            } catch {
+                tally.failed("cannot read the server stream: \(error)")
+            }
+        }, maximumConcurrentStreams: HBONE.defaultMaximumStreamsPerConnection)
         // The prefaces and SETTINGS: after this the connection is established.
         try link.connect()
     }
@@ -94,11 +85,11 @@ final class InMemoryTunnel {
     func openAndCloseStream() throws -> Bool {
         let answeredBefore = tally.answered
         let closedBefore = tally.closed
-        let opened = TunnelClient.openStream(on: clientStreams, to: destination, timeout: .seconds(10), eventLoop: loop)
+        let opened = clientStreams.openStream(to: destination, timeout: .seconds(10), eventLoop: link.loop)
         opened.assumeIsolated().whenComplete { [tally] result in
             switch result {
             case .success(let stream):
-                // TunnelClient succeeds only once the answer was 200.
+                // openStream succeeds only once the answer was 200.
                 tally.answered += 1
                 stream.closeFuture.assumeIsolated().whenComplete { _ in tally.closed += 1 }
                 // As the outbound proxy does once the stream is spliced: read
@@ -108,8 +99,7 @@ final class InMemoryTunnel {
                 } catch {
                     tally.failed("cannot read the client stream: \(error)")
                 }
-                stream.read()
-                stream.writeAndFlush(HTTP2Frame.FramePayload.endOfStream, promise: nil)
+                stream.close(mode: .output, promise: nil)
             case .failure(let error):
                 tally.failed("the client's stream failed: \(error)")
             }
@@ -121,80 +111,51 @@ final class InMemoryTunnel {
     /// Opens a stream that stays open, whose server end echoes every byte.
     func openStreamForRoundTrips() throws -> Channel {
         tally.echoes = true
-        let opened = TunnelClient.openStream(on: clientStreams, to: destination, timeout: .seconds(10), eventLoop: loop)
+        let opened = clientStreams.openStream(to: destination, timeout: .seconds(10), eventLoop: link.loop)
         try link.exchangeUntilQuiet()
         let stream = try opened.wait()
         try stream.pipeline.syncOperations.addHandler(EchoCounter(tally: tally))
         try stream.syncOptions?.setOption(.autoRead, value: true)
-        stream.read()
         return stream
     }
 
     /// Writes one byte on `stream` and returns whether it came back.
     func roundTrip(on stream: Channel) throws -> Bool {
         let before = tally.echoed
-        stream.writeAndFlush(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(ByteBuffer(bytes: [0x2A])))), promise: nil)
+        stream.writeAndFlush(ByteBuffer(bytes: [0x2A]), promise: nil)
         try link.exchangeUntilQuiet()
         return tally.echoed == before + 1
     }
 }
 
-/// The server end of one tunnel stream: answers a CONNECT with 200, as the
-/// tunnel server does once the workload's connection is up, and ends its half
-/// of the stream when the client ends its.
+/// The server end of one tunnel stream: echoes what it reads when asked to,
+/// and ends its half of the stream when the client ends its.
 final class TunnelAnswerer: ChannelInboundHandler {
-    typealias InboundIn = HTTP2Frame.FramePayload
-    typealias OutboundOut = HTTP2Frame.FramePayload
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
 
     private let tally: StreamTally
-    private var requestSeen = false
 
     init(tally: StreamTally) {
         self.tally = tally
     }
 
-    // The stream does not read on its own until it is answered (autoRead off,
-    // as on the tunnel server): these reads fetch the request.
-    func handlerAdded(context: ChannelHandlerContext) {
-        if context.channel.isActive { context.read() }
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
-        context.fireChannelActive()
-        context.read()
-    }
-
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let frame = unwrapInboundIn(data)
-        if !requestSeen {
-            requestSeen = true
-            guard case .headers(let request) = frame, !request.endStream, case .success = HBONE.target(of: request.headers) else {
-                tally.failed("the server got a stream that did not start with a tunnel CONNECT: \(frame)")
-                context.close(promise: nil)
-                return
-            }
-            context.writeAndFlush(wrapOutboundOut(.headers(.init(headers: HBONE.response(status: .ok)))), promise: nil)
-            do {
-                try context.channel.syncOptions?.setOption(.autoRead, value: true)
-            } catch {
-                tally.failed("cannot read the server stream: \(error)")
-            }
-            context.read()
-            return
+        if tally.echoes {
+            context.writeAndFlush(data, promise: nil)
         }
-        guard case .data(let data) = frame else { return }
-        if tally.echoes, case .byteBuffer(let bytes) = data.data, bytes.readableBytes > 0 {
-            context.writeAndFlush(wrapOutboundOut(.data(.init(data: .byteBuffer(bytes)))), promise: nil)
-        }
-        if data.endStream {
-            context.writeAndFlush(wrapOutboundOut(.endOfStream), promise: nil)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            context.close(mode: .output, promise: nil)
         }
     }
 }
 
 /// Counts the bytes that come back on the client end of a round-trip stream.
 final class EchoCounter: ChannelInboundHandler {
-    typealias InboundIn = HTTP2Frame.FramePayload
+    typealias InboundIn = ByteBuffer
 
     private let tally: StreamTally
 
@@ -203,15 +164,6 @@ final class EchoCounter: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .data(let payload) = unwrapInboundIn(data), case .byteBuffer(let bytes) = payload.data {
-            tally.echoed += bytes.readableBytes
-        }
-    }
-}
-
-extension HTTP2Frame.FramePayload {
-    /// An empty DATA frame with END_STREAM: how a tunnel end says its side is done.
-    static var endOfStream: HTTP2Frame.FramePayload {
-        .data(.init(data: .byteBuffer(ByteBuffer()), endStream: true))
+        tally.echoed += unwrapInboundIn(data).readableBytes
     }
 }

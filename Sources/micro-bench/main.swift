@@ -9,7 +9,6 @@ do {
     try measurePolicyDecisions()
     try measureIdentityLookups()
     try measureTunnelStreams()
-    try measureFrameLevelTunnel()
 } catch {
     fail("\(error)")
 }

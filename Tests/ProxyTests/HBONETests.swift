@@ -106,70 +106,117 @@ import Testing
     }
 }
 
-@Suite struct TunnelStreamBridgeTests {
-    private func makeChannel() throws -> EmbeddedChannel {
-        let channel = EmbeddedChannel()
-        try channel.pipeline.syncOperations.addHandler(TunnelStreamBridge())
-        try channel.pipeline.syncOperations.addHandler(EventRecorder())
-        try channel.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).wait()
-        return channel
+/// A tunnel connection's stream table on an in-memory channel, without the
+/// HTTP/2 codec: frames go in and come out as `HTTP2Frame`s.
+private final class StreamTableHarness {
+    let connection = EmbeddedChannel()
+    private let opened = OpenedStreams()
+
+    private final class OpenedStreams {
+        var streams: [TunnelStreamChannel] = []
     }
 
-    @Test func dataBecomesBytesAndEndStreamBecomesInputClosed() throws {
-        let channel = try makeChannel()
-        try channel.writeInbound(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(ByteBuffer(string: "hello")))))
-        #expect(try channel.readInbound(as: ByteBuffer.self) == ByteBuffer(string: "hello"))
-        try channel.writeInbound(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(ByteBuffer(string: "end")), endStream: true)))
-        #expect(try channel.readInbound(as: ByteBuffer.self) == ByteBuffer(string: "end"))
-        let recorder = try channel.pipeline.syncOperations.handler(type: EventRecorder.self)
-        #expect(recorder.inputClosedEvents == 1)
-        try channel.writeInbound(HTTP2Frame.FramePayload.headers(.init(headers: [:], endStream: true)))
-        #expect(recorder.inputClosedEvents == 1, "a second end of stream is not news")
-    }
-
-    @Test func outputCloseIsEndStreamAfterTheData() throws {
-        let channel = try makeChannel()
-        try channel.writeOutbound(ByteBuffer(string: "payload"))
-        let drained = channel.eventLoop.makePromise(of: Void.self)
-        channel.writeAndFlush(ByteBuffer(), promise: drained)
-        #expect(throws: Never.self) { try drained.futureResult.wait() }
-        channel.close(mode: .output, promise: nil)
-        guard case .data(let first) = try channel.readOutbound(as: HTTP2Frame.FramePayload.self), case .byteBuffer(let bytes) = first.data else {
-            Issue.record("the payload did not go out as DATA")
+    init() throws {
+        let opened = self.opened
+        try connection.pipeline.syncOperations.addHandler(TunnelStreams(role: .server { stream, _ in opened.streams.append(stream) }))
+        try connection.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 15008)).wait()
+        let raise = try #require(try connection.readOutbound(as: HTTP2Frame.self))
+        guard case .windowUpdate(let increment) = raise.payload, raise.streamID == .rootStream else {
+            Issue.record("the connection did not start by raising its window: \(raise)")
             return
         }
-        #expect(bytes == ByteBuffer(string: "payload") && !first.endStream)
-        guard case .data(let last) = try channel.readOutbound(as: HTTP2Frame.FramePayload.self) else {
-            Issue.record("no END_STREAM")
-            return
-        }
-        #expect(last.endStream)
-        #expect(try channel.readOutbound(as: HTTP2Frame.FramePayload.self) == nil, "the empty drain write sends no frame")
-        #expect(channel.isActive, "half-closed, not closed")
+        #expect(increment == HBONE.connectionWindow - 65_535)
     }
 
-    /// The DATA frames a channel wrote, as (bytes, END_STREAM).
-    private func dataFrames(_ channel: EmbeddedChannel) throws -> [(String, Bool)] {
-        var frames: [(String, Bool)] = []
-        while let payload = try channel.readOutbound(as: HTTP2Frame.FramePayload.self) {
-            guard case .data(let data) = payload, case .byteBuffer(let bytes) = data.data else {
-                Issue.record("not a DATA frame: \(payload)")
-                continue
-            }
-            frames.append((String(buffer: bytes), data.endStream))
-        }
+    /// A stream the peer opens with a CONNECT, with a recorder behind it.
+    func open(_ id: Int) throws -> (TunnelStreamChannel, EventRecorder) {
+        try connection.writeInbound(HTTP2Frame(streamID: HTTP2StreamID(id), payload: .headers(.init(headers: [":method": "CONNECT", ":authority": "10.77.0.2:8080"]))))
+        let stream = try #require(opened.streams.last)
+        #expect(stream.streamID == HTTP2StreamID(id))
+        let recorder = EventRecorder()
+        try stream.pipeline.syncOperations.addHandler(recorder)
+        return (stream, recorder)
+    }
+
+    func deliver(_ payload: HTTP2Frame.FramePayload, on id: Int) throws {
+        try connection.writeInbound(HTTP2Frame(streamID: HTTP2StreamID(id), payload: payload))
+    }
+
+    func data(_ text: String, endStream: Bool = false) -> HTTP2Frame.FramePayload {
+        .data(.init(data: .byteBuffer(ByteBuffer(string: text)), endStream: endStream))
+    }
+
+    /// The frames the connection wrote since the last call.
+    func written() throws -> [HTTP2Frame] {
+        var frames: [HTTP2Frame] = []
+        while let frame = try connection.readOutbound(as: HTTP2Frame.self) { frames.append(frame) }
         return frames
     }
 
+    /// The DATA frames written, as (bytes, END_STREAM).
+    func dataFrames() throws -> [(String, Bool)] {
+        try written().compactMap { frame in
+            guard case .data(let data) = frame.payload, case .byteBuffer(let bytes) = data.data else {
+                Issue.record("not a DATA frame: \(frame)")
+                return nil
+            }
+            return (String(buffer: bytes), data.endStream)
+        }
+    }
+}
+
+@Suite struct TunnelStreamChannelTests {
+    @Test func dataBecomesBytesAndEndStreamBecomesInputClosed() throws {
+        let harness = try StreamTableHarness()
+        let (stream, recorder) = try harness.open(1)
+        try harness.deliver(harness.data("hello"), on: 1)
+        #expect(recorder.received.isEmpty, "nothing is read before the stream starts reading")
+        try stream.startReading()
+        #expect(recorder.received == ["hello"])
+        try harness.deliver(harness.data("end", endStream: true), on: 1)
+        #expect(recorder.received == ["hello", "end"])
+        #expect(recorder.inputClosedEvents == 1)
+        try harness.deliver(.headers(.init(headers: [:], endStream: true)), on: 1)
+        #expect(recorder.inputClosedEvents == 1, "a second end of stream is not news")
+    }
+
+    @Test func theAnswerIsAHeadersFrameOnTheStream() throws {
+        let harness = try StreamTableHarness()
+        let (stream, _) = try harness.open(3)
+        _ = stream.respond(.ok, endStream: false)
+        let frames = try harness.written()
+        guard frames.count == 1, case .headers(let headers) = frames[0].payload else {
+            Issue.record("expected one HEADERS frame, got \(frames)")
+            return
+        }
+        #expect(frames[0].streamID == HTTP2StreamID(3) && !headers.endStream)
+        #expect(HBONE.status(of: headers.headers) == 200)
+    }
+
+    @Test func outputCloseIsEndStreamAfterTheData() throws {
+        let harness = try StreamTableHarness()
+        let (stream, _) = try harness.open(1)
+        stream.writeAndFlush(ByteBuffer(string: "payload"), promise: nil)
+        let drained = stream.eventLoop.makePromise(of: Void.self)
+        stream.writeAndFlush(ByteBuffer(), promise: drained)
+        #expect(throws: Never.self) { try drained.futureResult.wait() }
+        stream.close(mode: .output, promise: nil)
+        let frames = try harness.dataFrames()
+        #expect(frames.map(\.0) == ["payload", ""], "the empty drain write sends no frame")
+        #expect(frames.map(\.1) == [false, true])
+        #expect(stream.isActive, "half-closed, not closed")
+    }
+
     @Test func smallWritesOfOneFlushLeaveAsOneFrame() throws {
-        let channel = try makeChannel()
-        let head = channel.eventLoop.makePromise(of: Void.self)
-        let body = channel.eventLoop.makePromise(of: Void.self)
-        channel.write(ByteBuffer(string: "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n"), promise: head)
-        channel.write(ByteBuffer(string: "ok\n"), promise: body)
-        #expect(try dataFrames(channel).isEmpty, "nothing leaves before the flush")
-        channel.flush()
-        let frames = try dataFrames(channel)
+        let harness = try StreamTableHarness()
+        let (stream, _) = try harness.open(1)
+        let head = stream.eventLoop.makePromise(of: Void.self)
+        let body = stream.eventLoop.makePromise(of: Void.self)
+        stream.write(ByteBuffer(string: "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\n"), promise: head)
+        stream.write(ByteBuffer(string: "ok\n"), promise: body)
+        #expect(try harness.dataFrames().isEmpty, "nothing leaves before the flush")
+        stream.flush()
+        let frames = try harness.dataFrames()
         #expect(frames.count == 1)
         #expect(frames.first?.0 == "HTTP/1.1 200 OK\r\ncontent-length: 3\r\n\r\nok\n")
         #expect(throws: Never.self) { try head.futureResult.wait() }
@@ -177,23 +224,24 @@ import Testing
     }
 
     @Test func aLargeWriteIsNotCopiedAndOrderIsKept() throws {
-        let channel = try makeChannel()
-        let large = String(repeating: "x", count: TunnelStreamBridge.gatherLimit)
-        channel.write(ByteBuffer(string: "small"), promise: nil)
-        channel.write(ByteBuffer(string: large), promise: nil)
-        channel.write(ByteBuffer(string: "tail"), promise: nil)
-        channel.flush()
-        let frames = try dataFrames(channel)
-        #expect(frames.map(\.0) == ["small", large, "tail"])
+        let harness = try StreamTableHarness()
+        let (stream, _) = try harness.open(1)
+        let large = String(repeating: "x", count: TunnelStreamChannel.gatherLimit)
+        stream.write(ByteBuffer(string: "small"), promise: nil)
+        stream.write(ByteBuffer(string: large), promise: nil)
+        stream.write(ByteBuffer(string: "tail"), promise: nil)
+        stream.flush()
+        #expect(try harness.dataFrames().map(\.0) == ["small", large, "tail"])
     }
 
     @Test func endingOutputSendsWhatIsGatheredWithEndStream() throws {
-        let channel = try makeChannel()
-        channel.write(ByteBuffer(string: "last words"), promise: nil)
-        let ended = channel.eventLoop.makePromise(of: Void.self)
-        channel.close(mode: .output, promise: ended)
+        let harness = try StreamTableHarness()
+        let (stream, _) = try harness.open(1)
+        stream.write(ByteBuffer(string: "last words"), promise: nil)
+        let ended = stream.eventLoop.makePromise(of: Void.self)
+        stream.close(mode: .output, promise: ended)
         #expect(throws: Never.self) { try ended.futureResult.wait() }
-        let frames = try dataFrames(channel)
+        let frames = try harness.dataFrames()
         #expect(frames.count == 1)
         #expect(frames.first?.0 == "last words" && frames.first?.1 == true)
     }
@@ -208,18 +256,101 @@ import Testing
         let peerEnded = state.peerEnded()
         #expect(peerEnded)
         #expect(state.closeRequested() == .waitForStreamClose)
+
+        let harness = try StreamTableHarness()
+        let (stream, recorder) = try harness.open(1)
+        stream.close(promise: nil)
+        let frames = try harness.written()
+        guard frames.count == 1, case .rstStream(let code) = frames[0].payload else {
+            Issue.record("an abort should reset the stream, got \(frames)")
+            return
+        }
+        #expect(code == .cancel)
+        #expect(!stream.isActive && recorder.inactive)
+    }
+
+    /// The peer's window is what the reader has not taken: a stream whose
+    /// reader stopped gets no WINDOW_UPDATE, however much arrived, and gets
+    /// it once the bytes are read.
+    @Test func creditFollowsTheReaderNotTheArrival() throws {
+        let harness = try StreamTableHarness()
+        let (stream, recorder) = try harness.open(1)
+        let chunk = String(repeating: "z", count: 1024 * 1024)
+        for _ in 0..<3 { try harness.deliver(harness.data(chunk), on: 1) }
+        #expect(try harness.written().isEmpty, "3 MiB unread: no credit")
+        try stream.startReading()
+        #expect(recorder.received.count == 3)
+        let updates = try harness.written().compactMap { frame -> (HTTP2StreamID, Int)? in
+            guard case .windowUpdate(let increment) = frame.payload else { return nil }
+            return (frame.streamID, increment)
+        }
+        #expect(updates.map(\.0) == [HTTP2StreamID(1)])
+        #expect(updates.map(\.1) == [3 * 1024 * 1024])
+    }
+
+    @Test func aCleanCloseDeliversWhatArrivedAndAResetIsAnError() throws {
+        let harness = try StreamTableHarness()
+        let (clean, cleanRecorder) = try harness.open(1)
+        clean.close(mode: .output, promise: nil)
+        try harness.deliver(harness.data("last", endStream: true), on: 1)
+        harness.connection.pipeline.fireUserInboundEventTriggered(StreamClosedEvent(streamID: HTTP2StreamID(1), reason: nil))
+        #expect(cleanRecorder.received == ["last"] && cleanRecorder.inputClosedEvents == 1)
+        #expect(cleanRecorder.errors.isEmpty && !clean.isActive)
+
+        let (reset, resetRecorder) = try harness.open(3)
+        harness.connection.pipeline.fireUserInboundEventTriggered(StreamClosedEvent(streamID: HTTP2StreamID(3), reason: .cancel))
+        #expect(resetRecorder.errors.count == 1 && !reset.isActive)
+        harness.connection.embeddedEventLoop.run()
+        #expect(throws: Never.self) { try reset.closeFuture.wait() }
+    }
+
+    @Test func aStreamStopsBeingWritableWhileTheConnectionHoldsItsBytes() throws {
+        let harness = try StreamTableHarness()
+        let (stream, recorder) = try harness.open(1)
+        stream.write(ByteBuffer(repeating: 0x61, count: HBONE.streamHighWatermark + 1), promise: nil)
+        #expect(!stream.isWritable && recorder.writabilityChanges == 1)
+        stream.flush()
+        #expect(stream.isWritable && recorder.writabilityChanges == 2, "written to the connection: writable again")
+    }
+
+    @Test func theConnectionClosingClosesItsStreams() throws {
+        let harness = try StreamTableHarness()
+        let (first, _) = try harness.open(1)
+        let (second, _) = try harness.open(3)
+        _ = try harness.connection.finish(acceptAlreadyClosed: true)
+        #expect(!first.isActive && !second.isActive)
     }
 }
 
 private final class EventRecorder: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
+    var received: [String] = []
     var inputClosedEvents = 0
+    var errors: [Error] = []
+    var writabilityChanges = 0
+    var inactive = false
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        received.append(String(buffer: unwrapInboundIn(data)))
+    }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed {
             inputClosedEvents += 1
         }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        errors.append(error)
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        writabilityChanges += 1
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        inactive = true
     }
 }
 

@@ -15,11 +15,12 @@ struct WorkloadForwarder: Sendable {
     /// CONNECT (200, 403, 503) and is bridged to bytes.
     enum Client: Sendable {
         case socket(Channel)
-        case tunnelStream(Channel)
+        case tunnelStream(TunnelStreamChannel)
 
         var channel: Channel {
             switch self {
-            case .socket(let channel), .tunnelStream(let channel): return channel
+            case .socket(let channel): return channel
+            case .tunnelStream(let stream): return stream
             }
         }
     }
@@ -105,9 +106,7 @@ struct WorkloadForwarder: Sendable {
             return answerFailure(client, status: .serviceUnavailable).flatMapThrowing { throw error }
         }.flatMapThrowing { (upstream: Channel) -> Void in
             if case .tunnelStream(let stream) = client {
-                let operations = stream.pipeline.syncOperations
-                operations.writeAndFlush(NIOAny(HTTP2Frame.FramePayload.headers(.init(headers: HBONE.response(status: .ok)))), promise: nil)
-                try operations.addHandler(TunnelStreamBridge())
+                _ = stream.respond(.ok, endStream: false)
             }
             try completeProxy(
                 client: client.channel, upstream: upstream, carrier: carrier, entry: opened, started: started, accessLog: accessLog,
@@ -116,7 +115,7 @@ struct WorkloadForwarder: Sendable {
                 counters.closed.increment()
             }
             if case .tunnelStream(let stream) = client {
-                try TunnelStreamBridge.startReading(stream)
+                try stream.startReading()
             }
             counters.opened.increment()
         }
@@ -138,8 +137,7 @@ struct WorkloadForwarder: Sendable {
             return client.channel.eventLoop.makeSucceededVoidFuture()
         }
         TunnelServerMetrics.refusedStream(status)
-        let response = HTTP2Frame.FramePayload.headers(.init(headers: HBONE.response(status: status), endStream: true))
-        return stream.writeAndFlush(response).always { _ in stream.close(promise: nil) }
+        return stream.respond(status, endStream: true).always { _ in stream.close(promise: nil) }
     }
 }
 

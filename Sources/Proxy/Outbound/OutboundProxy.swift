@@ -143,10 +143,9 @@ public final class OutboundProxy: Sendable {
             entry.reason = "hbone"
             entry.tls = .mutual
             upstream = tunnel.openStream(from: workload.identity, to: destination, on: client.eventLoop).flatMapThrowing { stream in
-                let operations = stream.pipeline.syncOperations
-                try operations.addHandler(TunnelStreamBridge())
                 try carrier.installUpstream(on: stream)
-                try TunnelStreamBridge.startReading(stream)
+                // Streams open without reading, so that nothing arrives before the splice.
+                try stream.syncOptions?.setOption(.autoRead, value: true)
                 return stream
             }
         } else {

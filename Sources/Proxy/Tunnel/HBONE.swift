@@ -17,22 +17,27 @@ public enum HBONE {
     public static let streamWindow = 4 * 1024 * 1024
     public static let connectionWindow = 16 * 1024 * 1024
 
+    /// A stream stops taking writes above this many bytes not yet written to
+    /// the connection, and takes them again below the low mark. A splice writes
+    /// up to one receive buffer (256 KiB) at a time; a stream that holds a few
+    /// keeps the connection busy without letting one stream queue unbounded
+    /// data behind the peer's window.
+    static let streamHighWatermark = 1024 * 1024
+    static let streamLowWatermark = 256 * 1024
+
     /// Adds what both ends of a tunnel run between TLS and the streams: the
-    /// parser's input in record-sized pieces, one flush per event-loop tick, and
-    /// HTTP/2 with the tunnel's settings. `inboundStreamInitializer` sets up the
-    /// streams the peer opens.
+    /// parser's input in record-sized pieces, one flush per event-loop tick,
+    /// HTTP/2's frame codec with the tunnel's settings, and the stream table.
     package static func configureConnection(
-        _ operations: ChannelPipeline.SynchronousOperations, mode: NIOHTTP2Handler.ParserMode, maximumConcurrentStreams: Int,
-        inboundStreamInitializer: @escaping NIOChannelInitializer
-    ) throws -> NIOHTTP2Handler.StreamMultiplexer {
+        _ operations: ChannelPipeline.SynchronousOperations, role: TunnelStreams.Role, maximumConcurrentStreams: Int
+    ) throws -> TunnelStreams {
+        let streams = TunnelStreams(role: role)
         try operations.addHandler(HTTP2InputChunker())
         try operations.addHandler(FlushCoalescer())
-        return try operations.configureHTTP2Pipeline(
-            mode: mode,
-            connectionConfiguration: connectionConfiguration(maximumConcurrentStreams: maximumConcurrentStreams),
-            streamConfiguration: streamConfiguration,
-            inboundStreamInitializer: inboundStreamInitializer
-        )
+        try operations.addHandler(NIOHTTP2Handler(
+            mode: role.parserMode, connectionConfiguration: connectionConfiguration(maximumConcurrentStreams: maximumConcurrentStreams)))
+        try operations.addHandler(streams)
+        return streams
     }
 
     /// The HTTP/2 settings and windows both ends of a tunnel use.
@@ -43,23 +48,11 @@ public enum HBONE {
             HTTP2Setting(parameter: .initialWindowSize, value: streamWindow),
             HTTP2Setting(parameter: .maxHeaderListSize, value: 16 * 1024),
         ]
-        configuration.targetWindowSize = connectionWindow
-        return configuration
-    }
-
-    static var streamConfiguration: NIOHTTP2Handler.StreamConfiguration {
-        var configuration = NIOHTTP2Handler.StreamConfiguration()
-        configuration.targetWindowSize = streamWindow
-        // A splice writes up to one receive buffer (256 KiB) at a time; a stream
-        // that holds a few of them keeps the connection busy without letting one
-        // stream queue unbounded data behind the peer's window.
-        configuration.outboundBufferSizeHighWatermark = 1024 * 1024
-        configuration.outboundBufferSizeLowWatermark = 256 * 1024
         return configuration
     }
 
     /// The request that opens a tunnel to `destination`.
-    static func connectRequest(to destination: SocketAddress) -> HPACKHeaders {
+    package static func connectRequest(to destination: SocketAddress) -> HPACKHeaders {
         [":method": "CONNECT", ":authority": destination.authority]
     }
 

@@ -104,7 +104,8 @@ public final class TunnelClient: Sendable {
 /// it is made off the loop, when the client is, so `NIOLoopBound` cannot hold it.
 private final class LoopPool: @unchecked Sendable {
     typealias Key = TunnelClient.PoolKey
-    typealias Multiplexer = NIOHTTP2Handler.StreamMultiplexer
+    /// A pooled connection's stream table, handed between the pool's futures.
+    typealias Multiplexer = NIOLoopBound<TunnelStreams>
 
     private let eventLoop: EventLoop
     private let configuration: TunnelClient.Configuration
@@ -144,7 +145,7 @@ private final class LoopPool: @unchecked Sendable {
             connect(id: new, key: key, context: context)
         }
         let stream = multiplexer.assumeIsolated().flatMap { [self] multiplexer in
-            TunnelClient.openStream(on: multiplexer, to: destination, timeout: configuration.connectTimeout, eventLoop: eventLoop)
+            multiplexer.value.openStream(to: destination, timeout: configuration.connectTimeout, eventLoop: eventLoop)
         }
         stream.whenComplete { [self] result in
             switch result {
@@ -189,13 +190,10 @@ private final class LoopPool: @unchecked Sendable {
             let operations = channel.pipeline.syncOperations
             try operations.addHandler(TLSHandler(context: context))
             try operations.addHandler(HandshakeObserver(promise: handshake))
-            multiplexerBox.value = try HBONE.configureConnection(
-                operations, mode: .client, maximumConcurrentStreams: HBONE.defaultMaximumStreamsPerConnection
-            ) { pushed in
-                // Servers do not open streams in HBONE.
-                pushed.close()
-            }
-            try operations.addHandler(GoAwayObserver { [self] in retire(id, agent: agent) })
+            let streams = try HBONE.configureConnection(
+                operations, role: .client, maximumConcurrentStreams: HBONE.defaultMaximumStreamsPerConnection)
+            streams.onGoAway = { [self] in retire(id, agent: agent) }
+            multiplexerBox.value = NIOLoopBound(streams, eventLoop: channel.eventLoop)
         }
         connected.assumeIsolated().whenComplete { [self] result in
             switch result {
@@ -250,46 +248,6 @@ private final class LoopPool: @unchecked Sendable {
     }
 }
 
-extension TunnelClient {
-    /// Opens one tunnel stream on an established connection: sends the CONNECT
-    /// for `destination` and succeeds once the peer answered 200 within
-    /// `timeout`, with the stream not yet reading. `package` so that
-    /// micro-bench measures this very code on in-memory connections.
-    package static func openStream(
-        on multiplexer: NIOHTTP2Handler.StreamMultiplexer, to destination: SocketAddress, timeout: TimeAmount, eventLoop: EventLoop
-    ) -> EventLoopFuture<Channel> {
-        let answered = eventLoop.makePromise(of: Void.self)
-        let created = multiplexer.createStreamChannel { stream in
-            stream.eventLoop.makeCompletedFuture {
-                try stream.syncOptions?.setOption(.autoRead, value: false)
-                try stream.pipeline.syncOperations.addHandler(TunnelResponseHandler(destination: destination, timeout: timeout, answered: answered))
-            }
-        }
-        created.whenFailure { answered.fail($0) }
-        return created.and(answered.futureResult).map { stream, _ in stream }
-    }
-}
-
-/// Watches a pooled connection's own frames (stream 0) for the peer's GOAWAY.
-private final class GoAwayObserver: ChannelInboundHandler {
-    typealias InboundIn = HTTP2Frame
-
-    private let goingAway: () -> Void
-    private var seen = false
-
-    init(_ goingAway: @escaping () -> Void) {
-        self.goingAway = goingAway
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        if case .goAway = unwrapInboundIn(data).payload, !seen {
-            seen = true
-            goingAway()
-        }
-        context.fireChannelRead(data)
-    }
-}
-
 /// Reports the end of the TLS handshake on a new pooled connection, or why it
 /// failed. Sits between TLS and HTTP/2.
 private final class HandshakeObserver: ChannelInboundHandler {
@@ -327,79 +285,5 @@ private final class HandshakeObserver: ChannelInboundHandler {
         promise?.fail(TunnelError.tunnelFailed(agent: context.channel.remoteAddress.map(\.authority) ?? "?", reason: "closed during the TLS handshake"))
         promise = nil
         context.fireChannelInactive()
-    }
-}
-
-/// The first handler of an outgoing tunnel stream: sends the CONNECT, waits for
-/// the answer (within `timeout`), and leaves once it is 200.
-private final class TunnelResponseHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTP2Frame.FramePayload
-    typealias OutboundOut = HTTP2Frame.FramePayload
-
-    private let destination: SocketAddress
-    private let timeout: TimeAmount
-    private var answered: EventLoopPromise<Void>?
-    private var timer: Scheduled<Void>?
-
-    init(destination: SocketAddress, timeout: TimeAmount, answered: EventLoopPromise<Void>) {
-        self.destination = destination
-        self.timeout = timeout
-        self.answered = answered
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
-        context.fireChannelActive()
-        let request = HTTP2Frame.FramePayload.headers(.init(headers: HBONE.connectRequest(to: destination)))
-        // The CONNECT cannot be sent when the peer's GOAWAY arrived between
-        // picking this connection and opening the stream: the stream never
-        // reached the peer, so it fails at once and may be tried again.
-        let sent = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(wrapOutboundOut(request), promise: sent)
-        sent.futureResult.assumeIsolated().whenFailure { [self] _ in
-            fail(TunnelError.streamClosedBeforeResponse(destination: destination.authority), context: context)
-        }
-        timer = context.eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
-            fail(TunnelError.noResponse(destination: destination.authority, after: timeout), context: context)
-        }
-        context.read()
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard answered != nil else {
-            context.fireChannelRead(data)
-            return
-        }
-        guard case .headers(let response) = unwrapInboundIn(data) else {
-            // Nothing but the answer may come first.
-            fail(TunnelError.streamClosedBeforeResponse(destination: destination.authority), context: context)
-            return
-        }
-        let status = HBONE.status(of: response.headers) ?? 0
-        guard status == HBONE.Status.ok.rawValue, !response.endStream else {
-            fail(TunnelError.refused(destination: destination.authority, status: status), context: context)
-            return
-        }
-        timer?.cancel()
-        let promise = answered
-        answered = nil
-        context.pipeline.syncOperations.removeHandler(self, promise: nil)
-        promise?.succeed()
-    }
-
-    func channelInactive(context: ChannelHandlerContext) {
-        fail(TunnelError.streamClosedBeforeResponse(destination: destination.authority), context: context)
-        context.fireChannelInactive()
-    }
-
-    func errorCaught(context: ChannelHandlerContext, error: Error) {
-        fail(error, context: context)
-    }
-
-    private func fail(_ error: Error, context: ChannelHandlerContext) {
-        timer?.cancel()
-        guard let promise = answered else { return }
-        answered = nil
-        promise.fail(error)
-        context.close(promise: nil)
     }
 }

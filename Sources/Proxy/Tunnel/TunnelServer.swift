@@ -101,24 +101,22 @@ public final class TunnelServer: Sendable {
             throw error
         }
         let tls = TLSHandler(context: context)
-        let peerTLS = NIOLoopBound(tls, eventLoop: channel.eventLoop)
         let peerAddress = channel.remoteAddress
         let operations = channel.pipeline.syncOperations
         try operations.addHandler(tls)
         let monitor = TunnelConnectionMonitor(idleTimeout: configuration.idleTimeout, logger: logger, metrics: metrics)
-        let boundMonitor = NIOLoopBound(monitor, eventLoop: channel.eventLoop)
-        _ = try HBONE.configureConnection(operations, mode: .server, maximumConcurrentStreams: configuration.maximumConcurrentStreams) { [self] stream in
-            // Streams are counted here: the multiplexer keeps its stream events
-            // to itself, so the connection's own handlers never see them.
-            let streamID = (try? stream.syncOptions?.getOption(HTTP2StreamChannelOptions.streamID)) ?? HTTP2StreamID(0)
-            boundMonitor.value.streamOpened(streamID)
-            stream.closeFuture.whenComplete { _ in boundMonitor.value.streamClosed() }
-            return stream.eventLoop.makeCompletedFuture {
-                try stream.syncOptions?.setOption(.autoRead, value: false)
-                try stream.pipeline.syncOperations.addHandler(TunnelRequestHandler(
-                    server: self, peerIdentity: peerTLS.value.peerIdentity, peerAddress: peerAddress))
+        _ = try HBONE.configureConnection(operations, role: .server { [self] stream, request in
+            // Streams are counted here, where they open and close.
+            monitor.streamOpened(stream.streamID)
+            stream.closeFuture.assumeIsolated().whenComplete { _ in monitor.streamClosed() }
+            let peerIdentity = tls.peerIdentity
+            guard !request.endStream else {
+                log(AccessLogEntry(time: wallClock(), direction: .inbound, tls: .mutual, action: .deny, reason: "stream did not start with a CONNECT request"))
+                stream.close(promise: nil)
+                return
             }
-        }
+            _ = open(request: request.headers, stream: stream, peerIdentity: peerIdentity, peerAddress: peerAddress, started: .now())
+        }, maximumConcurrentStreams: configuration.maximumConcurrentStreams)
         try operations.addHandler(monitor)
         let key = ObjectIdentifier(channel)
         peers.withLockedValue { $0[key] = channel }
@@ -131,8 +129,8 @@ public final class TunnelServer: Sendable {
 
     /// Reads a tunnel request's target and hands the stream to admission, which
     /// decides it and, when it is allowed, dials the workload.
-    fileprivate func open(
-        request: HPACKHeaders, stream: Channel, peerIdentity: SpiffeID?, peerAddress: SocketAddress?,
+    private func open(
+        request: HPACKHeaders, stream: TunnelStreamChannel, peerIdentity: SpiffeID?, peerAddress: SocketAddress?,
         started: NIODeadline
     ) -> EventLoopFuture<Void> {
         let target: SocketAddress
@@ -156,70 +154,19 @@ public final class TunnelServer: Sendable {
 
     /// Answers a request that is not a tunnel request (400) with its status,
     /// ends the stream and logs it.
-    private func refuse(_ stream: Channel, _ refusal: HBONE.Refusal, peerIdentity: SpiffeID?, peerAddress: SocketAddress?) -> EventLoopFuture<Void> {
+    private func refuse(_ stream: TunnelStreamChannel, _ refusal: HBONE.Refusal, peerIdentity: SpiffeID?, peerAddress: SocketAddress?) -> EventLoopFuture<Void> {
         TunnelServerMetrics.refusedStream(refusal.status)
         var entry = AccessLogEntry(time: wallClock(), direction: .inbound, tls: .mutual, action: .deny, reason: refusal.reason)
         entry.sourceAddress = peerAddress
         entry.sourceIdentity = peerIdentity?.description
         accessLog.record(entry)
         logger.debug("tunnel request from \(entry.sourceIdentity ?? "?") refused with \(refusal.status.rawValue): \(refusal.reason)")
-        let response = HTTP2Frame.FramePayload.headers(.init(headers: HBONE.response(status: refusal.status), endStream: true))
-        return stream.writeAndFlush(response).always { _ in stream.close(promise: nil) }
-    }
-}
-
-/// The first handler of a tunnel stream: waits for the request, hands it to the
-/// server, and leaves once the stream is spliced (or refused).
-private final class TunnelRequestHandler: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTP2Frame.FramePayload
-
-    private let server: TunnelServer
-    private let peerIdentity: SpiffeID?
-    private let peerAddress: SocketAddress?
-    private let started = NIODeadline.now()
-    private var requestSeen = false
-
-    init(server: TunnelServer, peerIdentity: SpiffeID?, peerAddress: SocketAddress?) {
-        self.server = server
-        self.peerIdentity = peerIdentity
-        self.peerAddress = peerAddress
-    }
-
-    // The stream reads nothing on its own (autoRead is off until it is spliced):
-    // these reads fetch the request.
-    func handlerAdded(context: ChannelHandlerContext) {
-        if context.channel.isActive { context.read() }
-    }
-
-    func channelActive(context: ChannelHandlerContext) {
-        context.fireChannelActive()
-        context.read()
-    }
-
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !requestSeen else {
-            // DATA before our answer: held back by the stream until the splice reads it.
-            context.fireChannelRead(data)
-            return
-        }
-        requestSeen = true
-        guard case .headers(let headers) = unwrapInboundIn(data), !headers.endStream else {
-            let entry = AccessLogEntry(time: wallClock(), direction: .inbound, tls: .mutual, action: .deny, reason: "stream did not start with a CONNECT request")
-            server.log(entry)
-            context.close(promise: nil)
-            return
-        }
-        let channel = context.channel
-        let handler = NIOLoopBound(self, eventLoop: context.eventLoop)
-        server.open(request: headers.headers, stream: channel, peerIdentity: peerIdentity, peerAddress: peerAddress, started: started)
-            .whenComplete { _ in
-                channel.pipeline.syncOperations.removeHandler(handler.value, promise: nil)
-            }
+        return stream.respond(refusal.status, endStream: true).always { _ in stream.close(promise: nil) }
     }
 }
 
 extension TunnelServer {
-    fileprivate func log(_ entry: AccessLogEntry) {
+    private func log(_ entry: AccessLogEntry) {
         accessLog.record(entry)
     }
 }

@@ -1,0 +1,251 @@
+import NIOCore
+import NIOHPACK
+import NIOHTTP2
+
+/// The streams of one tunnel connection, behind swift-nio-http2's connection
+/// handler in frame mode: a table from stream id to its `TunnelStreamChannel`.
+///
+/// The connection handler keeps every HTTP/2 rule and protection (frame and
+/// HPACK decoding, the connection and stream state machines, flow-control
+/// accounting, SETTINGS_MAX_CONCURRENT_STREAMS, header list limits, the
+/// rapid-reset, CONTINUATION and glitch limits, GOAWAY). This handler only
+/// routes each stream's frames to its channel and the channel's output back,
+/// and gives flow-control credit back as each stream's reader takes its
+/// bytes. See "Streams without a child channel each" in docs/architecture.md.
+package final class TunnelStreams: ChannelDuplexHandler {
+    package typealias InboundIn = HTTP2Frame
+    package typealias InboundOut = HTTP2Frame
+    package typealias OutboundIn = HTTP2Frame
+    package typealias OutboundOut = HTTP2Frame
+
+    package enum Role {
+        /// Opens streams (the pooled connections of `TunnelClient`).
+        case client
+        /// Takes streams the peer opens; `opened` gets each new stream with its
+        /// request (the peer connections of `TunnelServer`).
+        case server(opened: (TunnelStreamChannel, HTTP2Frame.FramePayload.Headers) -> Void)
+
+        var parserMode: NIOHTTP2Handler.ParserMode {
+            switch self {
+            case .client: return .client
+            case .server: return .server
+            }
+        }
+    }
+
+    /// A stream this end opened and whose answer has not come.
+    private struct Awaiting {
+        var promise: EventLoopPromise<Void>
+        var timer: Scheduled<Void>?
+        var destination: String
+    }
+
+    private let role: Role
+    private var context: ChannelHandlerContext?
+    private var streams: [HTTP2StreamID: TunnelStreamChannel] = [:]
+    private var awaiting: [HTTP2StreamID: Awaiting] = [:]
+    private var connectionUncredited = 0
+    private var nextStreamID = HTTP2StreamID(1)
+    private var goingAway = false
+    /// Called once, when the peer says GOAWAY.
+    package var onGoAway: (() -> Void)?
+
+    package init(role: Role) {
+        self.role = role
+    }
+
+    package var openStreams: Int { streams.count }
+
+    package func handlerAdded(context: ChannelHandlerContext) {
+        self.context = context
+        if context.channel.isActive { raiseConnectionWindow(context: context) }
+    }
+
+    package func handlerRemoved(context: ChannelHandlerContext) {
+        self.context = nil
+    }
+
+    package func channelActive(context: ChannelHandlerContext) {
+        raiseConnectionWindow(context: context)
+        context.fireChannelActive()
+    }
+
+    /// Without a stream multiplexer the connection's receive window is ours to
+    /// keep: raise it from the protocol's 64 KiB to the tunnel's 16 MiB once.
+    private func raiseConnectionWindow(context: ChannelHandlerContext) {
+        let increment = HBONE.connectionWindow - 65_535
+        context.writeAndFlush(wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: increment))), promise: nil)
+    }
+
+    // MARK: Frames from the peer
+
+    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let frame = unwrapInboundIn(data)
+        switch frame.payload {
+        case .headers(let headers):
+            receivedHeaders(headers, on: frame.streamID)
+        case .data(let payload):
+            let bytes = payload.data.readableBytes
+            guard let stream = streams[frame.streamID], case .byteBuffer(let buffer) = payload.data else {
+                // A stream this end already gave up on (it reset it): its bytes
+                // still count against the connection's window.
+                if bytes > 0 { credit(bytes, on: nil) }
+                return
+            }
+            stream.received(buffer, endStream: payload.endStream)
+        case .rstStream:
+            // The codec reports the reset as the stream's close (StreamClosedEvent).
+            break
+        case .goAway:
+            if !goingAway {
+                goingAway = true
+                onGoAway?()
+            }
+        default:
+            // SETTINGS, PING, WINDOW_UPDATE and PRIORITY are the codec's own.
+            break
+        }
+    }
+
+    private func receivedHeaders(_ headers: HTTP2Frame.FramePayload.Headers, on id: HTTP2StreamID) {
+        if let pending = awaiting.removeValue(forKey: id) {
+            pending.timer?.cancel()
+            let status = HBONE.status(of: headers.headers) ?? 0
+            guard status == HBONE.Status.ok.rawValue, !headers.endStream else {
+                pending.promise.fail(TunnelError.refused(destination: pending.destination, status: status))
+                streams[id]?.close(promise: nil)
+                return
+            }
+            pending.promise.succeed()
+            return
+        }
+        if let stream = streams[id] {
+            // Trailers end the stream like an empty DATA frame with END_STREAM.
+            if headers.endStream { stream.received(ByteBuffer(), endStream: true) }
+            return
+        }
+        guard case .server(let opened) = role, let context else {
+            // Servers do not open streams in HBONE; the codec refuses pushes.
+            return
+        }
+        let stream = TunnelStreamChannel(streamID: id, parent: context.channel, streams: self, autoRead: false)
+        streams[id] = stream
+        opened(stream, headers)
+    }
+
+    package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let closed = event as? StreamClosedEvent {
+            if let pending = awaiting.removeValue(forKey: closed.streamID) {
+                pending.timer?.cancel()
+                pending.promise.fail(TunnelError.streamClosedBeforeResponse(destination: pending.destination))
+            }
+            streams[closed.streamID]?.streamClosed(reason: closed.reason)
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    package func channelInactive(context: ChannelHandlerContext) {
+        for (id, pending) in awaiting {
+            pending.timer?.cancel()
+            pending.promise.fail(TunnelError.streamClosedBeforeResponse(destination: pending.destination))
+            awaiting[id] = nil
+        }
+        for stream in Array(streams.values) {
+            stream.connectionClosed()
+        }
+        context.fireChannelInactive()
+    }
+
+    // MARK: Opening streams (client)
+
+    /// Opens a stream to `destination` through the peer agent: sends the
+    /// CONNECT and succeeds once the answer is 200 within `timeout`, with the
+    /// stream not yet reading (the caller splices it, then turns `autoRead` on).
+    package func openStream(to destination: SocketAddress, timeout: TimeAmount, eventLoop: EventLoop) -> EventLoopFuture<Channel> {
+        guard let context else {
+            return eventLoop.makeFailedFuture(TunnelError.streamClosedBeforeResponse(destination: destination.authority))
+        }
+        // A GOAWAY that arrived after the pool picked this connection: the
+        // stream never reached the peer, so it may be tried on another.
+        guard !goingAway, context.channel.isActive, nextStreamID < HTTP2StreamID.maxID else {
+            return eventLoop.makeFailedFuture(TunnelError.streamClosedBeforeResponse(destination: destination.authority))
+        }
+        let id = nextStreamID
+        nextStreamID = nextStreamID.advanced(by: 2)
+        let stream = TunnelStreamChannel(streamID: id, parent: context.channel, streams: self, autoRead: false)
+        streams[id] = stream
+        let answered = eventLoop.makePromise(of: Void.self)
+        let timer = eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
+            guard let pending = awaiting.removeValue(forKey: id) else { return }
+            pending.promise.fail(TunnelError.noResponse(destination: destination.authority, after: timeout))
+            stream.close(promise: nil)
+        }
+        awaiting[id] = Awaiting(promise: answered, timer: timer, destination: destination.authority)
+        let sent = eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .headers(.init(headers: HBONE.connectRequest(to: destination))))), promise: sent)
+        sent.futureResult.assumeIsolated().whenFailure { [self] _ in
+            guard let pending = awaiting.removeValue(forKey: id) else { return }
+            pending.timer?.cancel()
+            pending.promise.fail(TunnelError.streamClosedBeforeResponse(destination: destination.authority))
+            stream.close(promise: nil)
+        }
+        return answered.futureResult.map { stream }
+    }
+
+    // MARK: Calls from the streams
+
+    /// The server's answer to a stream's request.
+    func respond(_ status: HBONE.Status, on stream: TunnelStreamChannel, endStream: Bool, promise: EventLoopPromise<Void>?) {
+        write(.headers(.init(headers: HBONE.response(status: status), endStream: endStream)), on: stream, promise: promise)
+        flush()
+    }
+
+    func write(_ payload: HTTP2Frame.FramePayload, on stream: TunnelStreamChannel, promise: EventLoopPromise<Void>?) {
+        guard let context else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        context.write(wrapOutboundOut(HTTP2Frame(streamID: stream.streamID, payload: payload)), promise: promise)
+    }
+
+    func flush() {
+        context?.flush()
+    }
+
+    func reset(_ stream: TunnelStreamChannel, code: HTTP2ErrorCode) {
+        guard let context else { return }
+        context.writeAndFlush(wrapOutboundOut(HTTP2Frame(streamID: stream.streamID, payload: .rstStream(code))), promise: nil)
+    }
+
+    /// `bytes` of `stream` were read: the peer may send as many again. Credit
+    /// is given back in halves of the windows, not per read; a stream that
+    /// is already closed gets none, only the connection.
+    func consumed(_ bytes: Int, on stream: TunnelStreamChannel, streamOpen: Bool) {
+        credit(bytes, on: streamOpen ? stream : nil)
+    }
+
+    private func credit(_ bytes: Int, on stream: TunnelStreamChannel?) {
+        guard let context else { return }
+        var wrote = false
+        if let stream {
+            stream.uncreditedBytes += bytes
+            if stream.uncreditedBytes >= HBONE.streamWindow / 2 {
+                let increment = stream.uncreditedBytes
+                stream.uncreditedBytes = 0
+                context.write(wrapOutboundOut(HTTP2Frame(streamID: stream.streamID, payload: .windowUpdate(windowSizeIncrement: increment))), promise: nil)
+                wrote = true
+            }
+        }
+        connectionUncredited += bytes
+        if connectionUncredited >= HBONE.connectionWindow / 2 {
+            context.write(wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: connectionUncredited))), promise: nil)
+            connectionUncredited = 0
+            wrote = true
+        }
+        if wrote { context.flush() }
+    }
+
+    func forget(_ stream: TunnelStreamChannel) {
+        streams[stream.streamID] = nil
+    }
+}
