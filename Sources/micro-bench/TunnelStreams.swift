@@ -67,7 +67,7 @@ final class InMemoryTunnel {
                 stream.close(promise: nil)
                 return
             }
-            _ = stream.respond(.ok, endStream: false)
+            stream.respond(.ok, endStream: false)
             do {
                 try stream.pipeline.syncOperations.addHandler(TunnelAnswerer(tally: tally))
                 try stream.startReading()

@@ -183,7 +183,7 @@ private final class StreamTableHarness {
     @Test func theAnswerIsAHeadersFrameOnTheStream() throws {
         let harness = try StreamTableHarness()
         let (stream, _) = try harness.open(3)
-        _ = stream.respond(.ok, endStream: false)
+        stream.respond(.ok, endStream: false)
         let frames = try harness.written()
         guard frames.count == 1, case .headers(let headers) = frames[0].payload else {
             Issue.record("expected one HEADERS frame, got \(frames)")
@@ -319,6 +319,74 @@ private final class StreamTableHarness {
         let (second, _) = try harness.open(3)
         _ = try harness.connection.finish(acceptAlreadyClosed: true)
         #expect(!first.isActive && !second.isActive)
+    }
+}
+
+/// What a future on an embedded loop came to, if anything yet.
+private final class Outcome<Value> {
+    var result: Result<Value, Error>?
+
+    init(_ future: EventLoopFuture<Value>) {
+        future.assumeIsolated().whenComplete { [self] in result = $0 }
+    }
+}
+
+@Suite struct TunnelStreamsClientTests {
+    private func makeClient() throws -> (EmbeddedChannel, TunnelStreams) {
+        let connection = EmbeddedChannel()
+        let streams = TunnelStreams(role: .client)
+        try connection.pipeline.syncOperations.addHandler(streams)
+        try connection.connect(to: SocketAddress(ipAddress: "10.77.0.2", port: 15008)).wait()
+        _ = try connection.readOutbound(as: HTTP2Frame.self)  // the connection window's raise
+        return (connection, streams)
+    }
+
+    private static let destination = try! SocketAddress(ipAddress: "10.77.0.2", port: 8080)
+
+    @Test func aStreamOpensWithAConnectAndIsHandedOverOnlyOn200() throws {
+        let (connection, streams) = try makeClient()
+        let opened = streams.openStream(to: Self.destination, timeout: .seconds(5), eventLoop: connection.eventLoop)
+        let request = try #require(try connection.readOutbound(as: HTTP2Frame.self))
+        guard case .headers(let headers) = request.payload else {
+            Issue.record("expected the CONNECT, got \(request)")
+            return
+        }
+        #expect(request.streamID == HTTP2StreamID(1) && !headers.endStream)
+        #expect(headers.headers.first(name: ":method") == "CONNECT" && headers.headers.first(name: ":authority") == "10.77.0.2:8080")
+        let outcome = Outcome(opened)
+        #expect(outcome.result == nil)
+        try connection.writeInbound(HTTP2Frame(streamID: request.streamID, payload: .headers(.init(headers: HBONE.response(status: .ok)))))
+        #expect(try opened.wait().isActive)
+        _ = streams.openStream(to: Self.destination, timeout: .seconds(5), eventLoop: connection.eventLoop)
+        #expect(try connection.readOutbound(as: HTTP2Frame.self)?.streamID == HTTP2StreamID(3), "client streams are odd and rising")
+    }
+
+    @Test func aRefusalOrNoAnswerFailsTheStream() throws {
+        let (connection, streams) = try makeClient()
+        let refused = streams.openStream(to: Self.destination, timeout: .seconds(5), eventLoop: connection.eventLoop)
+        let silent = streams.openStream(to: Self.destination, timeout: .seconds(5), eventLoop: connection.eventLoop)
+        try connection.writeInbound(HTTP2Frame(streamID: HTTP2StreamID(1), payload: .headers(.init(headers: HBONE.response(status: .forbidden), endStream: true))))
+        #expect(throws: TunnelError.refused(destination: "10.77.0.2:8080", status: 403)) { try refused.wait() }
+        connection.embeddedEventLoop.advanceTime(by: .seconds(4))
+        let silentOutcome = Outcome(silent)
+        #expect(silentOutcome.result == nil, "still within its time")
+        connection.embeddedEventLoop.advanceTime(by: .seconds(2))
+        #expect(throws: TunnelError.noResponse(destination: "10.77.0.2:8080", after: .seconds(5))) { try silent.wait() }
+        let resets = try (0..<4).compactMap { _ in try connection.readOutbound(as: HTTP2Frame.self) }.filter {
+            if case .rstStream = $0.payload { return true } else { return false }
+        }
+        #expect(resets.map(\.streamID) == [HTTP2StreamID(1), HTTP2StreamID(3)], "the refused stream is let go, the silent one reset")
+    }
+
+    @Test func afterGoAwayNoStreamOpensAndThePoolIsTold() throws {
+        let (connection, streams) = try makeClient()
+        var told = 0
+        streams.onGoAway = { told += 1 }
+        try connection.writeInbound(HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: .rootStream, errorCode: .noError, opaqueData: nil)))
+        try connection.writeInbound(HTTP2Frame(streamID: .rootStream, payload: .goAway(lastStreamID: .rootStream, errorCode: .noError, opaqueData: nil)))
+        #expect(told == 1)
+        let opened = streams.openStream(to: Self.destination, timeout: .seconds(5), eventLoop: connection.eventLoop)
+        #expect(throws: TunnelError.streamClosedBeforeResponse(destination: "10.77.0.2:8080")) { try opened.wait() }
     }
 }
 

@@ -24,7 +24,7 @@ private final class RawTunnelPeer {
         let count = Count()
         streams = try HBONE.configureConnection(connection.pipeline.syncOperations, role: .server { stream, _ in
             count.opened += 1
-            _ = stream.respond(.ok, endStream: false)
+            stream.respond(.ok, endStream: false)
         }, maximumConcurrentStreams: maximumConcurrentStreams)
         try connection.pipeline.syncOperations.addHandler(
             TunnelConnectionMonitor(idleTimeout: .minutes(5), logger: Logger(label: "test"), metrics: TunnelServerMetrics()))

@@ -106,7 +106,7 @@ struct WorkloadForwarder: Sendable {
             return answerFailure(client, status: .serviceUnavailable).flatMapThrowing { throw error }
         }.flatMapThrowing { (upstream: Channel) -> Void in
             if case .tunnelStream(let stream) = client {
-                _ = stream.respond(.ok, endStream: false)
+                stream.respond(.ok, endStream: false)
             }
             try completeProxy(
                 client: client.channel, upstream: upstream, carrier: carrier, entry: opened, started: started, accessLog: accessLog,
@@ -137,7 +137,7 @@ struct WorkloadForwarder: Sendable {
             return client.channel.eventLoop.makeSucceededVoidFuture()
         }
         TunnelServerMetrics.refusedStream(status)
-        return stream.respond(status, endStream: true).always { _ in stream.close(promise: nil) }
+        return stream.refuse(status)
     }
 }
 

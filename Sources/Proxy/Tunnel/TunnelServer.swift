@@ -161,7 +161,7 @@ public final class TunnelServer: Sendable {
         entry.sourceIdentity = peerIdentity?.description
         accessLog.record(entry)
         logger.debug("tunnel request from \(entry.sourceIdentity ?? "?") refused with \(refusal.status.rawValue): \(refusal.reason)")
-        return stream.respond(refusal.status, endStream: true).always { _ in stream.close(promise: nil) }
+        return stream.refuse(refusal.status)
     }
 }
 

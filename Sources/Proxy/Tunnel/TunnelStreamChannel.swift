@@ -67,6 +67,8 @@ package final class TunnelStreamChannel: Channel, ChannelCore, @unchecked Sendab
     /// Bytes handed to the connection and not yet written by it; the stream
     /// stops being writable above `HBONE.streamHighWatermark`.
     private var unwrittenBytes = 0
+    /// Of those, bytes whose write no promise reports yet.
+    private var unaccountedBytes = 0
     private var writable = true
     /// Bytes read since this stream's last WINDOW_UPDATE (kept by TunnelStreams).
     var uncreditedBytes = 0
@@ -74,6 +76,11 @@ package final class TunnelStreamChannel: Channel, ChannelCore, @unchecked Sendab
     /// Writes at least this large go out as they are: copying them would cost
     /// more than the frame they save.
     static let gatherLimit = 8 * 1024
+
+    /// How many bytes may go out between two writes whose completion is
+    /// watched. What is not yet accounted for counts as unwritten, so it must
+    /// stay well below the low watermark.
+    static let accountingInterval = 64 * 1024
 
     init(streamID: HTTP2StreamID, parent: Channel, streams: TunnelStreams, autoRead: Bool) {
         self.streamID = streamID
@@ -282,17 +289,24 @@ package final class TunnelStreamChannel: Channel, ChannelCore, @unchecked Sendab
 
     // MARK: Output
 
+    /// Hands a DATA frame to the connection. Frames of one stream are written
+    /// in order, so the stream learns what left from one write in every
+    /// `accountingInterval` bytes (or one the caller waits for): a chunk costs
+    /// no promise of its own.
     private func send(_ buffer: ByteBuffer, endStream: Bool, promise: EventLoopPromise<Void>?) {
         let bytes = buffer.readableBytes
-        guard bytes > 0 else {
-            streams.write(.data(.init(data: .byteBuffer(buffer), endStream: endStream)), on: self, promise: promise)
-            return
-        }
         unwrittenBytes += bytes
-        let written = promise ?? eventLoop.makePromise()
-        written.futureResult.assumeIsolated().whenComplete { [self] _ in
-            unwrittenBytes -= bytes
-            if !writable, unwrittenBytes <= HBONE.streamLowWatermark { becomeWritable(true) }
+        unaccountedBytes += bytes
+        var written = promise
+        if promise != nil || unaccountedBytes >= Self.accountingInterval || (writable && unwrittenBytes > HBONE.streamHighWatermark) {
+            let accounted = unaccountedBytes
+            unaccountedBytes = 0
+            let marker = promise ?? eventLoop.makePromise()
+            marker.futureResult.assumeIsolated().whenComplete { [self] _ in
+                unwrittenBytes -= accounted
+                if !writable, unwrittenBytes <= HBONE.streamLowWatermark { becomeWritable(true) }
+            }
+            written = marker
         }
         if writable, unwrittenBytes > HBONE.streamHighWatermark { becomeWritable(false) }
         streams.write(.data(.init(data: .byteBuffer(buffer), endStream: endStream)), on: self, promise: written)
@@ -323,15 +337,20 @@ package final class TunnelStreamChannel: Channel, ChannelCore, @unchecked Sendab
 
     /// The server's answer to the stream's request; with `endStream` (a
     /// refusal) nothing follows it.
-    package func respond(_ status: HBONE.Status, endStream: Bool) -> EventLoopFuture<Void> {
-        let promise = eventLoop.makePromise(of: Void.self)
+    package func respond(_ status: HBONE.Status, endStream: Bool, promise: EventLoopPromise<Void>? = nil) {
         guard active else {
-            promise.fail(ChannelError.ioOnClosedChannel)
-            return promise.futureResult
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
         }
         if endStream { _ = state.endOutput() }
         streams.respond(status, on: self, endStream: endStream, promise: promise)
-        return promise.futureResult
+    }
+
+    /// `respond`, for a refusal: the stream closes once the answer is written.
+    package func refuse(_ status: HBONE.Status) -> EventLoopFuture<Void> {
+        let written = eventLoop.makePromise(of: Void.self)
+        respond(status, endStream: true, promise: written)
+        return written.futureResult.always { [self] _ in close(promise: nil) }
     }
 
     /// Turns reading on once the stream's handlers are in place (streams

@@ -35,15 +35,19 @@ package final class TunnelStreams: ChannelDuplexHandler {
 
     /// A stream this end opened and whose answer has not come.
     private struct Awaiting {
-        var promise: EventLoopPromise<Void>
-        var timer: Scheduled<Void>?
-        var destination: String
+        var promise: EventLoopPromise<Channel>
+        var deadline: NIODeadline
+        var timeout: TimeAmount
+        var destination: SocketAddress
     }
 
     private let role: Role
     private var context: ChannelHandlerContext?
     private var streams: [HTTP2StreamID: TunnelStreamChannel] = [:]
     private var awaiting: [HTTP2StreamID: Awaiting] = [:]
+    /// One timer for every stream waiting for its answer, set for the earliest
+    /// deadline: a stream costs no timer of its own.
+    private var answerTimer: Scheduled<Void>?
     private var connectionUncredited = 0
     private var nextStreamID = HTTP2StreamID(1)
     private var goingAway = false
@@ -109,14 +113,13 @@ package final class TunnelStreams: ChannelDuplexHandler {
 
     private func receivedHeaders(_ headers: HTTP2Frame.FramePayload.Headers, on id: HTTP2StreamID) {
         if let pending = awaiting.removeValue(forKey: id) {
-            pending.timer?.cancel()
             let status = HBONE.status(of: headers.headers) ?? 0
-            guard status == HBONE.Status.ok.rawValue, !headers.endStream else {
-                pending.promise.fail(TunnelError.refused(destination: pending.destination, status: status))
+            guard status == HBONE.Status.ok.rawValue, !headers.endStream, let stream = streams[id] else {
+                pending.promise.fail(TunnelError.refused(destination: pending.destination.authority, status: status))
                 streams[id]?.close(promise: nil)
                 return
             }
-            pending.promise.succeed()
+            pending.promise.succeed(stream)
             return
         }
         if let stream = streams[id] {
@@ -136,8 +139,7 @@ package final class TunnelStreams: ChannelDuplexHandler {
     package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let closed = event as? StreamClosedEvent {
             if let pending = awaiting.removeValue(forKey: closed.streamID) {
-                pending.timer?.cancel()
-                pending.promise.fail(TunnelError.streamClosedBeforeResponse(destination: pending.destination))
+                pending.promise.fail(TunnelError.streamClosedBeforeResponse(destination: pending.destination.authority))
             }
             streams[closed.streamID]?.streamClosed(reason: closed.reason)
         }
@@ -145,9 +147,10 @@ package final class TunnelStreams: ChannelDuplexHandler {
     }
 
     package func channelInactive(context: ChannelHandlerContext) {
+        answerTimer?.cancel()
+        answerTimer = nil
         for (id, pending) in awaiting {
-            pending.timer?.cancel()
-            pending.promise.fail(TunnelError.streamClosedBeforeResponse(destination: pending.destination))
+            pending.promise.fail(TunnelError.streamClosedBeforeResponse(destination: pending.destination.authority))
             awaiting[id] = nil
         }
         for stream in Array(streams.values) {
@@ -174,28 +177,45 @@ package final class TunnelStreams: ChannelDuplexHandler {
         nextStreamID = nextStreamID.advanced(by: 2)
         let stream = TunnelStreamChannel(streamID: id, parent: context.channel, streams: self, autoRead: false)
         streams[id] = stream
-        let answered = eventLoop.makePromise(of: Void.self)
-        let timer = eventLoop.assumeIsolated().scheduleTask(in: timeout) { [self] in
-            guard let pending = awaiting.removeValue(forKey: id) else { return }
-            pending.promise.fail(TunnelError.noResponse(destination: destination.authority, after: timeout))
-            stream.close(promise: nil)
-        }
-        awaiting[id] = Awaiting(promise: answered, timer: timer, destination: destination.authority)
+        let answered = eventLoop.makePromise(of: Channel.self)
+        // The loop's clock, which tests drive.
+        let deadline = eventLoop.now + timeout
+        awaiting[id] = Awaiting(promise: answered, deadline: deadline, timeout: timeout, destination: destination)
+        if answerTimer == nil { scheduleAnswerTimer(at: deadline, eventLoop: eventLoop) }
         let sent = eventLoop.makePromise(of: Void.self)
         context.writeAndFlush(wrapOutboundOut(HTTP2Frame(streamID: id, payload: .headers(.init(headers: HBONE.connectRequest(to: destination))))), promise: sent)
         sent.futureResult.assumeIsolated().whenFailure { [self] _ in
+            // The codec could not open the stream (the peer's GOAWAY came while
+            // it waited for a stream slot): it never reached the peer.
             guard let pending = awaiting.removeValue(forKey: id) else { return }
-            pending.timer?.cancel()
             pending.promise.fail(TunnelError.streamClosedBeforeResponse(destination: destination.authority))
             stream.close(promise: nil)
         }
-        return answered.futureResult.map { stream }
+        return answered.futureResult
+    }
+
+    private func scheduleAnswerTimer(at deadline: NIODeadline, eventLoop: EventLoop) {
+        answerTimer = eventLoop.assumeIsolated().scheduleTask(deadline: deadline) { [self] in
+            answerTimer = nil
+            let now = eventLoop.now
+            var earliest: NIODeadline?
+            for (id, pending) in awaiting {
+                guard pending.deadline <= now else {
+                    earliest = min(earliest ?? pending.deadline, pending.deadline)
+                    continue
+                }
+                awaiting[id] = nil
+                pending.promise.fail(TunnelError.noResponse(destination: pending.destination.authority, after: pending.timeout))
+                streams[id]?.close(promise: nil)
+            }
+            if let earliest { scheduleAnswerTimer(at: earliest, eventLoop: eventLoop) }
+        }
     }
 
     // MARK: Calls from the streams
 
     /// The server's answer to a stream's request.
-    func respond(_ status: HBONE.Status, on stream: TunnelStreamChannel, endStream: Bool, promise: EventLoopPromise<Void>?) {
+    func respond(_ status: HBONE.Status, on stream: TunnelStreamChannel, endStream: Bool, promise: EventLoopPromise<Void>? = nil) {
         write(.headers(.init(headers: HBONE.response(status: status), endStream: endStream)), on: stream, promise: promise)
         flush()
     }
