@@ -178,6 +178,16 @@ public enum EngineDecoding {
         return EnginePodDetails(id: raw.Id, cgroupPath: nonEmpty(raw.CgroupPath), infraContainerID: nonEmpty(raw.InfraContainerID))
     }
 
+    /// Whether an inspection's answer says the object is gone: 404, or the 500
+    /// with `"cause":"no such pod"` (or container) that Podman gives for a pod
+    /// removed between a listing or event and its inspection. Anything else is
+    /// a real failure.
+    public static func saysMissing(status: Int, body: some Collection<UInt8>) -> Bool {
+        if status == 404 { return true }
+        guard status == 500, let raw = try? JSONDecoder().decode(RawError.self, from: Data(body)) else { return false }
+        return ["no such pod", "no such container"].contains(raw.cause ?? "")
+    }
+
     /// The `message` of an error answer (`{"cause":…,"message":…,"response":404}`
     /// from Podman, `{"message":…}` from Docker); nil if there is none.
     public static func errorMessage(_ bytes: some Collection<UInt8>) -> String? {
@@ -358,6 +368,7 @@ struct RawContainerInspect: Decodable {
 
 struct RawError: Decodable {
     var message: String?
+    var cause: String?
 }
 
 struct RawPodInspect: Decodable {

@@ -255,7 +255,7 @@ public final class EngineWorkloadSource: Sendable {
             func fetch(_ path: String, missingIsNil: Bool) async throws -> [UInt8]? {
                 let (status, body) = try await connection.get(path, limit: limit, timeout: timeout)
                 if status == 200 { return body }
-                if status == 404 && missingIsNil { return nil }
+                if missingIsNil && EngineDecoding.saysMissing(status: status, body: body) { return nil }
                 throw EngineAPIError.status(code: status, request: "GET \(path)", message: EngineDecoding.errorMessage(body))
             }
             var pods: [EnginePodSummary] = []
@@ -269,7 +269,7 @@ public final class EngineWorkloadSource: Sendable {
             let listing = EngineListing(flavor: flavor, pods: pods, containers: containers)
             let needed = EngineWorkloads.inspectionsNeeded(listing)
             // What was removed between the listing and its inspection answers
-            // 404 and is left out; its removal event lists again.
+            // that it is missing and is left out; its removal event lists again.
             var details = EngineDetails()
             for id in needed.pods.sorted() {
                 if !stale.contains(id), let known = cache.pods[id] {

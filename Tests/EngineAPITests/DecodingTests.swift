@@ -128,6 +128,19 @@ import Testing
         #expect(EngineDecoding.errorMessage(Array("Not Found\n".utf8)) == nil)
     }
 
+    /// A pod removed between an event and its inspection: Podman 4 answers 500
+    /// with the cause "no such pod". That is a missing pod, not a failure of
+    /// the engine; any other 500 still is.
+    @Test func aMissingObjectIsRecognisedBy404OrPodmansCause() throws {
+        let gone = Array(#"{"cause":"no such pod","message":"no pod with ID 09a9 found in database: no such pod","response":500}"#.utf8)
+        #expect(EngineDecoding.saysMissing(status: 500, body: gone))
+        #expect(EngineDecoding.saysMissing(status: 404, body: try Recorded.bytes("libpod-error-404.json")))
+        let broken = Array(#"{"cause":"database is locked","message":"database is locked","response":500}"#.utf8)
+        #expect(!EngineDecoding.saysMissing(status: 500, body: broken))
+        #expect(!EngineDecoding.saysMissing(status: 500, body: Array("no such pod".utf8)), "only the JSON cause counts")
+        #expect(!EngineDecoding.saysMissing(status: 503, body: gone))
+    }
+
     @Test func whatIsNotAListSaysWhereItIsWrong() {
         func reason(_ text: String) -> String {
             do {
