@@ -21,6 +21,15 @@ let package = Package(
     targets: [
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CNetlink", pkgConfig: "libnftnl", providers: [.apt(["libnftnl-dev", "libmnl-dev"])]),
+        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+        // The system SQLite behind a small safe type: the only module that
+        // touches its C API.
+        .target(name: "SQLite", dependencies: ["CSQLite"]),
+        // The observed service graph as values: edges, aggregation, path
+        // templates, JSON and pictures. No I/O, so agentctl and tests use it as is.
+        .target(name: "Graph"),
+        // The graph's SQLite database, for the agent.
+        .target(name: "GraphStore", dependencies: ["Graph", "SQLite"]),
         .target(
             name: "LinuxNet",
             dependencies: [
@@ -139,6 +148,7 @@ let package = Package(
             name: "Agent",
             dependencies: [
                 "AdminAPI", "Config", "Proxy", "Workloads", "Netfilter", "LinuxNet", "TLS", "Identity", "Policy", "Kubernetes", "EngineAPI", "CNI", "CNIServer",
+                "Graph", "GraphStore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -182,7 +192,7 @@ let package = Package(
             // Never Agent or Proxy: the client reads the admin API's views and
             // checks files, it does not carry the daemon.
             dependencies: [
-                "AdminAPI", "Config", "Policy", "Identity", "TLS",
+                "AdminAPI", "Config", "Policy", "Identity", "TLS", "Graph",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -228,6 +238,7 @@ let package = Package(
             .product(name: "NIOHPACK", package: "swift-nio-http2"),
         ]),
         .testTarget(name: "AdminAPITests", dependencies: ["AdminAPI"]),
+        .testTarget(name: "GraphTests", dependencies: ["Graph", "GraphStore", "SQLite", "Policy", "TestFixtures"]),
         .testTarget(name: "CNITests", dependencies: [
             "CNI", "CNIServer", "LinuxNet", "TestFixtures",
             .product(name: "Logging", package: "swift-log"),
@@ -239,7 +250,7 @@ let package = Package(
         ]),
         .testTarget(name: "ConfigTests", dependencies: ["Config", "Policy", "LinuxNet", "Workloads"]),
         .testTarget(name: "AgentTests", dependencies: [
-            "Agent", "AdminAPI", "Config", "Workloads", "Proxy", "Policy", "TestFixtures",
+            "Agent", "AdminAPI", "Config", "Workloads", "Proxy", "Policy", "Graph", "TestFixtures",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),
