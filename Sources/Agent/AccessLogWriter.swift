@@ -1,5 +1,6 @@
 import Config
 import Foundation
+import Graph
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -186,6 +187,12 @@ struct AccessLogClock: Sendable {
 /// elsewhere, and a buffer grown past `batchLimit`, are written at once. Lines
 /// over the rate limit are dropped; a summary line says how many, at most once
 /// a second.
+///
+/// Every line is also an observation of the service graph, counted under the
+/// same lock into an in-memory aggregate that the graph recorder takes every
+/// few seconds: the access log already sees every connection and inspected
+/// request with its decision, so the graph adds no lock, no hop and no second
+/// decision path. Lines the rate limit drops are counted in the graph too.
 public final class AccessLogWriter: AccessLogSink {
     /// Everything a line needs, under one lock taken once per line.
     private struct State {
@@ -195,6 +202,9 @@ public final class AccessLogWriter: AccessLogSink {
         var pending: [UInt8] = []
         /// A write of `pending` is scheduled on an event loop.
         var writeScheduled = false
+        /// Graph edges counted since the recorder last took them; nil when
+        /// the graph is off.
+        var graph: EdgeAggregate?
     }
 
     static let batchLimit = 64 * 1024
@@ -206,17 +216,21 @@ public final class AccessLogWriter: AccessLogSink {
     private let writeFailures = Counter(label: "mesh_agent_access_log_write_failures_total")
     private let dropped = Counter(label: "mesh_agent_access_log_dropped_total")
 
-    public convenience init(path: String, limit: AccessLogLimit = .default) throws {
-        try self.init(path: path, limit: limit, clock: .system)
+    public convenience init(path: String, limit: AccessLogLimit = .default, recordsGraph: Bool = false) throws {
+        try self.init(path: path, limit: limit, clock: .system, recordsGraph: recordsGraph)
     }
 
-    init(path: String, limit: AccessLogLimit, clock: AccessLogClock) throws {
+    init(path: String, limit: AccessLogLimit, clock: AccessLogClock, recordsGraph: Bool = false) throws {
         self.path = path
         self.clock = clock
         ownsDescriptor = path != "-"
         let descriptor = ownsDescriptor ? try Self.open(path) : STDOUT_FILENO
-        state = NIOLockedValueBox(State(descriptor: descriptor, rateLimit: AccessLogRateLimit(limit, now: clock.monotonic())))
+        state = NIOLockedValueBox(
+            State(descriptor: descriptor, rateLimit: AccessLogRateLimit(limit, now: clock.monotonic()), graph: recordsGraph ? EdgeAggregate() : nil))
+        self.recordsGraph = recordsGraph
     }
+
+    private let recordsGraph: Bool
 
     private static func open(_ path: String) throws -> Int32 {
         let directory = (path as NSString).deletingLastPathComponent
@@ -261,11 +275,13 @@ public final class AccessLogWriter: AccessLogSink {
         // Formatted before the lock, to keep the lock short; in a flood some of
         // this work is for lines that are then dropped.
         let line = entry.jsonLineBytes()
+        let observation = recordsGraph ? EdgeObservation(entry) : nil
         let now = clock.monotonic()
         let loop = MultiThreadedEventLoopGroup.currentEventLoop
         var scheduleWrite = false
         let kept = line.withUnsafeBufferPointer { bytes in
             state.withLockedValue { state -> Bool in
+                if let observation { state.graph?.add(observation) }
                 switch state.rateLimit.admit(entry.action, now: now) {
                 case .write:
                     break
@@ -291,6 +307,15 @@ public final class AccessLogWriter: AccessLogSink {
         if !kept { dropped.increment() }
         if scheduleWrite, let loop {
             loop.execute { [self] in flush() }
+        }
+    }
+
+    /// The graph edges counted since the last call, leaving an empty aggregate.
+    public func takeGraph() -> EdgeAggregate {
+        state.withLockedValue { state in
+            guard let taken = state.graph else { return EdgeAggregate() }
+            state.graph = EdgeAggregate(limit: taken.limit)
+            return taken
         }
     }
 

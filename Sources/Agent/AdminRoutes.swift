@@ -1,5 +1,6 @@
 import AdminAPI
 import Foundation
+import Graph
 import Netfilter
 import Prometheus
 import Proxy
@@ -79,8 +80,16 @@ enum AdminRoutes {
     }
 
     private static func queryRoutes(_ services: AgentServices) -> [String: AdminServer.QueryRoute] {
-        let (registry, authorizer) = (services.registry, services.authorizer)
+        let (registry, authorizer, graph) = (services.registry, services.authorizer, services.graph)
         return [
+            "/v1/graph": { parameters in
+                guard let graph else {
+                    return AdminServer.Response(
+                        status: .serviceUnavailable,
+                        body: try AdminViews.encode(["error": "the service graph is off: graph.enabled is false in the agent's config"]))
+                }
+                return AdminServer.Response(body: try AdminViews.graph(parameters, graph: graph))
+            },
             "/v1/policy/explain": { parameters in
                 AdminServer.Response(body: try AdminViews.encode(AdminViews.explain(parameters, registry: registry, authorizer: authorizer)))
             },

@@ -14,6 +14,9 @@ extension ControlLoop {
         services.svids.tick()
         updateMetrics()
         services.accessLog.writeDropSummary()
+        if ticks % GraphRecorder.flushInterval == 0 {
+            services.graph?.flushSoon()
+        }
         if ticks == Self.podSocketsClaimTicks {
             let unclaimed = services.podSockets.closeUnclaimed()
             if !unclaimed.isEmpty {

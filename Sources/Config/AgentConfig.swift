@@ -101,6 +101,17 @@ public struct AgentConfig: Equatable, Sendable {
     /// The `workloads:` list: the config file's own workload source.
     public var workloads: [WorkloadSpec] = []
     public var workloadSources = WorkloadSources()
+    /// The observed service graph (`graph:`).
+    public var graph = Graph()
+
+    /// `graph: {enabled: true, path: /var/lib/mesh-agent/graph.db, retention: 30d}`.
+    public struct Graph: Equatable, Sendable {
+        public var enabled = true
+        public var path = "/var/lib/mesh-agent/graph.db"
+        public var retention: Duration = .seconds(30 * 86400)
+
+        public init() {}
+    }
 
     public init(trustDomain: String, node: String) {
         self.trustDomain = trustDomain
@@ -181,12 +192,13 @@ extension AgentConfig {
         }
         if let node = top.take("limits") { config.limits = try parseLimits(node) }
         if let node = top.take("http") { config.http = try parseHTTP(node) }
+        if let node = top.take("graph") { config.graph = try parseGraph(node) }
         if let node = top.take("workloadSources") { config.workloadSources = try parseWorkloadSources(node, node: config.node) }
         if let node = workloadsNode { config.workloads = try parseWorkloads(node, trustDomain: trustDomain, agentPorts: config.ports, captureMode: config.captureMode) }
         try top.finish(allowed: [
             "trustDomain", "node", "captureMode", "mark", "markMask", "failureMode", "ports", "adminSocket",
             "accessLog", "accessLogLimit", "policyDir", "rootNamespace", "certificateTTL", "mtlsMode", "drainTimeout", "ca",
-            "meshNetworks", "limits", "http", "workloads", "workloadSources",
+            "meshNetworks", "limits", "http", "workloads", "workloadSources", "graph",
         ])
         return config
     }
@@ -250,6 +262,37 @@ extension AgentConfig {
         }
         try map.finish(allowed: ["pathNormalization", "pathParameters"])
         return rules
+    }
+
+    private static func parseGraph(_ node: YAMLNode) throws -> Graph {
+        var map = try node.mapping()
+        var graph = Graph()
+        if let value = map.take("enabled") { graph.enabled = try value.bool() }
+        if let value = map.take("path") { graph.path = try absolutePath(value) }
+        // Under an hour the window would be shorter than one stored bucket.
+        if let value = map.take("retention") { graph.retention = try retention(value) }
+        if let value = map.take("http") {
+            // Parsing HTTP on ports no policy inspects is not built yet; a key
+            // that is accepted and does nothing would mislead.
+            guard try value.bool() == false else {
+                throw value.error("true is not supported yet: HTTP methods and paths are recorded where L7 policy already inspects requests; remove the key or set it to false")
+            }
+        }
+        try map.finish(allowed: ["enabled", "path", "retention", "http"])
+        return graph
+    }
+
+    /// Retention is counted in days (`30d`), or written as any other duration;
+    /// at least an hour, the graph's smallest stored window.
+    private static func retention(_ node: YAMLNode) throws -> Duration {
+        let text = try node.string()
+        if text.hasSuffix("d"), let days = Int64(text.dropLast()), (1...36_500).contains(days) {
+            return .seconds(days * 86400)
+        }
+        guard parseDuration(text) != nil else {
+            throw node.error("\"\(text)\" is not a retention; write it in days like 30d, or like 12h")
+        }
+        return try duration(node, atLeast: .seconds(3600))
     }
 
     /// `accessLogLimit: {linesPerSecond: 5000, burst: 20000}`; `linesPerSecond: 0`
