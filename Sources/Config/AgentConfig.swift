@@ -286,13 +286,11 @@ extension AgentConfig {
     /// at least an hour, the graph's smallest stored window.
     private static func retention(_ node: YAMLNode) throws -> Duration {
         let text = try node.string()
-        if text.hasSuffix("d"), let days = Int64(text.dropLast()), (1...36_500).contains(days) {
-            return .seconds(days * 86400)
-        }
-        guard parseDuration(text) != nil else {
+        guard let value = parseWindow(text) else {
             throw node.error("\"\(text)\" is not a retention; write it in days like 30d, or like 12h")
         }
-        return try duration(node, atLeast: .seconds(3600))
+        guard value >= .seconds(3600) else { throw node.error("must be at least 1h, the graph's smallest stored window") }
+        return value
     }
 
     /// `accessLogLimit: {linesPerSecond: 5000, burst: 20000}`; `linesPerSecond: 0`
@@ -537,6 +535,17 @@ func parseDuration(_ text: String) -> Duration? {
         }
     }
     return digits.isEmpty ? total : nil
+}
+
+/// A span of observed history: whole days (`30d`, `7d`) or a duration as
+/// `parseDuration` reads it (`24h`, `90m`). Days are only for windows and
+/// retention, where they are the natural unit; timeouts stay in h/m/s/ms.
+public func parseWindow(_ text: String) -> Duration? {
+    if text.hasSuffix("d") {
+        guard let days = Int64(text.dropLast()), (0...36_500).contains(days) else { return nil }
+        return .seconds(days * 86400)
+    }
+    return parseDuration(text)
 }
 
 extension AgentConfig {

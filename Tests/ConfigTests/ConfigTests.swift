@@ -169,7 +169,7 @@ import Testing
         ("- a\n- b\n", "agent.yaml:1: expected a mapping"),
         ("trustDomain: td\ngraph: {path: graph.db}\n", "agent.yaml:2: graph.path: must be an absolute path"),
         ("trustDomain: td\ngraph: {retention: 30 days}\n", "graph.retention: \"30 days\" is not a retention; write it in days like 30d"),
-        ("trustDomain: td\ngraph: {retention: 10m}\n", "graph.retention: must be at least"),
+        ("trustDomain: td\ngraph: {retention: 10m}\n", "graph.retention: must be at least 1h"),
         ("trustDomain: td\ngraph: {enabled: maybe}\n", "graph.enabled:"),
         ("trustDomain: td\ngraph: {http: true}\n", "graph.http: true is not supported yet"),
         ("trustDomain: td\ngraph: {database: /x.db}\n", "graph.database: unknown key"),

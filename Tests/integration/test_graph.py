@@ -1,0 +1,215 @@
+"""The observed service graph end to end, on two nodes with an agent each:
+traffic through the mesh (HTTP through an L7 policy, TCP through an L4 one,
+plaintext from outside the mesh) becomes edges in the destination agent's
+graph database; `agentctl graph` shows them as a table, JSON, DOT and SVG,
+filtered and merged; `agentctl policy suggest` turns them into dry-run
+policies that `agentctl policy check` accepts; a restart keeps the graph; a
+damaged database is reported while the agent keeps proxying.
+
+Node "a" runs the callers (checkout in shop, frontend in web); node "b" the
+servers: orders (HTTP, L7 policy) and ledger (TCP echo, L4 policy, PERMISSIVE
+so plaintext from the node itself reaches policy).
+"""
+import json
+import sys
+import uuid
+import xml.dom.minidom
+from pathlib import Path
+
+import pytest
+
+from conftest import TwoNodes, agentctl, http_exchange, principal, spiffe, wait_for
+
+TOOLS = Path(__file__).resolve().parent / "tools"
+HTTP_PEER = TOOLS / "http_peer.py"
+MESH = ["10.77.0.0/16", "fd77::/64"]
+ORDERS, LEDGER = 8080, 8090
+
+
+POLICIES = f"""\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: orders-allow, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: orders}}}}
+  rules:
+  - from: [{{source: {{principals: ["{principal('checkout')}"]}}}}]
+    to: [{{operation: {{methods: ["GET", "POST"], paths: ["/orders/*", "/reserve"]}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ledger-callers, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: ledger}}}}
+  rules:
+  - from: [{{source: {{principals: ["{principal('checkout')}"]}}}}]
+  - from: [{{source: {{notPrincipals: ["*"], ipBlocks: ["10.77.0.0/16"]}}}}]
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {{name: ledger, namespace: shop}}
+spec: {{selector: {{matchLabels: {{app: ledger}}}}, mtls: {{mode: PERMISSIVE}}}}
+"""
+
+
+def request(method, path):
+    return f"{method} {path} HTTP/1.1\r\nHost: orders.shop\r\n\r\n"
+
+
+class GraphMesh:
+    def __init__(self, nodes, tmp):
+        self.nodes = nodes
+        self.tmp = tmp
+        t = self.topology = nodes.topology
+        self.b_ip = t.remote_ip
+        a_workloads = [
+            nodes.workload("checkout", namespace="shop", serviceAccount="checkout"),
+            nodes.workload("frontend", namespace="web", serviceAccount="frontend"),
+        ]
+        self.b_workloads = [
+            nodes.workload("orders", namespace="shop", serviceAccount="orders", labels={"app": "orders"}, ports=[ORDERS]),
+            nodes.workload("ledger", namespace="shop", serviceAccount="ledger", labels={"app": "ledger"}, ports=[LEDGER]),
+        ]
+        self.policies_b = tmp / "policies-b"
+        self.policies_b.mkdir()
+        (self.policies_b / "shop.yaml").write_text(POLICIES)
+        t.serve(t.remote, [sys.executable, str(HTTP_PEER), "serve", str(ORDERS), str(tmp / "orders-requests")],
+                cgroup=nodes.cgroups.directory("orders"), what="the orders server")
+        t.server("echo", LEDGER, ns=t.remote, cgroup=nodes.cgroups.directory("ledger"))
+        self.b = nodes.agent("b", self.b_workloads, meshNetworks=MESH, policyDir=self.policies_b).start()
+        self.a = nodes.agent("a", a_workloads, meshNetworks=MESH).start()
+        names = [spiffe("checkout"), spiffe("frontend", "web")]
+        wait_for(lambda: all(any(c["identity"] == n and c["state"] == "valid"
+                                 for c in json.loads(self.a.ctl("certs", "-o", "json").stdout)) for n in names),
+                 timeout=20, what=f"certificates for {names}")
+        self.traffic()
+
+    def echo(self, workload=None):
+        """One round trip to ledger from a workload of node a (plaintext from
+        the node itself when workload is None)."""
+        text = f"hello {uuid.uuid4().hex}"
+        cgroup = self.nodes.cgroups.directory(workload) if workload else None
+        result = self.topology.client(["probe", self.b_ip, LEDGER, text], cgroup=cgroup, timeout=60)
+        return result["received"] == text
+
+    def traffic(self):
+        answers = http_exchange(self.topology, self.nodes.cgroups.directory("checkout"), self.b_ip, ORDERS, [request("GET", "/orders/17"), request("GET", "/orders/42"),
+                                         request("POST", "/reserve"), request("DELETE", "/orders/17")])
+        assert [a["status"] for a in answers] == [200, 200, 200, 403], answers
+        assert self.echo("checkout"), "checkout may reach ledger"
+        assert self.echo("checkout"), "checkout may reach ledger"
+        assert not self.echo("frontend"), "frontend may not reach ledger"
+        assert self.echo(None), "plaintext from the mesh network may reach ledger"
+
+    def graph(self, agent, *args):
+        return json.loads(agent.ctl("graph", "-o", "json", *args).stdout)["edges"]
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("graph")
+    nodes = TwoNodes(tmp, "graph")
+    try:
+        yield GraphMesh(nodes, tmp)
+    finally:
+        nodes.close()
+
+
+def find(edges, **fields):
+    found = [e for e in edges if all(e.get(k) == v for k, v in fields.items())]
+    assert len(found) == 1, f"one edge with {fields}, got {found} among {json.dumps(edges, indent=1)}"
+    return found[0]
+
+
+def test_traffic_becomes_edges_with_the_access_logs_field_names(mesh):
+    edges = mesh.graph(mesh.b)
+    fields = {"src_identity", "src_addr", "dst_workload", "dst_identity", "dst_port", "protocol", "tls", "method",
+              "path_template", "decision", "policy", "rule", "connections", "requests", "bytes_sent", "bytes_received",
+              "first_seen", "last_seen"}
+    assert all(fields <= set(e) for e in edges), edges
+    gets = find(edges, src_identity=spiffe("checkout"), dst_workload="shop/orders", method="GET")
+    assert gets["path_template"] == "/orders/{id}" and gets["requests"] == 2
+    assert gets["decision"] == "allow" and gets["policy"] == "shop/orders-allow" and gets["rule"] == 0
+    assert gets["tls"] == "mutual" and gets["protocol"] == "http" and gets["dst_port"] == ORDERS
+    assert gets["dst_identity"] == spiffe("orders")
+    assert find(edges, dst_workload="shop/orders", method="POST")["path_template"] == "/reserve"
+    assert find(edges, dst_workload="shop/orders", method="DELETE")["decision"] == "deny"
+    ledger = find(edges, src_identity=spiffe("checkout"), dst_workload="shop/ledger")
+    assert ledger["connections"] == 2 and ledger["protocol"] == "tcp" and ledger["decision"] == "allow"
+    assert ledger["bytes_sent"] > 0 and ledger["bytes_received"] > 0
+    denied = find(edges, src_identity=spiffe("frontend", "web"), dst_workload="shop/ledger")
+    assert denied["decision"] == "deny" and denied["policy"] is None
+    plain = find(edges, src_identity=None, dst_workload="shop/ledger")
+    assert plain["src_addr"] == mesh.topology.node_ip and plain["tls"] == "none" and plain["rule"] == 1
+    # Node a decided nothing for a workload of its own: its graph has no edge.
+    assert mesh.graph(mesh.a) == []
+
+
+def test_the_table_filters_and_dot_show_the_same_graph(mesh):
+    table = mesh.b.ctl("graph").stdout
+    assert table.splitlines()[0].split()[:3] == ["SOURCE", "DESTINATION", "PORT"], table
+    assert "shop/checkout" in table and "/orders/{id}" in table and "plaintext from" in table, table
+    web = mesh.graph(mesh.b, "--namespace", "web")
+    assert [e["src_identity"] for e in web] == [spiffe("frontend", "web")], web
+    ledger = mesh.graph(mesh.b, "--workload", "ledger")
+    assert ledger and all(e["dst_workload"] == "shop/ledger" for e in ledger), ledger
+    assert mesh.graph(mesh.b, "--since", "1h") == mesh.graph(mesh.b), "everything happened within the hour"
+    dot = mesh.b.ctl("graph", "-o", "dot").stdout
+    assert dot.startswith("digraph mesh {"), dot
+    assert '"shop/checkout" -> "shop/ledger"' in dot and "style=solid" in dot
+    assert f'"plaintext from {mesh.topology.node_ip}" -> "shop/ledger"' in dot and "style=dashed" in dot
+    refused = mesh.b.ctl("graph", "--since", "yesterday", check=False)
+    assert refused.returncode != 0 and "--since \"yesterday\" is not a duration" in refused.stderr
+
+
+def test_svg_is_valid_xml(mesh):
+    svg = mesh.b.ctl("graph", "-o", "svg").stdout
+    document = xml.dom.minidom.parseString(svg)
+    assert document.documentElement.tagName == "svg"
+    assert "shop/ledger" in svg
+
+
+def test_merging_graphs_adds_the_same_edges(mesh, tmp_path):
+    one = tmp_path / "b.json"
+    one.write_text(mesh.b.ctl("graph", "-o", "json").stdout)
+    merged = json.loads(agentctl("graph", "merge", one, one, "-o", "json").stdout)["edges"]
+    single = json.loads(one.read_text())["edges"]
+    assert len(merged) == len(single)
+    ledger = find(merged, src_identity=spiffe("checkout"), dst_workload="shop/ledger")
+    assert ledger["connections"] == 2 * find(single, src_identity=spiffe("checkout"), dst_workload="shop/ledger")["connections"]
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"edges": [{"dst_workload": "x"}]}')
+    refused = agentctl("graph", "merge", bad, check=False)
+    assert refused.returncode == 1 and f"{bad}: not a graph document" in refused.stderr, refused.stderr
+
+
+def test_a_restart_keeps_the_graph(mesh):
+    before = mesh.graph(mesh.b)
+    assert mesh.b.stop() == 0
+    # start() waits for "ready" in the log: the first run's must not count.
+    mesh.b.stderr_path.rename(mesh.b.stderr_path.with_suffix(".first"))
+    mesh.b.start()
+    after = mesh.graph(mesh.b)
+    assert after == before
+
+
+def test_a_damaged_database_is_reported_and_the_agent_keeps_proxying(two_nodes):
+    nodes = two_nodes
+    t = nodes.topology
+    ledger = nodes.workload("ledger", namespace="shop", serviceAccount="ledger", ports=[LEDGER])
+    t.server("echo", LEDGER, ns=t.remote, cgroup=nodes.cgroups.directory("ledger"))
+    b = nodes.agent("b", [ledger], meshNetworks=MESH)
+    b.graph_db.write_bytes(b"\x5a" * 8192)
+    b.start()
+    text = f"hello {uuid.uuid4().hex}"
+    result = t.client(["probe", t.remote_ip, LEDGER, text], timeout=60)
+    assert result["received"] == text, "the agent proxies without its graph"
+    wait_for(lambda: "the service graph is not being recorded" in b.log(), timeout=10, what="the graph error in the log")
+    assert f"graph database {b.graph_db}" in b.log() and "move it away" in b.log()
+    refused = b.ctl("graph", check=False)
+    assert refused.returncode == 1 and "the service graph is not available" in refused.stderr, refused.stderr
+    metrics = t.run_in(t.remote, sys.executable, "-c",
+                       "import urllib.request; print(urllib.request.urlopen("
+                       "'http://127.0.0.1:15020/metrics', timeout=10).read().decode())").stdout
+    errors = [line for line in metrics.splitlines() if line.startswith("mesh_agent_graph_errors_total ")]
+    assert errors and float(errors[0].split()[1]) >= 1, errors
