@@ -238,7 +238,7 @@ let package = Package(
             .product(name: "NIOHPACK", package: "swift-nio-http2"),
         ]),
         .testTarget(name: "AdminAPITests", dependencies: ["AdminAPI"]),
-        .testTarget(name: "GraphTests", dependencies: ["Graph", "GraphStore", "SQLite", "Policy", "TestFixtures"]),
+        .testTarget(name: "GraphTests", dependencies: ["Graph", "GraphStore", "SQLite", "Policy", "TestFixtures", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "CNITests", dependencies: [
             "CNI", "CNIServer", "LinuxNet", "TestFixtures",
             .product(name: "Logging", package: "swift-log"),

@@ -106,15 +106,22 @@ public enum GraphView {
     /// A DOT string literal: quotes and backslashes escaped, control characters
     /// (which a plaintext peer's name cannot hold, but a path could) dropped.
     static func quoted(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case _ where scalar.value < 0x20 || scalar.value == 0x7f: continue
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
+        doubleQuoted(text) { _ in "" }
     }
+}
+
+/// `text` in double quotes with quotes and backslashes escaped, and each
+/// control character replaced by what `control` makes of it: DOT and YAML
+/// agree on the first two and differ on the rest.
+func doubleQuoted(_ text: String, control: (Unicode.Scalar) -> String) -> String {
+    var out = "\""
+    for scalar in text.unicodeScalars {
+        switch scalar {
+        case "\"": out += "\\\""
+        case "\\": out += "\\\\"
+        case _ where scalar.value < 0x20 || scalar.value == 0x7f: out += control(scalar)
+        default: out.unicodeScalars.append(scalar)
+        }
+    }
+    return out + "\""
 }

@@ -14,6 +14,28 @@ struct GraphCommand: ParsableCommand {
         defaultSubcommand: Show.self
     )
 
+    /// The start of a window written like 24h or 7d, in seconds since the epoch.
+    static func windowStart(_ since: String?, now: Date = Date()) throws -> Double? {
+        guard let since else { return nil }
+        guard let window = parseWindow(since) else {
+            throw ValidationError("--since \"\(since)\" is not a duration; write it like 24h, 90m or 7d")
+        }
+        return now.timeIntervalSince1970 - Double(window.components.seconds)
+    }
+
+    /// The running agent's edges last seen at or after `since`; exits 1 with
+    /// the reason when the agent cannot answer.
+    static func fetch(socket: String?, since: Double?) throws -> [Edge] {
+        // The window is applied by the agent, so it reads only those hours.
+        let path = since.map { "/v1/graph?since=\(String(format: "%.3f", $0))" } ?? "/v1/graph"
+        do {
+            return try GraphDocument.decode(try AgentConnection.client(socket: socket).get(path), source: "the agent's \(path)").edges
+        } catch {
+            printError("\(error)")
+            throw ExitCode.failure
+        }
+    }
+
     enum Format: String, ExpressibleByArgument, CaseIterable {
         case table, json, dot, svg
     }
@@ -33,13 +55,7 @@ struct GraphCommand: ParsableCommand {
         var since: String?
 
         /// `--since` as seconds since the epoch.
-        func sinceTime(now: Date = Date()) throws -> Double? {
-            guard let since else { return nil }
-            guard let window = parseWindow(since) else {
-                throw ValidationError("--since \"\(since)\" is not a duration; write it like 24h, 90m or 7d")
-            }
-            return now.timeIntervalSince1970 - Double(window.components.seconds)
-        }
+        func sinceTime() throws -> Double? { try GraphCommand.windowStart(since) }
 
         func print(_ edges: [Edge]) throws {
             let filter = EdgeFilter(namespace: namespace, workload: workload, since: try sinceTime())
@@ -106,17 +122,7 @@ struct GraphCommand: ParsableCommand {
         @OptionGroup var selection: Selection
 
         func run() throws {
-            // The window is applied by the agent too, so it reads only those hours.
-            let since = try selection.sinceTime()
-            let path = since.map { "/v1/graph?since=\(String(format: "%.3f", $0))" } ?? "/v1/graph"
-            let document: GraphDocument
-            do {
-                document = try GraphDocument.decode(try AgentConnection.client(socket: socket).get(path), source: "the agent's \(path)")
-            } catch {
-                printError("\(error)")
-                throw ExitCode.failure
-            }
-            try selection.print(document.edges)
+            try selection.print(try GraphCommand.fetch(socket: socket, since: try selection.sinceTime()))
         }
     }
 

@@ -11,6 +11,7 @@ servers: orders (HTTP, L7 policy) and ledger (TCP echo, L4 policy, PERMISSIVE
 so plaintext from the node itself reaches policy).
 """
 import json
+import re
 import sys
 import uuid
 import xml.dom.minidom
@@ -181,6 +182,62 @@ def test_merging_graphs_adds_the_same_edges(mesh, tmp_path):
     bad.write_text('{"edges": [{"dst_workload": "x"}]}')
     refused = agentctl("graph", "merge", bad, check=False)
     assert refused.returncode == 1 and f"{bad}: not a graph document" in refused.stderr, refused.stderr
+
+
+def policies_in_force(agent):
+    view = json.loads(agent.ctl("policies", "-o", "json").stdout)
+    return view["generation"], {p["name"] for p in view["policies"]}
+
+
+def apply(mesh, files):
+    """Replaces node b's policies with `files` and waits until they are in force."""
+    generation, _ = policies_in_force(mesh.b)
+    for old in mesh.policies_b.iterdir():
+        old.unlink()
+    for name, text in files.items():
+        (mesh.policies_b / name).write_text(text)
+    names = {n for text in files.values() for n in re.findall(r"\bname: ([\w-]+)", text)}
+
+    def applied():
+        now, loaded = policies_in_force(mesh.b)
+        return now > generation and loaded == names
+    wait_for(applied, timeout=10, what=f"policies {names} in force")
+
+
+def test_suggested_policies_pass_check_and_allow_exactly_what_was_seen(mesh, tmp_path):
+    out = tmp_path / "suggested"
+    written = mesh.b.ctl("policy", "suggest", "--out", out).stdout.split()
+    assert sorted(Path(p).name for p in written) == ["shop-ledger.yaml", "shop-orders-strict.yaml", "shop-orders.yaml"], written
+    checked = agentctl("policy", "check", out, check=False)
+    assert checked.returncode == 0, checked.stderr
+    orders = (out / "shop-orders.yaml").read_text()
+    assert 'istio.io/dry-run: "true"' in orders and '"/orders/*"' in orders and '"DELETE"' not in orders, orders
+    assert "notPrincipals" in (out / "shop-ledger.yaml").read_text(), "plaintext is allowed by address, without an identity"
+    printed = mesh.b.ctl("policy", "suggest", "--workload", "orders").stdout
+    assert printed == orders + "---\n" + (out / "shop-orders-strict.yaml").read_text(), "printed and written are the same policies"
+
+    # Dry-run: nothing is blocked; a request outside what was seen is logged as one it would deny.
+    suggested = {"orders.yaml": orders, "ledger.yaml": (out / "shop-ledger.yaml").read_text()}
+    apply(mesh, suggested)
+    marker = f"/orders/{uuid.uuid4().int % 10**9}"
+    answers = http_exchange(mesh.topology, mesh.nodes.cgroups.directory("checkout"), mesh.b_ip, ORDERS,
+                            [request("PUT", marker), request("GET", "/orders/5")])
+    assert [a["status"] for a in answers] == [200, 200], answers
+    would = mesh.b.find_entry(lambda e: e.get("method") == "PUT" and e.get("path") == marker, what="the dry-run line")
+    # No rule of the dry-run ALLOW policy matches, so none is named as the one that would deny.
+    assert would["action"] == "allow" and would["audit"] == "deny", would
+    seen = mesh.b.find_entry(lambda e: e.get("method") == "GET" and e.get("path") == "/orders/5", what="an observed request")
+    assert seen["audit"] == "allow" and seen["audit_policy"] == "shop/orders-observed", seen
+    assert mesh.echo("frontend"), "dry-run blocks nobody"
+
+    # Enforced: what was seen is allowed, the rest is refused.
+    apply(mesh, {name: text.replace('  annotations:\n    istio.io/dry-run: "true"\n', "") for name, text in suggested.items()})
+    answers = http_exchange(mesh.topology, mesh.nodes.cgroups.directory("checkout"), mesh.b_ip, ORDERS,
+                            [request("GET", "/orders/99"), request("POST", "/reserve"), request("PUT", "/orders/1")])
+    assert [a["status"] for a in answers] == [200, 200, 403], answers
+    assert mesh.echo("checkout") and mesh.echo(None), "observed callers of ledger"
+    assert not mesh.echo("frontend"), "a caller refused while observed stays refused"
+    apply(mesh, {"shop.yaml": POLICIES})
 
 
 def test_a_restart_keeps_the_graph(mesh):
