@@ -80,15 +80,19 @@ enum AdminRoutes {
     }
 
     private static func queryRoutes(_ services: AgentServices) -> [String: AdminServer.QueryRoute] {
-        let (registry, authorizer, graph) = (services.registry, services.authorizer, services.graph)
+        let (registry, authorizer, graph, state) = (services.registry, services.authorizer, services.graph, services.state)
+        let graphOff = AdminServer.Response(
+            status: .serviceUnavailable, body: Data(#"{"error":"the service graph is off: graph.enabled is false in the agent's config"}"#.utf8))
         return [
             "/v1/graph": { parameters in
-                guard let graph else {
-                    return AdminServer.Response(
-                        status: .serviceUnavailable,
-                        body: try AdminViews.encode(["error": "the service graph is off: graph.enabled is false in the agent's config"]))
-                }
+                guard let graph else { return graphOff }
                 return AdminServer.Response(body: try AdminViews.graph(parameters, graph: graph))
+            },
+            "/v1/policy/report": { parameters in
+                guard let graph else { return graphOff }
+                return AdminServer.Response(
+                    body: try AdminViews.policyReport(
+                        parameters, graph: graph, policies: state.current.policy.policies.authorization, workloads: registry.members.map(\.workload)))
             },
             "/v1/policy/explain": { parameters in
                 AdminServer.Response(body: try AdminViews.encode(AdminViews.explain(parameters, registry: registry, authorizer: authorizer)))

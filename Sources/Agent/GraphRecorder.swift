@@ -22,7 +22,8 @@ extension EdgeObservation {
             destinationWorkload: workload, destinationIdentity: entry.destinationIdentity,
             destinationPort: UInt16(clamping: entry.destinationAddress?.port ?? 0),
             protocol: entry.protocol, tls: entry.tls.rawValue, method: entry.method, pathTemplate: entry.path.map(PathTemplate.generalize),
-            decision: entry.action.rawValue, policy: entry.policy, rule: entry.rule, audit: entry.audit, auditPolicy: entry.auditPolicy)
+            decision: entry.action.rawValue, policy: entry.policy, rule: entry.rule, audit: entry.audit, auditPolicy: entry.auditPolicy,
+            auditRule: entry.auditRule)
         // When it ended: a connection open for days is seen in today's window.
         self.init(
             key: key, kind: entry.method == nil ? .connection : .request, bytesSent: entry.bytesSent, bytesReceived: entry.bytesReceived,

@@ -28,11 +28,14 @@ public struct EdgeKey: Hashable, Sendable, Codable {
     /// `allow`), and which one: the access log's `audit` and `audit_policy`.
     public var audit: String?
     public var auditPolicy: String?
+    /// The index of that policy's rule (`audit_rule`).
+    public var auditRule: Int?
 
     public init(
         sourceIdentity: String? = nil, sourceAddress: String? = nil, destinationWorkload: String, destinationIdentity: String? = nil,
         destinationPort: UInt16, protocol: String = "tcp", tls: String, method: String? = nil, pathTemplate: String? = nil,
-        decision: String, policy: String? = nil, rule: Int? = nil, audit: String? = nil, auditPolicy: String? = nil
+        decision: String, policy: String? = nil, rule: Int? = nil, audit: String? = nil, auditPolicy: String? = nil,
+        auditRule: Int? = nil
     ) {
         self.sourceIdentity = sourceIdentity
         self.sourceAddress = sourceAddress
@@ -48,6 +51,7 @@ public struct EdgeKey: Hashable, Sendable, Codable {
         self.rule = rule
         self.audit = audit
         self.auditPolicy = auditPolicy
+        self.auditRule = auditRule
     }
 
     /// How the caller is named: its identity, or `plaintext from ADDR`.

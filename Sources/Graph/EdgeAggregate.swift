@@ -59,7 +59,7 @@ extension EdgeKey {
     var sortKey: [String] {
         [
             destinationWorkload, String(destinationPort), sourceName, self.protocol, method ?? "", pathTemplate ?? "", tls, decision,
-            policy ?? "", rule.map { String($0) } ?? "", audit ?? "", auditPolicy ?? "",
+            policy ?? "", rule.map { String($0) } ?? "", audit ?? "", auditPolicy ?? "", auditRule.map { String($0) } ?? "",
         ]
     }
 }

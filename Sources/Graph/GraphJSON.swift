@@ -55,7 +55,7 @@ extension Edge: Codable {
     enum CodingKeys: String, CodingKey {
         case sourceIdentity = "src_identity", sourceAddress = "src_addr", destinationWorkload = "dst_workload"
         case destinationIdentity = "dst_identity", destinationPort = "dst_port", `protocol`, tls, method
-        case pathTemplate = "path_template", decision, policy, rule, audit, auditPolicy = "audit_policy"
+        case pathTemplate = "path_template", decision, policy, rule, audit, auditPolicy = "audit_policy", auditRule = "audit_rule"
         case connections, requests, bytesSent = "bytes_sent", bytesReceived = "bytes_received"
         case firstSeen = "first_seen", lastSeen = "last_seen"
     }
@@ -76,7 +76,8 @@ extension Edge: Codable {
             policy: try c.decodeIfPresent(String.self, forKey: .policy),
             rule: try c.decodeIfPresent(Int.self, forKey: .rule),
             audit: try c.decodeIfPresent(String.self, forKey: .audit),
-            auditPolicy: try c.decodeIfPresent(String.self, forKey: .auditPolicy))
+            auditPolicy: try c.decodeIfPresent(String.self, forKey: .auditPolicy),
+            auditRule: try c.decodeIfPresent(Int.self, forKey: .auditRule))
         counts = EdgeCounts(
             connections: try c.decode(UInt64.self, forKey: .connections),
             requests: try c.decode(UInt64.self, forKey: .requests),
@@ -104,6 +105,7 @@ extension Edge: Codable {
         try c.encode(key.rule, forKey: .rule)
         try c.encode(key.audit, forKey: .audit)
         try c.encode(key.auditPolicy, forKey: .auditPolicy)
+        try c.encode(key.auditRule, forKey: .auditRule)
         try c.encode(counts.connections, forKey: .connections)
         try c.encode(counts.requests, forKey: .requests)
         try c.encode(counts.bytesSent, forKey: .bytesSent)

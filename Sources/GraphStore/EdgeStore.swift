@@ -64,7 +64,7 @@ public final class EdgeStore {
 
     private static let keyColumns = [
         "src_identity", "src_addr", "dst_workload", "dst_identity", "dst_port", "protocol", "tls", "method", "path_template",
-        "decision", "policy", "rule", "audit", "audit_policy",
+        "decision", "policy", "rule", "audit", "audit_policy", "audit_rule",
     ]
     private static let countColumns = ["connections", "requests", "bytes_sent", "bytes_received", "first_seen", "last_seen"]
 
@@ -82,7 +82,7 @@ public final class EdgeStore {
         // Absent values are stored as '' and -1, because a UNIQUE index treats
         // every NULL as distinct and would never merge those edges.
         let keyDefinitions = keyColumns.map { column in
-            column == "dst_port" || column == "rule" ? "\(column) INTEGER NOT NULL" : "\(column) TEXT NOT NULL"
+            ["dst_port", "rule", "audit_rule"].contains(column) ? "\(column) INTEGER NOT NULL" : "\(column) TEXT NOT NULL"
         }
         try database.execute("""
             CREATE TABLE IF NOT EXISTS edges (
@@ -176,6 +176,7 @@ public final class EdgeStore {
             text(key.sourceIdentity), text(key.sourceAddress), .text(key.destinationWorkload), text(key.destinationIdentity),
             .integer(Int64(key.destinationPort)), .text(key.protocol), .text(key.tls), text(key.method), text(key.pathTemplate),
             .text(key.decision), text(key.policy), .integer(Int64(key.rule ?? -1)), text(key.audit), text(key.auditPolicy),
+            .integer(Int64(key.auditRule ?? -1)),
         ]
     }
 
@@ -193,11 +194,11 @@ public final class EdgeStore {
         guard let workload = text(2), let port = row[4].integer.flatMap({ UInt16(exactly: $0) }),
             let proto = text(5), let tls = text(6), let decision = text(9)
         else { return nil }
-        let rule = row[11].integer.flatMap { $0 >= 0 ? Int(exactly: $0) : nil }
+        func index(_ column: Int) -> Int? { row[column].integer.flatMap { $0 >= 0 ? Int(exactly: $0) : nil } }
         let key = EdgeKey(
             sourceIdentity: text(0), sourceAddress: text(1), destinationWorkload: workload, destinationIdentity: text(3),
             destinationPort: port, protocol: proto, tls: tls, method: text(7), pathTemplate: text(8), decision: decision,
-            policy: text(10), rule: rule, audit: text(12), auditPolicy: text(13))
+            policy: text(10), rule: index(11), audit: text(12), auditPolicy: text(13), auditRule: index(14))
         let offset = keyColumns.count
         let counts = EdgeCounts(
             connections: count(offset), requests: count(offset + 1), bytesSent: count(offset + 2), bytesReceived: count(offset + 3),

@@ -41,7 +41,7 @@ struct PolicyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "policy",
         abstract: "Check policy files, and ask what the policies in force decide.",
-        subcommands: [Check.self, Explain.self, Suggest.self]
+        subcommands: [Check.self, Explain.self, Suggest.self, Report.self]
     )
 
     struct Check: ParsableCommand {

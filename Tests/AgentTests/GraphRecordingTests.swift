@@ -50,12 +50,13 @@ import Testing
         entry.rule = 1
         entry.audit = "deny"
         entry.auditPolicy = "shop/orders-dry-run"
+        entry.auditRule = 2
         let observation = try #require(EdgeObservation(entry))
         #expect(observation.kind == .request)
         #expect(observation.key.pathTemplate == "/orders/{id}")
         #expect(observation.key.decision == "deny")
         #expect(observation.key.policy == "shop/orders-allow" && observation.key.rule == 1)
-        #expect(observation.key.audit == "deny" && observation.key.auditPolicy == "shop/orders-dry-run")
+        #expect(observation.key.audit == "deny" && observation.key.auditPolicy == "shop/orders-dry-run" && observation.key.auditRule == 2)
     }
 
     @Test func linesWithoutAWorkloadOnThisNodeAreTheOtherNodesEdges() throws {

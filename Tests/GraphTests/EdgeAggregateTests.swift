@@ -79,7 +79,7 @@ import Testing
         let first = try #require((object["edges"] as? [[String: Any]])?.first)
         #expect(Set(first.keys) == [
             "src_identity", "src_addr", "dst_workload", "dst_identity", "dst_port", "protocol", "tls", "method", "path_template",
-            "decision", "policy", "rule", "audit", "audit_policy", "connections", "requests", "bytes_sent", "bytes_received",
+            "decision", "policy", "rule", "audit", "audit_policy", "audit_rule", "connections", "requests", "bytes_sent", "bytes_received",
             "first_seen", "last_seen",
         ])
         #expect(first["path_template"] as? String == "/orders/{id}")

@@ -24,7 +24,8 @@ import TestFixtures
                 sourceIdentity: "spiffe://cluster.local/ns/shop/sa/\(source)", destinationWorkload: "shop/orders",
                 destinationIdentity: "spiffe://cluster.local/ns/shop/sa/orders", destinationPort: 8080,
                 protocol: method == nil ? "tcp" : "http", tls: "mutual", method: method, pathTemplate: method == nil ? nil : "/orders/{id}",
-                decision: "allow", policy: rule == nil ? nil : "shop/orders", rule: rule),
+                decision: "allow", policy: rule == nil ? nil : "shop/orders", rule: rule, audit: rule == nil ? nil : "allow",
+                auditPolicy: rule == nil ? nil : "shop/orders-dry-run", auditRule: rule == nil ? nil : 3),
             counts: EdgeCounts(connections: connections, bytesSent: 100, firstSeen: lastSeen - 1, lastSeen: lastSeen))
     }
 

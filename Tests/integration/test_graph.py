@@ -45,6 +45,7 @@ spec:
   rules:
   - from: [{{source: {{principals: ["{principal('checkout')}"]}}}}]
   - from: [{{source: {{notPrincipals: ["*"], ipBlocks: ["10.77.0.0/16"]}}}}]
+  - from: [{{source: {{principals: ["{principal('retired')}"]}}}}]
 ---
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -229,6 +230,11 @@ def test_suggested_policies_pass_check_and_allow_exactly_what_was_seen(mesh, tmp
     seen = mesh.b.find_entry(lambda e: e.get("method") == "GET" and e.get("path") == "/orders/5", what="an observed request")
     assert seen["audit"] == "allow" and seen["audit_policy"] == "shop/orders-observed", seen
     assert mesh.echo("frontend"), "dry-run blocks nobody"
+    report = json.loads(mesh.b.ctl("policy", "report", "-o", "json").stdout)
+    dry = [r for r in report["rules"] if r["policy"] == "shop/orders-observed"]
+    assert all(r["dry_run"] for r in dry), dry
+    assert [r["would_deny"] for r in dry if r["rule"] is None] == [1], dry
+    assert sum(r["allowed"] for r in dry if r["rule"] is not None) >= 1, dry
 
     # Enforced: what was seen is allowed, the rest is refused.
     apply(mesh, {name: text.replace('  annotations:\n    istio.io/dry-run: "true"\n', "") for name, text in suggested.items()})
@@ -238,6 +244,22 @@ def test_suggested_policies_pass_check_and_allow_exactly_what_was_seen(mesh, tmp
     assert mesh.echo("checkout") and mesh.echo(None), "observed callers of ledger"
     assert not mesh.echo("frontend"), "a caller refused while observed stays refused"
     apply(mesh, {"shop.yaml": POLICIES})
+
+
+def test_the_report_counts_per_rule_lists_unused_rules_and_strict_blockers(mesh):
+    report = json.loads(mesh.b.ctl("policy", "report", "-o", "json").stdout)
+    rules = {(r["policy"], r["rule"]): r for r in report["rules"]}
+    orders = rules[("shop/orders-allow", 0)]
+    assert orders["allowed"] >= 3 and orders["action"] == "ALLOW" and not orders["dry_run"] and not orders["unused"], orders
+    assert orders["last_match"] is not None
+    assert rules[("shop/ledger-callers", 0)]["allowed"] >= 2
+    assert rules[("shop/ledger-callers", 1)]["allowed"] >= 1, "the plaintext rule"
+    retired = rules[("shop/ledger-callers", 2)]
+    assert retired["unused"] and retired["last_match"] is None and retired["allowed"] == 0, retired
+    blockers = report["strict_blockers"]
+    assert [(b["dst_workload"], b["src_addr"], b["dst_port"]) for b in blockers] == [("shop/ledger", mesh.topology.node_ip, LEDGER)], blockers
+    table = mesh.b.ctl("policy", "report").stdout
+    assert "unused" in table and "plaintext peers that STRICT would refuse" in table, table
 
 
 def test_a_restart_keeps_the_graph(mesh):

@@ -35,6 +35,8 @@ public struct AccessLogEntry: Sendable, Equatable {
     /// was enforced ("allow" or "deny"), and the policy that would have decided.
     public var audit: String?
     public var auditPolicy: String?
+    /// The index of that policy's rule, when a rule would have decided.
+    public var auditRule: Int?
     /// HTTP requests only (`protocol: http`).
     public var method: String?
     public var path: String?
@@ -79,6 +81,7 @@ public struct AccessLogEntry: Sendable, Equatable {
         json.addIfPresent("audited", audited)
         json.addIfPresent("audit", audit)
         json.addIfPresent("audit_policy", auditPolicy)
+        if let auditRule { json.add("audit_rule", UInt64(max(0, auditRule))) }
         json.addIfPresent("method", method)
         json.addIfPresent("path", path)
         json.addIfPresent("request_principal", requestPrincipal)
