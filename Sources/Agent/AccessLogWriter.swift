@@ -319,6 +319,15 @@ public final class AccessLogWriter: AccessLogSink {
         }
     }
 
+    /// Writes an event line (a new edge) at once, outside the rate limit:
+    /// the caller bounds how many it writes.
+    public func recordEvent(_ line: [UInt8]) {
+        state.withLockedValue { state in
+            state.pending.append(contentsOf: line)
+            writePending(&state)
+        }
+    }
+
     /// Writes the lines recorded so far.
     public func flush() {
         state.withLockedValue { state in

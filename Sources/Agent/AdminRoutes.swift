@@ -27,6 +27,9 @@ enum AdminRoutes {
         ]
     }
 
+    private static let graphOff = AdminServer.Response(
+        status: .serviceUnavailable, body: Data(#"{"error":"the service graph is off: graph.enabled is false in the agent's config"}"#.utf8))
+
     private static func readiness(_ state: AgentState) -> AdminServer.Route {
         {
             state.current.ready
@@ -48,6 +51,11 @@ enum AdminRoutes {
                     return AdminServer.Response(status: .serviceUnavailable, body: Data(#"{"error":"the capture table is not installed yet"}"#.utf8))
                 }
                 return AdminServer.Response(body: try AdminViews.encode(AdminViews.rules(desired: CaptureRules.table(for: parameters), netfilter: netfilter)))
+            },
+            "POST /v1/graph/baseline": {
+                guard let graph = services.graph else { return graphOff }
+                try graph.setBaseline()
+                return AdminServer.Response(body: Data(#"{"baseline":"set"}"#.utf8))
             },
             // The same reload as SIGHUP, done by the control loop; the answer says how it went.
             "POST /v1/reload": {
@@ -81,8 +89,6 @@ enum AdminRoutes {
 
     private static func queryRoutes(_ services: AgentServices) -> [String: AdminServer.QueryRoute] {
         let (registry, authorizer, graph, state) = (services.registry, services.authorizer, services.graph, services.state)
-        let graphOff = AdminServer.Response(
-            status: .serviceUnavailable, body: Data(#"{"error":"the service graph is off: graph.enabled is false in the agent's config"}"#.utf8))
         return [
             "/v1/graph": { parameters in
                 guard let graph else { return graphOff }

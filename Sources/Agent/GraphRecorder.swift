@@ -31,6 +31,32 @@ extension EdgeObservation {
     }
 }
 
+extension EdgeKey {
+    /// The access-log line for an edge never seen before (after the learning
+    /// period): `{"time":…,"event":"new_edge",…}`. It has no `action`, so
+    /// scripts that count connections by it skip it. `lateralMovement`: a
+    /// known identity was refused towards a workload it never talked to.
+    func newEdgeLine(time: Double, lateralMovement: Bool) -> [UInt8] {
+        var json = JSONObjectWriter()
+        json.addTime("time", time)
+        json.add("event", "new_edge")
+        json.add("src_identity", sourceIdentity)
+        json.add("src_addr", sourceAddress)
+        json.add("dst_workload", destinationWorkload)
+        json.add("dst_identity", destinationIdentity)
+        json.add("dst_port", UInt64(destinationPort))
+        json.add("protocol", self.protocol)
+        json.add("tls", tls)
+        json.add("decision", decision)
+        json.add(
+            "reason",
+            lateralMovement
+                ? "a known identity was refused towards a workload it never talked to (lateral movement?)"
+                : "never seen before, after the learning period")
+        return json.finishLine()
+    }
+}
+
 /// Moves the edges the access log counted into the graph database every few
 /// seconds, off the event loops, and answers the admin API's reads. A
 /// database that cannot be opened or written is logged and counted; the
@@ -44,9 +70,13 @@ final class GraphRecorder: @unchecked Sendable {
     static let maximumRows = 1_000_000
     /// Retention and the row limit are applied every this many flushes.
     static let pruneEvery = 60
+    /// New-edge lines written per flush at most (a scan from many addresses
+    /// is many new edges); the metric counts every one.
+    static let newEdgeLinesPerFlush = 100
 
     let path: String
     let retention: Duration
+    let learningPeriod: Duration
     private let accessLog: AccessLogWriter
     private let logger: Logger
     private let queue = DispatchQueue(label: "mesh-agent.graph")
@@ -63,6 +93,7 @@ final class GraphRecorder: @unchecked Sendable {
     init(config: AgentConfig.Graph, accessLog: AccessLogWriter, logger: Logger) {
         path = config.path
         retention = config.retention
+        learningPeriod = config.learningPeriod
         self.accessLog = accessLog
         self.logger = logger
     }
@@ -79,7 +110,9 @@ final class GraphRecorder: @unchecked Sendable {
             if aggregate.overflow > 0 { overflowed.increment(by: Int64(clamping: aggregate.overflow)) }
             guard let store = openedStore() else { return }
             do {
-                try store.write(aggregate.edges)
+                let edges = aggregate.edges
+                try reportNewEdges(edges, in: store, now: now)
+                try store.write(edges)
                 flushCount += 1
                 if flushCount % Self.pruneEvery == 1 {
                     try store.prune(before: now - Double(retention.components.seconds), maximumRows: Self.maximumRows)
@@ -95,12 +128,42 @@ final class GraphRecorder: @unchecked Sendable {
         }
     }
 
-    /// The edges last seen at or after `since`, including those not flushed yet.
-    func edges(since: Double?) throws -> [Edge] {
+    /// The edges last seen at or after `since`, including those not flushed
+    /// yet; with `onlyNew`, only those first seen after the learning period.
+    func edges(since: Double?, onlyNew: Bool = false) throws -> [Edge] {
         flushNow()
-        return try lock.withLock {
+        return try withStore { store in
+            try store.edges(since: since, newSince: onlyNew ? try store.learningEnds(after: Double(learningPeriod.components.seconds)) : nil)
+        }
+    }
+
+    /// Ends the learning period now: edges never seen before are reported from now on.
+    func setBaseline(now: Double = wallClock()) throws {
+        flushNow()
+        try withStore { try $0.setBaseline(now) }
+    }
+
+    private func withStore<T>(_ body: (EdgeStore) throws -> T) throws -> T {
+        try lock.withLock {
             guard let store = openedStore() else { throw GraphUnavailable(reason: lastError ?? "graph database \(path) is not open") }
-            return try store.edges(since: since)
+            return try body(store)
+        }
+    }
+
+    /// One access-log line and one metric increment for each pair (caller,
+    /// workload, port) the database has never held, once the learning period
+    /// is over. Called under the lock, before the edges are written.
+    private func reportNewEdges(_ edges: [Edge], in store: EdgeStore, now: Double) throws {
+        guard !edges.isEmpty, now >= (try store.learningEnds(after: Double(learningPeriod.components.seconds))) else { return }
+        for (index, edge) in try store.unseenPairs(edges).enumerated() {
+            let key = edge.key
+            Counter(
+                label: "mesh_agent_new_edges_total",
+                dimensions: [("source_namespace", key.sourceNamespace ?? "unknown"), ("destination_workload", key.destinationWorkload)]
+            ).increment()
+            guard index < Self.newEdgeLinesPerFlush else { continue }
+            let lateral = try key.decision == "deny" && key.sourceIdentity != nil && store.knowsSource(key)
+            accessLog.recordEvent(key.newEdgeLine(time: edge.counts.firstSeen, lateralMovement: lateral))
         }
     }
 

@@ -11,8 +11,13 @@ extension AdminViews {
 
     /// `GET /v1/graph?since=SECONDS_SINCE_EPOCH`: `{"edges": [...]}`, the
     /// edges last seen in the window (all of them without `since`).
+    /// `GET /v1/graph?since=SECONDS_SINCE_EPOCH&new=true`: with `new`, only
+    /// the edges whose caller, workload and port were first seen after the
+    /// learning period.
     static func graph(_ parameters: [(name: String, value: String)], graph: GraphRecorder) throws -> Data {
-        try GraphDocument(edges: try graph.edges(since: try since(parameters, endpoint: "/v1/graph"))).encoded()
+        let onlyNew = parameters.contains { $0.name == "new" && $0.value == "true" }
+        let rest = parameters.filter { $0.name != "new" }
+        return try GraphDocument(edges: try graph.edges(since: try since(rest, endpoint: "/v1/graph"), onlyNew: onlyNew)).encoded()
     }
 
     /// `GET /v1/policy/report?since=SECONDS_SINCE_EPOCH`: what each rule of
@@ -42,7 +47,9 @@ extension AdminViews {
     private static func since(_ parameters: [(name: String, value: String)], endpoint: String) throws -> Double? {
         var since: Double?
         for (name, value) in parameters {
-            guard name == "since" else { throw GraphQueryError(description: "unknown parameter \"\(name)\"; \(endpoint) takes since=SECONDS_SINCE_EPOCH") }
+            guard name == "since" else {
+                throw GraphQueryError(description: "unknown parameter \"\(name)\"; \(endpoint) takes since=SECONDS_SINCE_EPOCH\(endpoint == "/v1/graph" ? " and new=true" : "")")
+            }
             guard let seconds = Double(value), seconds.isFinite else {
                 throw GraphQueryError(description: "since=\"\(value)\" is not a time in seconds since the epoch")
             }

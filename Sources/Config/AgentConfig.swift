@@ -104,11 +104,14 @@ public struct AgentConfig: Equatable, Sendable {
     /// The observed service graph (`graph:`).
     public var graph = Graph()
 
-    /// `graph: {enabled: true, path: /var/lib/mesh-agent/graph.db, retention: 30d}`.
+    /// `graph: {enabled: true, path: /var/lib/mesh-agent/graph.db, retention: 30d, learningPeriod: 7d}`.
     public struct Graph: Equatable, Sendable {
         public var enabled = true
         public var path = "/var/lib/mesh-agent/graph.db"
         public var retention: Duration = .seconds(30 * 86400)
+        /// How long after the database was made edges are learned before a
+        /// never-seen one is reported (`agentctl graph baseline` ends it at once).
+        public var learningPeriod: Duration = .seconds(7 * 86400)
 
         public init() {}
     }
@@ -271,6 +274,13 @@ extension AgentConfig {
         if let value = map.take("path") { graph.path = try absolutePath(value) }
         // Under an hour the window would be shorter than one stored bucket.
         if let value = map.take("retention") { graph.retention = try retention(value) }
+        if let value = map.take("learningPeriod") {
+            let text = try value.string()
+            guard let period = parseWindow(text) else {
+                throw value.error("\"\(text)\" is not a duration; write it in days like 7d, or like 12h")
+            }
+            graph.learningPeriod = period
+        }
         if let value = map.take("http") {
             // Parsing HTTP on ports no policy inspects is not built yet; a key
             // that is accepted and does nothing would mislead.
@@ -278,7 +288,7 @@ extension AgentConfig {
                 throw value.error("true is not supported yet: HTTP methods and paths are recorded where L7 policy already inspects requests; remove the key or set it to false")
             }
         }
-        try map.finish(allowed: ["enabled", "path", "retention", "http"])
+        try map.finish(allowed: ["enabled", "path", "retention", "http", "learningPeriod"])
         return graph
     }
 

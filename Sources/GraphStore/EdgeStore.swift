@@ -48,7 +48,9 @@ public final class EdgeStore {
     private let database: SQLiteDatabase
 
     /// Opens the database at `path`, making it (and its directory) if needed.
-    public init(path: String) throws {
+    /// `now` is when a database made here was created: the learning period
+    /// starts then.
+    public init(path: String, now: Double = Date().timeIntervalSince1970) throws {
         self.path = path
         do {
             let directory = (path as NSString).deletingLastPathComponent
@@ -57,6 +59,7 @@ public final class EdgeStore {
             }
             database = try SQLiteDatabase(path: path)
             try Self.prepare(database)
+            try database.run("INSERT OR IGNORE INTO meta (key, value) VALUES ('created', ?)", rows: [[.real(now)]])
         } catch {
             throw GraphStoreError(path: path, error)
         }
@@ -93,6 +96,8 @@ public final class EdgeStore {
                 first_seen REAL NOT NULL, last_seen REAL NOT NULL);
             CREATE UNIQUE INDEX IF NOT EXISTS edges_key ON edges (bucket, \(keyColumns.joined(separator: ", ")));
             CREATE INDEX IF NOT EXISTS edges_last_seen ON edges (last_seen);
+            CREATE INDEX IF NOT EXISTS edges_pair ON edges (dst_workload, src_identity, src_addr, dst_port);
+            CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value REAL NOT NULL);
             PRAGMA user_version = \(schemaVersion);
             """)
     }
@@ -125,18 +130,87 @@ public final class EdgeStore {
     }
 
     /// The edges last seen at or after `since` (every edge when nil), the
-    /// hours of the window added together.
-    public func edges(since: Double? = nil) throws -> [Edge] {
+    /// hours of the window added together; with `newSince`, only those whose
+    /// pair (caller, workload, port) was first seen at or after it.
+    public func edges(since: Double? = nil, newSince: Double? = nil) throws -> [Edge] {
         let keys = Self.keyColumns.joined(separator: ", ")
+        let pair = Self.pairColumns.joined(separator: ", ")
         let sql = """
             SELECT \(keys), sum(connections), sum(requests), sum(bytes_sent), sum(bytes_received), min(first_seen), max(last_seen)
-            FROM edges WHERE last_seen >= ? GROUP BY \(keys)
+            FROM edges WHERE last_seen >= ?
+            \(newSince == nil ? "" : "AND (\(pair)) IN (SELECT \(pair) FROM edges GROUP BY \(pair) HAVING min(first_seen) >= ?)")
+            GROUP BY \(keys)
             """
+        var parameters: [SQLiteValue] = [.real(since ?? -Double.greatestFiniteMagnitude)]
+        if let newSince { parameters.append(.real(newSince)) }
         do {
-            return try database.query(sql, [.real(since ?? -Double.greatestFiniteMagnitude)]).compactMap(Self.edge(from:)).sorted(by: Edge.displayOrder)
+            return try database.query(sql, parameters).compactMap(Self.edge(from:)).sorted(by: Edge.displayOrder)
         } catch {
             throw GraphStoreError(path: path, error)
         }
+    }
+
+    /// What makes an edge new for alerts: a caller talking to a workload's
+    /// port for the first time. A new method or path of a known pair is not.
+    static let pairColumns = ["dst_workload", "src_identity", "src_addr", "dst_port"]
+
+    /// The edges of `edges` whose pair the database has never held, one per
+    /// pair. Ask before `write`, which makes them known.
+    public func unseenPairs(_ edges: [Edge]) throws -> [Edge] {
+        let sql = "SELECT 1 FROM edges WHERE \(Self.pairColumns.map { "\($0) = ?" }.joined(separator: " AND ")) LIMIT 1"
+        var asked = Set<[SQLiteValue]>()
+        var unseen: [Edge] = []
+        do {
+            for edge in edges {
+                let values = Self.pairValues(edge.key)
+                guard asked.insert(values).inserted else { continue }
+                if try database.query(sql, values).isEmpty { unseen.append(edge) }
+            }
+        } catch {
+            throw GraphStoreError(path: path, error)
+        }
+        return unseen
+    }
+
+    /// Whether the caller has any edge in the database (to another workload,
+    /// or another port).
+    public func knowsSource(_ key: EdgeKey) throws -> Bool {
+        do {
+            return try !database.query(
+                "SELECT 1 FROM edges WHERE src_identity = ? AND src_addr = ? LIMIT 1", [.text(key.sourceIdentity ?? ""), .text(key.sourceAddress ?? "")]
+            ).isEmpty
+        } catch {
+            throw GraphStoreError(path: path, error)
+        }
+    }
+
+    /// When the learning period ends: the time `baseline` was set at, else
+    /// `learningPeriod` after the database was made.
+    public func learningEnds(after learningPeriod: Double) throws -> Double {
+        do {
+            let rows = try database.query("SELECT key, value FROM meta WHERE key IN ('baseline', 'created')")
+            let values = Dictionary(rows.compactMap { row -> (String, Double)? in
+                guard row.count == 2, let key = row[0].text, let value = row[1].real else { return nil }
+                return (key, value)
+            }, uniquingKeysWith: { first, _ in first })
+            if let baseline = values["baseline"] { return baseline }
+            return (values["created"] ?? 0) + learningPeriod
+        } catch {
+            throw GraphStoreError(path: path, error)
+        }
+    }
+
+    /// Ends the learning period at `time`: edges never seen before are new from then on.
+    public func setBaseline(_ time: Double) throws {
+        do {
+            try database.run("INSERT OR REPLACE INTO meta (key, value) VALUES ('baseline', ?)", rows: [[.real(time)]])
+        } catch {
+            throw GraphStoreError(path: path, error)
+        }
+    }
+
+    private static func pairValues(_ key: EdgeKey) -> [SQLiteValue] {
+        [.text(key.destinationWorkload), .text(key.sourceIdentity ?? ""), .text(key.sourceAddress ?? ""), .integer(Int64(key.destinationPort))]
     }
 
     /// Deletes what was last seen before `cutoff`, then the oldest rows beyond

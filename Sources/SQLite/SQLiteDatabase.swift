@@ -17,7 +17,7 @@ public struct SQLiteError: Error, CustomStringConvertible, Sendable {
 }
 
 /// One value to bind or read.
-public enum SQLiteValue: Sendable, Equatable {
+public enum SQLiteValue: Sendable, Hashable {
     case integer(Int64)
     case real(Double)
     case text(String)

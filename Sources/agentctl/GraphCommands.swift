@@ -10,7 +10,7 @@ struct GraphCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "graph",
         abstract: "The observed service graph: who talked to which workload, how, and what policy said.",
-        subcommands: [Show.self, Merge.self],
+        subcommands: [Show.self, Merge.self, Baseline.self],
         defaultSubcommand: Show.self
     )
 
@@ -25,9 +25,10 @@ struct GraphCommand: ParsableCommand {
 
     /// The running agent's edges last seen at or after `since`; exits 1 with
     /// the reason when the agent cannot answer.
-    static func fetch(socket: String?, since: Double?) throws -> [Edge] {
+    static func fetch(socket: String?, since: Double?, onlyNew: Bool = false) throws -> [Edge] {
         // The window is applied by the agent, so it reads only those hours.
-        let path = since.map { "/v1/graph?since=\(String(format: "%.3f", $0))" } ?? "/v1/graph"
+        let query = (since.map { ["since=\(String(format: "%.3f", $0))"] } ?? []) + (onlyNew ? ["new=true"] : [])
+        let path = "/v1/graph" + (query.isEmpty ? "" : "?" + query.joined(separator: "&"))
         do {
             return try GraphDocument.decode(try AgentConnection.client(socket: socket).get(path), source: "the agent's \(path)").edges
         } catch {
@@ -121,8 +122,29 @@ struct GraphCommand: ParsableCommand {
 
         @OptionGroup var selection: Selection
 
+        @Flag(name: .customLong("new"), help: "Only edges whose caller, workload and port were first seen after the learning period.")
+        var onlyNew = false
+
         func run() throws {
-            try selection.print(try GraphCommand.fetch(socket: socket, since: try selection.sinceTime()))
+            try selection.print(try GraphCommand.fetch(socket: socket, since: try selection.sinceTime(), onlyNew: onlyNew))
+        }
+    }
+
+    struct Baseline: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "End the learning period now: from now on, an edge never seen before is logged (event new_edge) and counted."
+        )
+
+        @OptionGroup var connection: AgentConnection
+
+        func run() throws {
+            do {
+                _ = try connection.client.post("/v1/graph/baseline")
+            } catch {
+                printError("\(error)")
+                throw ExitCode.failure
+            }
+            print("baseline set: the graph observed so far is what is known; new edges are reported from now on")
         }
     }
 

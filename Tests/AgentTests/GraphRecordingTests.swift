@@ -75,6 +75,15 @@ import Testing
         #expect(writer.takeGraph().isEmpty, "taking leaves an empty aggregate")
     }
 
+    @Test func aNewEdgeIsOneLineWithTheAccessLogsNamesAndNoAction() throws {
+        let key = try #require(EdgeObservation(try Self.connection(action: .deny))).key
+        let line = String(decoding: key.newEdgeLine(time: 1_700_000_000, lateralMovement: true), as: UTF8.self)
+        #expect(line == #"{"time":"2023-11-14T22:13:20.000Z","event":"new_edge","src_identity":"spiffe://cluster.local/ns/shop/sa/checkout","#
+            + #""src_addr":null,"dst_workload":"shop/orders","dst_identity":"spiffe://cluster.local/ns/shop/sa/orders","dst_port":8080,"#
+            + #""protocol":"tcp","tls":"mutual","decision":"deny","#
+            + #""reason":"a known identity was refused towards a workload it never talked to (lateral movement?)"}"# + "\n")
+    }
+
     @Test func aWriterWithoutTheGraphCountsNothing() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("graph-access-\(UUID().uuidString).log").path
         defer { try? FileManager.default.removeItem(atPath: path) }

@@ -11,11 +11,13 @@ import Testing
         #expect(defaults.enabled)
         #expect(defaults.path == "/var/lib/mesh-agent/graph.db")
         #expect(defaults.retention == .seconds(30 * 86400))
-        let text = Self.minimal + "graph: {enabled: false, path: /srv/graph.db, retention: 7d, http: false}\n"
+        #expect(defaults.learningPeriod == .seconds(7 * 86400))
+        let text = Self.minimal + "graph: {enabled: false, path: /srv/graph.db, retention: 7d, http: false, learningPeriod: 0d}\n"
         let graph = try AgentConfig.parse(text, file: "agent.yaml", defaultNode: "node-x").graph
         #expect(!graph.enabled)
         #expect(graph.path == "/srv/graph.db")
         #expect(graph.retention == .seconds(7 * 86400))
+        #expect(graph.learningPeriod == .zero)
         let hours = try AgentConfig.parse(Self.minimal + "graph: {retention: 36h}\n", file: "agent.yaml", defaultNode: "node-x").graph
         #expect(hours.retention == .seconds(36 * 3600))
     }
@@ -173,6 +175,7 @@ import Testing
         ("trustDomain: td\ngraph: {enabled: maybe}\n", "graph.enabled:"),
         ("trustDomain: td\ngraph: {http: true}\n", "graph.http: true is not supported yet"),
         ("trustDomain: td\ngraph: {database: /x.db}\n", "graph.database: unknown key"),
+        ("trustDomain: td\ngraph: {learningPeriod: a week}\n", "graph.learningPeriod: \"a week\" is not a duration"),
     ])
     func invalidConfigsSayWhereAndWhy(text: String, expected: String) {
         #expect {

@@ -81,6 +81,33 @@ import TestFixtures
         #expect(kept.first?.counts.firstSeen == 4 * Self.hour, "the newest hours are kept")
     }
 
+    @Test func aPairNeverHeldIsUnseenOnceAndTheLearningPeriodEndsAtTheBaseline() async throws {
+        let scratch = try Scratch()
+        let result = try await onOwnThread {
+            let store = try EdgeStore(path: scratch.database, now: 1000)
+            let learning = try store.learningEnds(after: 500)
+            try store.write([Self.edge("checkout", lastSeen: 1100)])
+            let incoming = [
+                Self.edge("checkout", lastSeen: 1200, method: "GET"),  // a known pair with a new method: not new
+                Self.edge("cart", lastSeen: 1200),
+                Self.edge("cart", lastSeen: 1200, method: "GET"),  // the same new pair twice: one
+            ]
+            let unseen = try store.unseenPairs(incoming)
+            try store.write(incoming)
+            try store.setBaseline(1150)
+            return (
+                learning: learning, unseen: unseen, again: try store.unseenPairs(incoming), baseline: try store.learningEnds(after: 500),
+                new: try store.edges(newSince: 1150), knowsCart: try store.knowsSource(Self.edge("cart", lastSeen: 0).key)
+            )
+        }
+        #expect(result.learning == 1500, "learning runs from when the database was made")
+        #expect(result.unseen.map { $0.key.sourceIdentity } == ["spiffe://cluster.local/ns/shop/sa/cart"])
+        #expect(result.again.isEmpty, "written once, known from then on")
+        #expect(result.baseline == 1150)
+        #expect(Set(result.new.compactMap(\.key.sourceIdentity)) == ["spiffe://cluster.local/ns/shop/sa/cart"], "checkout's pair is older than the baseline")
+        #expect(result.knowsCart)
+    }
+
     @Test func aCorruptFileIsReportedAsSuchWithWhatToDo() async throws {
         let scratch = try Scratch()
         try Data(repeating: 0x5a, count: 8192).write(to: URL(fileURLWithPath: scratch.database))

@@ -262,6 +262,42 @@ def test_the_report_counts_per_rule_lists_unused_rules_and_strict_blockers(mesh)
     assert "unused" in table and "plaintext peers that STRICT would refuse" in table, table
 
 
+def new_edge_metric(mesh, source_namespace, workload):
+    metrics = mesh.topology.run_in(mesh.topology.remote, sys.executable, "-c",
+                                   "import urllib.request; print(urllib.request.urlopen("
+                                   "'http://127.0.0.1:15020/metrics', timeout=10).read().decode())").stdout
+    for line in metrics.splitlines():
+        if line.startswith("mesh_agent_new_edges_total{") and f'source_namespace="{source_namespace}"' in line \
+                and f'destination_workload="{workload}"' in line:
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_after_the_baseline_a_never_seen_edge_is_one_event_and_one_count(mesh):
+    assert mesh.graph(mesh.b, "--new") == [], "still learning: nothing is new"
+    mesh.b.ctl("graph", "baseline")
+    assert mesh.graph(mesh.b, "--new") == []
+    before = new_edge_metric(mesh, "web", "shop/orders")
+    # frontend was refused at ledger before; now it tries orders, which it never talked to.
+    for _ in range(2):
+        answers = http_exchange(mesh.topology, mesh.nodes.cgroups.directory("frontend"), mesh.b_ip, ORDERS, [request("GET", "/orders/1")])
+        # No rule names frontend, so the connection is refused before any request.
+        assert answers[0]["status"] == "closed", answers
+    wait_for(lambda: new_edge_metric(mesh, "web", "shop/orders") == before + 1, timeout=15, what="the new-edge count")
+    events = [e for e in mesh.b.entries() if e.get("event") == "new_edge"]
+    assert len(events) == 1, events
+    event = events[0]
+    assert event["src_identity"] == spiffe("frontend", "web") and event["dst_workload"] == "shop/orders" and event["dst_port"] == ORDERS
+    assert event["decision"] == "deny" and "lateral movement" in event["reason"], event
+    new = mesh.graph(mesh.b, "--new")
+    assert {(e["src_identity"], e["dst_workload"]) for e in new} == {(spiffe("frontend", "web"), "shop/orders")}, new
+    # Known from now on: more of the same is no new edge.
+    http_exchange(mesh.topology, mesh.nodes.cgroups.directory("frontend"), mesh.b_ip, ORDERS, [request("GET", "/orders/2")])
+    mesh.graph(mesh.b)  # flushes
+    assert len([e for e in mesh.b.entries() if e.get("event") == "new_edge"]) == 1
+    assert new_edge_metric(mesh, "web", "shop/orders") == before + 1
+
+
 def test_a_restart_keeps_the_graph(mesh):
     before = mesh.graph(mesh.b)
     assert mesh.b.stop() == 0

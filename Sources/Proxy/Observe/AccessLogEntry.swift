@@ -95,11 +95,12 @@ public struct AccessLogEntry: Sendable, Equatable {
 /// access log writes a line per connection and per inspected request; building
 /// it as a `String` (appends, interpolation, an address and a time formatted as
 /// Strings first) cost about 12 µs a line, several percent of an L7 request.
-struct JSONObjectWriter {
+/// The agent's other log lines (new graph edges) are built with it too.
+package struct JSONObjectWriter {
     private var bytes: [UInt8]
     private var first = true
 
-    init() {
+    package init() {
         // A line is a few hundred bytes: one allocation.
         bytes = []
         bytes.reserveCapacity(640)
@@ -117,7 +118,7 @@ struct JSONObjectWriter {
         literal.withUTF8Buffer { bytes.append(contentsOf: $0) }
     }
 
-    mutating func add(_ name: StaticString, _ value: String?) {
+    package mutating func add(_ name: StaticString, _ value: String?) {
         key(name)
         guard var value else { return append("null") }
         bytes.append(UInt8(ascii: "\""))
@@ -149,7 +150,7 @@ struct JSONObjectWriter {
         bytes.append(UInt8(ascii: "\""))
     }
 
-    mutating func add(_ name: StaticString, _ value: UInt64) {
+    package mutating func add(_ name: StaticString, _ value: UInt64) {
         key(name)
         appendDecimal(value)
     }
@@ -161,7 +162,7 @@ struct JSONObjectWriter {
     }
 
     /// RFC 3339 UTC time with milliseconds, as a string.
-    mutating func addTime(_ name: StaticString, _ secondsSinceEpoch: Double) {
+    package mutating func addTime(_ name: StaticString, _ secondsSinceEpoch: Double) {
         key(name)
         bytes.append(UInt8(ascii: "\""))
         appendTime(secondsSinceEpoch, to: &bytes)
@@ -169,7 +170,7 @@ struct JSONObjectWriter {
     }
 
     /// The object, closed, with the line's newline.
-    func finishLine() -> [UInt8] {
+    package func finishLine() -> [UInt8] {
         var line = bytes
         line.append(UInt8(ascii: "}"))
         line.append(UInt8(ascii: "\n"))
