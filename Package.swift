@@ -26,8 +26,9 @@ let package = Package(
         // touches its C API.
         .target(name: "SQLite", dependencies: ["CSQLite"]),
         // The observed service graph as values: edges, aggregation, path
-        // templates, JSON and pictures. No I/O, so agentctl and tests use it as is.
-        .target(name: "Graph"),
+        // templates, JSON and pictures, suggested policies and the report. No
+        // I/O, so agentctl and tests use it as is.
+        .target(name: "Graph", dependencies: ["Policy"]),
         // The graph's SQLite database, for the agent.
         .target(name: "GraphStore", dependencies: ["Graph", "SQLite"]),
         .target(

@@ -39,8 +39,8 @@ extension AdminViews {
             policies: policies.policies.map { policy in
                 PolicyReport.Policy(
                     name: policy.reference, action: policy.action.rawValue, dryRun: policy.dryRun, rules: policy.rules.count,
-                    workloads: applies[policy.reference] ?? [])
-            })
+                    workloads: applies[policy.reference] ?? [], expires: policy.expires)
+            }, now: wallClock())
         return try AdminViews.encode(report)
     }
 

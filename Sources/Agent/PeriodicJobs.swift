@@ -5,6 +5,7 @@ extension ControlLoop {
     mutating func tick() async {
         ticks += 1
         reloadPoliciesIfTheirFilesChanged()
+        services.enforcement.expireGrants(config: config)
         services.registry.rescan()
         await syncWorkloads()
         services.destinations.refreshAddresses()

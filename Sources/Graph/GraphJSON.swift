@@ -1,4 +1,5 @@
 import Foundation
+import Policy
 
 /// `{"edges": [...]}`: what `agentctl graph -o json` prints, what the admin
 /// API serves and what `agentctl graph merge` reads. Times are RFC 3339 UTC,
@@ -126,16 +127,10 @@ extension Edge: Codable {
 /// RFC 3339 UTC with milliseconds, as the access log writes times.
 public enum GraphTime {
     public static func format(_ secondsSinceEpoch: Double) -> String {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return formatter.string(from: Date(timeIntervalSince1970: secondsSinceEpoch))
+        RFC3339.format(secondsSinceEpoch, milliseconds: true)
     }
 
     public static func parse(_ text: String) -> Double? {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        if let date = formatter.date(from: text) { return date.timeIntervalSince1970 }
-        formatter.formatOptions = [.withInternetDateTime]
-        return formatter.date(from: text)?.timeIntervalSince1970
+        RFC3339.parse(text)
     }
 }

@@ -14,8 +14,11 @@ public struct PolicyReport: Codable, Sendable, Equatable {
         public var dryRun: Bool
         public var rules: Int
         public var workloads: Set<String>
+        /// A time-bound grant's end, seconds since the epoch.
+        public var expires: Double?
 
-        public init(name: String, action: String, dryRun: Bool, rules: Int, workloads: Set<String>) {
+        public init(name: String, action: String, dryRun: Bool, rules: Int, workloads: Set<String>, expires: Double? = nil) {
+            self.expires = expires
             self.name = name
             self.action = action
             self.dryRun = dryRun
@@ -39,9 +42,14 @@ public struct PolicyReport: Codable, Sendable, Equatable {
         /// RFC 3339; null when it matched nothing in the window.
         public var lastMatch: String?
         public var unused: Bool
+        /// A time-bound grant's end (RFC 3339), and whether it has passed:
+        /// an expired grant's file can be removed.
+        public var expires: String?
+        public var expired: Bool
 
         enum CodingKeys: String, CodingKey {
             case policy, rule, action, dryRun = "dry_run", allowed, denied, wouldDeny = "would_deny", lastMatch = "last_match", unused
+            case expires, expired
         }
 
         public func encode(to encoder: Encoder) throws {
@@ -56,6 +64,8 @@ public struct PolicyReport: Codable, Sendable, Equatable {
             try c.encode(wouldDeny, forKey: .wouldDeny)
             try c.encode(lastMatch, forKey: .lastMatch)
             try c.encode(unused, forKey: .unused)
+            try c.encode(expires, forKey: .expires)
+            try c.encode(expired, forKey: .expired)
         }
     }
 
@@ -79,7 +89,7 @@ public struct PolicyReport: Codable, Sendable, Equatable {
         case rules, strictBlockers = "strict_blockers"
     }
 
-    public init(edges: [Edge], policies: [Policy]) {
+    public init(edges: [Edge], policies: [Policy], now: Double = 0) {
         struct Tally {
             var allowed: UInt64 = 0
             var denied: UInt64 = 0
@@ -123,7 +133,8 @@ public struct PolicyReport: Codable, Sendable, Equatable {
                 rules.append(Rule(
                     policy: policy.name, rule: place.rule, action: policy.action, dryRun: policy.dryRun, allowed: tally.allowed,
                     denied: tally.denied, wouldDeny: tally.wouldDeny, lastMatch: tally.last.map(GraphTime.format),
-                    unused: tally.last == nil))
+                    unused: tally.last == nil, expires: policy.expires.map(GraphTime.format),
+                    expired: policy.expires.map { now >= $0 } ?? false))
             }
         }
         self.rules = rules

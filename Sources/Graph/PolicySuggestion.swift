@@ -163,6 +163,34 @@ public struct PolicySuggestion: Sendable, Equatable {
         return text
     }
 
+    /// A time-bound grant (`agentctl policy grant`): an ALLOW policy for one
+    /// principal to one workload, annotated `mesh-agent.io/expires`.
+    public static func grant(
+        name: String, namespace: String, labels: [String: String], principal: String, expires: String, port: UInt16? = nil,
+        method: String? = nil, path: String? = nil
+    ) -> String {
+        var text = """
+            # Time-bound grant: \(principal) may reach the workload until \(expires).
+            apiVersion: security.istio.io/v1
+            kind: AuthorizationPolicy
+            metadata:
+              name: \(name)
+              namespace: \(namespace)
+              annotations:
+                mesh-agent.io/expires: \(quoted(expires))
+            spec:\n
+            """
+        text += selector(labels)
+        text += "  action: ALLOW\n  rules:\n  - from:\n    - source:\n        principals: [\(quoted(principal))]\n"
+        var operation: [String] = []
+        if let port { operation.append("ports: [\"\(port)\"]") }
+        if let method, let path { operation.append("methods: [\(quoted(method))], paths: [\(quoted(path))]") }
+        if !operation.isEmpty {
+            text += "    to:\n    - operation: {\(operation.joined(separator: ", "))}\n"
+        }
+        return text
+    }
+
     /// `spec.selector` picking a workload by its labels.
     private static func selector(_ labels: [String: String]) -> String {
         labels.sorted { $0.key < $1.key }.reduce("  selector:\n    matchLabels:\n") { text, label in

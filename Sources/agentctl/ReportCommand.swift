@@ -29,7 +29,7 @@ extension PolicyCommand {
                         report.rules.map { row in
                             [
                                 row.policy, row.rule.map(String.init) ?? "(none matched)", row.action + (row.dryRun ? " (dry-run)" : ""),
-                                String(row.allowed), String(row.denied), String(row.wouldDeny), row.lastMatch ?? "-", row.unused ? "unused" : "",
+                                String(row.allowed), String(row.denied), String(row.wouldDeny), row.lastMatch ?? "-", [row.unused ? "unused" : "", row.expired ? "expired grant" : ""].filter { !$0.isEmpty }.joined(separator: ", "),
                             ]
                         })
                 }

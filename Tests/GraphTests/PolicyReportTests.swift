@@ -53,6 +53,13 @@ import Testing
         #expect(report.rules.count == 3 + 1 + 2 + 1 + 1)
     }
 
+    @Test func anExpiredGrantIsReportedAsSuch() throws {
+        let grant = PolicyReport.Policy(name: "shop/grant-x", action: "ALLOW", dryRun: false, rules: 1, workloads: ["shop/orders"], expires: 1000)
+        #expect(PolicyReport(edges: [], policies: [grant], now: 999).rules.map(\.expired) == [false])
+        let expired = try #require(PolicyReport(edges: [], policies: [grant], now: 1000).rules.first)
+        #expect(expired.expired && expired.expires == GraphTime.format(1000))
+    }
+
     @Test func plaintextPeersStillAllowedBlockStrict() {
         let edges = [
             Self.edge(connections: 2, lastSeen: 50, source: nil, address: "10.77.0.9"),
@@ -72,7 +79,7 @@ import Testing
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
         let json = String(decoding: try encoder.encode(report), as: UTF8.self)
-        #expect(json.hasPrefix(#"{"rules":[{"action":"ALLOW","allowed":0,"denied":0,"dry_run":false,"last_match":null,"policy":"shop/orders-allow","rule":0,"unused":true,"would_deny":0}"#))
+        #expect(json.hasPrefix(#"{"rules":[{"action":"ALLOW","allowed":0,"denied":0,"dry_run":false,"expired":false,"expires":null,"last_match":null,"policy":"shop/orders-allow","rule":0,"unused":true,"would_deny":0}"#))
         #expect(json.hasSuffix(#""strict_blockers":[]}"#))
     }
 }

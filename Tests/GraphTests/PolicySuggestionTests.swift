@@ -126,6 +126,17 @@ import Testing
         #expect(suggestion.skipped[1].reason.contains("no labels"))
     }
 
+    @Test func aGrantIsAValidPolicyForOnePrincipalThatExpires() throws {
+        let text = PolicySuggestion.grant(
+            name: "grant-checkout-ledger", namespace: "shop", labels: Self.labels["shop/ledger"] ?? [:],
+            principal: "cluster.local/ns/shop/sa/checkout", expires: "2026-12-08T18:00:00Z", port: 8090, method: "GET", path: "/balance/*")
+        let policy = try #require(try PolicyFile.parse(text, file: "grant.yaml").authorizationPolicies.first)
+        #expect(policy.expires == 1_796_752_800 && policy.matchLabels == ["app": "ledger", "tier": "data"])
+        #expect(policy.action == .ALLOW && policy.rules.count == 1 && !policy.dryRun)
+        #expect(text.contains(#"principals: ["cluster.local/ns/shop/sa/checkout"]"#))
+        #expect(text.contains(#"- operation: {ports: ["8090"], methods: ["GET"], paths: ["/balance/*"]}"#))
+    }
+
     @Test func labelsAndNamesFromOutsideAreQuotedAndCut() {
         #expect(PolicySuggestion.quoted("a\"b\n") == #""a\"b\x0a""#)
         #expect(PolicySuggestion.policyName(String(repeating: "x", count: 80), suffix: "observed").count == 63)

@@ -298,6 +298,36 @@ def test_after_the_baseline_a_never_seen_edge_is_one_event_and_one_count(mesh):
     assert new_edge_metric(mesh, "web", "shop/orders") == before + 1
 
 
+def test_a_grant_lets_a_caller_in_until_it_expires_and_then_closes_its_connection(mesh):
+    assert not mesh.echo("frontend"), "frontend may not reach ledger without a grant"
+    generation, _ = policies_in_force(mesh.b)
+    granted = mesh.b.ctl("policy", "grant", "--from", spiffe("frontend", "web"), "--to", "ledger", "--port", str(LEDGER), "--for", "8s").stdout
+    assert "mesh-agent.io/expires:" in granted and f"# written to {mesh.policies_b}/" in granted, granted
+    name = re.search(r"^  name: (\S+)$", granted, re.M).group(1)
+    wait_for(lambda: policies_in_force(mesh.b)[0] > generation, timeout=10, what="the grant to be loaded")
+    rows = {p["name"]: p for p in json.loads(mesh.b.ctl("policies", "-o", "json").stdout)["policies"]}
+    assert 0 < rows[name]["seconds_left"] <= 8, rows[name]
+    assert " left" in mesh.b.ctl("policies").stdout
+    assert mesh.echo("frontend"), "the grant lets frontend in"
+    holder = mesh.topology.spawn(mesh.topology.node, [sys.executable, str(TOOLS / "peer.py"), "hold", mesh.b_ip, str(LEDGER), "30"],
+                                 cgroup=mesh.nodes.cgroups.directory("frontend"))
+    try:
+        out, _ = holder.communicate(timeout=40)
+        assert not json.loads(out).get("ok", False), "the held connection outlived the grant"
+        closed = mesh.b.find_entry(lambda e: e.get("src_identity") == spiffe("frontend", "web") and e.get("dst_workload") == "shop/ledger"
+                                   and f"grant expired: shop/{name}" in e.get("reason", ""), what="the expiry's log line")
+        assert closed["action"] == "deny", closed
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    assert not mesh.echo("frontend"), "expired: frontend is refused again, without a reload"
+    rows = {p["name"]: p for p in json.loads(mesh.b.ctl("policies", "-o", "json").stdout)["policies"]}
+    assert rows[name]["seconds_left"] == 0 and "expired" in mesh.b.ctl("policies").stdout
+    report = json.loads(mesh.b.ctl("policy", "report", "-o", "json").stdout)
+    assert [r["expired"] for r in report["rules"] if r["policy"] == f"shop/{name}"] == [True], report["rules"]
+    (mesh.policies_b / f"{name}.yaml").unlink()
+
+
 def test_a_restart_keeps_the_graph(mesh):
     before = mesh.graph(mesh.b)
     assert mesh.b.stop() == 0
