@@ -44,7 +44,6 @@ extension PolicyCommand {
             guard let window = parseWindow(duration), window > .zero else {
                 throw ValidationError("--for \"\(duration)\" is not a duration; write it like 4h, 30m or 1d")
             }
-            _ = window
             guard from.hasPrefix("spiffe://") else { throw ValidationError("--from must be a SPIFFE ID, spiffe://TD/ns/NS/sa/SA") }
         }
 
