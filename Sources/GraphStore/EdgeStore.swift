@@ -57,6 +57,14 @@ public final class EdgeStore {
             if !directory.isEmpty, !FileManager.default.fileExists(atPath: directory) {
                 try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o750])
             }
+            // Made here first, 0640 like the access log: the graph names every
+            // identity and address. SQLite gives its -wal and -shm files the
+            // database file's mode.
+            if !FileManager.default.fileExists(atPath: path),
+                !FileManager.default.createFile(atPath: path, contents: nil, attributes: [.posixPermissions: 0o640])
+            {
+                throw GraphStoreError(path: path, reason: "cannot create the file")
+            }
             database = try SQLiteDatabase(path: path)
             try Self.prepare(database)
             try database.run("INSERT OR IGNORE INTO meta (key, value) VALUES ('created', ?)", rows: [[.real(now)]])

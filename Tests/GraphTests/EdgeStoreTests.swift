@@ -50,6 +50,8 @@ import TestFixtures
         // The file format's read and write versions (header bytes 18, 19) are 2 in WAL mode.
         let header = try #require(FileManager.default.contents(atPath: path)).prefix(20)
         #expect(Array(header.suffix(2)) == [2, 2], "the database is in WAL mode")
+        let mode = try FileManager.default.attributesOfItem(atPath: path)[.posixPermissions] as? Int
+        #expect(mode == 0o640, "not readable by everyone: it names every identity and address")
     }
 
     @Test func aWindowAddsTheHoursItCovers() async throws {
