@@ -25,7 +25,7 @@ bridge plugin, with the agent's memory per enrolled pod.
 
 Results go to bench/results/<time>.json; docs/benchmarks.md and
 docs/benchmarks.svg are written from them. Run as root from the repository:
-  python3 bench/run.py            (BENCH_SECONDS, BENCH_ROUNDS, BENCH_IDLE_CONNECTIONS, MESH_AGENT_BIN)
+  python3 bench/run.py            (BENCH_SECONDS, BENCH_ROUNDS, BENCH_IDLE_CONNECTIONS, BENCH_EVENT_LOOPS, MESH_AGENT_BIN)
 
 To look at one part while working on it, BENCH_PATHS (e.g. "mesh haproxy-mtls")
 and BENCH_PARTS (any of "iperf wrk idle policy workloads pods enrollment micro") narrow the run; a
@@ -56,6 +56,8 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "6"))
 # in a slow moment the others missed, and a ratio of single samples swings by
 # 10-20% from run to run.
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+# BENCH_EVENT_LOOPS=N runs both agents with limits.eventLoops N (default: one per core).
+EVENT_LOOPS = f", eventLoops: {int(os.environ['BENCH_EVENT_LOOPS'])}" if os.environ.get("BENCH_EVENT_LOOPS") else ""
 IDLE_CONNECTIONS = int(os.environ.get("BENCH_IDLE_CONNECTIONS", "10000"))
 TAG = f"mb{os.getpid()}"
 A, B, C = f"ma-{TAG}-a", f"ma-{TAG}-b", f"ma-{TAG}-c"
@@ -216,7 +218,7 @@ class Bench:
             f"accessLog: {directory}/access.log", f"policyDir: {policy_dir}", f"mtlsMode: {mtls}",
             "accessLogLimit: {linesPerSecond: 0}",
             f"ca: {{certificate: {directory}/intermediate.pem, key: {directory}/intermediate.key, trustBundle: {directory}/bundle.pem}}",
-            f"meshNetworks: [{mesh_networks}]", "limits: {maxConnections: 100000}", "workloads:",
+            f"meshNetworks: [{mesh_networks}]", f"limits: {{maxConnections: 100000{EVENT_LOOPS}}}", "workloads:",
         ]
         lines += workloads
         path = directory / "agent.yaml"
@@ -500,13 +502,23 @@ http {{
         return json.loads(done.stdout) if done.stdout.strip() else None
 
     def policy_cost(self, agents):
-        """Keep-alive requests/s through the mesh with an L4-only policy, then an L7 one."""
+        """Keep-alive requests/s through the mesh with an L4-only policy, then an
+        L7 one with a log line per request (the default), then the same L7 one
+        with lines for refused requests only (accessLog.requests: denied)."""
         policies = self.work / "b" / "policies"
         head = ("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: bench, namespace: shop}\n"
                 "spec:\n  rules:\n  - from: [{source: {principals: [\"cluster.local/ns/shop/sa/checkout\"]}}]\n")
-        samples = {"l4": [], "l7": []}
+        l7 = head + "    to: [{operation: {methods: [\"GET\"], paths: [\"/\", \"/api/*\"]}}]\n"
+        kinds = (("l4", head, "all"), ("l7", l7, "all"), ("l7_denied_only", l7, "denied"))
+        samples = {kind: [] for kind, _, _ in kinds}
+        config = self.work / "b" / "agent.yaml"
+        plain_config = config.read_text()
+        access_log = f"accessLog: {self.work / 'b' / 'access.log'}"
+        if access_log not in plain_config:
+            sys.exit(f"node B's config does not say {access_log!r}; the policy measurement cannot switch request logging")
         for _ in range(ROUNDS):
-            for kind, text in (("l4", head), ("l7", head + "    to: [{operation: {methods: [\"GET\"], paths: [\"/\", \"/api/*\"]}}]\n")):
+            for kind, text, requests in kinds:
+                self.reload_b(plain_config.replace(access_log, f"accessLog: {{path: {self.work / 'b' / 'access.log'}, requests: {requests}}}"))
                 generation = self.generation()
                 (policies / "bench.yaml").write_text(text)
                 for _ in range(100):
@@ -521,9 +533,16 @@ http {{
                 sample["node_b_cpu_us_per_request"] = round(cpu.total / max(sample["requests_s"] * SECONDS, 1) * 1e6, 1)
                 samples[kind].append(sample)
         (policies / "bench.yaml").unlink()
+        self.reload_b(plain_config)
         result = {kind: median_sample(taken) for kind, taken in samples.items()}
         result["l7_cost"] = round(1 - result["l7"]["requests_s"] / result["l4"]["requests_s"], 3)
+        result["l7_denied_only_cost"] = round(1 - result["l7_denied_only"]["requests_s"] / result["l4"]["requests_s"], 3)
         return result
+
+    def reload_b(self, config_text):
+        """Node B's agent with `config_text` as its config, applied by a reload."""
+        (self.work / "b" / "agent.yaml").write_text(config_text)
+        run(BIN / "agentctl", "reload", "--socket", self.work / "b" / "admin.sock")
 
     def measure_path(self, path, proxies):
         """One round of a path's measurements; `proxies` are the processes that

@@ -8,6 +8,7 @@ import Metrics
 import NIOConcurrencyHelpers
 import NIOPosix
 import Proxy
+import Synchronization
 
 /// The access log's token bucket and count of dropped lines, as a value: the
 /// writer keeps it under its lock and passes the time in, so tests drive it
@@ -213,16 +214,20 @@ public final class AccessLogWriter: AccessLogSink {
     private let ownsDescriptor: Bool
     private let clock: AccessLogClock
     public let path: String
+    /// Whether allowed HTTP requests get a line (`accessLog.requests: all`);
+    /// read without the lock, since a skipped line must cost nothing more.
+    private let allowedRequests: Synchronization.Atomic<Bool>
     private let writeFailures = Counter(label: "mesh_agent_access_log_write_failures_total")
     private let dropped = Counter(label: "mesh_agent_access_log_dropped_total")
 
-    public convenience init(path: String, limit: AccessLogLimit = .default, recordsGraph: Bool = false) throws {
-        try self.init(path: path, limit: limit, clock: .system, recordsGraph: recordsGraph)
+    public convenience init(path: String, limit: AccessLogLimit = .default, requests: AccessLogRequests = .all, recordsGraph: Bool = false) throws {
+        try self.init(path: path, limit: limit, requests: requests, clock: .system, recordsGraph: recordsGraph)
     }
 
-    init(path: String, limit: AccessLogLimit, clock: AccessLogClock, recordsGraph: Bool = false) throws {
+    init(path: String, limit: AccessLogLimit, requests: AccessLogRequests = .all, clock: AccessLogClock, recordsGraph: Bool = false) throws {
         self.path = path
         self.clock = clock
+        allowedRequests = Synchronization.Atomic(requests == .all)
         ownsDescriptor = path != "-"
         let descriptor = ownsDescriptor ? try Self.open(path) : STDOUT_FILENO
         state = NIOLockedValueBox(
@@ -271,11 +276,25 @@ public final class AccessLogWriter: AccessLogSink {
         state.withLockedValue { $0.rateLimit.change(to: limit, now: now) }
     }
 
+    /// Which requests get a line from now on (a configuration reload).
+    public func change(requests: AccessLogRequests) {
+        allowedRequests.store(requests == .all, ordering: .relaxed)
+    }
+
+    public var requests: AccessLogRequests {
+        allowedRequests.load(ordering: .relaxed) ? .all : .denied
+    }
+
     public func record(_ entry: AccessLogEntry) {
+        let observation = recordsGraph ? EdgeObservation(entry) : nil
+        if entry.isRequest, entry.action == .allow, !allowedRequests.load(ordering: .relaxed) {
+            // No line, but the graph still counts the request.
+            if let observation { state.withLockedValue { $0.graph?.add(observation) } }
+            return
+        }
         // Formatted before the lock, to keep the lock short; in a flood some of
         // this work is for lines that are then dropped.
         let line = entry.jsonLineBytes()
-        let observation = recordsGraph ? EdgeObservation(entry) : nil
         let now = clock.monotonic()
         let loop = MultiThreadedEventLoopGroup.currentEventLoop
         var scheduleWrite = false

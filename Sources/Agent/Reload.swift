@@ -28,6 +28,7 @@ extension ControlLoop {
         config.failureMode = file.failureMode
         config.drainTimeout = file.drainTimeout
         config.accessLogLimit = file.accessLogLimit
+        config.accessLogRequests = file.accessLogRequests
         config.policyDir = file.policyDir
         config.mtlsMode = file.mtlsMode
         config.http = file.http
@@ -42,6 +43,10 @@ extension ControlLoop {
             services.accessLog.change(limit: config.accessLogLimit)
             let limit = config.accessLogLimit
             logger.info("access log limit is now \(limit.linesPerSecond == 0 ? "off" : "\(limit.linesPerSecond) lines/s, burst \(limit.burst)")")
+        }
+        if services.accessLog.requests != config.accessLogRequests {
+            services.accessLog.change(requests: config.accessLogRequests)
+            logger.info("access log now writes \(config.accessLogRequests == .all ? "every request" : "refused requests only") (accessLog.requests: \(config.accessLogRequests.rawValue))")
         }
         policyFingerprint = currentPolicyFingerprint()
         services.state.publish(capture)

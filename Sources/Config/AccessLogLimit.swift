@@ -21,3 +21,14 @@ public struct AccessLogLimit: Equatable, Sendable {
 
     public var isUnlimited: Bool { linesPerSecond == 0 }
 }
+
+/// Which inspected HTTP requests the access log writes a line for (config
+/// `accessLog.requests`). Connections always get theirs. Logging only refused
+/// requests spares the formatting and the write of a line per allowed request,
+/// the larger part of what L7 inspection costs beyond the decision itself.
+public enum AccessLogRequests: String, CaseIterable, Equatable, Sendable {
+    /// Every request, allowed or refused (the default, as before the setting existed).
+    case all
+    /// Refused requests only.
+    case denied
+}

@@ -41,6 +41,13 @@ public struct AgentConfig: Equatable, Sendable {
         public var maxConnections = 65_536
         /// How long dialling an original destination may take.
         public var connectTimeout: Duration = .seconds(10)
+        /// Event-loop threads that carry the data path; nil for one per core.
+        public var eventLoops: Int?
+
+        /// The number of event loops to run on a machine with `cores` cores.
+        public func eventLoopCount(cores: Int) -> Int {
+            eventLoops ?? max(1, cores)
+        }
     }
 
     /// Where workloads come from besides `workloads:` (`workloadSources:`);
@@ -88,6 +95,8 @@ public struct AgentConfig: Equatable, Sendable {
     public var adminSocket = "/run/mesh-agent/admin.sock"
     public var accessLog = "/var/log/mesh-agent/access.log"
     public var accessLogLimit = AccessLogLimit.default
+    /// Which inspected HTTP requests get an access-log line of their own.
+    public var accessLogRequests = AccessLogRequests.all
     public var policyDir = "/etc/mesh-agent/policies"
     public var rootNamespace = "istio-system"
     public var certificateTTL: Duration = .seconds(24 * 3600)
@@ -175,10 +184,7 @@ extension AgentConfig {
         if let node = top.take("failureMode") { config.failureMode = try node.oneOf(FailureMode.self, [.open, .closed]) }
         if let node = top.take("ports") { config.ports = try parsePorts(node) }
         if let node = top.take("adminSocket") { config.adminSocket = try absolutePath(node) }
-        if let node = top.take("accessLog") {
-            let value = try node.nonEmptyString()
-            config.accessLog = value == "-" ? value : try absolutePath(node)
-        }
+        if let node = top.take("accessLog") { try parseAccessLog(node, into: &config) }
         if let node = top.take("accessLogLimit") { config.accessLogLimit = try parseAccessLogLimit(node) }
         if let node = top.take("policyDir") { config.policyDir = try absolutePath(node) }
         if let node = top.take("rootNamespace") { config.rootNamespace = try validLabel(node) }
@@ -246,7 +252,8 @@ extension AgentConfig {
         var limits = Limits()
         if let value = map.take("maxConnections") { limits.maxConnections = Int(try value.unsigned(UInt32.self, in: 1...10_000_000)) }
         if let value = map.take("connectTimeout") { limits.connectTimeout = try duration(value, atLeast: .milliseconds(1)) }
-        try map.finish(allowed: ["maxConnections", "connectTimeout"])
+        if let value = map.take("eventLoops") { limits.eventLoops = Int(try value.unsigned(UInt16.self, in: 1...256)) }
+        try map.finish(allowed: ["maxConnections", "connectTimeout", "eventLoops"])
         return limits
     }
 
@@ -301,6 +308,26 @@ extension AgentConfig {
         }
         guard value >= .seconds(3600) else { throw node.error("must be at least 1h, the graph's smallest stored window") }
         return value
+    }
+
+    /// `accessLog: PATH` (or "-" for stdout), or `accessLog: {path: PATH,
+    /// requests: denied|all}`.
+    private static func parseAccessLog(_ node: YAMLNode, into config: inout AgentConfig) throws {
+        guard node.isMapping else {
+            config.accessLog = try accessLogPath(node)
+            return
+        }
+        var map = try node.mapping()
+        if let value = map.take("path") { config.accessLog = try accessLogPath(value) }
+        if let value = map.take("requests") {
+            config.accessLogRequests = try value.oneOf(AccessLogRequests.self, AccessLogRequests.allCases)
+        }
+        try map.finish(allowed: ["path", "requests"])
+    }
+
+    private static func accessLogPath(_ node: YAMLNode) throws -> String {
+        let value = try node.nonEmptyString()
+        return value == "-" ? value : try absolutePath(node)
     }
 
     /// `accessLogLimit: {linesPerSecond: 5000, burst: 20000}`; `linesPerSecond: 0`

@@ -24,6 +24,22 @@ func measure(_ name: String, per unit: String, iterations: Int, counting outcome
     return counted
 }
 
+/// `measure`, for a body that must return true every time: a run in which
+/// any call did not ends the whole benchmark, with `explained()` appended to
+/// say why.
+func measureEvery(
+    _ name: String, per unit: String, iterations: Int, counting outcome: String, explained: () -> String = { "" }, _ body: () throws -> Bool
+) {
+    do {
+        let counted = try measure(name, per: unit, iterations: iterations, counting: outcome, body)
+        guard counted == iterations else {
+            fail("\(name): only \(counted) of \(iterations) were \(outcome)\(explained())")
+        }
+    } catch {
+        fail("\(name): \(error)\(explained())")
+    }
+}
+
 /// Ends the run with a non-zero status: a benchmark that did not do what it
 /// measures must not print a number that looks valid.
 func fail(_ message: String) -> Never {

@@ -9,19 +9,27 @@ import Proxy
 /// configuration on in-memory channels, without sockets or TLS.
 func measureTunnelStreams() throws {
     let tunnel = try InMemoryTunnel()
-    let iterations = 20_000
-    let completed: Int
-    do {
-        completed = try measure("HTTP/2 stream open+close", per: "stream", iterations: iterations, counting: "answered 200 and closed") {
-            try tunnel.openAndCloseStream()
-        }
-    } catch {
-        // When streams go wrong the connection gives up too (too many resets,
-        // say); the first stream that went wrong tells why.
-        fail("the in-memory HTTP/2 connection failed (\(error))\(tunnel.tally.firstFailureDescription)")
+    let failure = { tunnel.tally.firstFailureDescription }
+    // When streams go wrong the connection gives up too (too many resets,
+    // say); the first stream that went wrong tells why.
+    measureEvery("HTTP/2 stream open+close", per: "stream", iterations: 20_000, counting: "answered 200 and closed", explained: failure) {
+        try tunnel.openAndCloseStream()
     }
-    guard completed == iterations else {
-        fail("only \(completed) of \(iterations) tunnel streams were answered 200 and closed\(tunnel.tally.firstFailureDescription)")
+    let stream = try tunnel.openStreamForRoundTrips()
+    measureEvery("HBONE hop pair 1-byte round trip", per: "round trip", iterations: 100_000, counting: "echoed", explained: failure) {
+        try tunnel.roundTrip(on: stream)
+    }
+}
+
+/// The same two measurements on the frame-level prototype (FrameLevelTunnel).
+func measureFrameLevelTunnel() throws {
+    let tunnel = try FrameLevelTunnel()
+    measureEvery("frame-level stream open+close", per: "stream", iterations: 20_000, counting: "answered 200 and closed") {
+        try tunnel.openAndCloseStream()
+    }
+    let stream = try tunnel.openStreamForRoundTrips()
+    measureEvery("frame-level 1-byte round trip", per: "round trip", iterations: 100_000, counting: "echoed") {
+        try tunnel.roundTrip(on: stream)
     }
 }
 
@@ -31,6 +39,10 @@ final class StreamTally {
     var answered = 0
     /// Stream channels closed, on either end.
     var closed = 0
+    /// Bytes that came back to the client on a round-trip stream.
+    var echoed = 0
+    /// Whether the server end sends back what it receives.
+    var echoes = false
     /// What went wrong first, for the message that ends a failed run.
     private var firstFailure: String?
 
@@ -47,27 +59,24 @@ final class StreamTally {
 /// HTTP/2 connection writes are handed to the other end as it reads them.
 final class InMemoryTunnel {
     let tally = StreamTally()
-    private let loop = EmbeddedEventLoop()
-    private let client: EmbeddedChannel
-    private let server: EmbeddedChannel
+    private let link = InMemoryLink()
+    private var loop: EmbeddedEventLoop { link.loop }
     private let clientStreams: NIOHTTP2Handler.StreamMultiplexer
     private let destination: SocketAddress
 
     init() throws {
-        client = EmbeddedChannel(loop: loop)
-        server = EmbeddedChannel(loop: loop)
         destination = try SocketAddress(ipAddress: "10.77.0.2", port: 8080)
         // As TunnelClient's pooled connections and TunnelServer's peer
         // connections, less TLS (and, on the server, the idle monitor): streams
         // start without reading, and the first handler reads the request.
         clientStreams = try HBONE.configureConnection(
-            client.pipeline.syncOperations, mode: .client, maximumConcurrentStreams: HBONE.defaultMaximumStreamsPerConnection
+            link.client.pipeline.syncOperations, mode: .client, maximumConcurrentStreams: HBONE.defaultMaximumStreamsPerConnection
         ) { pushed in
             pushed.close()
         }
         let boundTally = NIOLoopBound(tally, eventLoop: loop)
         _ = try HBONE.configureConnection(
-            server.pipeline.syncOperations, mode: .server, maximumConcurrentStreams: HBONE.defaultMaximumStreamsPerConnection
+            link.server.pipeline.syncOperations, mode: .server, maximumConcurrentStreams: HBONE.defaultMaximumStreamsPerConnection
         ) { stream in
             stream.closeFuture.whenComplete { _ in boundTally.value.closed += 1 }
             return stream.eventLoop.makeCompletedFuture {
@@ -75,12 +84,8 @@ final class InMemoryTunnel {
                 try stream.pipeline.syncOperations.addHandler(TunnelAnswerer(tally: boundTally.value))
             }
         }
-
-        let address = try SocketAddress(ipAddress: "10.77.0.1", port: 15008)
-        client.connect(to: address, promise: nil)
-        server.connect(to: address, promise: nil)
         // The prefaces and SETTINGS: after this the connection is established.
-        try exchangeUntilQuiet()
+        try link.connect()
     }
 
     /// Opens one stream with the tunnel client's own code, ends it from both
@@ -109,30 +114,28 @@ final class InMemoryTunnel {
                 tally.failed("the client's stream failed: \(error)")
             }
         }
-        try exchangeUntilQuiet()
+        try link.exchangeUntilQuiet()
         return tally.answered == answeredBefore + 1 && tally.closed == closedBefore + 2
     }
 
-    /// Hands each end's output to the other until neither has anything to send.
-    private func exchangeUntilQuiet() throws {
-        var moved = true
-        while moved {
-            loop.run()
-            moved = try forward(from: client, to: server)
-            moved = try forward(from: server, to: client) || moved
-        }
+    /// Opens a stream that stays open, whose server end echoes every byte.
+    func openStreamForRoundTrips() throws -> Channel {
+        tally.echoes = true
+        let opened = TunnelClient.openStream(on: clientStreams, to: destination, timeout: .seconds(10), eventLoop: loop)
+        try link.exchangeUntilQuiet()
+        let stream = try opened.wait()
+        try stream.pipeline.syncOperations.addHandler(EchoCounter(tally: tally))
+        try stream.syncOptions?.setOption(.autoRead, value: true)
+        stream.read()
+        return stream
     }
 
-    private func forward(from sender: EmbeddedChannel, to receiver: EmbeddedChannel) throws -> Bool {
-        var moved = false
-        while let bytes = try sender.readOutbound(as: ByteBuffer.self) {
-            try receiver.writeInbound(bytes)
-            moved = true
-        }
-        // Connection-level frames (SETTINGS, their ACKs) reach the end of the
-        // pipeline; nothing reads them there, so drop them.
-        while try receiver.readInbound(as: HTTP2Frame.self) != nil {}
-        return moved
+    /// Writes one byte on `stream` and returns whether it came back.
+    func roundTrip(on stream: Channel) throws -> Bool {
+        let before = tally.echoed
+        stream.writeAndFlush(HTTP2Frame.FramePayload.data(.init(data: .byteBuffer(ByteBuffer(bytes: [0x2A])))), promise: nil)
+        try link.exchangeUntilQuiet()
+        return tally.echoed == before + 1
     }
 }
 
@@ -179,8 +182,29 @@ final class TunnelAnswerer: ChannelInboundHandler {
             context.read()
             return
         }
-        if case .data(let data) = frame, data.endStream {
+        guard case .data(let data) = frame else { return }
+        if tally.echoes, case .byteBuffer(let bytes) = data.data, bytes.readableBytes > 0 {
+            context.writeAndFlush(wrapOutboundOut(.data(.init(data: .byteBuffer(bytes)))), promise: nil)
+        }
+        if data.endStream {
             context.writeAndFlush(wrapOutboundOut(.endOfStream), promise: nil)
+        }
+    }
+}
+
+/// Counts the bytes that come back on the client end of a round-trip stream.
+final class EchoCounter: ChannelInboundHandler {
+    typealias InboundIn = HTTP2Frame.FramePayload
+
+    private let tally: StreamTally
+
+    init(tally: StreamTally) {
+        self.tally = tally
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .data(let payload) = unwrapInboundIn(data), case .byteBuffer(let bytes) = payload.data {
+            tally.echoed += bytes.readableBytes
         }
     }
 }

@@ -9,6 +9,7 @@ do {
     try measurePolicyDecisions()
     try measureIdentityLookups()
     try measureTunnelStreams()
+    try measureFrameLevelTunnel()
 } catch {
     fail("\(error)")
 }

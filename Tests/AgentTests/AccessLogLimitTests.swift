@@ -232,4 +232,34 @@ import Testing
         defer { try? FileManager.default.removeItem(atPath: path) }
         #expect(try AccessLogWriter(path: path).limit == .default)
     }
+
+    /// `accessLog.requests: denied`: an allowed request gets no line, while a
+    /// refused one and every connection line (an inspected connection's too,
+    /// whose protocol is also "http") are written; a reload turns it back.
+    @Test func requestsDeniedKeepsRefusedRequestsAndConnections() throws {
+        let path = Self.temporaryLog()
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let writer = try AccessLogWriter(path: path, limit: .unlimited, requests: .denied, clock: ManualClock().accessLogClock)
+        #expect(writer.requests == .denied)
+        var request = Self.entry(.allow, "allowed request")
+        request.protocol = "http"
+        request.isRequest = true
+        var refused = request
+        refused.action = .deny
+        refused.reason = "refused request"
+        var connection = Self.entry(.allow, "inspected connection")
+        connection.protocol = "http"
+
+        writer.record(request)
+        writer.record(refused)
+        writer.record(connection)
+        writer.change(requests: .all)
+        request.reason = "allowed request after the reload"
+        writer.record(request)
+
+        #expect(try Self.lines(path).map { $0["reason"] as? String } == [
+            "refused request", "inspected connection", "allowed request after the reload",
+        ])
+        #expect(try Self.lines(path).allSatisfy { $0["isRequest"] == nil }, "the marker is not part of the line")
+    }
 }

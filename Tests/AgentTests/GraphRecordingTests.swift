@@ -84,6 +84,22 @@ import Testing
             + #""reason":"a known identity was refused towards a workload it never talked to (lateral movement?)"}"# + "\n")
     }
 
+    @Test func requestsWhoseLinesAreSkippedAreStillCounted() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("graph-access-\(UUID().uuidString).log").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let writer = try AccessLogWriter(
+            path: path, limit: .unlimited, requests: .denied, clock: AccessLogClock(monotonic: { 0 }, wall: { 0 }), recordsGraph: true)
+        var request = try Self.connection()
+        request.protocol = "http"
+        request.isRequest = true
+        request.method = "GET"
+        request.path = "/orders/1"
+        writer.record(request)
+        writer.record(request)
+        #expect(try String(contentsOfFile: path, encoding: .utf8).isEmpty, "accessLog.requests: denied writes no allowed request")
+        #expect(writer.takeGraph().edges.map(\.counts.requests) == [2])
+    }
+
     @Test func aWriterWithoutTheGraphCountsNothing() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("graph-access-\(UUID().uuidString).log").path
         defer { try? FileManager.default.removeItem(atPath: path) }

@@ -25,6 +25,17 @@ import Testing
         #expect(config.accessLogLimit.isUnlimited)
     }
 
+    @Test func theAccessLogIsAPathOrAMappingWithWhichRequestsToLog() throws {
+        let plain = try AgentConfig.parse("trustDomain: td\naccessLog: /var/log/a.log\n", file: "agent.yaml")
+        #expect(plain.accessLog == "/var/log/a.log")
+        #expect(plain.accessLogRequests == .all, "every request, as before the setting existed")
+        let mapped = try AgentConfig.parse("trustDomain: td\naccessLog: {path: \"-\", requests: denied}\n", file: "agent.yaml")
+        #expect(mapped.accessLog == "-")
+        #expect(mapped.accessLogRequests == .denied)
+        let onlyRequests = try AgentConfig.parse("trustDomain: td\naccessLog:\n  requests: all\n", file: "agent.yaml")
+        #expect(onlyRequests.accessLog == "/var/log/mesh-agent/access.log", "the path keeps its default")
+    }
+
     /// Each bad value fails with the file, the line and the key path.
     @Test(arguments: [
         ("accessLogLimit: {linesPerSecond: -1}\n", "agent.yaml:2: accessLogLimit.linesPerSecond: expected a whole number from 0 to 1000000, got \"-1\""),
@@ -37,6 +48,9 @@ import Testing
         ("accessLogLimit: 2000\n", "agent.yaml:2: accessLogLimit: expected a mapping of keys to values"),
         ("accessLogLimit:\n", "agent.yaml:2: accessLogLimit: expected a mapping of keys to values"),
         ("accesslogLimit: {burst: 10}\n", "agent.yaml:2: accesslogLimit: unknown key"),
+        ("accessLog: {requests: allowed}\n", "agent.yaml:2: accessLog.requests: "),
+        ("accessLog: {path: relative.log}\n", "agent.yaml:2: accessLog.path: "),
+        ("accessLog: {file: /var/log/a.log}\n", "agent.yaml:2: accessLog.file: unknown key; expected one of: path, requests"),
     ])
     func badValuesAreRefusedWithTheirLine(text: String, expected: String) {
         do {

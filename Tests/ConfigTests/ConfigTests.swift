@@ -40,6 +40,16 @@ import Testing
         #expect(config.drainTimeout == .seconds(30))
         #expect(config.mtlsMode == .PERMISSIVE)
         #expect(config.workloads.isEmpty)
+        #expect(config.limits.eventLoops == nil)
+        #expect(config.limits.eventLoopCount(cores: 2) == 2, "one event loop per core unless limits.eventLoops says otherwise")
+    }
+
+    @Test func theEventLoopCountIsChosenOrOnePerCore() throws {
+        let chosen = try AgentConfig.parse(Self.minimal + "limits: {eventLoops: 1}\n", file: "agent.yaml", defaultNode: "n")
+        #expect(chosen.limits.eventLoopCount(cores: 8) == 1)
+        #expect(throws: (any Error).self) {
+            try AgentConfig.parse(Self.minimal + "limits: {eventLoops: 0}\n", file: "agent.yaml", defaultNode: "n")
+        }
     }
 
     @Test func theNodeComesFromNodeNameThenTheHostName() throws {

@@ -285,7 +285,8 @@ class Agent:
     without it the agent gets a CA of its own below tmp_path (or `ca_dir`).
     Settings written to the config when given: node, meshNetworks (a list),
     mtlsMode, policyDir, rootNamespace, certificateTTL, failureMode, drainTimeout,
-    http (a dict), graph (a dict; the database is tmp_path/graph.db unless it says).
+    http (a dict), accessLogRequests ("all" or "denied"), graph (a dict; the database is
+    tmp_path/graph.db unless it says).
     """
 
     def __init__(self, topology, tmp_path, workloads, namespace=None, ca=None, **settings):
@@ -307,7 +308,8 @@ class Agent:
         lines = [
             f"trustDomain: {TRUST_DOMAIN}",
             f"node: {settings.get('node', 'test-node')}",
-            f"accessLog: {self.access_log}",
+            (f"accessLog: {{path: {self.access_log}, requests: {settings['accessLogRequests']}}}"
+             if settings.get("accessLogRequests") else f"accessLog: {self.access_log}"),
             f"failureMode: {settings.get('failureMode', 'open')}",
             f"drainTimeout: {settings.get('drainTimeout', '5s')}",
             f"certificateTTL: {settings.get('certificateTTL', '24h')}",

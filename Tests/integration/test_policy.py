@@ -256,6 +256,30 @@ def test_a_forbidden_method_or_path_gets_403_and_the_connection_stays_usable(mes
     assert "no ALLOW policy matched" in denied["reason"]
 
 
+def test_with_requests_denied_only_refused_requests_get_a_line(mesh):
+    """`accessLog.requests: denied`, applied by a reload: the refused request
+    and the connection are logged, the allowed request is not; `all` again
+    brings its lines back."""
+    try:
+        mesh.b.write_config(mesh.b_workloads, accessLogRequests="denied")
+        mesh.b.ctl("reload")
+        tag = marker()
+        since = len(mesh.b.entries())
+        answers = mesh.http("checkout", [request("GET", f"/orders/{tag}"), request("GET", f"/secret/{tag}")])
+        assert [a["status"] for a in answers] == [200, 403]
+        refused = mesh.b.find_entry(lambda e: e.get("path") == f"/secret/{tag}", since=since, what="the refused request's line")
+        # The connection's own line comes after every request line it carried.
+        mesh.b.find_entry(lambda e: e.get("protocol") == "http" and "method" not in e and e.get("src_addr") == refused["src_addr"],
+                          since=since, what="the inspected connection's line")
+        assert not [e for e in mesh.b.entries()[since:] if e.get("path") == f"/orders/{tag}"], "an allowed request was logged"
+    finally:
+        mesh.b.write_config(mesh.b_workloads)
+        mesh.b.ctl("reload")
+    tag = marker()
+    assert [a["status"] for a in mesh.http("checkout", [request("GET", f"/orders/{tag}")])] == [200]
+    mesh.b.find_entry(lambda e: e.get("path") == f"/orders/{tag}", what="the allowed request's line after requests: all")
+
+
 def test_pipelined_requests_are_answered_in_order(mesh):
     tag = marker()
     answers = mesh.http("checkout", [request("GET", f"/orders/{tag}-1"), request("DELETE", f"/orders/{tag}-2"),

@@ -43,6 +43,9 @@ public struct AccessLogEntry: Sendable, Equatable {
     public var status: Int?
     /// `iss/sub` of the request's verified JWT.
     public var requestPrincipal: String?
+    /// The line is for one HTTP request on an inspected connection, not for
+    /// a connection (whose `protocol` is "http" too). Not written.
+    public var isRequest = false
 
     public init(time: Double, direction: Direction, tls: TLSMode, action: Action, reason: String) {
         self.time = time

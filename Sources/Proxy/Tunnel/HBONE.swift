@@ -36,7 +36,7 @@ public enum HBONE {
     }
 
     /// The HTTP/2 settings and windows both ends of a tunnel use.
-    static func connectionConfiguration(maximumConcurrentStreams: Int) -> NIOHTTP2Handler.ConnectionConfiguration {
+    package static func connectionConfiguration(maximumConcurrentStreams: Int) -> NIOHTTP2Handler.ConnectionConfiguration {
         var configuration = NIOHTTP2Handler.ConnectionConfiguration()
         configuration.initialSettings = [
             HTTP2Setting(parameter: .maxConcurrentStreams, value: maximumConcurrentStreams),
@@ -139,7 +139,7 @@ public enum HBONE {
     }
 
     /// The status of a tunnel response, if it is a well-formed one.
-    static func status(of response: HPACKHeaders) -> Int? {
+    package static func status(of response: HPACKHeaders) -> Int? {
         response.first(name: ":status").flatMap { Int($0) }
     }
 }

@@ -24,6 +24,7 @@ struct HTTPRequestInspector: Sendable {
         var entry = connectionEntry
         entry.time = wallClock()
         entry.protocol = "http"
+        entry.isRequest = true
         entry.bytesSent = 0
         entry.bytesReceived = 0
         return entry
