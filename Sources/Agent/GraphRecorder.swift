@@ -65,8 +65,8 @@ extension EdgeKey {
 /// comes back, or a damaged file moved away, is picked up without a restart.
 final class GraphRecorder: @unchecked Sendable {
     static let flushInterval = 5
-    /// Rows (edges × hours) kept at most, whatever the retention: about 410
-    /// bytes each on disk with the indexes, so the file stays near 400 MB.
+    /// Rows (edges × hours) kept at most, whatever the retention: about 500
+    /// bytes each on disk with the indexes, so the file stays near 500 MB.
     static let maximumRows = 1_000_000
     /// Retention and the row limit are applied every this many flushes.
     static let pruneEvery = 60
