@@ -21,6 +21,16 @@ let package = Package(
     targets: [
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CNetlink", pkgConfig: "libnftnl", providers: [.apt(["libnftnl-dev", "libmnl-dev"])]),
+        .systemLibrary(name: "CSQLite", pkgConfig: "sqlite3", providers: [.apt(["libsqlite3-dev"])]),
+        // The system SQLite behind a small safe type: the only module that
+        // touches its C API.
+        .target(name: "SQLite", dependencies: ["CSQLite"]),
+        // The observed service graph as values: edges, aggregation, path
+        // templates, JSON and pictures, suggested policies and the report. No
+        // I/O, so agentctl and tests use it as is.
+        .target(name: "Graph", dependencies: ["Policy"]),
+        // The graph's SQLite database, for the agent.
+        .target(name: "GraphStore", dependencies: ["Graph", "SQLite"]),
         .target(
             name: "LinuxNet",
             dependencies: [
@@ -139,6 +149,7 @@ let package = Package(
             name: "Agent",
             dependencies: [
                 "AdminAPI", "Config", "Proxy", "Workloads", "Netfilter", "LinuxNet", "TLS", "Identity", "Policy", "Kubernetes", "EngineAPI", "CNI", "CNIServer",
+                "Graph", "GraphStore",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -182,7 +193,7 @@ let package = Package(
             // Never Agent or Proxy: the client reads the admin API's views and
             // checks files, it does not carry the daemon.
             dependencies: [
-                "AdminAPI", "Config", "Policy", "Identity", "TLS",
+                "AdminAPI", "Config", "Policy", "Identity", "TLS", "Graph",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -228,6 +239,7 @@ let package = Package(
             .product(name: "NIOHPACK", package: "swift-nio-http2"),
         ]),
         .testTarget(name: "AdminAPITests", dependencies: ["AdminAPI"]),
+        .testTarget(name: "GraphTests", dependencies: ["Graph", "GraphStore", "SQLite", "Policy", "TestFixtures", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "CNITests", dependencies: [
             "CNI", "CNIServer", "LinuxNet", "TestFixtures",
             .product(name: "Logging", package: "swift-log"),
@@ -239,7 +251,7 @@ let package = Package(
         ]),
         .testTarget(name: "ConfigTests", dependencies: ["Config", "Policy", "LinuxNet", "Workloads"]),
         .testTarget(name: "AgentTests", dependencies: [
-            "Agent", "AdminAPI", "Config", "Workloads", "Proxy", "Policy", "TestFixtures",
+            "Agent", "AdminAPI", "Config", "Workloads", "Proxy", "Policy", "Graph", "TestFixtures",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOHTTP1", package: "swift-nio"),
         ]),

@@ -11,15 +11,23 @@ extension AdminViews {
             public var rules: Int?
             public var dryRun: Bool?
             public var source: String
+            /// A time-bound grant's end (`mesh-agent.io/expires`), RFC 3339,
+            /// and the seconds left at the time of the answer (0 once expired).
+            public var expires: String?
+            public var secondsLeft: Int?
 
             enum CodingKeys: String, CodingKey {
-                case kind, namespace, name, selector, action, rules, source
+                case kind, namespace, name, selector, action, rules, source, expires
                 case dryRun = "dry_run"
+                case secondsLeft = "seconds_left"
             }
 
             public init(
-                kind: String, namespace: String, name: String, selector: String?, action: String, rules: Int?, dryRun: Bool?, source: String
+                kind: String, namespace: String, name: String, selector: String?, action: String, rules: Int?, dryRun: Bool?, source: String,
+                expires: String? = nil, secondsLeft: Int? = nil
             ) {
+                self.expires = expires
+                self.secondsLeft = secondsLeft
                 self.kind = kind
                 self.namespace = namespace
                 self.name = name

@@ -1,5 +1,6 @@
 import Config
 import Foundation
+import Graph
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -187,6 +188,12 @@ struct AccessLogClock: Sendable {
 /// elsewhere, and a buffer grown past `batchLimit`, are written at once. Lines
 /// over the rate limit are dropped; a summary line says how many, at most once
 /// a second.
+///
+/// Every line is also an observation of the service graph, counted under the
+/// same lock into an in-memory aggregate that the graph recorder takes every
+/// few seconds: the access log already sees every connection and inspected
+/// request with its decision, so the graph adds no lock, no hop and no second
+/// decision path. Lines the rate limit drops are counted in the graph too.
 public final class AccessLogWriter: AccessLogSink {
     /// Everything a line needs, under one lock taken once per line.
     private struct State {
@@ -196,6 +203,9 @@ public final class AccessLogWriter: AccessLogSink {
         var pending: [UInt8] = []
         /// A write of `pending` is scheduled on an event loop.
         var writeScheduled = false
+        /// Graph edges counted since the recorder last took them; nil when
+        /// the graph is off.
+        var graph: EdgeAggregate?
     }
 
     static let batchLimit = 64 * 1024
@@ -210,18 +220,22 @@ public final class AccessLogWriter: AccessLogSink {
     private let writeFailures = Counter(label: "mesh_agent_access_log_write_failures_total")
     private let dropped = Counter(label: "mesh_agent_access_log_dropped_total")
 
-    public convenience init(path: String, limit: AccessLogLimit = .default, requests: AccessLogRequests = .all) throws {
-        try self.init(path: path, limit: limit, requests: requests, clock: .system)
+    public convenience init(path: String, limit: AccessLogLimit = .default, requests: AccessLogRequests = .all, recordsGraph: Bool = false) throws {
+        try self.init(path: path, limit: limit, requests: requests, clock: .system, recordsGraph: recordsGraph)
     }
 
-    init(path: String, limit: AccessLogLimit, requests: AccessLogRequests = .all, clock: AccessLogClock) throws {
+    init(path: String, limit: AccessLogLimit, requests: AccessLogRequests = .all, clock: AccessLogClock, recordsGraph: Bool = false) throws {
         self.path = path
         self.clock = clock
         allowedRequests = Synchronization.Atomic(requests == .all)
         ownsDescriptor = path != "-"
         let descriptor = ownsDescriptor ? try Self.open(path) : STDOUT_FILENO
-        state = NIOLockedValueBox(State(descriptor: descriptor, rateLimit: AccessLogRateLimit(limit, now: clock.monotonic())))
+        state = NIOLockedValueBox(
+            State(descriptor: descriptor, rateLimit: AccessLogRateLimit(limit, now: clock.monotonic()), graph: recordsGraph ? EdgeAggregate() : nil))
+        self.recordsGraph = recordsGraph
     }
+
+    private let recordsGraph: Bool
 
     private static func open(_ path: String) throws -> Int32 {
         let directory = (path as NSString).deletingLastPathComponent
@@ -272,7 +286,10 @@ public final class AccessLogWriter: AccessLogSink {
     }
 
     public func record(_ entry: AccessLogEntry) {
+        let observation = recordsGraph ? EdgeObservation(entry) : nil
         if entry.isRequest, entry.action == .allow, !allowedRequests.load(ordering: .relaxed) {
+            // No line, but the graph still counts the request.
+            if let observation { state.withLockedValue { $0.graph?.add(observation) } }
             return
         }
         // Formatted before the lock, to keep the lock short; in a flood some of
@@ -283,6 +300,7 @@ public final class AccessLogWriter: AccessLogSink {
         var scheduleWrite = false
         let kept = line.withUnsafeBufferPointer { bytes in
             state.withLockedValue { state -> Bool in
+                if let observation { state.graph?.add(observation) }
                 switch state.rateLimit.admit(entry.action, now: now) {
                 case .write:
                     break
@@ -308,6 +326,24 @@ public final class AccessLogWriter: AccessLogSink {
         if !kept { dropped.increment() }
         if scheduleWrite, let loop {
             loop.execute { [self] in flush() }
+        }
+    }
+
+    /// The graph edges counted since the last call, leaving an empty aggregate.
+    public func takeGraph() -> EdgeAggregate {
+        state.withLockedValue { state in
+            guard let taken = state.graph else { return EdgeAggregate() }
+            state.graph = EdgeAggregate(limit: taken.limit)
+            return taken
+        }
+    }
+
+    /// Writes an event line (a new edge) at once, outside the rate limit:
+    /// the caller bounds how many it writes.
+    public func recordEvent(_ line: [UInt8]) {
+        state.withLockedValue { state in
+            state.pending.append(contentsOf: line)
+            writePending(&state)
         }
     }
 

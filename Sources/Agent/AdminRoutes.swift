@@ -1,5 +1,6 @@
 import AdminAPI
 import Foundation
+import Graph
 import Netfilter
 import Prometheus
 import Proxy
@@ -26,6 +27,9 @@ enum AdminRoutes {
         ]
     }
 
+    private static let graphOff = AdminServer.Response(
+        status: .serviceUnavailable, body: Data(#"{"error":"the service graph is off: graph.enabled is false in the agent's config"}"#.utf8))
+
     private static func readiness(_ state: AgentState) -> AdminServer.Route {
         {
             state.current.ready
@@ -47,6 +51,11 @@ enum AdminRoutes {
                     return AdminServer.Response(status: .serviceUnavailable, body: Data(#"{"error":"the capture table is not installed yet"}"#.utf8))
                 }
                 return AdminServer.Response(body: try AdminViews.encode(AdminViews.rules(desired: CaptureRules.table(for: parameters), netfilter: netfilter)))
+            },
+            "POST /v1/graph/baseline": {
+                guard let graph = services.graph else { return graphOff }
+                try graph.setBaseline()
+                return AdminServer.Response(body: Data(#"{"baseline":"set"}"#.utf8))
             },
             // The same reload as SIGHUP, done by the control loop; the answer says how it went.
             "POST /v1/reload": {
@@ -79,8 +88,18 @@ enum AdminRoutes {
     }
 
     private static func queryRoutes(_ services: AgentServices) -> [String: AdminServer.QueryRoute] {
-        let (registry, authorizer) = (services.registry, services.authorizer)
+        let (registry, authorizer, graph, state) = (services.registry, services.authorizer, services.graph, services.state)
         return [
+            "/v1/graph": { parameters in
+                guard let graph else { return graphOff }
+                return AdminServer.Response(body: try AdminViews.graph(parameters, graph: graph))
+            },
+            "/v1/policy/report": { parameters in
+                guard let graph else { return graphOff }
+                return AdminServer.Response(
+                    body: try AdminViews.policyReport(
+                        parameters, graph: graph, policies: state.current.policy.policies.authorization, workloads: registry.members.map(\.workload)))
+            },
             "/v1/policy/explain": { parameters in
                 AdminServer.Response(body: try AdminViews.encode(AdminViews.explain(parameters, registry: registry, authorizer: authorizer)))
             },

@@ -60,6 +60,8 @@ struct AgentServices {
     let cniEnrollments: CNIEnrollments
     /// Where the CNI plugin asks to enroll pods (`workloadSources.cni`).
     let enrollmentServer: EnrollmentServer?
+    /// The observed service graph's recorder; nil when `graph.enabled` is false.
+    let graph: GraphRecorder?
     /// The admin API, then Prometheus and the readiness probe; made once the
     /// parts they show exist.
     private(set) var servers: [AdminServer] = []
@@ -104,7 +106,11 @@ struct AgentServices {
             cniEnrollments.load(mount: mount)
             registry.update(cniEnrollments.specs(trustDomain: config.trustDomain), from: CNIEnrollments.source)
         }
-        let accessLog = try AccessLogWriter(path: config.accessLog, limit: config.accessLogLimit, requests: config.accessLogRequests)
+        let accessLog = try AccessLogWriter(
+            path: config.accessLog, limit: config.accessLogLimit, requests: config.accessLogRequests, recordsGraph: config.graph.enabled)
+        let graph = config.graph.enabled ? GraphRecorder(config: config.graph, accessLog: accessLog, logger: logger) : nil
+        // Opened now, so a database that cannot be used is reported at start.
+        graph?.flushSoon()
         let trustBundle = try TrustBundleWatcher(path: config.ca.trustBundle, logger: logger)
         let svids = SVIDManager(issuer: try loadAuthority(config), lifetime: config.certificateTTL, logger: logger)
         let agentIdentity = try config.agentIdentity
@@ -141,7 +147,8 @@ struct AgentServices {
                 EnrollmentServer(path: settings.socket, group: group, logger: logger) { request in
                     try await events.cni(request, on: group.next())
                 }
-            })
+            },
+            graph: graph)
         services.servers = AdminRoutes.servers(for: services, events: events, metrics: metrics)
         return services
     }
@@ -238,6 +245,8 @@ struct AgentServices {
         _ = podSockets.closeUnclaimed()
         // Lines of the loops' last tick, if their scheduled write did not run.
         accessLog.flush()
+        // The last seconds' edges, so a restart keeps the whole graph.
+        graph?.flushNow()
         logger.info("mesh-agent stopped")
     }
 

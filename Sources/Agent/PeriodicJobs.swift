@@ -5,6 +5,7 @@ extension ControlLoop {
     mutating func tick() async {
         ticks += 1
         reloadPoliciesIfTheirFilesChanged()
+        services.enforcement.expireGrants(config: config)
         services.registry.rescan()
         await syncWorkloads()
         services.destinations.refreshAddresses()
@@ -14,6 +15,9 @@ extension ControlLoop {
         services.svids.tick()
         updateMetrics()
         services.accessLog.writeDropSummary()
+        if ticks % GraphRecorder.flushInterval == 0 {
+            services.graph?.flushSoon()
+        }
         if ticks == Self.podSocketsClaimTicks {
             let unclaimed = services.podSockets.closeUnclaimed()
             if !unclaimed.isEmpty {

@@ -73,12 +73,30 @@ struct PolicyEnforcement {
         apply(status.policies, generation: status.generation, pathRules: config.http)
     }
 
-    private func apply(_ policies: PolicySet, generation: Int, pathRules: HTTPPath.Rules) {
+    /// Time-bound grants whose instant has come stop applying: the policies
+    /// in force are compiled again without them, and the connections only
+    /// they allowed are closed with `grant expired: NAMESPACE/NAME`. For the
+    /// control loop's tick; nothing happens when no grant expired since.
+    func expireGrants(config: AgentConfig, now: Double = wallClock()) {
+        let applied = authorizer.snapshot.policies.policies
+        let expired = applied.filter { $0.hasExpired(at: now) }
+        guard !expired.isEmpty else { return }
+        let names = expired.map(\.reference).joined(separator: ", ")
+        logger.info("time-bound grant(s) expired: \(names); they no longer apply")
+        let status = state.current.policy
+        apply(status.policies, generation: status.generation, pathRules: config.http, now: now, because: "grant expired: \(names)")
+    }
+
+    private func apply(_ policies: PolicySet, generation: Int, pathRules: HTTPPath.Rules, now: Double = wallClock(), because: String? = nil) {
+        // Expired grants stay loaded (agentctl policies shows them) but are
+        // not compiled into what the data path decides with.
+        let inForce = AuthorizationPolicySet(
+            policies.authorization.policies.filter { !$0.hasExpired(at: now) }, rootNamespace: policies.authorization.rootNamespace)
         authorizer.update(
             AuthorizationSnapshot(
-                generation: generation, policies: policies.authorization, requestAuthentication: policies.requestAuthentication,
+                generation: generation, policies: inForce, requestAuthentication: policies.requestAuthentication,
                 peerAuthentication: policies.peerAuthentication, pathRules: pathRules, workloads: registry.members.map(\.workload)))
-        let closed = connections.recheck(authorizer)
+        let closed = connections.recheck(authorizer, because: because)
         if closed > 0 {
             revokedConnections.increment(by: closed)
             logger.info("policy generation \(generation): closed \(closed) open connection(s) it no longer allows")

@@ -20,14 +20,15 @@ public struct PolicyStatus: Sendable {
 }
 
 extension AdminViews {
-    static func policies(_ status: PolicyStatus) -> PoliciesView {
+    static func policies(_ status: PolicyStatus, now: Double = wallClock()) -> PoliciesView {
         func selector(_ labels: [String: String]?) -> String? {
             labels.map { $0.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: ",") }
         }
         var rows: [PoliciesView.Row] = status.policies.authorization.policies.map { policy in
             .init(
                 kind: AuthorizationPolicy.kind, namespace: policy.namespace, name: policy.name, selector: selector(policy.matchLabels),
-                action: policy.action.rawValue, rules: policy.rules.count, dryRun: policy.dryRun ? true : nil, source: policy.source)
+                action: policy.action.rawValue, rules: policy.rules.count, dryRun: policy.dryRun ? true : nil, source: policy.source,
+                expires: policy.expires.map { RFC3339.format($0) }, secondsLeft: policy.expires.map { Int(max(0, ($0 - now).rounded(.up))) })
         }
         rows += status.policies.requestAuthentication.policies.map { policy in
             .init(

@@ -66,6 +66,7 @@ extension ControlLoop {
         if file.limits != running.limits { changed.append("limits") }
         if file.meshNetworks != running.meshNetworks { changed.append("meshNetworks") }
         if file.rootNamespace != running.rootNamespace { changed.append("rootNamespace") }
+        if file.graph != running.graph { changed.append("graph") }
         return changed
     }
 

@@ -110,6 +110,20 @@ public struct AgentConfig: Equatable, Sendable {
     /// The `workloads:` list: the config file's own workload source.
     public var workloads: [WorkloadSpec] = []
     public var workloadSources = WorkloadSources()
+    /// The observed service graph (`graph:`).
+    public var graph = Graph()
+
+    /// `graph: {enabled: true, path: /var/lib/mesh-agent/graph.db, retention: 30d, learningPeriod: 7d}`.
+    public struct Graph: Equatable, Sendable {
+        public var enabled = true
+        public var path = "/var/lib/mesh-agent/graph.db"
+        public var retention: Duration = .seconds(30 * 86400)
+        /// How long after the database was made edges are learned before a
+        /// never-seen one is reported (`agentctl graph baseline` ends it at once).
+        public var learningPeriod: Duration = .seconds(7 * 86400)
+
+        public init() {}
+    }
 
     public init(trustDomain: String, node: String) {
         self.trustDomain = trustDomain
@@ -187,12 +201,13 @@ extension AgentConfig {
         }
         if let node = top.take("limits") { config.limits = try parseLimits(node) }
         if let node = top.take("http") { config.http = try parseHTTP(node) }
+        if let node = top.take("graph") { config.graph = try parseGraph(node) }
         if let node = top.take("workloadSources") { config.workloadSources = try parseWorkloadSources(node, node: config.node) }
         if let node = workloadsNode { config.workloads = try parseWorkloads(node, trustDomain: trustDomain, agentPorts: config.ports, captureMode: config.captureMode) }
         try top.finish(allowed: [
             "trustDomain", "node", "captureMode", "mark", "markMask", "failureMode", "ports", "adminSocket",
             "accessLog", "accessLogLimit", "policyDir", "rootNamespace", "certificateTTL", "mtlsMode", "drainTimeout", "ca",
-            "meshNetworks", "limits", "http", "workloads", "workloadSources",
+            "meshNetworks", "limits", "http", "workloads", "workloadSources", "graph",
         ])
         return config
     }
@@ -257,6 +272,42 @@ extension AgentConfig {
         }
         try map.finish(allowed: ["pathNormalization", "pathParameters"])
         return rules
+    }
+
+    private static func parseGraph(_ node: YAMLNode) throws -> Graph {
+        var map = try node.mapping()
+        var graph = Graph()
+        if let value = map.take("enabled") { graph.enabled = try value.bool() }
+        if let value = map.take("path") { graph.path = try absolutePath(value) }
+        // Under an hour the window would be shorter than one stored bucket.
+        if let value = map.take("retention") { graph.retention = try retention(value) }
+        if let value = map.take("learningPeriod") {
+            let text = try value.string()
+            guard let period = parseWindow(text) else {
+                throw value.error("\"\(text)\" is not a duration; write it in days like 7d, or like 12h")
+            }
+            graph.learningPeriod = period
+        }
+        if let value = map.take("http") {
+            // Parsing HTTP on ports no policy inspects is not built yet; a key
+            // that is accepted and does nothing would mislead.
+            guard try value.bool() == false else {
+                throw value.error("true is not supported yet: HTTP methods and paths are recorded where L7 policy already inspects requests; remove the key or set it to false")
+            }
+        }
+        try map.finish(allowed: ["enabled", "path", "retention", "http", "learningPeriod"])
+        return graph
+    }
+
+    /// Retention is counted in days (`30d`), or written as any other duration;
+    /// at least an hour, the graph's smallest stored window.
+    private static func retention(_ node: YAMLNode) throws -> Duration {
+        let text = try node.string()
+        guard let value = parseWindow(text) else {
+            throw node.error("\"\(text)\" is not a retention; write it in days like 30d, or like 12h")
+        }
+        guard value >= .seconds(3600) else { throw node.error("must be at least 1h, the graph's smallest stored window") }
+        return value
     }
 
     /// `accessLog: PATH` (or "-" for stdout), or `accessLog: {path: PATH,
@@ -521,6 +572,17 @@ func parseDuration(_ text: String) -> Duration? {
         }
     }
     return digits.isEmpty ? total : nil
+}
+
+/// A span of observed history: whole days (`30d`, `7d`) or a duration as
+/// `parseDuration` reads it (`24h`, `90m`). Days are only for windows and
+/// retention, where they are the natural unit; timeouts stay in h/m/s/ms.
+public func parseWindow(_ text: String) -> Duration? {
+    if text.hasSuffix("d") {
+        guard let days = Int64(text.dropLast()), (0...36_500).contains(days) else { return nil }
+        return .seconds(days * 86400)
+    }
+    return parseDuration(text)
 }
 
 extension AgentConfig {

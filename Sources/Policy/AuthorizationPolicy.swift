@@ -28,6 +28,8 @@ public struct AuthorizationPolicy: PolicyObject, Hashable, Sendable {
     public static let kind = "AuthorizationPolicy"
     /// Istio's annotation for a policy that is evaluated and logged, never enforced.
     public static let dryRunAnnotation = "istio.io/dry-run"
+    /// A time-bound grant: the policy stops applying at this RFC 3339 instant.
+    public static let expiresAnnotation = "mesh-agent.io/expires"
 
     public var name: String
     public var namespace: String
@@ -37,6 +39,9 @@ public struct AuthorizationPolicy: PolicyObject, Hashable, Sendable {
     public var rules: [Rule]
     /// `istio.io/dry-run: "true"`: the policy's effect is logged, not enforced.
     public var dryRun: Bool
+    /// `mesh-agent.io/expires`, in seconds since the epoch: from then on the
+    /// policy does not apply, without a reload.
+    public var expires: Double?
     public var file: String
     public var line: Int?
 
@@ -52,6 +57,11 @@ public struct AuthorizationPolicy: PolicyObject, Hashable, Sendable {
         self.dryRun = dryRun
         self.file = file
         self.line = line
+    }
+
+    /// Whether a time-bound grant has stopped applying at `now`.
+    public func hasExpired(at now: Double) -> Bool {
+        expires.map { now >= $0 } ?? false
     }
 
     /// True if some rule needs an HTTP request to be decided.

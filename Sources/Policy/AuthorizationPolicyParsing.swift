@@ -17,6 +17,13 @@ extension AuthorizationPolicy {
                 throw document.error("metadata.annotations.\(dryRunAnnotation) must be \"true\" or \"false\", got \"\(dryRun)\"")
             }
         }
+        if let expires = metadata.annotations[expiresAnnotation] {
+            guard let time = RFC3339.parse(expires) else {
+                throw document.error(
+                    "metadata.annotations.\(expiresAnnotation) must be an RFC 3339 time like 2026-12-08T18:00:00Z, got \"\(expires)\"")
+            }
+            policy.expires = time
+        }
         if let specNode = top.take("spec"), !specNode.isNull {
             var spec = try specNode.mapping()
             for unsupported in ["targetRef", "targetRefs"] where spec.take(unsupported) != nil {

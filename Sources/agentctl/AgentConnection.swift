@@ -10,7 +10,10 @@ struct AgentConnection: ParsableArguments {
     @Option(name: [.customShort("o"), .long], help: "Output format: table or json.")
     var output: OutputFormat = .table
 
-    var client: AdminClient {
+    var client: AdminClient { Self.client(socket: socket) }
+
+    /// The agent at `socket`, else `MESH_AGENT_SOCKET`, else the default path.
+    static func client(socket: String?) -> AdminClient {
         AdminClient(socketPath: socket ?? ProcessInfo.processInfo.environment["MESH_AGENT_SOCKET"] ?? AdminClient.defaultSocket)
     }
 

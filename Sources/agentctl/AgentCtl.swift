@@ -7,7 +7,7 @@ struct AgentCtl: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "agentctl",
         abstract: "Inspect and operate mesh-agent.",
-        subcommands: [StatusCommand.self, WorkloadsCommand.self, CertsCommand.self, ConnectionsCommand.self, RulesCommand.self, PoliciesCommand.self, PolicyCommand.self, ReloadCommand.self, ConfigCommand.self, CACommand.self]
+        subcommands: [StatusCommand.self, WorkloadsCommand.self, CertsCommand.self, ConnectionsCommand.self, RulesCommand.self, PoliciesCommand.self, PolicyCommand.self, GraphCommand.self, ReloadCommand.self, ConfigCommand.self, CACommand.self]
     )
 
     /// `agentctl --socket PATH COMMAND` (as documented) and `agentctl COMMAND

@@ -25,15 +25,24 @@ struct PoliciesCommand: ParsableCommand {
             }
             print("")
             printTable(
-                ["KIND", "POLICY", "SELECTOR", "ACTION", "RULES", "SOURCE"],
+                ["KIND", "POLICY", "SELECTOR", "ACTION", "RULES", "EXPIRES", "SOURCE"],
                 view.policies.map { row in
                     [
                         row.kind, "\(row.namespace)/\(row.name)", row.selector ?? "(namespace)", row.action + (row.dryRun == true ? " (dry-run)" : ""),
-                        row.rules.map(String.init) ?? "-", row.source,
+                        row.rules.map(String.init) ?? "-", Self.timeLeft(row), row.source,
                     ]
                 })
             for warning in view.warnings { print("warning: \(warning)") }
         }
+    }
+
+    /// A grant's time left, as `3h59m left` or `expired`; `-` for a policy without one.
+    static func timeLeft(_ row: AdminViews.PoliciesView.Row) -> String {
+        guard let expires = row.expires, let seconds = row.secondsLeft else { return "-" }
+        guard seconds > 0 else { return "expired (\(expires))" }
+        let (hours, minutes) = (seconds / 3600, (seconds % 3600) / 60)
+        let left = hours > 0 ? "\(hours)h\(minutes)m" : minutes > 0 ? "\(minutes)m\(seconds % 60)s" : "\(seconds)s"
+        return "\(left) left"
     }
 }
 
@@ -41,7 +50,7 @@ struct PolicyCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "policy",
         abstract: "Check policy files, and ask what the policies in force decide.",
-        subcommands: [Check.self, Explain.self]
+        subcommands: [Check.self, Explain.self, Suggest.self, Report.self, Grant.self]
     )
 
     struct Check: ParsableCommand {

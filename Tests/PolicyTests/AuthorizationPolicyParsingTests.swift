@@ -105,6 +105,18 @@ import Testing
         #expect(error(Self.document("  rules: [{}]\n", annotations: "{istio.io/dry-run: \"maybe\"}"))?.contains("must be \"true\" or \"false\"") == true)
     }
 
+    @Test func aGrantStopsApplyingAtItsExpiryInstant() throws {
+        let grant = try parse(Self.document("  rules: [{}]\n", annotations: "{mesh-agent.io/expires: \"2026-12-08T18:00:00Z\"}"))
+        let instant = 1_796_752_800.0  // 2026-12-08T18:00:00Z
+        #expect(grant.expires == instant)
+        #expect(!grant.hasExpired(at: instant - 0.001))
+        #expect(grant.hasExpired(at: instant))
+        #expect(try parse(Self.document("  rules: [{}]\n", annotations: "{mesh-agent.io/expires: \"2026-12-08T19:00:00.5+01:00\"}")).expires == instant + 0.5)
+        #expect(!(try parse(Self.document("  rules: [{}]\n"))).hasExpired(at: .greatestFiniteMagnitude), "no annotation, no end")
+        let refused = error(Self.document("  rules: [{}]\n", annotations: "{mesh-agent.io/expires: \"tomorrow\"}"))
+        #expect(refused?.contains("mesh-agent.io/expires must be an RFC 3339 time like 2026-12-08T18:00:00Z, got \"tomorrow\"") == true)
+    }
+
     static let invalid: [(spec: String, expected: String)] = [
         ("  action: CUSTOM\n", ":7: spec.action: CUSTOM (external authorization) is not supported"),
         ("  action: allow\n", ":7: spec.action: must be one of ALLOW, DENY, AUDIT"),

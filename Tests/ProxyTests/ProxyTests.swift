@@ -72,6 +72,7 @@ extension AccessLogEntryTests {
         entry.audited = "shop/audit-all"
         entry.audit = "allow"
         entry.auditPolicy = "shop/dry"
+        entry.auditRule = 2
         entry.method = "DELETE"
         entry.path = "/orders/ü\u{7f}\t"
         entry.status = 403
@@ -80,7 +81,7 @@ extension AccessLogEntryTests {
             + #""src_identity":"spiffe://cluster.local/ns/shop/sa/checkout","dst_addr":"255.0.10.200:65535","dst_workload":"shop/orders","#
             + #""dst_identity":"spiffe://cluster.local/ns/shop/sa/orders","tls":"mutual","protocol":"http","action":"deny","#
             + #""policy":"shop/deny-delete","reason":"denied by policy","bytes_sent":18446744073709551615,"bytes_received":0,"#
-            + #""duration_ms":12.346,"audited":"shop/audit-all","audit":"allow","audit_policy":"shop/dry","method":"DELETE","#
+            + #""duration_ms":12.346,"audited":"shop/audit-all","audit":"allow","audit_policy":"shop/dry","audit_rule":2,"method":"DELETE","#
             + #""path":"/orders/ü"# + "\u{7f}" + #"\t","request_principal":"issuer/subject","status":403}"# + "\n"
         #expect(entry.jsonLine() == expected)
     }

@@ -28,6 +28,26 @@ PEER = HERE / "tools" / "peer.py"
 BIN = Path(os.environ.get("MESH_AGENT_BIN", REPO / ".build" / "debug"))
 TRUST_DOMAIN = "cluster.local"
 
+
+def spiffe(sa, namespace="shop"):
+    """A workload's SPIFFE ID in the tests' trust domain."""
+    return f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{sa}"
+
+
+def principal(sa, namespace="shop"):
+    """The same identity as policies write it: without the scheme."""
+    return f"{TRUST_DOMAIN}/ns/{namespace}/sa/{sa}"
+
+
+def http_exchange(topology, cgroup, host, port, requests, pipeline=False):
+    """Raw HTTP/1.1 requests on one connection from a workload of the node
+    namespace (tools/http_peer.py); the answers as it prints them."""
+    args = ["pipeline" if pipeline else "send", host, str(port), json.dumps(requests)]
+    proc = topology.spawn(topology.node, [sys.executable, str(HERE / "tools" / "http_peer.py")] + args, cgroup=cgroup)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, f"http client failed: {err}"
+    return json.loads(out)
+
 _counter = itertools.count(1)
 
 # In CI every test must run: a test that skips there (not root, no cgroup v2,
@@ -265,7 +285,8 @@ class Agent:
     without it the agent gets a CA of its own below tmp_path (or `ca_dir`).
     Settings written to the config when given: node, meshNetworks (a list),
     mtlsMode, policyDir, rootNamespace, certificateTTL, failureMode, drainTimeout,
-    http (a dict), accessLogRequests ("all" or "denied").
+    http (a dict), accessLogRequests ("all" or "denied"), graph (a dict; the database is
+    tmp_path/graph.db unless it says).
     """
 
     def __init__(self, topology, tmp_path, workloads, namespace=None, ca=None, **settings):
@@ -276,6 +297,7 @@ class Agent:
         self.access_log = tmp_path / "access.log"
         self.stderr_path = tmp_path / "agent.stderr"
         self.admin_socket = tmp_path / "admin.sock"
+        self.graph_db = tmp_path / "graph.db"
         self.ca = Path(ca) if ca is not None else make_ca(settings.pop("ca_dir", tmp_path / "ca"))
         self.settings = settings
         self.write_config(workloads)
@@ -306,6 +328,9 @@ class Agent:
             lines.append(f"http: {json.dumps(settings['http'])}")
         if settings.get("workloadSources") is not None:
             lines.append(f"workloadSources: {json.dumps(settings['workloadSources'])}")
+        # The graph database beside the agent's other files, never the host's
+        # /var/lib/mesh-agent; `graph` (a dict) adds or overrides keys.
+        lines.append(f"graph: {json.dumps({'path': str(self.graph_db), **(settings.get('graph') or {})})}")
         lines.append("workloads:")
         for w in workloads:
             lines += [

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TRUST_DOMAIN, TwoNodes, agentctl, wait_for
+from conftest import TwoNodes, agentctl, http_exchange, principal, spiffe, wait_for
 
 TOOLS = Path(__file__).resolve().parent / "tools"
 HTTP_PEER = TOOLS / "http_peer.py"
@@ -29,14 +29,6 @@ GRPC = TOOLS / "grpc_echo.py"
 ISSUER = "https://issuer.example"
 sys.path.insert(0, str(TOOLS))
 import jwt  # noqa: E402
-
-
-def spiffe(sa, namespace="shop"):
-    return f"spiffe://{TRUST_DOMAIN}/ns/{namespace}/sa/{sa}"
-
-
-def principal(sa, namespace="shop"):
-    return f"{TRUST_DOMAIN}/ns/{namespace}/sa/{sa}"
 
 
 def request(method, path, headers=None, body=b"", host="orders.shop"):
@@ -199,12 +191,7 @@ class PolicyMesh:
 
     def http(self, workload, requests, port=ORDERS, host=None, pipeline=False):
         """Raw HTTP/1.1 requests on one connection from a workload of node a."""
-        args = ["pipeline" if pipeline else "send", host or self.b_ip, str(port), json.dumps(requests)]
-        proc = self.topology.spawn(self.topology.node, [sys.executable, str(HTTP_PEER)] + args,
-                                   cgroup=self.nodes.cgroups.directory(workload))
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, f"http client failed: {err}"
-        return json.loads(out)
+        return http_exchange(self.topology, self.nodes.cgroups.directory(workload), host or self.b_ip, port, requests, pipeline=pipeline)
 
     def echo(self, workload, port, host=None):
         """One round trip to an echo server; "outcome" is "echoed" when the bytes came back."""

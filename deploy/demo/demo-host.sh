@@ -131,6 +131,7 @@ trustDomain: cluster.local
 node: node-$node
 adminSocket: $dir/admin.sock
 accessLog: $dir/access.log
+graph: {path: $dir/graph.db}
 policyDir: $dir/policies
 mtlsMode: PERMISSIVE
 drainTimeout: 2s

@@ -114,6 +114,7 @@ extension AccessLogEntry {
         if let dryRun = decision.dryRun, dryRun.outcome != decision.outcome || dryRun.rule != decision.rule {
             audit = dryRun.outcome.rawValue
             auditPolicy = dryRun.rule?.policy
+            auditRule = dryRun.rule?.ruleIndex
         }
     }
 }

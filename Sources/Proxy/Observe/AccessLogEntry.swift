@@ -35,6 +35,8 @@ public struct AccessLogEntry: Sendable, Equatable {
     /// was enforced ("allow" or "deny"), and the policy that would have decided.
     public var audit: String?
     public var auditPolicy: String?
+    /// The index of that policy's rule, when a rule would have decided.
+    public var auditRule: Int?
     /// HTTP requests only (`protocol: http`).
     public var method: String?
     public var path: String?
@@ -82,6 +84,7 @@ public struct AccessLogEntry: Sendable, Equatable {
         json.addIfPresent("audited", audited)
         json.addIfPresent("audit", audit)
         json.addIfPresent("audit_policy", auditPolicy)
+        if let auditRule { json.add("audit_rule", UInt64(max(0, auditRule))) }
         json.addIfPresent("method", method)
         json.addIfPresent("path", path)
         json.addIfPresent("request_principal", requestPrincipal)
@@ -95,11 +98,12 @@ public struct AccessLogEntry: Sendable, Equatable {
 /// access log writes a line per connection and per inspected request; building
 /// it as a `String` (appends, interpolation, an address and a time formatted as
 /// Strings first) cost about 12 µs a line, several percent of an L7 request.
-struct JSONObjectWriter {
+/// The agent's other log lines (new graph edges) are built with it too.
+package struct JSONObjectWriter {
     private var bytes: [UInt8]
     private var first = true
 
-    init() {
+    package init() {
         // A line is a few hundred bytes: one allocation.
         bytes = []
         bytes.reserveCapacity(640)
@@ -117,7 +121,7 @@ struct JSONObjectWriter {
         literal.withUTF8Buffer { bytes.append(contentsOf: $0) }
     }
 
-    mutating func add(_ name: StaticString, _ value: String?) {
+    package mutating func add(_ name: StaticString, _ value: String?) {
         key(name)
         guard var value else { return append("null") }
         bytes.append(UInt8(ascii: "\""))
@@ -149,7 +153,7 @@ struct JSONObjectWriter {
         bytes.append(UInt8(ascii: "\""))
     }
 
-    mutating func add(_ name: StaticString, _ value: UInt64) {
+    package mutating func add(_ name: StaticString, _ value: UInt64) {
         key(name)
         appendDecimal(value)
     }
@@ -161,7 +165,7 @@ struct JSONObjectWriter {
     }
 
     /// RFC 3339 UTC time with milliseconds, as a string.
-    mutating func addTime(_ name: StaticString, _ secondsSinceEpoch: Double) {
+    package mutating func addTime(_ name: StaticString, _ secondsSinceEpoch: Double) {
         key(name)
         bytes.append(UInt8(ascii: "\""))
         appendTime(secondsSinceEpoch, to: &bytes)
@@ -169,7 +173,7 @@ struct JSONObjectWriter {
     }
 
     /// The object, closed, with the line's newline.
-    func finishLine() -> [UInt8] {
+    package func finishLine() -> [UInt8] {
         var line = bytes
         line.append(UInt8(ascii: "}"))
         line.append(UInt8(ascii: "\n"))

@@ -58,7 +58,9 @@ public final class ConnectionTracker: Sendable {
     /// inspected, but which was not, is closed as well: the client reconnects
     /// and is inspected. Returns how many were closed.
     @discardableResult
-    public func recheck(_ authorizer: InboundAuthorizer) -> Int {
+    /// `because`, when given, is the reason every connection closed now is
+    /// logged with (what changed, e.g. a grant that expired).
+    public func recheck(_ authorizer: InboundAuthorizer, because: String? = nil) -> Int {
         let snapshot = authorizer.snapshot
         let now = wallClock()
         var closed = 0
@@ -79,7 +81,7 @@ public final class ConnectionTracker: Sendable {
             case .forward:
                 continue
             }
-            check.revocation.revoke(decision)
+            check.revocation.revoke(because.map { AuthorizationDecision(outcome: .deny, rule: nil, reason: $0) } ?? decision)
             item.channel.close(promise: nil)
             closed += 1
         }

@@ -1,0 +1,97 @@
+/// Turns request paths into templates: a segment that names one object among
+/// many (a number, a UUID, a hex id, a long opaque token) becomes `{id}`, so a
+/// million `/orders/N` requests are one edge, not a million. Every other
+/// segment is kept as it is: words are the API's shape, and generalizing them
+/// would let a suggested policy allow paths nobody used.
+public enum PathTemplate {
+    public static let variable = "{id}"
+    /// Segments kept; a longer path ends in `/{…}` so one client cannot make
+    /// the key of an edge arbitrarily long.
+    public static let maximumSegments = 32
+    public static let maximumSegmentLength = 128
+
+    public static func generalize(_ path: String) -> String {
+        // The query and fragment are not part of what policy matches.
+        let pathOnly = path.prefix { $0 != "?" && $0 != "#" }
+        let segments = pathOnly.split(separator: "/", omittingEmptySubsequences: false)
+        var out: [Substring] = []
+        for (index, segment) in segments.enumerated() {
+            if index == maximumSegments {
+                out.append("{…}")
+                break
+            }
+            out.append(isVariable(segment) ? Substring(variable) : segment.count > maximumSegmentLength ? "{…}" : segment)
+        }
+        let joined = out.joined(separator: "/")
+        return joined.isEmpty ? "/" : joined
+    }
+
+    /// Whether a segment looks like an identifier rather than a name.
+    public static func isVariable(_ segment: Substring) -> Bool {
+        guard !segment.isEmpty else { return false }
+        let utf8 = segment.utf8
+        if utf8.allSatisfy(isDigit) { return true }
+        if isUUID(segment) { return true }
+        let hasDigit = utf8.contains(where: isDigit)
+        // Hex ids (hashes, object ids): long enough not to be a word, and with a
+        // digit, since "deadbeef" or "facade" may well be words.
+        if utf8.count >= 8, hasDigit, utf8.allSatisfy(isHex) { return true }
+        // Opaque tokens (base64url, ULIDs, session keys): long, letters and digits mixed.
+        if utf8.count >= 20, hasDigit, utf8.contains(where: isLetter), utf8.allSatisfy(isTokenByte) { return true }
+        return false
+    }
+
+    private static func isUUID(_ segment: Substring) -> Bool {
+        let groups = segment.split(separator: "-", omittingEmptySubsequences: false)
+        return groups.map(\.utf8.count) == [8, 4, 4, 4, 12] && groups.allSatisfy { $0.utf8.allSatisfy(isHex) }
+    }
+
+    private static func isDigit(_ byte: UInt8) -> Bool { byte >= 0x30 && byte <= 0x39 }
+    private static func isLetter(_ byte: UInt8) -> Bool { (byte | 0x20) >= 0x61 && (byte | 0x20) <= 0x7a }
+    private static func isHex(_ byte: UInt8) -> Bool { isDigit(byte) || ((byte | 0x20) >= 0x61 && (byte | 0x20) <= 0x66) }
+    private static func isTokenByte(_ byte: UInt8) -> Bool {
+        isDigit(byte) || isLetter(byte) || byte == UInt8(ascii: "-") || byte == UInt8(ascii: "_") || byte == UInt8(ascii: "=") || byte == UInt8(ascii: "~")
+    }
+}
+
+/// The `paths` a suggested policy allows for a set of observed templates
+/// (docs/journey.md says the same rule in words):
+/// - a template without a variable is allowed exactly;
+/// - a template with a variable is allowed as the prefix up to its first
+///   variable segment (`/orders/{id}/items` → `/orders/*`), since Istio matches
+///   paths exactly, by prefix or by suffix only;
+/// - `siblingThreshold` or more exact paths under one parent other than `/`
+///   become `PARENT/*` (static assets, many named reports): the observations
+///   show the parent is a collection;
+/// - nothing is ever generalized to `/*`: `/admin` beside `/api/*` stays `/admin`.
+public enum PolicyPaths {
+    public static let siblingThreshold = 8
+
+    public static func paths(for templates: some Sequence<String>) -> [String] {
+        var prefixes = Set<String>()
+        var exact = Set<String>()
+        for template in templates {
+            let segments = template.split(separator: "/", omittingEmptySubsequences: false)
+            if let first = segments.firstIndex(where: { $0 == PathTemplate.variable || $0 == "{…}" }) {
+                prefixes.insert(segments[..<first].joined(separator: "/") + "/*")
+            } else {
+                exact.insert(template)
+            }
+        }
+        var byParent: [String: [String]] = [:]
+        for path in exact {
+            guard let slash = path.lastIndex(of: "/"), slash != path.startIndex else { continue }
+            byParent[String(path[...slash]), default: []].append(path)
+        }
+        for (parent, children) in byParent where children.count >= siblingThreshold {
+            prefixes.insert(parent + "*")
+        }
+        // An exact path a prefix already allows is not written twice.
+        exact = exact.filter { path in !prefixes.contains { path.hasPrefix(String($0.dropLast())) } }
+        // A prefix inside a shorter one is redundant too.
+        prefixes = prefixes.filter { prefix in
+            !prefixes.contains { other in other != prefix && prefix.hasPrefix(String(other.dropLast())) }
+        }
+        return (exact.sorted() + prefixes.sorted())
+    }
+}

@@ -1,0 +1,110 @@
+import Config
+import Foundation
+import Graph
+import NIOCore
+import Proxy
+import Testing
+@testable import Agent
+
+/// The graph is counted from the access log's lines: one place sees every
+/// connection and request with its decision.
+@Suite struct GraphRecordingTests {
+    static func connection(action: AccessLogEntry.Action = .allow, to workload: String? = "shop/orders") throws -> AccessLogEntry {
+        var entry = AccessLogEntry(time: 1000, direction: .inbound, tls: .mutual, action: action, reason: "hbone")
+        entry.sourceIdentity = "spiffe://cluster.local/ns/shop/sa/checkout"
+        entry.sourceAddress = try SocketAddress(ipAddress: "10.77.0.1", port: 41234)
+        entry.destinationAddress = try SocketAddress(ipAddress: "10.77.0.2", port: 8080)
+        entry.destinationWorkload = workload
+        entry.destinationIdentity = "spiffe://cluster.local/ns/shop/sa/orders"
+        entry.bytesSent = 10
+        entry.bytesReceived = 20
+        entry.durationMilliseconds = 2500
+        return entry
+    }
+
+    @Test func aConnectionBecomesAnEdgeSeenWhenItEnded() throws {
+        let observation = try #require(EdgeObservation(try Self.connection()))
+        #expect(observation.kind == .connection)
+        #expect(observation.time == 1002.5)
+        #expect(observation.key == EdgeKey(
+            sourceIdentity: "spiffe://cluster.local/ns/shop/sa/checkout", destinationWorkload: "shop/orders",
+            destinationIdentity: "spiffe://cluster.local/ns/shop/sa/orders", destinationPort: 8080, protocol: "tcp", tls: "mutual",
+            decision: "allow"))
+    }
+
+    @Test func aPlaintextCallerIsNamedByItsAddressWithoutThePort() throws {
+        var entry = try Self.connection()
+        entry.sourceIdentity = nil
+        entry.tls = .none
+        let key = try #require(EdgeObservation(entry)).key
+        #expect(key.sourceAddress == "10.77.0.1")
+        #expect(key.sourceName == "plaintext from 10.77.0.1")
+    }
+
+    @Test func aRequestCarriesItsMethodPathTemplateAndDecidingRule() throws {
+        var entry = try Self.connection(action: .deny)
+        entry.protocol = "http"
+        entry.method = "GET"
+        entry.path = "/orders/12345"
+        entry.policy = "shop/orders-allow"
+        entry.rule = 1
+        entry.audit = "deny"
+        entry.auditPolicy = "shop/orders-dry-run"
+        entry.auditRule = 2
+        let observation = try #require(EdgeObservation(entry))
+        #expect(observation.kind == .request)
+        #expect(observation.key.pathTemplate == "/orders/{id}")
+        #expect(observation.key.decision == "deny")
+        #expect(observation.key.policy == "shop/orders-allow" && observation.key.rule == 1)
+        #expect(observation.key.audit == "deny" && observation.key.auditPolicy == "shop/orders-dry-run" && observation.key.auditRule == 2)
+    }
+
+    @Test func linesWithoutAWorkloadOnThisNodeAreTheOtherNodesEdges() throws {
+        #expect(EdgeObservation(try Self.connection(to: nil)) == nil)
+    }
+
+    @Test func theWriterCountsEveryLineEvenThoseTheRateLimitDrops() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("graph-access-\(UUID().uuidString).log").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let writer = try AccessLogWriter(
+            path: path, limit: AccessLogLimit(linesPerSecond: 4, burst: 4), clock: AccessLogClock(monotonic: { 0 }, wall: { 0 }), recordsGraph: true)
+        for _ in 0..<10 { writer.record(try Self.connection()) }
+        writer.record(try Self.connection(action: .deny))
+        let taken = writer.takeGraph()
+        #expect(taken.edges.map(\.counts.connections) == [10, 1])
+        #expect(writer.takeGraph().isEmpty, "taking leaves an empty aggregate")
+    }
+
+    @Test func aNewEdgeIsOneLineWithTheAccessLogsNamesAndNoAction() throws {
+        let key = try #require(EdgeObservation(try Self.connection(action: .deny))).key
+        let line = String(decoding: key.newEdgeLine(time: 1_700_000_000, lateralMovement: true), as: UTF8.self)
+        #expect(line == #"{"time":"2023-11-14T22:13:20.000Z","event":"new_edge","src_identity":"spiffe://cluster.local/ns/shop/sa/checkout","#
+            + #""src_addr":null,"dst_workload":"shop/orders","dst_identity":"spiffe://cluster.local/ns/shop/sa/orders","dst_port":8080,"#
+            + #""protocol":"tcp","tls":"mutual","decision":"deny","#
+            + #""reason":"a known identity was refused towards a workload it never talked to (lateral movement?)"}"# + "\n")
+    }
+
+    @Test func requestsWhoseLinesAreSkippedAreStillCounted() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("graph-access-\(UUID().uuidString).log").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let writer = try AccessLogWriter(
+            path: path, limit: .unlimited, requests: .denied, clock: AccessLogClock(monotonic: { 0 }, wall: { 0 }), recordsGraph: true)
+        var request = try Self.connection()
+        request.protocol = "http"
+        request.isRequest = true
+        request.method = "GET"
+        request.path = "/orders/1"
+        writer.record(request)
+        writer.record(request)
+        #expect(try String(contentsOfFile: path, encoding: .utf8).isEmpty, "accessLog.requests: denied writes no allowed request")
+        #expect(writer.takeGraph().edges.map(\.counts.requests) == [2])
+    }
+
+    @Test func aWriterWithoutTheGraphCountsNothing() throws {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("graph-access-\(UUID().uuidString).log").path
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let writer = try AccessLogWriter(path: path)
+        writer.record(try Self.connection())
+        #expect(writer.takeGraph().isEmpty)
+    }
+}
