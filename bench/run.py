@@ -25,7 +25,7 @@ bridge plugin, with the agent's memory per enrolled pod.
 
 Results go to bench/results/<time>.json; docs/benchmarks.md and
 docs/benchmarks.svg are written from them. Run as root from the repository:
-  python3 bench/run.py            (BENCH_SECONDS, BENCH_ROUNDS, BENCH_IDLE_CONNECTIONS, BENCH_EVENT_LOOPS, MESH_AGENT_BIN)
+  python3 bench/run.py            (BENCH_SECONDS, BENCH_ROUNDS, BENCH_IDLE_CONNECTIONS, BENCH_EVENT_LOOPS, BENCH_GRAPH, MESH_AGENT_BIN)
 
 To look at one part while working on it, BENCH_PATHS (e.g. "mesh haproxy-mtls")
 and BENCH_PARTS (any of "iperf wrk idle policy workloads pods enrollment micro") narrow the run; a
@@ -56,6 +56,8 @@ SECONDS = int(os.environ.get("BENCH_SECONDS", "6"))
 # in a slow moment the others missed, and a ratio of single samples swings by
 # 10-20% from run to run.
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+# BENCH_GRAPH=off runs the agents without the service graph, to measure what it costs.
+GRAPH_OFF = os.environ.get("BENCH_GRAPH") == "off"
 # BENCH_EVENT_LOOPS=N runs both agents with limits.eventLoops N (default: one per core).
 EVENT_LOOPS = f", eventLoops: {int(os.environ['BENCH_EVENT_LOOPS'])}" if os.environ.get("BENCH_EVENT_LOOPS") else ""
 IDLE_CONNECTIONS = int(os.environ.get("BENCH_IDLE_CONNECTIONS", "10000"))
@@ -217,6 +219,7 @@ class Bench:
             "trustDomain: cluster.local", f"node: node-{node}", f"adminSocket: {directory}/admin.sock",
             f"accessLog: {directory}/access.log", f"policyDir: {policy_dir}", f"mtlsMode: {mtls}",
             "accessLogLimit: {linesPerSecond: 0}",
+            f"graph: {{database: {directory}/graph.db, enabled: {'false' if GRAPH_OFF else 'true'}}}",
             f"ca: {{certificate: {directory}/intermediate.pem, key: {directory}/intermediate.key, trustBundle: {directory}/bundle.pem}}",
             f"meshNetworks: [{mesh_networks}]", f"limits: {{maxConnections: 100000{EVENT_LOOPS}}}", "workloads:",
         ]

@@ -91,7 +91,7 @@ final class GraphRecorder: @unchecked Sendable {
     private var flushCount = 0
 
     init(config: AgentConfig.Graph, accessLog: AccessLogWriter, logger: Logger) {
-        path = config.path
+        path = config.database
         retention = config.retention
         learningPeriod = config.learningPeriod
         self.accessLog = accessLog

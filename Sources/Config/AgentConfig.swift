@@ -113,10 +113,10 @@ public struct AgentConfig: Equatable, Sendable {
     /// The observed service graph (`graph:`).
     public var graph = Graph()
 
-    /// `graph: {enabled: true, path: /var/lib/mesh-agent/graph.db, retention: 30d, learningPeriod: 7d}`.
+    /// `graph: {enabled: true, database: /var/lib/mesh-agent/graph.db, retention: 30d, learningPeriod: 7d}`.
     public struct Graph: Equatable, Sendable {
         public var enabled = true
-        public var path = "/var/lib/mesh-agent/graph.db"
+        public var database = "/var/lib/mesh-agent/graph.db"
         public var retention: Duration = .seconds(30 * 86400)
         /// How long after the database was made edges are learned before a
         /// never-seen one is reported (`agentctl graph baseline` ends it at once).
@@ -278,7 +278,7 @@ extension AgentConfig {
         var map = try node.mapping()
         var graph = Graph()
         if let value = map.take("enabled") { graph.enabled = try value.bool() }
-        if let value = map.take("path") { graph.path = try absolutePath(value) }
+        if let value = map.take("database") { graph.database = try absolutePath(value) }
         // Under an hour the window would be shorter than one stored bucket.
         if let value = map.take("retention") { graph.retention = try retention(value) }
         if let value = map.take("learningPeriod") {
@@ -295,7 +295,7 @@ extension AgentConfig {
                 throw value.error("true is not supported yet: HTTP methods and paths are recorded where L7 policy already inspects requests; remove the key or set it to false")
             }
         }
-        try map.finish(allowed: ["enabled", "path", "retention", "http", "learningPeriod"])
+        try map.finish(allowed: ["enabled", "database", "retention", "http", "learningPeriod"])
         return graph
     }
 

@@ -9,13 +9,13 @@ import Testing
     @Test func theGraphIsOnByDefaultAndItsKeysAreRead() throws {
         let defaults = try AgentConfig.parse(Self.minimal, file: "agent.yaml", defaultNode: "node-x").graph
         #expect(defaults.enabled)
-        #expect(defaults.path == "/var/lib/mesh-agent/graph.db")
+        #expect(defaults.database == "/var/lib/mesh-agent/graph.db")
         #expect(defaults.retention == .seconds(30 * 86400))
         #expect(defaults.learningPeriod == .seconds(7 * 86400))
-        let text = Self.minimal + "graph: {enabled: false, path: /srv/graph.db, retention: 7d, http: false, learningPeriod: 0d}\n"
+        let text = Self.minimal + "graph: {enabled: false, database: /srv/graph.db, retention: 7d, http: false, learningPeriod: 0d}\n"
         let graph = try AgentConfig.parse(text, file: "agent.yaml", defaultNode: "node-x").graph
         #expect(!graph.enabled)
-        #expect(graph.path == "/srv/graph.db")
+        #expect(graph.database == "/srv/graph.db")
         #expect(graph.retention == .seconds(7 * 86400))
         #expect(graph.learningPeriod == .zero)
         let hours = try AgentConfig.parse(Self.minimal + "graph: {retention: 36h}\n", file: "agent.yaml", defaultNode: "node-x").graph
@@ -179,12 +179,12 @@ import Testing
         ("trustDomain: [td\n", "agent.yaml:2: not valid YAML"),
         ("", "agent.yaml: the config is empty"),
         ("- a\n- b\n", "agent.yaml:1: expected a mapping"),
-        ("trustDomain: td\ngraph: {path: graph.db}\n", "agent.yaml:2: graph.path: must be an absolute path"),
+        ("trustDomain: td\ngraph: {database: graph.db}\n", "agent.yaml:2: graph.database: must be an absolute path"),
         ("trustDomain: td\ngraph: {retention: 30 days}\n", "graph.retention: \"30 days\" is not a retention; write it in days like 30d"),
         ("trustDomain: td\ngraph: {retention: 10m}\n", "graph.retention: must be at least 1h"),
         ("trustDomain: td\ngraph: {enabled: maybe}\n", "graph.enabled:"),
         ("trustDomain: td\ngraph: {http: true}\n", "graph.http: true is not supported yet"),
-        ("trustDomain: td\ngraph: {database: /x.db}\n", "graph.database: unknown key"),
+        ("trustDomain: td\ngraph: {path: /x.db}\n", "graph.path: unknown key"),
         ("trustDomain: td\ngraph: {learningPeriod: a week}\n", "graph.learningPeriod: \"a week\" is not a duration"),
     ])
     func invalidConfigsSayWhereAndWhy(text: String, expected: String) {

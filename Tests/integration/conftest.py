@@ -330,7 +330,7 @@ class Agent:
             lines.append(f"workloadSources: {json.dumps(settings['workloadSources'])}")
         # The graph database beside the agent's other files, never the host's
         # /var/lib/mesh-agent; `graph` (a dict) adds or overrides keys.
-        lines.append(f"graph: {json.dumps({'path': str(self.graph_db), **(settings.get('graph') or {})})}")
+        lines.append(f"graph: {json.dumps({'database': str(self.graph_db), **(settings.get('graph') or {})})}")
         lines.append("workloads:")
         for w in workloads:
             lines += [

@@ -131,7 +131,7 @@ trustDomain: cluster.local
 node: node-$node
 adminSocket: $dir/admin.sock
 accessLog: $dir/access.log
-graph: {path: $dir/graph.db}
+graph: {database: $dir/graph.db}
 policyDir: $dir/policies
 mtlsMode: PERMISSIVE
 drainTimeout: 2s

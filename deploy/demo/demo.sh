@@ -175,7 +175,7 @@ node: node-$node
 captureMode: netns
 adminSocket: $WORK/$node/admin.sock
 accessLog: $WORK/$node/access.log
-graph: {path: $WORK/$node/graph.db}
+graph: {database: $WORK/$node/graph.db}
 policyDir: $WORK/$node/policies
 mtlsMode: PERMISSIVE
 drainTimeout: 2s
