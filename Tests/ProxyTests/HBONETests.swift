@@ -288,6 +288,21 @@ private final class StreamTableHarness {
         #expect(updates.map(\.1) == [3 * 1024 * 1024])
     }
 
+    @Test func theConnectionWindowIsRefilledFromTheCodecsCountNotFromReads() throws {
+        let harness = try StreamTableHarness()
+        harness.connection.pipeline.fireUserInboundEventTriggered(
+            NIOHTTP2WindowUpdatedEvent(streamID: .rootStream, inboundWindowSize: 12 * 1024 * 1024, outboundWindowSize: 65_535))
+        #expect(try harness.written().isEmpty, "three quarters left: nothing to refill")
+        harness.connection.pipeline.fireUserInboundEventTriggered(
+            NIOHTTP2WindowUpdatedEvent(streamID: .rootStream, inboundWindowSize: 1024 * 1024, outboundWindowSize: 65_535))
+        let frames = try harness.written()
+        guard frames.count == 1, case .windowUpdate(let increment) = frames[0].payload else {
+            Issue.record("expected one WINDOW_UPDATE, got \(frames)")
+            return
+        }
+        #expect(frames[0].streamID == .rootStream && increment == HBONE.connectionWindow - 1024 * 1024)
+    }
+
     @Test func aCleanCloseDeliversWhatArrivedAndAResetIsAnError() throws {
         let harness = try StreamTableHarness()
         let (clean, cleanRecorder) = try harness.open(1)

@@ -229,4 +229,93 @@ private final class RawTunnelPeer {
         let refused = try peer.resets().contains { $0.stream == 5 } || (try peer.goAwayCode()) != nil
         #expect(refused, "a third concurrent stream is refused")
     }
+
+    /// Streams reset while their data was still arriving must not use up the
+    /// connection's window: 40 MiB sent on streams that are then reset
+    /// unread, two and a half times the connection window, and a new stream
+    /// still carries its bytes.
+    @Test func resetStreamsGiveTheirWindowBack() throws {
+        let link = TunnelLink()
+        let client = try HBONE.configureConnection(link.client.pipeline.syncOperations, role: .client, maximumConcurrentStreams: 100)
+        let received = ByteCounterBox()
+        _ = try HBONE.configureConnection(link.server.pipeline.syncOperations, role: .server { stream, _ in
+            stream.respond(.ok, endStream: false)
+            if received.readsStreams {
+                try? stream.pipeline.syncOperations.addHandler(ByteCounting(received))
+                try? stream.startReading()
+            }
+        }, maximumConcurrentStreams: 100)
+        try link.connect()
+        let destination = try SocketAddress(ipAddress: "10.77.0.2", port: 8080)
+        let chunk = ByteBuffer(repeating: 0x62, count: 1024 * 1024)
+        for _ in 0..<10 {
+            let opened = client.openStream(to: destination, timeout: .seconds(5), eventLoop: link.loop)
+            try link.exchange()
+            let stream = try opened.wait()
+            for _ in 0..<4 { stream.write(chunk, promise: nil) }
+            stream.flush()
+            try link.exchange()
+            stream.close(promise: nil)
+            try link.exchange()
+        }
+        received.readsStreams = true
+        let opened = client.openStream(to: destination, timeout: .seconds(5), eventLoop: link.loop)
+        try link.exchange()
+        let last = try opened.wait()
+        last.writeAndFlush(ByteBuffer(string: "still flowing"), promise: nil)
+        try link.exchange()
+        #expect(received.count == 13)
+    }
+}
+
+private final class ByteCounterBox {
+    var count = 0
+    var readsStreams = false
+}
+
+private final class ByteCounting: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    private let box: ByteCounterBox
+
+    init(_ box: ByteCounterBox) {
+        self.box = box
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        box.count += unwrapInboundIn(data).readableBytes
+    }
+}
+
+/// Two tunnel connection ends in memory, each end's output handed to the other.
+private final class TunnelLink {
+    let loop = EmbeddedEventLoop()
+    let client: EmbeddedChannel
+    let server: EmbeddedChannel
+
+    init() {
+        client = EmbeddedChannel(loop: loop)
+        server = EmbeddedChannel(loop: loop)
+    }
+
+    func connect() throws {
+        let address = try SocketAddress(ipAddress: "10.77.0.1", port: 15008)
+        client.connect(to: address, promise: nil)
+        server.connect(to: address, promise: nil)
+        try exchange()
+    }
+
+    func exchange() throws {
+        var moved = true
+        while moved {
+            loop.run()
+            moved = false
+            for (from, to) in [(client, server), (server, client)] {
+                while let bytes = try from.readOutbound(as: ByteBuffer.self) {
+                    try to.writeInbound(bytes)
+                    moved = true
+                }
+                while try to.readInbound(as: HTTP2Frame.self) != nil {}
+            }
+        }
+    }
 }

@@ -48,7 +48,6 @@ package final class TunnelStreams: ChannelDuplexHandler {
     /// One timer for every stream waiting for its answer, set for the earliest
     /// deadline: a stream costs no timer of its own.
     private var answerTimer: Scheduled<Void>?
-    private var connectionUncredited = 0
     private var nextStreamID = HTTP2StreamID(1)
     private var goingAway = false
     /// Called once, when the peer says GOAWAY.
@@ -89,13 +88,10 @@ package final class TunnelStreams: ChannelDuplexHandler {
         case .headers(let headers):
             receivedHeaders(headers, on: frame.streamID)
         case .data(let payload):
-            let bytes = payload.data.readableBytes
-            guard let stream = streams[frame.streamID], case .byteBuffer(let buffer) = payload.data else {
-                // A stream this end already gave up on (it reset it): its bytes
-                // still count against the connection's window.
-                if bytes > 0 { credit(bytes, on: nil) }
-                return
-            }
+            // A stream this end already gave up on (it reset it) drops its
+            // bytes; the connection's window gets them back all the same
+            // (below, from the codec's window events).
+            guard let stream = streams[frame.streamID], case .byteBuffer(let buffer) = payload.data else { return }
             stream.received(buffer, endStream: payload.endStream)
         case .rstStream:
             // The codec reports the reset as the stream's close (StreamClosedEvent).
@@ -137,6 +133,9 @@ package final class TunnelStreams: ChannelDuplexHandler {
     }
 
     package func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let window = event as? NIOHTTP2WindowUpdatedEvent, window.streamID == .rootStream, let left = window.inboundWindowSize {
+            refillConnectionWindow(left: left, context: context)
+        }
         if let closed = event as? StreamClosedEvent {
             if let pending = awaiting.removeValue(forKey: closed.streamID) {
                 pending.promise.fail(TunnelError.streamClosedBeforeResponse(destination: pending.destination.authority))
@@ -237,32 +236,26 @@ package final class TunnelStreams: ChannelDuplexHandler {
         context.writeAndFlush(wrapOutboundOut(HTTP2Frame(streamID: stream.streamID, payload: .rstStream(code))), promise: nil)
     }
 
-    /// `bytes` of `stream` were read: the peer may send as many again. Credit
-    /// is given back in halves of the windows, not per read; a stream that
-    /// is already closed gets none, only the connection.
+    /// `bytes` of `stream` were read: the peer may send as many again on it.
+    /// Credit is given back in halves of the window, not per read; a stream
+    /// that is already closed gets none.
     func consumed(_ bytes: Int, on stream: TunnelStreamChannel, streamOpen: Bool) {
-        credit(bytes, on: streamOpen ? stream : nil)
+        guard streamOpen, let context else { return }
+        stream.uncreditedBytes += bytes
+        guard stream.uncreditedBytes >= HBONE.streamWindow / 2 else { return }
+        let increment = stream.uncreditedBytes
+        stream.uncreditedBytes = 0
+        context.writeAndFlush(wrapOutboundOut(HTTP2Frame(streamID: stream.streamID, payload: .windowUpdate(windowSizeIncrement: increment))), promise: nil)
     }
 
-    private func credit(_ bytes: Int, on stream: TunnelStreamChannel?) {
-        guard let context else { return }
-        var wrote = false
-        if let stream {
-            stream.uncreditedBytes += bytes
-            if stream.uncreditedBytes >= HBONE.streamWindow / 2 {
-                let increment = stream.uncreditedBytes
-                stream.uncreditedBytes = 0
-                context.write(wrapOutboundOut(HTTP2Frame(streamID: stream.streamID, payload: .windowUpdate(windowSizeIncrement: increment))), promise: nil)
-                wrote = true
-            }
-        }
-        connectionUncredited += bytes
-        if connectionUncredited >= HBONE.connectionWindow / 2 {
-            context.write(wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: connectionUncredited))), promise: nil)
-            connectionUncredited = 0
-            wrote = true
-        }
-        if wrote { context.flush() }
+    /// The connection's receive window is refilled as frames arrive, not as
+    /// streams are read: every byte the peer sent counts against it, also
+    /// those of a stream that was reset and dropped them, so crediting by
+    /// reads would leak window until the connection stalls. Each stream's own
+    /// window is what holds a fast sender back.
+    private func refillConnectionWindow(left: Int, context: ChannelHandlerContext) {
+        guard left <= HBONE.connectionWindow / 2 else { return }
+        context.writeAndFlush(wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: HBONE.connectionWindow - left))), promise: nil)
     }
 
     func forget(_ stream: TunnelStreamChannel) {
