@@ -181,7 +181,7 @@ let package = Package(
         .executableTarget(
             name: "micro-bench",
             dependencies: [
-                "Policy", "Config", "Proxy", "Workloads", "LinuxNet",
+                "Policy", "Config", "Proxy", "Workloads", "LinuxNet", "EmbeddedLinks",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),
@@ -199,6 +199,12 @@ let package = Package(
         ),
         // Keys and tokens shared by the test targets (not part of any product).
         .target(name: "TestFixtures", path: "Tests/Fixtures"),
+        // Both ends of a connection joined in memory, for the tunnel's tests and micro-benchmarks.
+        .target(name: "EmbeddedLinks", dependencies: [
+            .product(name: "NIOCore", package: "swift-nio"),
+            .product(name: "NIOEmbedded", package: "swift-nio"),
+            .product(name: "NIOHTTP2", package: "swift-nio-http2"),
+        ], path: "Tests/EmbeddedLinks"),
         .testTarget(name: "NetfilterTests", dependencies: ["Netfilter", "TestFixtures"]),
         .testTarget(name: "LinuxNetTests", dependencies: ["LinuxNet", "TestFixtures", .product(name: "NIOCore", package: "swift-nio")]),
         .testTarget(name: "WorkloadsTests", dependencies: [
@@ -230,7 +236,7 @@ let package = Package(
             exclude: ["Recorded"]
         ),
         .testTarget(name: "ProxyTests", dependencies: [
-            "Proxy", "TLS", "Policy", "Workloads", "LinuxNet",
+            "Proxy", "TLS", "Policy", "Workloads", "LinuxNet", "EmbeddedLinks",
             .product(name: "Logging", package: "swift-log"),
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),

@@ -1,3 +1,4 @@
+import EmbeddedLinks
 import NIOCore
 import NIOEmbedded
 import NIOHTTP2

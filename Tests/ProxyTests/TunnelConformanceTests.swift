@@ -1,3 +1,4 @@
+import EmbeddedLinks
 import Logging
 import NIOCore
 import NIOEmbedded
@@ -235,7 +236,7 @@ private final class RawTunnelPeer {
     /// unread, two and a half times the connection window, and a new stream
     /// still carries its bytes.
     @Test func resetStreamsGiveTheirWindowBack() throws {
-        let link = TunnelLink()
+        let link = InMemoryLink()
         let client = try HBONE.configureConnection(link.client.pipeline.syncOperations, role: .client, maximumConcurrentStreams: 100)
         let received = ByteCounterBox()
         _ = try HBONE.configureConnection(link.server.pipeline.syncOperations, role: .server { stream, _ in
@@ -250,20 +251,20 @@ private final class RawTunnelPeer {
         let chunk = ByteBuffer(repeating: 0x62, count: 1024 * 1024)
         for _ in 0..<10 {
             let opened = client.openStream(to: destination, timeout: .seconds(5), eventLoop: link.loop)
-            try link.exchange()
+            try link.exchangeUntilQuiet()
             let stream = try opened.wait()
             for _ in 0..<4 { stream.write(chunk, promise: nil) }
             stream.flush()
-            try link.exchange()
+            try link.exchangeUntilQuiet()
             stream.close(promise: nil)
-            try link.exchange()
+            try link.exchangeUntilQuiet()
         }
         received.readsStreams = true
         let opened = client.openStream(to: destination, timeout: .seconds(5), eventLoop: link.loop)
-        try link.exchange()
+        try link.exchangeUntilQuiet()
         let last = try opened.wait()
         last.writeAndFlush(ByteBuffer(string: "still flowing"), promise: nil)
-        try link.exchange()
+        try link.exchangeUntilQuiet()
         #expect(received.count == 13)
     }
 }
@@ -283,39 +284,5 @@ private final class ByteCounting: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         box.count += unwrapInboundIn(data).readableBytes
-    }
-}
-
-/// Two tunnel connection ends in memory, each end's output handed to the other.
-private final class TunnelLink {
-    let loop = EmbeddedEventLoop()
-    let client: EmbeddedChannel
-    let server: EmbeddedChannel
-
-    init() {
-        client = EmbeddedChannel(loop: loop)
-        server = EmbeddedChannel(loop: loop)
-    }
-
-    func connect() throws {
-        let address = try SocketAddress(ipAddress: "10.77.0.1", port: 15008)
-        client.connect(to: address, promise: nil)
-        server.connect(to: address, promise: nil)
-        try exchange()
-    }
-
-    func exchange() throws {
-        var moved = true
-        while moved {
-            loop.run()
-            moved = false
-            for (from, to) in [(client, server), (server, client)] {
-                while let bytes = try from.readOutbound(as: ByteBuffer.self) {
-                    try to.writeInbound(bytes)
-                    moved = true
-                }
-                while try to.readInbound(as: HTTP2Frame.self) != nil {}
-            }
-        }
     }
 }

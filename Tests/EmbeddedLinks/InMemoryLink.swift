@@ -3,19 +3,20 @@ import NIOEmbedded
 import NIOHTTP2
 
 /// Two in-memory channels on one event loop, joined: the bytes each end
-/// writes are handed to the other as it reads them.
-final class InMemoryLink {
-    let loop = EmbeddedEventLoop()
-    let client: EmbeddedChannel
-    let server: EmbeddedChannel
+/// writes are handed to the other as it reads them. For the tunnel's tests
+/// and micro-benchmarks, where both ends of a connection run in one process.
+public final class InMemoryLink {
+    public let loop = EmbeddedEventLoop()
+    public let client: EmbeddedChannel
+    public let server: EmbeddedChannel
 
-    init() {
+    public init() {
         client = EmbeddedChannel(loop: loop)
         server = EmbeddedChannel(loop: loop)
     }
 
     /// Makes both ends active and lets them exchange what they send first.
-    func connect() throws {
+    public func connect() throws {
         let address = try SocketAddress(ipAddress: "10.77.0.1", port: 15008)
         client.connect(to: address, promise: nil)
         server.connect(to: address, promise: nil)
@@ -23,7 +24,7 @@ final class InMemoryLink {
     }
 
     /// Hands each end's output to the other until neither has anything to send.
-    func exchangeUntilQuiet() throws {
+    public func exchangeUntilQuiet() throws {
         var moved = true
         while moved {
             loop.run()
