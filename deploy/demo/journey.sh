@@ -119,8 +119,9 @@ show "agentctl policy check \$WORK/suggested/"
 ok "the suggested policies pass agentctl policy check"
 
 step "5. Apply them as dry-run: nothing is blocked, the report counts what would be" \
-     "The AuthorizationPolicy files go into node B's policyDir. A ...-strict.yaml file (none here:" \
-     "orders takes plaintext) would wait: PeerAuthentication has no dry-run."
+     "The AuthorizationPolicy files go into node B's policyDir. suggest wrote no ...-strict.yaml:" \
+     "both workloads had connections without TLS (plaintext from node A to orders, orders to" \
+     "ledger on the same node)."
 for file in "$WORK"/suggested/*.yaml; do
     case $file in *-strict.yaml) ;; *) cp "$file" "$WORK/b/policies/" ;; esac
 done
@@ -157,6 +158,7 @@ ok "what was observed still answers 200; the DELETE gets 403 from node B's agent
 agentctl_b policy report | indent
 has "shop/orders-billing .*unused" "$(ctl b policy report)" || fail "the billing rule is not reported unused"
 ok "the billing rule matched nothing: it is marked unused, a candidate to prune"
+echo "  (record-requests reads as unused too: the report counts the rules that decide, and AUDIT decides nothing.)"
 
 step "7. Baseline the graph, then a never-seen edge" \
      "From now on a caller that talks to a workload's port for the first time is reported."
