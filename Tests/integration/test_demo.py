@@ -35,6 +35,7 @@ def test_the_journey_demo_walks_the_road_and_cleans_up():
     assert "✘" not in out
     assert "the suggested policies pass agentctl policy check" in out
     assert "--- shop-orders.yaml" in out and 'istio.io/dry-run: "true"' in out and '"/orders/*"' in out, out
+    assert "--- shop-ledger-strict.yaml" in out and "--- shop-orders-strict.yaml" not in out, out
     assert "would_deny: 1 on shop/orders-observed" in out
     assert "frontend  -> orders  DELETE /orders/7" in out and "403 RBAC: access denied" in out, out
     assert '"event":"new_edge"' in out and "lateral movement" in out, out

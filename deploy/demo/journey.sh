@@ -119,9 +119,8 @@ show "agentctl policy check \$WORK/suggested/"
 ok "the suggested policies pass agentctl policy check"
 
 step "5. Apply them as dry-run: nothing is blocked, the report counts what would be" \
-     "The AuthorizationPolicy files go into node B's policyDir. suggest wrote no ...-strict.yaml:" \
-     "both workloads had connections without TLS (plaintext from node A to orders, orders to" \
-     "ledger on the same node)."
+     "The AuthorizationPolicy files go into node B's policyDir. shop-ledger-strict.yaml waits for" \
+     "step 6: PeerAuthentication has no dry-run. (orders gets none: it takes plaintext from node A.)"
 for file in "$WORK"/suggested/*.yaml; do
     case $file in *-strict.yaml) ;; *) cp "$file" "$WORK/b/policies/" ;; esac
 done
@@ -139,7 +138,7 @@ print(sum(r["would_deny"] for r in json.load(sys.stdin)["rules"] if r["policy"] 
 [ "$would" -eq 1 ] || fail "the report should count one request shop/orders-observed would deny, not $would"
 ok "would_deny: 1 on shop/orders-observed, and nothing was blocked"
 
-step "6. Enforce: remove the dry-run annotation" \
+step "6. Enforce: remove the dry-run annotation, then STRICT for ledger" \
      "A rule for billing, a caller that is gone, is added by hand: the report will show it unused."
 show "sed -i '/annotations:/d; /istio.io\\/dry-run/d' policies/shop-*.yaml"
 sed -i '/annotations:/d; /istio.io\/dry-run/d' "$WORK"/b/policies/shop-*.yaml
@@ -151,10 +150,21 @@ spec:
   selector: {matchLabels: {app: orders}}
   rules: [{from: [{source: {principals: ["cluster.local/ns/shop/sa/billing"]}}], to: [{operation: {methods: ["GET"], paths: ["/invoices/*"]}}]}]
 YAML
+[ -f "$WORK/suggested/shop-ledger-strict.yaml" ] || fail "suggest wrote no STRICT file for ledger, which no plaintext reached"
+[ ! -f "$WORK/suggested/shop-orders-strict.yaml" ] || fail "suggest wrote a STRICT file for orders, which plaintext reached"
+show "cp \$WORK/suggested/shop-ledger-strict.yaml policies/"
+cp "$WORK/suggested/shop-ledger-strict.yaml" "$WORK/b/policies/"
 agentctl_b reload | indent
 mix
 expect 403 frontend DELETE orders /orders/7
 ok "what was observed still answers 200; the DELETE gets 403 from node B's agent"
+echo "  plaintext from node A to ledger, now STRICT:"
+set +e
+on a python3 "$CLIENT" probe "$IP_B" 8090 | indent
+probe=${PIPESTATUS[0]}
+set -e
+[ "$probe" -eq 3 ] || fail "plaintext to ledger should have been refused with a reset"
+ok "refused by node B's kernel; orders, on the same node, still reaches ledger"
 agentctl_b policy report | indent
 has "shop/orders-billing .*unused" "$(ctl b policy report)" || fail "the billing rule is not reported unused"
 ok "the billing rule matched nothing: it is marked unused, a candidate to prune"
