@@ -7,6 +7,7 @@
 #   make bench-micro   cost of the hot pure pieces: an authorization decision, an identity lookup, an HBONE stream
 #   make demo    Podman pods on two nodes, each captured in its own namespace: mTLS, identities, STRICT (root)
 #   make demo-host  the host-mode tour: workloads as cgroups, connections, policies (root)
+#   make demo-journey  permissive to least privilege (docs/journey.md): graph, suggest, dry-run, enforce, grants (root)
 #   make test-sanitize   unit tests under AddressSanitizer and ThreadSanitizer, then the agent built
 #                with each through the tunnel, restart and policy integration tests (root)
 #   make fuzz    every libFuzzer target (Fuzz/Targets) for FUZZ_SECONDS each (default 60); FUZZ_TARGETS="A B" for some
@@ -24,7 +25,7 @@ DEB_PACKAGES := libssl-dev openssl libmnl-dev libnftnl-dev libsqlite3-dev pkg-co
 # MODULE or MODULE=PIP_PACKAGE when the names differ.
 PY_MODULES := pytest h2 cryptography yaml=pyyaml
 
-.PHONY: all deps build build-debug test unit-test integration-test fuzz fuzz-regress test-sanitize demo demo-host clean install install-files bench bench-micro
+.PHONY: all deps build build-debug test unit-test integration-test fuzz fuzz-regress test-sanitize demo demo-host demo-journey clean install install-files bench bench-micro
 
 all: build
 
@@ -111,6 +112,9 @@ demo: build
 
 demo-host: build
 	MESH_AGENT_BIN=$(CURDIR)/$(RELEASE_BIN) bash deploy/demo/demo-host.sh
+
+demo-journey: build
+	MESH_AGENT_BIN=$(CURDIR)/$(RELEASE_BIN) bash deploy/demo/journey.sh
 
 install: build install-files
 

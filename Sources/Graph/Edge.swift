@@ -54,6 +54,13 @@ public struct EdgeKey: Hashable, Sendable, Codable {
         self.auditRule = auditRule
     }
 
+    /// Whether the caller came in plaintext from outside the node: what a
+    /// STRICT PeerAuthentication refuses. A caller on the same node has no TLS
+    /// but has an identity, and STRICT does not guard the node's own traffic.
+    public var isPlaintextPeer: Bool {
+        tls == "none" && sourceIdentity == nil
+    }
+
     /// How the caller is named: its identity, or `plaintext from ADDR`.
     public var sourceName: String {
         sourceIdentity ?? "plaintext from \(sourceAddress ?? "?")"

@@ -145,7 +145,7 @@ public struct PolicyReport: Codable, Sendable, Equatable {
             var port: UInt16
         }
         var peers: [Peer: EdgeCounts] = [:]
-        for edge in edges where edge.key.tls == "none" && edge.key.decision == "allow" {
+        for edge in edges where edge.key.isPlaintextPeer && edge.key.decision == "allow" {
             guard let address = edge.key.sourceAddress else { continue }
             let peer = Peer(workload: edge.key.destinationWorkload, address: address, port: edge.key.destinationPort)
             if peers[peer] == nil { peers[peer] = edge.counts } else { peers[peer]?.add(edge.counts) }

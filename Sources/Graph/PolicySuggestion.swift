@@ -64,7 +64,7 @@ public struct PolicySuggestion: Sendable, Equatable {
             text += "  action: ALLOW\n  rules:\n"
             for rule in rules { text += rule }
             files.append(File(name: "\(stem).yaml", text: text))
-            if !seen.contains(where: { $0.key.tls == "none" }) {
+            if !seen.contains(where: \.key.isPlaintextPeer) {
                 files.append(File(name: "\(stem)-strict.yaml", text: Self.strict(name: parts[1], namespace: parts[0], selector: selector)))
             }
         }

@@ -110,6 +110,13 @@ import Testing
         #expect(suggestion.files[2].text.contains("mode: STRICT"))
     }
 
+    @Test func aCallerOnTheSameNodeIsNoReasonToHoldBackStrict() {
+        // Same node: no TLS, but an identity; STRICT does not guard it.
+        let sameNode = Self.edge(Self.checkout, to: "shop/ledger", port: 8090, tls: "none")
+        let suggestion = PolicySuggestion(edges: [sameNode], labels: Self.labels)
+        #expect(suggestion.files.map(\.name) == ["shop-ledger.yaml", "shop-ledger-strict.yaml"])
+    }
+
     @Test func pathsAreGeneralizedOnlyAtVariableSegmentsAndMethodsStayWithTheirPaths() {
         let orders = PolicySuggestion(edges: Self.observed, labels: Self.labels).files.first { $0.name == "shop-orders.yaml" }?.text ?? ""
         #expect(orders.contains(#"methods: ["GET"]"# + "\n" + #"        paths: ["/healthz", "/orders/*"]"#))

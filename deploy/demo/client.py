@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""HTTP clients for the two-node demo (deploy/demo/demo.sh). Plain sockets and
-urllib only, so the demo needs nothing but python3.
+"""HTTP clients (and a server) for the demos in deploy/demo. Plain sockets,
+urllib and http.server only, so the demos need nothing but python3.
 
   get URL          fetch URL, print the body; exit 1 if the request fails
   send METHOD URL  one request; print "STATUS BODY" whatever the status; exit 1
@@ -13,11 +13,14 @@ urllib only, so the demo needs nothing but python3.
                    happened: "answered: STATUS LINE" (exit 0), "refused: ..."
                    when the connection was refused with a TCP reset (exit 3),
                    anything else (exit 4)
+  serve PORT NAME  an HTTP server on PORT that answers every method and path
+                   with 200 "NAME: METHOD PATH"
 """
 import signal
 import socket
 import sys
 import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import urllib.error
 import urllib.request
 
@@ -80,11 +83,36 @@ def probe(host, port):
     print(f"answered: {status}")
 
 
+def serve(port, name):
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def answer(self):
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            body = f"{name}: {self.command} {self.path}\n".encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = answer
+
+        def log_message(self, *_):
+            pass
+
+    ThreadingHTTPServer(("0.0.0.0", port), Handler).serve_forever()
+
+
 def main(argv):
     if len(argv) == 2 and argv[0] == "get":
         get(argv[1])
     elif len(argv) == 3 and argv[0] == "send":
         send(argv[1], argv[2])
+    elif len(argv) == 3 and argv[0] == "serve":
+        serve(int(argv[1]), argv[2])
     elif len(argv) == 3 and argv[0] in ("hold", "probe"):
         (hold if argv[0] == "hold" else probe)(argv[1], int(argv[2]))
     else:

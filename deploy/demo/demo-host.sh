@@ -18,15 +18,9 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 BIN=${MESH_AGENT_BIN:-$(cd "$HERE/../.." && pwd)/.build/release}
-[ "$(id -u)" -eq 0 ] || { echo "the demo needs root (network namespaces, nftables, cgroups): run it with sudo"; exit 1; }
-for tool in "$BIN/mesh-agent" "$BIN/agentctl"; do
-    [ -x "$tool" ] || { echo "no $tool: run 'make demo' (it builds first)"; exit 1; }
-done
-for tool in ip nsenter nft tcpdump python3; do
-    command -v "$tool" >/dev/null || { echo "the demo needs $tool: run 'make deps' (or 'make demo')"; exit 1; }
-done
-CG2=$(awk '$0 ~ / - cgroup2 / {print $5; exit}' /proc/self/mountinfo)
-[ -n "$CG2" ] || { echo "no cgroup v2 mount in /proc/self/mountinfo; mesh-agent needs cgroup v2"; exit 1; }
+# shellcheck source=common.sh
+source "$HERE/common.sh"
+require_lab cgroups demo-host ip nsenter nft tcpdump python3
 
 TAG="demo$$"
 NS_A="ma-$TAG-a"; NS_B="ma-$TAG-b"
@@ -36,9 +30,6 @@ CG_REL="/ma-$TAG"                  # the demo's cgroups: $CG_REL/checkout, $CG_R
 WORK=$(mktemp -d /tmp/mesh-agent-demo.XXXXXX)
 AGENT_A=""; AGENT_B=""; SERVER=""; HOLDER=""; TCPDUMP=""
 CLIENT="$HERE/client.py"; ACCESSLOG="$HERE/accesslog.py"
-
-# shellcheck source=common.sh
-source "$HERE/common.sh"
 
 # ---------------------------------------------------------------------------
 # Cleanup: everything this run made, in reverse order, whatever happened.
@@ -50,42 +41,15 @@ cleanup() {
     stop_pid "$HOLDER"; stop_pid "$TCPDUMP" INT
     stop_pid "$AGENT_A"; stop_pid "$AGENT_B"
     stop_pid "$SERVER"
-    for dir in "$CG2$CG_REL"/*/ "$CG2$CG_REL"; do
-        [ -d "$dir" ] || continue
-        for pid in $(cat "$dir/cgroup.procs" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
-        for _ in $(seq 50); do rmdir "$dir" 2>/dev/null && break; sleep 0.1; done
-    done
-    # Anything still running in the demo's namespaces was started by the demo.
-    for ns in "$NS_A" "$NS_B"; do
-        for pid in $(ip netns pids "$ns" 2>/dev/null); do stop_pid "$pid"; done
-        ip netns delete "$ns" 2>/dev/null
-    done
-    rm -rf "$WORK"
-    case $code in
-        0) printf '\nCleaned up: agents, workloads, cgroups, namespaces (and the nftables tables in them), %s.\n' "$WORK" ;;
-        130|143) printf '\nInterrupted; cleaned up everything the demo made.\n' ;;
-        *) printf '\nCleaned up after the failure (exit %s).\n' "$code" ;;
-    esac
-    exit "$code"
+    remove_lab
+    cleaned_up "$code" "agents, workloads, cgroups"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap_cleanup
 
 # ---------------------------------------------------------------------------
 # Helpers
 
 workload_of() { [ "$1" = a ] && echo checkout || echo orders; }
-# Runs a command as a process of workload cgroup $2 on node $1: a shell joins
-# the cgroup, then becomes nsenter, which becomes the command (same PID). In a
-# subshell (`in_workload ... &`, `$(...)`, a pipeline) it execs, so $! is the
-# command's PID.
-in_workload() {
-    local node=$1 cg=$2; shift 2
-    set -- sh -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$CG2$CG_REL/$cg" \
-        nsenter --net="/run/netns/$(netns_of "$node")" "$@"
-    if [ "$BASHPID" != "$$" ]; then exec "$@"; else "$@"; fi
-}
 # An HTTP GET as an unmodified application would make it: curl if installed.
 if command -v curl >/dev/null; then
     HTTP_GET=(curl -sS --fail --max-time 10); HTTP_CLIENT=curl
@@ -97,24 +61,12 @@ fi
 
 step "1. Two nodes: network namespaces $NS_A and $NS_B, joined by a veth pair" \
      "node A = $IP_A, $IP6_A    node B = $IP_B, $IP6_B"
-for node in a b; do
-    ip netns add "$(netns_of $node)"
-    ip -n "$(netns_of $node)" link set lo up
-done
-ip link add "$VETH_A" netns "$NS_A" type veth peer name "$VETH_B" netns "$NS_B"
-ip -n "$NS_A" addr add "$IP_A/24" dev "$VETH_A"; ip -n "$NS_A" addr add "$IP6_A/64" dev "$VETH_A" nodad
-ip -n "$NS_B" addr add "$IP_B/24" dev "$VETH_B"; ip -n "$NS_B" addr add "$IP6_B/64" dev "$VETH_B" nodad
-ip -n "$NS_A" link set "$VETH_A" up; ip -n "$NS_B" link set "$VETH_B" up
-ip -n "$NS_A" -br addr show dev "$VETH_A" | indent
-ip -n "$NS_B" -br addr show dev "$VETH_B" | indent
+make_nodes "$IP_A" "$IP_B" "$IP6_A" "$IP6_B"
 
 step "2. A certificate authority: one offline root, one intermediate per node" \
      "Each node's agent signs its workloads' certificates with its own intermediate;" \
      "both chain to the same root, so the nodes trust each other's workloads."
-"$BIN/agentctl" ca init --trust-domain cluster.local --out "$WORK/ca/root" > "$WORK/ca.out"
-for node in a b; do
-    "$BIN/agentctl" ca issue-intermediate --ca "$WORK/ca/root" --name "node-$node" --out "$WORK/ca/node-$node" >> "$WORK/ca.out"
-done
+make_ca
 sed -n 's/^Made /made /p' "$WORK/ca.out" | indent
 echo "    files: root/{root.pem,root.key}, node-a/ and node-b/{intermediate.pem,intermediate.key,bundle.pem}"
 
@@ -122,36 +74,8 @@ step "3. Workloads and agents" \
      "Workloads are cgroups: checkout runs on node A, orders (port 8080) on node B." \
      "mtlsMode PERMISSIVE is Istio's default; step 10 switches node B to STRICT." \
      "Node B's config (node A's differs only in names and its workload):"
-mkdir -p "$CG2$CG_REL/checkout" "$CG2$CG_REL/orders"
-write_config() {   # NODE WORKLOAD SERVICE_ACCOUNT [PORTS]
-    local node=$1 dir="$WORK/$1"
-    mkdir -p "$dir/policies"
-    cat > "$dir/agent.yaml" <<YAML
-trustDomain: cluster.local
-node: node-$node
-adminSocket: $dir/admin.sock
-accessLog: $dir/access.log
-graph: {database: $dir/graph.db}
-policyDir: $dir/policies
-mtlsMode: PERMISSIVE
-drainTimeout: 2s
-meshNetworks: [10.77.0.0/16, "fd77::/64"]
-ca:
-  certificate: $WORK/ca/node-$node/intermediate.pem
-  key: $WORK/ca/node-$node/intermediate.key
-  trustBundle: $WORK/ca/node-$node/bundle.pem
-workloads:
-  - name: $2
-    namespace: shop
-    serviceAccount: $3
-    cgroup: $CG_REL/$2
-    labels: {app: $2}${4:+
-    ports: [$4]}
-YAML
-    "$BIN/agentctl" config check "$dir/agent.yaml" >/dev/null || fail "the config of node ${node^^} is invalid"
-}
-write_config a checkout checkout
-write_config b orders orders 8080
+write_config a shop/checkout
+write_config b shop/orders:8080
 indent < "$WORK/b/agent.yaml"
 
 start_agents

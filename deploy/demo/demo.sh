@@ -20,17 +20,11 @@ set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
 BIN=${MESH_AGENT_BIN:-$(cd "$HERE/../.." && pwd)/.build/release}
-[ "$(id -u)" -eq 0 ] || { echo "the demo needs root (network namespaces, nftables, podman): run it with sudo"; exit 1; }
-for tool in "$BIN/mesh-agent" "$BIN/agentctl"; do
-    [ -x "$tool" ] || { echo "no $tool: run 'make demo' (it builds first)"; exit 1; }
-done
-for tool in ip nsenter nft tcpdump python3 podman runc tar; do
-    command -v "$tool" >/dev/null || { echo "the demo needs $tool: run 'make deps' (or 'make demo')"; exit 1; }
-done
+# shellcheck source=common.sh
+source "$HERE/common.sh"
+require_lab podman demo ip nsenter nft tcpdump python3 podman runc tar
 BUSYBOX=$(command -v busybox || true)
 [ -n "$BUSYBOX" ] || { echo "the demo needs busybox (busybox-static) for its pod image: run 'make deps'"; exit 1; }
-CG2=$(awk '$0 ~ / - cgroup2 / {print $5; exit}' /proc/self/mountinfo)
-[ -n "$CG2" ] || { echo "no cgroup v2 mount in /proc/self/mountinfo; mesh-agent needs cgroup v2"; exit 1; }
 
 TAG="demo$$"
 NS_A="ma-$TAG-a"; NS_B="ma-$TAG-b"
@@ -42,9 +36,6 @@ NETWORK="ma-$TAG"
 WORK=$(mktemp -d /tmp/mesh-agent-demo.XXXXXX)
 AGENT_A=""; AGENT_B=""; SERVICE_A=""; SERVICE_B=""; TCPDUMP=""; POD_IDS=""
 ACCESSLOG="$HERE/accesslog.py"
-
-# shellcheck source=common.sh
-source "$HERE/common.sh"
 
 # ---------------------------------------------------------------------------
 # Cleanup: everything this run made, in reverse order, whatever happened.
@@ -68,22 +59,10 @@ cleanup() {
             [ -d "$root/libpod_parent/$pod" ] && find "$root/libpod_parent/$pod" -depth -type d -exec rmdir {} + 2>/dev/null
         done
     done
-    # Anything still running in the demo's namespaces was started by the demo.
-    for ns in "$NS_A" "$NS_B"; do
-        for pid in $(ip netns pids "$ns" 2>/dev/null); do stop_pid "$pid"; done
-        ip netns delete "$ns" 2>/dev/null
-    done
-    rm -rf "$WORK"
-    case $code in
-        0) printf '\nCleaned up: agents, pods, podman stores and services, namespaces (and the nftables tables in them), %s.\n' "$WORK" ;;
-        130|143) printf '\nInterrupted; cleaned up everything the demo made.\n' ;;
-        *) printf '\nCleaned up after the failure (exit %s).\n' "$code" ;;
-    esac
-    exit "$code"
+    remove_namespaces
+    cleaned_up "$code" "agents, pods, podman stores and services"
 }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+trap_cleanup
 
 # ---------------------------------------------------------------------------
 # Helpers
