@@ -28,7 +28,7 @@ docs/benchmarks.svg are written from them. Run as root from the repository:
   python3 bench/run.py            (BENCH_SECONDS, BENCH_ROUNDS, BENCH_IDLE_CONNECTIONS, BENCH_EVENT_LOOPS, BENCH_GRAPH, MESH_AGENT_BIN)
 
 To look at one part while working on it, BENCH_PATHS (e.g. "mesh haproxy-mtls")
-and BENCH_PARTS (any of "iperf wrk idle policy workloads pods enrollment micro") narrow the run; a
+and BENCH_PARTS (any of "iperf wrk idle policy workloads pods graph enrollment micro") narrow the run; a
 narrowed run prints its JSON and writes no result or report. BENCH_PROFILE=DIR
 records `perf record -g` of both agents during each mesh measurement into DIR.
 """
@@ -68,7 +68,7 @@ A_IP_OUTSIDE, B_IP_OUTSIDE = "10.77.253.1", "10.77.253.2"   # outside meshNetwor
 MESH_HTTP, OTHER_HTTP, MESH_IPERF, OTHER_IPERF = 8080, 8081, 5201, 5202
 HAPROXY_HTTP, HAPROXY_IPERF, HAPROXY_TLS_HTTP, HAPROXY_TLS_IPERF = 18080, 15211, 18443, 15443
 ALL_PATHS = ["direct", "mesh", "mesh-passthrough", "haproxy-mtls"]
-ALL_PARTS = ["iperf", "wrk", "idle", "policy", "workloads", "pods", "enrollment", "micro"]
+ALL_PARTS = ["iperf", "wrk", "idle", "policy", "workloads", "pods", "graph", "enrollment", "micro"]
 # Pods (captureMode netns): a pod namespace behind each node, routed between them.
 POD_A, POD_B = f"ma-{TAG}-pa", f"ma-{TAG}-pb"
 POD_A_IP, POD_B_IP = "10.77.250.2", "10.77.251.2"
@@ -542,6 +542,34 @@ http {{
         result["l7_denied_only_cost"] = round(1 - result["l7_denied_only"]["requests_s"] / result["l4"]["requests_s"], 3)
         return result
 
+    def graph_cost(self, agents, configs):
+        """Mesh keep-alive requests/s and new connections/s with the service
+        graph recorded and without it, the agents restarted between the two,
+        ROUNDS times each in turn. Leaves the agents running as they were."""
+        samples = {"on": {"wrk_keepalive": [], "wrk_close": []}, "off": {"wrk_keepalive": [], "wrk_close": []}}
+        texts = {node: Path(config).read_text() for node, config in configs.items()}
+        graph_line = {state: f"enabled: {'true' if state == 'on' else 'false'}}}" for state in ("on", "off")}
+        for _ in range(ROUNDS):
+            for state in ("off", "on"):
+                for node, config in configs.items():
+                    text = texts[node].replace(graph_line["on"], graph_line[state]).replace(graph_line["off"], graph_line[state])
+                    agents[node].send_signal(signal.SIGTERM)
+                    agents[node].wait(timeout=60)
+                    Path(config).write_text(text)
+                    agents[node] = self.start_agent(A if node == "a" else B, config, node)
+                time.sleep(1.5)
+                for name, close in (("wrk_keepalive", False), ("wrk_close", True)):
+                    with self.cpu_of(agents) as cpu:
+                        sample = self.wrk("mesh", close=close)
+                    sample["proxy_cpu_us_per_request"] = round(cpu.total / max(sample["requests_s"] * SECONDS, 1) * 1e6, 1)
+                    samples[state][name].append(sample)
+        for node, config in configs.items():
+            Path(config).write_text(texts[node])
+        result = {state: {name: median_sample(taken) for name, taken in measured.items()} for state, measured in samples.items()}
+        for name in ("wrk_keepalive", "wrk_close"):
+            result[f"{name}_cost"] = round(1 - result["on"][name]["requests_s"] / result["off"][name]["requests_s"], 3)
+        return result
+
     def reload_b(self, config_text):
         """Node B's agent with `config_text` as its config, applied by a reload."""
         (self.work / "b" / "agent.yaml").write_text(config_text)
@@ -638,6 +666,10 @@ http {{
             log("pod to pod")
             results["pods"] = self.pod_to_pod(agents, results["paths"].get("mesh", {}))
             log(f"  {json.dumps(results['pods'])}")
+        if "graph" in PARTS:
+            log("the service graph's cost")
+            results["graph"] = self.graph_cost(agents, {"a": config_a, "b": config_b})
+            log(f"  {json.dumps(results['graph'])}")
         if "enrollment" in PARTS:
             log(f"CNI enrollment of {ENROLLED_PODS} pods")
             results["enrollment"] = self.enrollment(ENROLLED_PODS)
