@@ -154,7 +154,7 @@ def markdown(results, source):
     ]
     graph = results.get("graph")
     if graph:
-        lines += ["", "The service graph (issue: ≤ 5% cost), mesh with it recorded and without, agents restarted between:", "",
+        lines += ["", "The service graph (target: ≤ 5% cost), mesh with it recorded and without, agents restarted between:", "",
                   "| measurement | graph off | graph on | cost |", "|---|---|---|---|"]
         for name, title in (("wrk_keepalive", "keep-alive requests/s"), ("wrk_close", "new connections/s")):
             lines.append(f"| {title} | {graph['off'][name]['requests_s']:,.0f} | {graph['on'][name]['requests_s']:,.0f} | "
