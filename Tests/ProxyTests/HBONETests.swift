@@ -180,6 +180,33 @@ private final class StreamTableHarness {
         #expect(recorder.inputClosedEvents == 1, "a second end of stream is not news")
     }
 
+    /// A splice flushes the workload's socket on each read-complete: the
+    /// frames of one TLS read must reach it as one batch, not one flush each.
+    @Test func theFramesOfOneReadAreOneBatchAndABatchAlwaysEnds() throws {
+        let harness = try StreamTableHarness()
+        let (stream, recorder) = try harness.open(1)
+        try stream.startReading()
+        for text in ["a", "b", "c"] {
+            harness.connection.pipeline.fireChannelRead(NIOAny(HTTP2Frame(streamID: 1, payload: harness.data(text))))
+        }
+        #expect(recorder.received == ["a", "b", "c"], "bytes are handed over as they arrive")
+        #expect(recorder.readCompletes == 0)
+        harness.connection.pipeline.fireChannelReadComplete()
+        #expect(recorder.readCompletes == 1)
+
+        // Frames with no read-complete after them (TLS can hand records over
+        // outside a socket read): the batch ends with the tick all the same.
+        harness.connection.pipeline.fireChannelRead(NIOAny(HTTP2Frame(streamID: 1, payload: harness.data("d"))))
+        #expect(recorder.readCompletes == 1)
+        harness.connection.embeddedEventLoop.run()
+        #expect(recorder.readCompletes == 2)
+
+        // The bytes before an end of stream are completed before it.
+        harness.connection.pipeline.fireChannelRead(NIOAny(HTTP2Frame(streamID: 1, payload: harness.data("e", endStream: true))))
+        #expect(recorder.readCompletes == 3)
+        #expect(recorder.inputClosedEvents == 1)
+    }
+
     @Test func theAnswerIsAHeadersFrameOnTheStream() throws {
         let harness = try StreamTableHarness()
         let (stream, _) = try harness.open(3)
@@ -408,6 +435,7 @@ private final class Outcome<Value> {
 private final class EventRecorder: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     var received: [String] = []
+    var readCompletes = 0
     var inputClosedEvents = 0
     var errors: [Error] = []
     var writabilityChanges = 0
@@ -415,6 +443,10 @@ private final class EventRecorder: ChannelInboundHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         received.append(String(buffer: unwrapInboundIn(data)))
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        readCompletes += 1
     }
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

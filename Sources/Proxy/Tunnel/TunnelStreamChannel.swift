@@ -59,6 +59,8 @@ package final class TunnelStreamChannel: Channel, ChannelCore, @unchecked Sendab
     /// follows it.
     private var pendingReads = CircularBuffer<ByteBuffer>(initialCapacity: 4)
     private var endPending = false
+    /// Reads were delivered and their read-complete is still to come.
+    private var readCompletePending = false
     /// Small writes since the last flush, gathered into one DATA frame: an HTTP
     /// response written as a head and a body costs one frame and one trip
     /// through the connection's codec, not two.
@@ -385,15 +387,32 @@ package final class TunnelStreamChannel: Channel, ChannelCore, @unchecked Sendab
             delivered += buffer.readableBytes
             pipeline.syncOperations.fireChannelRead(NIOAny(buffer))
         }
+        var batchStarted = false
         if delivered > 0 {
             streams.consumed(delivered, on: self, streamOpen: !force)
-            pipeline.syncOperations.fireChannelReadComplete()
+            batchStarted = !readCompletePending
+            readCompletePending = true
+        }
+        if force || endPending {
+            // The bytes before the end go out before it.
+            completeRead()
+        } else if batchStarted {
+            streams.completeReadLater(self)
         }
         if endPending {
             endPending = false
             pipeline.syncOperations.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
         }
         if autoRead, active, !force { pipeline.syncOperations.read() }
+    }
+
+    /// Ends a batch of reads: the frames of one TLS read reach the reader as
+    /// one batch, so the splice writes them to the workload's socket with one
+    /// flush rather than one per 16 KiB frame.
+    func completeRead() {
+        guard readCompletePending, active else { return }
+        readCompletePending = false
+        pipeline.syncOperations.fireChannelReadComplete()
     }
 
     /// The connection's codec closed the stream: both ends sent END_STREAM

@@ -50,6 +50,10 @@ package final class TunnelStreams: ChannelDuplexHandler {
     private var answerTimer: Scheduled<Void>?
     private var nextStreamID = HTTP2StreamID(1)
     private var goingAway = false
+    /// Streams given reads in this batch, whose read-complete comes with the
+    /// connection's (or, when none follows, at the end of the tick).
+    private var readsToComplete: [TunnelStreamChannel] = []
+    private var readCompleteScheduled = false
     /// Called once, when the peer says GOAWAY.
     package var onGoAway: (() -> Void)?
 
@@ -105,6 +109,11 @@ package final class TunnelStreams: ChannelDuplexHandler {
             // SETTINGS, PING, WINDOW_UPDATE and PRIORITY are the codec's own.
             break
         }
+    }
+
+    package func channelReadComplete(context: ChannelHandlerContext) {
+        completeReads()
+        context.fireChannelReadComplete()
     }
 
     private func receivedHeaders(_ headers: HTTP2Frame.FramePayload.Headers, on id: HTTP2StreamID) {
@@ -256,6 +265,26 @@ package final class TunnelStreams: ChannelDuplexHandler {
     private func refillConnectionWindow(left: Int, context: ChannelHandlerContext) {
         guard left <= HBONE.connectionWindow / 2 else { return }
         context.writeAndFlush(wrapOutboundOut(HTTP2Frame(streamID: .rootStream, payload: .windowUpdate(windowSizeIncrement: HBONE.connectionWindow - left))), promise: nil)
+    }
+
+    /// `stream` delivered reads: its read-complete follows the connection's.
+    /// Not every read is followed by one (TLS can hand over records outside a
+    /// socket read), so the end of the tick completes them at the latest.
+    func completeReadLater(_ stream: TunnelStreamChannel) {
+        readsToComplete.append(stream)
+        guard !readCompleteScheduled else { return }
+        readCompleteScheduled = true
+        stream.eventLoop.assumeIsolated().execute { [self] in
+            readCompleteScheduled = false
+            completeReads()
+        }
+    }
+
+    private func completeReads() {
+        guard !readsToComplete.isEmpty else { return }
+        let batch = readsToComplete
+        readsToComplete.removeAll(keepingCapacity: true)
+        for stream in batch { stream.completeRead() }
     }
 
     func forget(_ stream: TunnelStreamChannel) {
