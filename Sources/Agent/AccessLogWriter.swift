@@ -189,11 +189,12 @@ struct AccessLogClock: Sendable {
 /// over the rate limit are dropped; a summary line says how many, at most once
 /// a second.
 ///
-/// Every line is also an observation of the service graph, counted under the
-/// same lock into an in-memory aggregate that the graph recorder takes every
-/// few seconds: the access log already sees every connection and inspected
-/// request with its decision, so the graph adds no lock, no hop and no second
-/// decision path. Lines the rate limit drops are counted in the graph too.
+/// Every line is also an observation of the service graph, counted on the
+/// event loop that recorded it (`GraphTally`), outside the line's lock: the
+/// access log already sees every connection and inspected request with its
+/// decision, so the graph adds no lock, no hop and no second decision path.
+/// Lines the rate limit drops, and allowed requests that get no line, are
+/// counted in the graph too.
 public final class AccessLogWriter: AccessLogSink {
     /// Everything a line needs, under one lock taken once per line.
     private struct State {
@@ -203,9 +204,6 @@ public final class AccessLogWriter: AccessLogSink {
         var pending: [UInt8] = []
         /// A write of `pending` is scheduled on an event loop.
         var writeScheduled = false
-        /// Graph edges counted since the recorder last took them; nil when
-        /// the graph is off.
-        var graph: EdgeAggregate?
     }
 
     static let batchLimit = 64 * 1024
@@ -220,22 +218,23 @@ public final class AccessLogWriter: AccessLogSink {
     private let writeFailures = Counter(label: "mesh_agent_access_log_write_failures_total")
     private let dropped = Counter(label: "mesh_agent_access_log_dropped_total")
 
-    public convenience init(path: String, limit: AccessLogLimit = .default, requests: AccessLogRequests = .all, recordsGraph: Bool = false) throws {
-        try self.init(path: path, limit: limit, requests: requests, clock: .system, recordsGraph: recordsGraph)
+    convenience init(path: String, limit: AccessLogLimit = .default, requests: AccessLogRequests = .all, graph: GraphTally? = nil) throws {
+        try self.init(path: path, limit: limit, requests: requests, clock: .system, graph: graph)
     }
 
-    init(path: String, limit: AccessLogLimit, requests: AccessLogRequests = .all, clock: AccessLogClock, recordsGraph: Bool = false) throws {
+    init(path: String, limit: AccessLogLimit, requests: AccessLogRequests = .all, clock: AccessLogClock, graph: GraphTally? = nil) throws {
         self.path = path
         self.clock = clock
         allowedRequests = Synchronization.Atomic(requests == .all)
         ownsDescriptor = path != "-"
         let descriptor = ownsDescriptor ? try Self.open(path) : STDOUT_FILENO
         state = NIOLockedValueBox(
-            State(descriptor: descriptor, rateLimit: AccessLogRateLimit(limit, now: clock.monotonic()), graph: recordsGraph ? EdgeAggregate() : nil))
-        self.recordsGraph = recordsGraph
+            State(descriptor: descriptor, rateLimit: AccessLogRateLimit(limit, now: clock.monotonic())))
+        self.graph = graph
     }
 
-    private let recordsGraph: Bool
+    /// Where lines are counted as graph edges; nil when the graph is off.
+    private let graph: GraphTally?
 
     private static func open(_ path: String) throws -> Int32 {
         let directory = (path as NSString).deletingLastPathComponent
@@ -286,12 +285,9 @@ public final class AccessLogWriter: AccessLogSink {
     }
 
     public func record(_ entry: AccessLogEntry) {
-        let observation = recordsGraph ? EdgeObservation(entry) : nil
-        if entry.isRequest, entry.action == .allow, !allowedRequests.load(ordering: .relaxed) {
-            // No line, but the graph still counts the request.
-            if let observation { state.withLockedValue { $0.graph?.add(observation) } }
-            return
-        }
+        observe(entry)
+        // An allowed request with `requests: denied` gets no line, but the graph has counted it.
+        if entry.isRequest, entry.action == .allow, !allowedRequests.load(ordering: .relaxed) { return }
         // Formatted before the lock, to keep the lock short; in a flood some of
         // this work is for lines that are then dropped.
         let line = entry.jsonLineBytes()
@@ -300,7 +296,6 @@ public final class AccessLogWriter: AccessLogSink {
         var scheduleWrite = false
         let kept = line.withUnsafeBufferPointer { bytes in
             state.withLockedValue { state -> Bool in
-                if let observation { state.graph?.add(observation) }
                 switch state.rateLimit.admit(entry.action, now: now) {
                 case .write:
                     break
@@ -329,13 +324,12 @@ public final class AccessLogWriter: AccessLogSink {
         }
     }
 
-    /// The graph edges counted since the last call, leaving an empty aggregate.
-    public func takeGraph() -> EdgeAggregate {
-        state.withLockedValue { state in
-            guard let taken = state.graph else { return EdgeAggregate() }
-            state.graph = EdgeAggregate(limit: taken.limit)
-            return taken
-        }
+    public var observesRequests: Bool { graph?.watchesRequests ?? false }
+
+    /// Counts `entry` in the graph without writing a line.
+    public func observe(_ entry: AccessLogEntry) {
+        guard let graph, let observation = EdgeObservation(entry) else { return }
+        graph.add(observation)
     }
 
     /// Writes an event line (a new edge) at once, outside the rate limit:

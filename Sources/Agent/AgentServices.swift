@@ -106,9 +106,10 @@ struct AgentServices {
             cniEnrollments.load(mount: mount)
             registry.update(cniEnrollments.specs(trustDomain: config.trustDomain), from: CNIEnrollments.source)
         }
-        let accessLog = try AccessLogWriter(
-            path: config.accessLog, limit: config.accessLogLimit, requests: config.accessLogRequests, recordsGraph: config.graph.enabled)
-        let graph = config.graph.enabled ? GraphRecorder(config: config.graph, accessLog: accessLog, logger: logger) : nil
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: config.limits.eventLoopCount(cores: System.coreCount))
+        let graphTally = config.graph.enabled ? GraphTally(loops: Array(group.makeIterator()), watchesRequests: config.graph.http) : nil
+        let accessLog = try AccessLogWriter(path: config.accessLog, limit: config.accessLogLimit, requests: config.accessLogRequests, graph: graphTally)
+        let graph = graphTally.map { GraphRecorder(config: config.graph, tally: $0, accessLog: accessLog, logger: logger) }
         // Opened now, so a database that cannot be used is reported at start.
         graph?.flushSoon()
         let trustBundle = try TrustBundleWatcher(path: config.ca.trustBundle, logger: logger)
@@ -117,7 +118,6 @@ struct AgentServices {
         svids.setIdentities(registry.presentIdentities.union([agentIdentity]))
         let workloadTLS = WorkloadTLS(svids: svids, bundle: { trustBundle.bundle }, acceptedTrustDomains: [config.trustDomain])
 
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: config.limits.eventLoopCount(cores: System.coreCount))
         let connections = ConnectionTracker(maximum: config.limits.maxConnections)
         let state = AgentState(policy: PolicyStatus(generation: 1, loadedAt: Date().timeIntervalSince1970, directory: config.policyDir, policies: policies))
         let authorizer = InboundAuthorizer(

@@ -78,6 +78,8 @@ final class GraphRecorder: @unchecked Sendable {
     let retention: Duration
     let learningPeriod: Duration
     private let accessLog: AccessLogWriter
+    /// Where the data path counts edges between flushes.
+    let tally: GraphTally
     private let logger: Logger
     private let queue = DispatchQueue(label: "mesh-agent.graph")
     private let errors = Counter(label: "mesh_agent_graph_errors_total")
@@ -90,10 +92,11 @@ final class GraphRecorder: @unchecked Sendable {
     private var lastError: String?
     private var flushCount = 0
 
-    init(config: AgentConfig.Graph, accessLog: AccessLogWriter, logger: Logger) {
+    init(config: AgentConfig.Graph, tally: GraphTally, accessLog: AccessLogWriter, logger: Logger) {
         path = config.database
         retention = config.retention
         learningPeriod = config.learningPeriod
+        self.tally = tally
         self.accessLog = accessLog
         self.logger = logger
     }
@@ -103,10 +106,11 @@ final class GraphRecorder: @unchecked Sendable {
         queue.async { [self] in flushNow() }
     }
 
-    /// Writes what the access log counted since the last flush, now, on this thread.
+    /// Writes what the data path counted since the last flush, now, on this
+    /// thread (never an event loop's: it waits for each loop's counts).
     func flushNow(now: Double = wallClock()) {
         lock.withLock {
-            let aggregate = accessLog.takeGraph()
+            let aggregate = tally.take()
             if aggregate.overflow > 0 { overflowed.increment(by: Int64(clamping: aggregate.overflow)) }
             guard let store = openedStore() else { return }
             do {

@@ -121,6 +121,9 @@ public struct AgentConfig: Equatable, Sendable {
         /// How long after the database was made edges are learned before a
         /// never-seen one is reported (`agentctl graph baseline` ends it at once).
         public var learningPeriod: Duration = .seconds(7 * 86400)
+        /// Record the method and path of HTTP/1.x requests on connections no
+        /// policy inspects, too (their bytes are watched, not changed).
+        public var http = false
 
         public init() {}
     }
@@ -288,13 +291,7 @@ extension AgentConfig {
             }
             graph.learningPeriod = period
         }
-        if let value = map.take("http") {
-            // Parsing HTTP on ports no policy inspects is not built yet; a key
-            // that is accepted and does nothing would mislead.
-            guard try value.bool() == false else {
-                throw value.error("true is not supported yet: HTTP methods and paths are recorded where L7 policy already inspects requests; remove the key or set it to false")
-            }
-        }
+        if let value = map.take("http") { graph.http = try value.bool() }
         try map.finish(allowed: ["enabled", "database", "retention", "http", "learningPeriod"])
         return graph
     }

@@ -2,6 +2,7 @@ import Config
 import Foundation
 import Graph
 import NIOCore
+import NIOPosix
 import Proxy
 import Testing
 @testable import Agent
@@ -66,13 +67,14 @@ import Testing
     @Test func theWriterCountsEveryLineEvenThoseTheRateLimitDrops() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("graph-access-\(UUID().uuidString).log").path
         defer { try? FileManager.default.removeItem(atPath: path) }
+        let tally = GraphTally(loops: [])
         let writer = try AccessLogWriter(
-            path: path, limit: AccessLogLimit(linesPerSecond: 4, burst: 4), clock: AccessLogClock(monotonic: { 0 }, wall: { 0 }), recordsGraph: true)
+            path: path, limit: AccessLogLimit(linesPerSecond: 4, burst: 4), clock: AccessLogClock(monotonic: { 0 }, wall: { 0 }), graph: tally)
         for _ in 0..<10 { writer.record(try Self.connection()) }
         writer.record(try Self.connection(action: .deny))
-        let taken = writer.takeGraph()
+        let taken = tally.take()
         #expect(taken.edges.map(\.counts.connections) == [10, 1])
-        #expect(writer.takeGraph().isEmpty, "taking leaves an empty aggregate")
+        #expect(tally.take().isEmpty, "taking leaves an empty aggregate")
     }
 
     @Test func aNewEdgeIsOneLineWithTheAccessLogsNamesAndNoAction() throws {
@@ -87,8 +89,9 @@ import Testing
     @Test func requestsWhoseLinesAreSkippedAreStillCounted() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("graph-access-\(UUID().uuidString).log").path
         defer { try? FileManager.default.removeItem(atPath: path) }
+        let tally = GraphTally(loops: [])
         let writer = try AccessLogWriter(
-            path: path, limit: .unlimited, requests: .denied, clock: AccessLogClock(monotonic: { 0 }, wall: { 0 }), recordsGraph: true)
+            path: path, limit: .unlimited, requests: .denied, clock: AccessLogClock(monotonic: { 0 }, wall: { 0 }), graph: tally)
         var request = try Self.connection()
         request.protocol = "http"
         request.isRequest = true
@@ -97,14 +100,30 @@ import Testing
         writer.record(request)
         writer.record(request)
         #expect(try String(contentsOfFile: path, encoding: .utf8).isEmpty, "accessLog.requests: denied writes no allowed request")
-        #expect(writer.takeGraph().edges.map(\.counts.requests) == [2])
+        #expect(tally.take().edges.map(\.counts.requests) == [2])
     }
 
-    @Test func aWriterWithoutTheGraphCountsNothing() throws {
-        let path = FileManager.default.temporaryDirectory.appendingPathComponent("graph-access-\(UUID().uuidString).log").path
-        defer { try? FileManager.default.removeItem(atPath: path) }
-        let writer = try AccessLogWriter(path: path)
-        writer.record(try Self.connection())
-        #expect(writer.takeGraph().isEmpty)
+    @Test func eachLoopCountsOnItsOwnAndOneTakeGathersThemAll() throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        defer { try? group.syncShutdownGracefully() }
+        let loops = Array(group.makeIterator())
+        let tally = GraphTally(loops: loops)
+        let observation = try #require(EdgeObservation(try Self.connection()))
+        for loop in loops {
+            try loop.submit { for _ in 0..<5 { tally.add(observation) } }.wait()
+        }
+        tally.add(observation)
+        #expect(tally.take().edges.map(\.counts.connections) == [11])
+        #expect(tally.take().isEmpty)
+
+        // On a loop, a take cannot wait for the others: it gets its own
+        // loop's counts and the off-loop ones, and the rest come next time.
+        for loop in loops {
+            try loop.submit { tally.add(observation) }.wait()
+        }
+        tally.add(observation)
+        let onLoop = try loops[0].submit { tally.take() }.wait()
+        #expect(onLoop.edges.map(\.counts.connections) == [2])
+        #expect(tally.take().edges.map(\.counts.connections) == [1])
     }
 }

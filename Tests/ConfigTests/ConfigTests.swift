@@ -12,12 +12,14 @@ import Testing
         #expect(defaults.database == "/var/lib/mesh-agent/graph.db")
         #expect(defaults.retention == .seconds(30 * 86400))
         #expect(defaults.learningPeriod == .seconds(7 * 86400))
-        let text = Self.minimal + "graph: {enabled: false, database: /srv/graph.db, retention: 7d, http: false, learningPeriod: 0d}\n"
+        #expect(!defaults.http)
+        let text = Self.minimal + "graph: {enabled: false, database: /srv/graph.db, retention: 7d, http: true, learningPeriod: 0d}\n"
         let graph = try AgentConfig.parse(text, file: "agent.yaml", defaultNode: "node-x").graph
         #expect(!graph.enabled)
         #expect(graph.database == "/srv/graph.db")
         #expect(graph.retention == .seconds(7 * 86400))
         #expect(graph.learningPeriod == .zero)
+        #expect(graph.http)
         let hours = try AgentConfig.parse(Self.minimal + "graph: {retention: 36h}\n", file: "agent.yaml", defaultNode: "node-x").graph
         #expect(hours.retention == .seconds(36 * 3600))
     }
@@ -183,7 +185,7 @@ import Testing
         ("trustDomain: td\ngraph: {retention: 30 days}\n", "graph.retention: \"30 days\" is not a retention; write it in days like 30d"),
         ("trustDomain: td\ngraph: {retention: 10m}\n", "graph.retention: must be at least 1h"),
         ("trustDomain: td\ngraph: {enabled: maybe}\n", "graph.enabled:"),
-        ("trustDomain: td\ngraph: {http: true}\n", "graph.http: true is not supported yet"),
+        ("trustDomain: td\ngraph: {http: yes please}\n", "graph.http:"),
         ("trustDomain: td\ngraph: {path: /x.db}\n", "graph.path: unknown key"),
         ("trustDomain: td\ngraph: {learningPeriod: a week}\n", "graph.learningPeriod: \"a week\" is not a duration"),
     ])

@@ -187,22 +187,22 @@ private final class StreamTableHarness {
         let (stream, recorder) = try harness.open(1)
         try stream.startReading()
         for text in ["a", "b", "c"] {
-            harness.connection.pipeline.fireChannelRead(NIOAny(HTTP2Frame(streamID: 1, payload: harness.data(text))))
+            harness.connection.pipeline.syncOperations.fireChannelRead(NIOAny(HTTP2Frame(streamID: 1, payload: harness.data(text))))
         }
         #expect(recorder.received == ["a", "b", "c"], "bytes are handed over as they arrive")
         #expect(recorder.readCompletes == 0)
-        harness.connection.pipeline.fireChannelReadComplete()
+        harness.connection.pipeline.syncOperations.fireChannelReadComplete()
         #expect(recorder.readCompletes == 1)
 
         // Frames with no read-complete after them (TLS can hand records over
         // outside a socket read): the batch ends with the tick all the same.
-        harness.connection.pipeline.fireChannelRead(NIOAny(HTTP2Frame(streamID: 1, payload: harness.data("d"))))
+        harness.connection.pipeline.syncOperations.fireChannelRead(NIOAny(HTTP2Frame(streamID: 1, payload: harness.data("d"))))
         #expect(recorder.readCompletes == 1)
         harness.connection.embeddedEventLoop.run()
         #expect(recorder.readCompletes == 2)
 
         // The bytes before an end of stream are completed before it.
-        harness.connection.pipeline.fireChannelRead(NIOAny(HTTP2Frame(streamID: 1, payload: harness.data("e", endStream: true))))
+        harness.connection.pipeline.syncOperations.fireChannelRead(NIOAny(HTTP2Frame(streamID: 1, payload: harness.data("e", endStream: true))))
         #expect(recorder.readCompletes == 3)
         #expect(recorder.inputClosedEvents == 1)
     }

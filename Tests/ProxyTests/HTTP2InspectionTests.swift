@@ -430,11 +430,19 @@ final class H2Harness {
 final class H2AccessLog: AccessLogSink {
     private let recorded = Mutex<[AccessLogEntry]>([])
 
+    private let observed = Mutex<[AccessLogEntry]>([])
+
     func record(_ entry: AccessLogEntry) {
         recorded.withLock { $0.append(entry) }
     }
 
+    func observe(_ entry: AccessLogEntry) {
+        observed.withLock { $0.append(entry) }
+    }
+
+    let observesRequests = false
     var entries: [AccessLogEntry] { recorded.withLock { $0 } }
+    var observations: [AccessLogEntry] { observed.withLock { $0 } }
 }
 
 /// What the echoing workload saw.

@@ -358,3 +358,46 @@ def test_a_damaged_database_is_reported_and_the_agent_keeps_proxying(two_nodes):
                        "'http://127.0.0.1:15020/metrics', timeout=10).read().decode())").stdout
     errors = [line for line in metrics.splitlines() if line.startswith("mesh_agent_graph_errors_total ")]
     assert errors and float(errors[0].split()[1]) >= 1, errors
+
+
+def test_with_graph_http_the_requests_no_policy_inspects_are_recorded_and_other_protocols_pass(two_nodes):
+    """graph.http: true watches the requests of spliced connections (no L7
+    policy here) for the graph only: no request lines in the access log, and
+    a connection that is not HTTP goes through untouched."""
+    nodes = two_nodes
+    t = nodes.topology
+    tmp = nodes.tmp
+    b_workloads = [
+        nodes.workload("orders", namespace="shop", serviceAccount="orders", ports=[ORDERS]),
+        nodes.workload("ledger", namespace="shop", serviceAccount="ledger", ports=[LEDGER]),
+    ]
+    t.serve(t.remote, [sys.executable, str(HTTP_PEER), "serve", str(ORDERS), str(tmp / "orders-requests-http")],
+            cgroup=nodes.cgroups.directory("orders"), what="the orders server")
+    t.server("echo", LEDGER, ns=t.remote, cgroup=nodes.cgroups.directory("ledger"))
+    b = nodes.agent("b", b_workloads, meshNetworks=MESH, graph={"http": True}).start()
+    a = nodes.agent("a", [nodes.workload("checkout", namespace="shop", serviceAccount="checkout")], meshNetworks=MESH).start()
+    wait_for(lambda: any(c["identity"] == spiffe("checkout") and c["state"] == "valid"
+                         for c in json.loads(a.ctl("certs", "-o", "json").stdout)), timeout=20, what="checkout's certificate")
+    checkout = nodes.cgroups.directory("checkout")
+    answers = http_exchange(t, checkout, t.remote_ip, ORDERS,
+                            [request("GET", "/orders/17"), request("GET", "/orders/42?x=1"), request("POST", "/reserve")])
+    assert [answer["status"] for answer in answers] == [200, 200, 200], answers
+    text = f"GET-like but not HTTP {uuid.uuid4().hex}"
+    assert t.client(["probe", t.remote_ip, LEDGER, text], cgroup=checkout, timeout=60)["received"] == text
+
+    def graph():
+        return json.loads(b.ctl("graph", "-o", "json").stdout)["edges"]
+    # Connections count when they close, which the agents see a moment after the clients.
+    wait_for(lambda: sum(e["connections"] for e in graph()) == 2, timeout=10, what="both connections in b's graph")
+    edges = graph()
+    gets = find(edges, dst_workload="shop/orders", method="GET")
+    assert gets["path_template"] == "/orders/{id}" and gets["requests"] == 2 and gets["protocol"] == "http", gets
+    assert gets["src_identity"] == spiffe("checkout") and gets["decision"] == "allow" and gets["tls"] == "mutual"
+    assert find(edges, dst_workload="shop/orders", method="POST")["path_template"] == "/reserve"
+    assert find(edges, dst_workload="shop/orders", method=None)["connections"] == 1
+    ledger = find(edges, dst_workload="shop/ledger")
+    assert ledger["method"] is None and ledger["connections"] == 1 and ledger["bytes_received"] > 0
+    # The graph only: the access log has the connections, not the requests.
+    lines = b.entries()
+    assert any(line.get("dst_workload") == "shop/orders" for line in lines), lines
+    assert [line for line in lines if line.get("method")] == [], lines

@@ -87,6 +87,8 @@ struct WorkloadForwarder: Sendable {
         if inspected {
             let inspector = HTTPRequestInspector(workload: workload, connection: plan.attributes, authorizer: authorizer, connectionEntry: plan.entry)
             carrier = .inspect(inspector, accessLog: accessLog, limit: requestHeadLimit, on: eventLoop)
+        } else if accessLog.observesRequests {
+            carrier = .splice(on: eventLoop, watching: requestWatch(opened: plan.entry))
         } else {
             carrier = .splice(on: eventLoop)
         }
@@ -118,6 +120,18 @@ struct WorkloadForwarder: Sendable {
                 try stream.startReading()
             }
             counters.opened.increment()
+        }
+    }
+
+    /// For `graph.http`: each HTTP/1.x request seen on a spliced connection
+    /// counts in the graph as a request on the connection's edge, decided as
+    /// the connection was.
+    private func requestWatch(opened: AccessLogEntry) -> HTTPRequestTap.Watch {
+        HTTPRequestTap.Watch(pathRules: authorizer.snapshot.pathRules) { [accessLog] method, path in
+            var entry = opened.requestEntry(at: wallClock())
+            entry.method = method
+            entry.path = path
+            accessLog.observe(entry)
         }
     }
 

@@ -3,14 +3,15 @@ import NIOHTTP1
 import Policy
 
 /// How a proxied connection is carried between its client and its upstream:
-/// bytes spliced as they are, or HTTP requests decoded, decided one by one and
+/// bytes spliced as they are (with `watch`, their HTTP/1.x request heads
+/// reported on the way), or HTTP requests decoded, decided one by one and
 /// encoded again (HTTP/1.1, or HTTP/2 stream by stream).
 enum Carrier {
-    case splice(NIOLoopBound<SplicePair>)
+    case splice(NIOLoopBound<SplicePair>, watch: HTTPRequestTap.Watch?)
     case inspect(NIOLoopBound<InspectedConnection>)
 
-    static func splice(on eventLoop: EventLoop) -> Carrier {
-        .splice(SpliceHandler.pair(on: eventLoop))
+    static func splice(on eventLoop: EventLoop, watching watch: HTTPRequestTap.Watch? = nil) -> Carrier {
+        .splice(SpliceHandler.pair(on: eventLoop), watch: watch)
     }
 
     static func inspect(_ inspector: HTTPRequestInspector, accessLog: AccessLogSink, limit: HTTPHeadSizeLimit, on eventLoop: EventLoop) -> Carrier {
@@ -20,7 +21,7 @@ enum Carrier {
     /// Adds the upstream side's handlers; called while the upstream connects.
     func installUpstream(on channel: Channel) throws {
         switch self {
-        case .splice(let handlers):
+        case .splice(let handlers, _):
             try channel.pipeline.syncOperations.addHandler(handlers.value.upstream)
         case .inspect(let connection):
             try connection.value.installUpstream(on: channel)
@@ -30,7 +31,8 @@ enum Carrier {
     /// Adds the client side's handlers, once the upstream is connected.
     func installClient(on channel: Channel) throws {
         switch self {
-        case .splice(let handlers):
+        case .splice(let handlers, let watch):
+            if let watch { try channel.pipeline.syncOperations.addHandler(HTTPRequestTap(watch)) }
             try channel.pipeline.syncOperations.addHandler(handlers.value.client)
         case .inspect(let connection):
             try connection.value.installClient(on: channel)
@@ -40,7 +42,7 @@ enum Carrier {
     /// Bytes that came from the client.
     var received: ByteCounter {
         switch self {
-        case .splice(let handlers): return handlers.value.client.received
+        case .splice(let handlers, _): return handlers.value.client.received
         case .inspect(let connection): return connection.value.received
         }
     }
@@ -48,7 +50,7 @@ enum Carrier {
     /// Bytes that went back to the client.
     var sent: ByteCounter {
         switch self {
-        case .splice(let handlers): return handlers.value.upstream.received
+        case .splice(let handlers, _): return handlers.value.upstream.received
         case .inspect(let connection): return connection.value.sent
         }
     }

@@ -55,6 +55,18 @@ public struct AccessLogEntry: Sendable, Equatable {
         self.reason = reason
     }
 
+    /// A request's entry on this connection, starting from the connection's
+    /// (this entry): same parties and decision, no bytes yet.
+    func requestEntry(at time: Double) -> AccessLogEntry {
+        var entry = self
+        entry.time = time
+        entry.protocol = "http"
+        entry.isRequest = true
+        entry.bytesSent = 0
+        entry.bytesReceived = 0
+        return entry
+    }
+
     /// The entry as one JSON object on one line, ending in a newline.
     public func jsonLine() -> String {
         String(decoding: jsonLineBytes(), as: UTF8.self)

@@ -10,6 +10,12 @@ import Workloads
 /// Where finished connections are reported.
 public protocol AccessLogSink: Sendable {
     func record(_ entry: AccessLogEntry)
+    /// Counts `entry` in the service graph without writing a line: what
+    /// `graph.http` sees of requests that no policy inspects.
+    func observe(_ entry: AccessLogEntry)
+    /// Whether the requests of connections that are not inspected should be
+    /// watched for `observe` (`graph.http: true`).
+    var observesRequests: Bool { get }
 }
 
 /// Accepts connections that the capture rules redirected to the outbound port,

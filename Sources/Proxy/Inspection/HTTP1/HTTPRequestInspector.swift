@@ -21,13 +21,7 @@ struct HTTPRequestInspector: Sendable {
 
     /// A new request's log line, starting from the connection's.
     func requestEntry() -> AccessLogEntry {
-        var entry = connectionEntry
-        entry.time = wallClock()
-        entry.protocol = "http"
-        entry.isRequest = true
-        entry.bytesSent = 0
-        entry.bytesReceived = 0
-        return entry
+        connectionEntry.requestEntry(at: wallClock())
     }
 
     /// The log line of a request refused before policy saw it: malformed or

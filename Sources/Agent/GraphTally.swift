@@ -1,0 +1,70 @@
+import Graph
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// The service graph's counts between two flushes, kept per event loop: a
+/// connection or request is counted on the loop that carried it, with no lock
+/// and no hop, and the recorder collects every loop's counts with one task per
+/// loop per flush. What is observed off the loops (the control plane, tests)
+/// is counted under a lock of its own.
+final class GraphTally: Sendable {
+    private struct LoopCounts: Sendable {
+        let loop: EventLoop
+        let counts: NIOLoopBoundBox<EdgeAggregate>
+
+        /// Called on `loop`.
+        func take() -> EdgeAggregate {
+            defer { counts.value = EdgeAggregate(limit: counts.value.limit) }
+            return counts.value
+        }
+    }
+
+    /// Distinct edges held per loop between flushes: what a flood of distinct
+    /// edges (a scan) costs in memory is bounded.
+    let limit: Int
+    /// `graph.http`: requests on connections that no policy inspects are
+    /// watched for too.
+    let watchesRequests: Bool
+    private let perLoop: [ObjectIdentifier: LoopCounts]
+    private let offLoop: NIOLockedValueBox<EdgeAggregate>
+
+    init(loops: [EventLoop], watchesRequests: Bool = false, limit: Int = 100_000) {
+        self.limit = limit
+        self.watchesRequests = watchesRequests
+        var perLoop: [ObjectIdentifier: LoopCounts] = [:]
+        for loop in loops {
+            perLoop[ObjectIdentifier(loop)] = LoopCounts(loop: loop, counts: .makeBoxSendingValue(EdgeAggregate(limit: limit), eventLoop: loop))
+        }
+        self.perLoop = perLoop
+        offLoop = NIOLockedValueBox(EdgeAggregate(limit: limit))
+    }
+
+    func add(_ observation: EdgeObservation) {
+        if let loop = MultiThreadedEventLoopGroup.currentEventLoop, let mine = perLoop[ObjectIdentifier(loop)] {
+            mine.counts.value.add(observation)
+        } else {
+            offLoop.withLockedValue { $0.add(observation) }
+        }
+    }
+
+    /// Everything counted since the last call. Waits for each loop to hand
+    /// its counts over; a loop that has stopped keeps what it held. Called on
+    /// an event loop, it takes only that loop's counts and the off-loop ones
+    /// (waiting there for another loop could deadlock): the rest come next time.
+    func take() -> EdgeAggregate {
+        var total = offLoop.withLockedValue { aggregate in
+            defer { aggregate = EdgeAggregate(limit: limit) }
+            return aggregate
+        }
+        let current = MultiThreadedEventLoopGroup.currentEventLoop.map { ObjectIdentifier($0) }
+        for (id, loop) in perLoop {
+            if id == current {
+                total.merge(loop.take())
+            } else if current == nil, let taken = try? loop.loop.submit({ loop.take() }).wait() {
+                total.merge(taken)
+            }
+        }
+        return total
+    }
+}
