@@ -154,11 +154,14 @@ def markdown(results, source):
     ]
     graph = results.get("graph")
     if graph:
-        lines += ["", "The service graph (target: ≤ 5% cost), mesh with it recorded and without, agents restarted between:", "",
-                  "| measurement | graph off | graph on | cost |", "|---|---|---|---|"]
+        lines += ["", "The service graph (target: ≤ 5% cost), mesh with it recorded and without, agents restarted between; "
+                  "`graph.http: true` also watches the requests of the spliced connections (its cost is against graph on):", "",
+                  "| measurement | graph off | graph on | cost | graph.http | its cost |", "|---|---|---|---|---|---|"]
         for name, title in (("wrk_keepalive", "keep-alive requests/s"), ("wrk_close", "new connections/s")):
+            http = graph.get("http", {}).get(name)
             lines.append(f"| {title} | {graph['off'][name]['requests_s']:,.0f} | {graph['on'][name]['requests_s']:,.0f} | "
-                         f"{graph[name + '_cost'] * 100:.1f}% |")
+                         f"{graph[name + '_cost'] * 100:.1f}% | "
+                         + (f"{http['requests_s']:,.0f} | {graph[name + '_http_cost'] * 100:.1f}% |" if http else "— | — |"))
     lines += pod_lines(results)
     micro = results.get("micro", {})
     if micro:

@@ -543,16 +543,21 @@ http {{
         return result
 
     def graph_cost(self, agents, configs):
-        """Mesh keep-alive requests/s and new connections/s with the service
-        graph recorded and without it, the agents restarted between the two,
-        ROUNDS times each in turn. Leaves the agents running as they were."""
-        samples = {"on": {"wrk_keepalive": [], "wrk_close": []}, "off": {"wrk_keepalive": [], "wrk_close": []}}
+        """Mesh keep-alive requests/s and new connections/s without the
+        service graph, with it, and with it and `graph.http: true` (the
+        requests of spliced connections watched too), the agents restarted
+        between them, ROUNDS times each in turn. Leaves the agents running as
+        they were."""
+        states = ("off", "on", "http")
+        samples = {state: {"wrk_keepalive": [], "wrk_close": []} for state in states}
         texts = {node: Path(config).read_text() for node, config in configs.items()}
-        graph_line = {state: f"enabled: {'true' if state == 'on' else 'false'}}}" for state in ("on", "off")}
+        graph_line = {"off": "enabled: false}", "on": "enabled: true}", "http": "enabled: true, http: true}"}
         for _ in range(ROUNDS):
-            for state in ("off", "on"):
+            for state in states:
                 for node, config in configs.items():
-                    text = texts[node].replace(graph_line["on"], graph_line[state]).replace(graph_line["off"], graph_line[state])
+                    text = texts[node]
+                    for line in graph_line.values():
+                        text = text.replace(line, graph_line[state])
                     agents[node].send_signal(signal.SIGTERM)
                     agents[node].wait(timeout=60)
                     Path(config).write_text(text)
@@ -568,6 +573,8 @@ http {{
         result = {state: {name: median_sample(taken) for name, taken in measured.items()} for state, measured in samples.items()}
         for name in ("wrk_keepalive", "wrk_close"):
             result[f"{name}_cost"] = round(1 - result["on"][name]["requests_s"] / result["off"][name]["requests_s"], 3)
+            # What watching the requests adds to the graph's own cost.
+            result[f"{name}_http_cost"] = round(1 - result["http"][name]["requests_s"] / result["on"][name]["requests_s"], 3)
         return result
 
     def reload_b(self, config_text):

@@ -245,8 +245,6 @@ struct AgentServices {
         _ = podSockets.closeUnclaimed()
         // Lines of the loops' last tick, if their scheduled write did not run.
         accessLog.flush()
-        // The last seconds' edges, so a restart keeps the whole graph.
-        graph?.flushNow()
         logger.info("mesh-agent stopped")
     }
 
@@ -313,6 +311,10 @@ struct AgentServices {
     private func stopServing() async {
         await listeners.close()
         for server in servers.reversed() { await server.stop() }
+        // The last seconds' edges, so a restart keeps the whole graph: taken
+        // while the loops that counted them still run.
+        graph?.flushNow()
+        graph?.tally.stopAskingLoops()
         try? await group.shutdownGracefully()
     }
 

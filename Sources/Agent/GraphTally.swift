@@ -1,7 +1,9 @@
+import Dispatch
 import Graph
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
+import Synchronization
 
 /// The service graph's counts between two flushes, kept per event loop: a
 /// connection or request is counted on the loop that carried it, with no lock
@@ -28,6 +30,7 @@ final class GraphTally: Sendable {
     let watchesRequests: Bool
     private let perLoop: [ObjectIdentifier: LoopCounts]
     private let offLoop: NIOLockedValueBox<EdgeAggregate>
+    private let loopsStopped = Synchronization.Atomic<Bool>(false)
 
     init(loops: [EventLoop], watchesRequests: Bool = false, limit: Int = 100_000) {
         self.limit = limit
@@ -49,9 +52,10 @@ final class GraphTally: Sendable {
     }
 
     /// Everything counted since the last call. Waits for each loop to hand
-    /// its counts over; a loop that has stopped keeps what it held. Called on
-    /// an event loop, it takes only that loop's counts and the off-loop ones
-    /// (waiting there for another loop could deadlock): the rest come next time.
+    /// its counts over; a loop that has stopped, or does not answer within
+    /// `loopAnswerTimeout`, keeps what it held. Called on an event loop, it
+    /// takes only that loop's counts and the off-loop ones (waiting there for
+    /// another loop could deadlock): the rest come next time.
     func take() -> EdgeAggregate {
         var total = offLoop.withLockedValue { aggregate in
             defer { aggregate = EdgeAggregate(limit: limit) }
@@ -61,10 +65,29 @@ final class GraphTally: Sendable {
         for (id, loop) in perLoop {
             if id == current {
                 total.merge(loop.take())
-            } else if current == nil, let taken = try? loop.loop.submit({ loop.take() }).wait() {
+            } else if current == nil, !loopsStopped.load(ordering: .relaxed), let taken = Self.ask(loop) {
                 total.merge(taken)
             }
         }
         return total
+    }
+
+    /// The loops are about to stop: from now on `take` asks them nothing
+    /// (a task given to a stopped loop never runs).
+    func stopAskingLoops() {
+        loopsStopped.store(true, ordering: .relaxed)
+    }
+
+    static let loopAnswerTimeout = DispatchTimeInterval.seconds(5)
+
+    private static func ask(_ loop: LoopCounts) -> EdgeAggregate? {
+        let answered = DispatchSemaphore(value: 0)
+        let answer = NIOLockedValueBox<EdgeAggregate?>(nil)
+        loop.loop.execute {
+            answer.withLockedValue { $0 = loop.take() }
+            answered.signal()
+        }
+        guard answered.wait(timeout: .now() + loopAnswerTimeout) == .success else { return nil }
+        return answer.withLockedValue { $0 }
     }
 }

@@ -126,4 +126,15 @@ import Testing
         #expect(onLoop.edges.map(\.counts.connections) == [2])
         #expect(tally.take().edges.map(\.counts.connections) == [1])
     }
+
+    @Test func afterTheLoopsStopATakeAsksThemNothing() throws {
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        let tally = GraphTally(loops: Array(group.makeIterator()))
+        let observation = try #require(EdgeObservation(try Self.connection()))
+        tally.stopAskingLoops()
+        try group.syncShutdownGracefully()
+        tally.add(observation)
+        // A task given to a stopped loop never runs: asking it would wait for ever.
+        #expect(tally.take().edges.map(\.counts.connections) == [1])
+    }
 }

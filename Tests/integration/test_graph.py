@@ -374,7 +374,19 @@ def test_with_graph_http_the_requests_no_policy_inspects_are_recorded_and_other_
     t.serve(t.remote, [sys.executable, str(HTTP_PEER), "serve", str(ORDERS), str(tmp / "orders-requests-http")],
             cgroup=nodes.cgroups.directory("orders"), what="the orders server")
     t.server("echo", LEDGER, ns=t.remote, cgroup=nodes.cgroups.directory("ledger"))
-    b = nodes.agent("b", b_workloads, meshNetworks=MESH, graph={"http": True}).start()
+    policies = tmp / "policies-http"
+    policies.mkdir()
+    (policies / "orders.yaml").write_text(f"""\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: orders-l4, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: orders}}}}
+  rules:
+  - from: [{{source: {{principals: ["{principal('checkout')}"]}}}}]
+""")
+    b_workloads[0]["labels"] = {"app": "orders"}
+    b = nodes.agent("b", b_workloads, meshNetworks=MESH, policyDir=policies, graph={"http": True}).start()
     a = nodes.agent("a", [nodes.workload("checkout", namespace="shop", serviceAccount="checkout")], meshNetworks=MESH).start()
     wait_for(lambda: any(c["identity"] == spiffe("checkout") and c["state"] == "valid"
                          for c in json.loads(a.ctl("certs", "-o", "json").stdout)), timeout=20, what="checkout's certificate")
@@ -394,7 +406,10 @@ def test_with_graph_http_the_requests_no_policy_inspects_are_recorded_and_other_
     assert gets["path_template"] == "/orders/{id}" and gets["requests"] == 2 and gets["protocol"] == "http", gets
     assert gets["src_identity"] == spiffe("checkout") and gets["decision"] == "allow" and gets["tls"] == "mutual"
     assert find(edges, dst_workload="shop/orders", method="POST")["path_template"] == "/reserve"
-    assert find(edges, dst_workload="shop/orders", method=None)["connections"] == 1
+    # The L4 rule decided the connection; no rule decided its requests.
+    assert gets["policy"] is None and gets["rule"] is None, gets
+    connection = find(edges, dst_workload="shop/orders", method=None)
+    assert connection["connections"] == 1 and connection["policy"] == "shop/orders-l4" and connection["rule"] == 0, connection
     ledger = find(edges, dst_workload="shop/ledger")
     assert ledger["method"] is None and ledger["connections"] == 1 and ledger["bytes_received"] > 0
     # The graph only: the access log has the connections, not the requests.

@@ -124,11 +124,19 @@ struct WorkloadForwarder: Sendable {
     }
 
     /// For `graph.http`: each HTTP/1.x request seen on a spliced connection
-    /// counts in the graph as a request on the connection's edge, decided as
-    /// the connection was.
+    /// counts in the graph as a request to the connection's workload, with
+    /// the connection's decision. It names no policy or rule: none decided
+    /// the request, and the connection's own edge already counts for the
+    /// rule that let it in (`policy report` would count it twice).
     private func requestWatch(opened: AccessLogEntry) -> HTTPRequestTap.Watch {
-        HTTPRequestTap.Watch(pathRules: authorizer.snapshot.pathRules) { [accessLog] method, path in
-            var entry = opened.requestEntry(at: wallClock())
+        var connection = opened
+        connection.policy = nil
+        connection.rule = nil
+        connection.audit = nil
+        connection.auditPolicy = nil
+        connection.auditRule = nil
+        return HTTPRequestTap.Watch(pathRules: authorizer.snapshot.pathRules) { [accessLog, connection] method, path in
+            var entry = connection.requestEntry(at: wallClock())
             entry.method = method
             entry.path = path
             accessLog.observe(entry)
