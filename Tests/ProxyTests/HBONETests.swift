@@ -207,6 +207,23 @@ private final class StreamTableHarness {
         #expect(recorder.inputClosedEvents == 1)
     }
 
+    /// A workload that answers and closes at once reaches the peer as DATA,
+    /// then RST_STREAM, in one read: the DATA's read-complete (the splice's
+    /// flush) must come before the reset's error, which closes the splice.
+    @Test func bytesBeforeAResetAreCompletedBeforeTheError() throws {
+        let harness = try StreamTableHarness()
+        let (stream, recorder) = try harness.open(1)
+        try stream.startReading()
+        harness.connection.pipeline.syncOperations.fireChannelRead(NIOAny(HTTP2Frame(streamID: 1, payload: harness.data("answer"))))
+        harness.connection.pipeline.fireUserInboundEventTriggered(StreamClosedEvent(streamID: HTTP2StreamID(1), reason: .cancel))
+        #expect(recorder.received == ["answer"])
+        #expect(recorder.readCompletesBeforeError == 1)
+        #expect(recorder.readCompletes == 1, "one read-complete, not a second at the end of the read")
+        harness.connection.pipeline.syncOperations.fireChannelReadComplete()
+        harness.connection.embeddedEventLoop.run()
+        #expect(recorder.readCompletes == 1)
+    }
+
     @Test func theAnswerIsAHeadersFrameOnTheStream() throws {
         let harness = try StreamTableHarness()
         let (stream, _) = try harness.open(3)
@@ -436,6 +453,7 @@ private final class EventRecorder: ChannelInboundHandler {
     typealias InboundIn = ByteBuffer
     var received: [String] = []
     var readCompletes = 0
+    var readCompletesBeforeError: Int?
     var inputClosedEvents = 0
     var errors: [Error] = []
     var writabilityChanges = 0
@@ -458,6 +476,7 @@ private final class EventRecorder: ChannelInboundHandler {
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         errors.append(error)
+        readCompletesBeforeError = readCompletes
     }
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {

@@ -436,6 +436,10 @@ package final class TunnelStreamChannel: Channel, ChannelCore, @unchecked Sendab
 
     private func closed(error: Error?) {
         guard active else { return }
+        // Bytes handed over before a reset still reach the reader's partner:
+        // its read-complete is what flushes them (a workload answering with a
+        // response and an immediate close arrives as DATA, then RST_STREAM).
+        completeRead()
         active = false
         pendingReads.removeAll()
         endPending = false
