@@ -62,45 +62,52 @@ struct HTTPRequestFraming {
                 state = remaining == skipped ? .chunkEnd : .chunkData(remaining: remaining - skipped)
             case .requestLine, .fields, .chunkSize, .chunkEnd, .trailers:
                 guard let newline = bytes[index...].firstIndex(of: UInt8(ascii: "\n")) else {
-                    append(bytes[index...])
+                    if admit(bytes.endIndex - index) { line.append(contentsOf: bytes[index...]) }
                     return
                 }
-                append(bytes[index..<newline])
+                guard admit(newline - index) else { return }
+                var head: Head?
+                if line.isEmpty {
+                    // The whole line is in this read: read it where it is.
+                    head = lineEnded(UnsafeRawBufferPointer(rebasing: bytes[index..<newline]).droppingCarriageReturn)
+                } else {
+                    line.append(contentsOf: bytes[index..<newline])
+                    let complete = line
+                    line.removeAll(keepingCapacity: true)
+                    head = complete.withUnsafeBytes { lineEnded($0.droppingCarriageReturn) }
+                }
                 index = newline + 1
-                guard !isStopped else { return }
-                if line.last == UInt8(ascii: "\r") { line.removeLast() }
-                let complete = line
-                line.removeAll(keepingCapacity: true)
-                if let head = lineEnded(complete) { found(head) }
+                if let head { found(head) }
             }
         }
     }
 
-    /// Adds to the line being read, within limits: a head (request line,
-    /// fields, trailers) of at most `maximumHeadBytes`, a chunk-size line of
-    /// at most `maximumChunkLine`. Past them it is not HTTP worth watching.
-    private mutating func append(_ bytes: Slice<UnsafeRawBufferPointer>) {
+    /// Whether `count` more bytes fit the line being read: a head (request
+    /// line, fields, trailers) has at most `maximumHeadBytes`, a chunk-size
+    /// line at most `maximumChunkLine`. Past them it is not HTTP worth
+    /// watching, and watching stops.
+    private mutating func admit(_ count: Int) -> Bool {
         switch state {
         case .chunkSize, .chunkEnd:
-            guard line.count + bytes.count <= Self.maximumChunkLine else {
+            guard line.count + count <= Self.maximumChunkLine else {
                 state = .stopped
-                return
+                return false
             }
         default:
-            headBytes += bytes.count
+            headBytes += count
             guard headBytes <= maximumHeadBytes else {
                 state = .stopped
-                return
+                return false
             }
         }
-        line.append(contentsOf: bytes)
+        return true
     }
 
     static let maximumChunkLine = 1024
 
     /// One line of the stream, without its line ending; a head when it was
     /// the end of one.
-    private mutating func lineEnded(_ line: [UInt8]) -> Head? {
+    private mutating func lineEnded(_ line: UnsafeRawBufferPointer) -> Head? {
         switch state {
         case .requestLine:
             // Blank lines before a request line are allowed (RFC 9112 2.2).
@@ -159,41 +166,42 @@ struct HTTPRequestFraming {
 
     /// Reads a header field for the framing; false when it cannot be a field
     /// or makes the framing ambiguous (then watching stops).
-    private mutating func field(_ line: [UInt8]) -> Bool {
+    private mutating func field(_ line: UnsafeRawBufferPointer) -> Bool {
         guard let colon = line.firstIndex(of: UInt8(ascii: ":")), colon > 0 else { return false }
-        let name = String(decoding: line[..<colon], as: UTF8.self).lowercased()
-        let value = String(decoding: line[(colon + 1)...], as: UTF8.self).trimmingSpaces
-        switch name {
-        case "content-length":
-            guard let length = Int(value), length >= 0, contentLength == nil || contentLength == length else { return false }
+        let name = UnsafeRawBufferPointer(rebasing: line[..<colon])
+        let value = UnsafeRawBufferPointer(rebasing: line[(colon + 1)...]).trimmingSpaces
+        if name.equalsIgnoringCase("content-length") {
+            guard let length = value.decimal, contentLength == nil || contentLength == length else { return false }
             contentLength = length
-        case "transfer-encoding":
-            chunked = value.lowercased().split(separator: ",").last.map { $0.trimmingSpaces == "chunked" } ?? false
+        } else if name.equalsIgnoringCase("transfer-encoding") {
+            let codings = String(decoding: value, as: UTF8.self).lowercased()
+            chunked = codings.split(separator: ",").last.map { $0.filter { $0 != " " && $0 != "\t" } == "chunked" } ?? false
             if !chunked { return false }
-        case "upgrade":
+        } else if name.equalsIgnoringCase("upgrade") {
             switchesProtocol = true
-        default:
-            break
         }
         return true
     }
 
     /// `METHOD SP target SP HTTP/1.x`, with a method of token characters.
-    static func requestLine(_ line: [UInt8]) -> Head? {
-        let parts = line.split(separator: UInt8(ascii: " "), omittingEmptySubsequences: false)
-        guard parts.count == 3, !parts[0].isEmpty, !parts[1].isEmpty,
-            parts[2].elementsEqual("HTTP/1.1".utf8) || parts[2].elementsEqual("HTTP/1.0".utf8),
-            parts[0].allSatisfy(isTokenCharacter)
+    static func requestLine(_ line: UnsafeRawBufferPointer) -> Head? {
+        guard let firstSpace = line.firstIndex(of: UInt8(ascii: " ")),
+            let lastSpace = line.lastIndex(of: UInt8(ascii: " ")), lastSpace > firstSpace + 1, firstSpace > 0
         else { return nil }
-        return Head(method: String(decoding: parts[0], as: UTF8.self), target: String(decoding: parts[1], as: UTF8.self))
+        let method = line[..<firstSpace]
+        let target = line[(firstSpace + 1)..<lastSpace]
+        let version = line[(lastSpace + 1)...]
+        guard version.elementsEqual("HTTP/1.1".utf8) || version.elementsEqual("HTTP/1.0".utf8),
+            method.allSatisfy(isTokenCharacter), !target.contains(UInt8(ascii: " "))
+        else { return nil }
+        return Head(method: String(decoding: method, as: UTF8.self), target: String(decoding: target, as: UTF8.self))
     }
 
     /// A chunk-size line: hexadecimal digits, maybe extensions after `;`.
-    static func chunkSize(_ line: [UInt8]) -> Int? {
-        let digits = line.prefix { $0 != UInt8(ascii: ";") }
-        let text = String(decoding: digits, as: UTF8.self).trimmingSpaces
-        guard !text.isEmpty, text.count <= 15 else { return nil }
-        return Int(text, radix: 16)
+    static func chunkSize(_ line: UnsafeRawBufferPointer) -> Int? {
+        let digits = UnsafeRawBufferPointer(rebasing: line[..<(line.firstIndex(of: UInt8(ascii: ";")) ?? line.endIndex)]).trimmingSpaces
+        guard !digits.isEmpty, digits.count <= 15 else { return nil }
+        return Int(String(decoding: digits, as: UTF8.self), radix: 16)
     }
 
     private static func isTokenCharacter(_ byte: UInt8) -> Bool {
@@ -201,14 +209,44 @@ struct HTTPRequestFraming {
         case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
             return true
         default:
-            return Array("!#$%&'*+-.^_`|~".utf8).contains(byte)
+            return tokenPunctuation.contains(byte)
         }
     }
+
+    private static let tokenPunctuation: Set<UInt8> = Set("!#$%&'*+-.^_`|~".utf8)
 }
 
-extension StringProtocol {
-    fileprivate var trimmingSpaces: String {
-        String(drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
+extension UnsafeRawBufferPointer {
+    fileprivate var droppingCarriageReturn: UnsafeRawBufferPointer {
+        last == UInt8(ascii: "\r") ? UnsafeRawBufferPointer(rebasing: self[..<(endIndex - 1)]) : self
+    }
+
+    fileprivate var trimmingSpaces: UnsafeRawBufferPointer {
+        let isSpace = { (byte: UInt8) in byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
+        guard let first = firstIndex(where: { !isSpace($0) }), let last = lastIndex(where: { !isSpace($0) }) else {
+            return UnsafeRawBufferPointer(rebasing: self[startIndex..<startIndex])
+        }
+        return UnsafeRawBufferPointer(rebasing: self[first...last])
+    }
+
+    /// Whether these bytes are `lowercase` in any case (ASCII).
+    fileprivate func equalsIgnoringCase(_ lowercase: StaticString) -> Bool {
+        guard count == lowercase.utf8CodeUnitCount else { return false }
+        let expected = UnsafeRawBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
+        return zip(self, expected).allSatisfy { byte, lower in
+            byte == lower || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") && byte | 0x20 == lower)
+        }
+    }
+
+    /// A non-negative decimal number of at most 18 digits (a length).
+    fileprivate var decimal: Int? {
+        guard !isEmpty, count <= 18 else { return nil }
+        var value = 0
+        for byte in self {
+            guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
+            value = value * 10 + Int(byte - UInt8(ascii: "0"))
+        }
+        return value
     }
 }
 
