@@ -26,7 +26,7 @@ extension EdgeObservation {
             auditRule: entry.auditRule)
         // When it ended: a connection open for days is seen in today's window.
         self.init(
-            key: key, kind: entry.method == nil ? .connection : .request, bytesSent: entry.bytesSent, bytesReceived: entry.bytesReceived,
+            key: key, kind: entry.isRequest ? .request : .connection, bytesSent: entry.bytesSent, bytesReceived: entry.bytesReceived,
             time: entry.time + max(0, entry.durationMilliseconds) / 1000)
     }
 }
@@ -176,7 +176,9 @@ final class GraphRecorder: @unchecked Sendable {
         do {
             let opened = try EdgeStore(path: path)
             store = opened
-            logger.info("recording the service graph in \(path)")
+            // Not again when the file is reopened after each failed write:
+            // the failure was logged once, and recovery says so itself.
+            if lastError == nil { logger.info("recording the service graph in \(path)") }
             return opened
         } catch {
             failed(error)

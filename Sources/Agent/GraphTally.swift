@@ -52,20 +52,23 @@ final class GraphTally: Sendable {
     }
 
     /// Everything counted since the last call. Waits for each loop to hand
-    /// its counts over; a loop that has stopped, or does not answer within
-    /// `loopAnswerTimeout`, keeps what it held. Called on an event loop, it
+    /// its counts over; a loop that has stopped keeps what it held, and one
+    /// that does not answer within `loopAnswerTimeout` hands it over with
+    /// the next call. Called on an event loop, it
     /// takes only that loop's counts and the off-loop ones (waiting there for
     /// another loop could deadlock): the rest come next time.
     func take() -> EdgeAggregate {
-        var total = offLoop.withLockedValue { aggregate in
+        // Each part is bounded already; their sum keeps every edge they hold.
+        var total = EdgeAggregate(limit: .max)
+        total.merge(offLoop.withLockedValue { aggregate in
             defer { aggregate = EdgeAggregate(limit: limit) }
             return aggregate
-        }
+        })
         let current = MultiThreadedEventLoopGroup.currentEventLoop.map { ObjectIdentifier($0) }
         for (id, loop) in perLoop {
             if id == current {
                 total.merge(loop.take())
-            } else if current == nil, !loopsStopped.load(ordering: .relaxed), let taken = Self.ask(loop) {
+            } else if current == nil, !loopsStopped.load(ordering: .relaxed), let taken = ask(loop) {
                 total.merge(taken)
             }
         }
@@ -80,14 +83,33 @@ final class GraphTally: Sendable {
 
     static let loopAnswerTimeout = DispatchTimeInterval.seconds(5)
 
-    private static func ask(_ loop: LoopCounts) -> EdgeAggregate? {
+    /// A loop's counts, or nil when it does not answer in time; a late
+    /// answer goes to the off-loop counts, so nothing is lost.
+    private func ask(_ loop: LoopCounts) -> EdgeAggregate? {
+        enum Answer {
+            case waiting
+            case given(EdgeAggregate)
+            case tooLate
+        }
         let answered = DispatchSemaphore(value: 0)
-        let answer = NIOLockedValueBox<EdgeAggregate?>(nil)
-        loop.loop.execute {
-            answer.withLockedValue { $0 = loop.take() }
+        let answer = NIOLockedValueBox(Answer.waiting)
+        loop.loop.execute { [offLoop] in
+            let taken = loop.take()
+            let late = answer.withLockedValue { answer -> Bool in
+                if case .tooLate = answer { return true }
+                answer = .given(taken)
+                return false
+            }
+            if late { offLoop.withLockedValue { $0.merge(taken) } }
             answered.signal()
         }
-        guard answered.wait(timeout: .now() + loopAnswerTimeout) == .success else { return nil }
-        return answer.withLockedValue { $0 }
+        _ = answered.wait(timeout: .now() + Self.loopAnswerTimeout)
+        return answer.withLockedValue { answer in
+            guard case .given(let taken) = answer else {
+                answer = .tooLate
+                return nil
+            }
+            return taken
+        }
     }
 }

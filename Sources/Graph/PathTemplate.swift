@@ -5,22 +5,33 @@
 /// would let a suggested policy allow paths nobody used.
 public enum PathTemplate {
     public static let variable = "{id}"
-    /// Segments kept; a longer path ends in `/{…}` so one client cannot make
-    /// the key of an edge arbitrarily long.
+    /// What stands for the rest of a path cut short, or for a segment that
+    /// cannot be kept (too long, or holding `*`, which policy reads as a
+    /// wildcard).
+    public static let elided = "{…}"
+    /// Segments kept, and bytes of template; a longer path ends in `/{…}` so
+    /// one client cannot make the key of an edge (in memory and on disk)
+    /// arbitrarily long.
     public static let maximumSegments = 32
     public static let maximumSegmentLength = 128
+    public static let maximumLength = 256
 
     public static func generalize(_ path: String) -> String {
         // The query and fragment are not part of what policy matches.
         let pathOnly = path.prefix { $0 != "?" && $0 != "#" }
         let segments = pathOnly.split(separator: "/", omittingEmptySubsequences: false)
         var out: [Substring] = []
+        var length = 0
         for (index, segment) in segments.enumerated() {
-            if index == maximumSegments {
-                out.append("{…}")
+            let kept: Substring =
+                isVariable(segment) ? Substring(variable)
+                : segment.utf8.count > maximumSegmentLength || segment.contains("*") ? Substring(elided) : segment
+            length += kept.utf8.count + 1
+            if index == maximumSegments || length > maximumLength {
+                out.append(Substring(elided))
                 break
             }
-            out.append(isVariable(segment) ? Substring(variable) : segment.count > maximumSegmentLength ? "{…}" : segment)
+            out.append(kept)
         }
         let joined = out.joined(separator: "/")
         return joined.isEmpty ? "/" : joined
@@ -63,16 +74,35 @@ public enum PathTemplate {
 /// - `siblingThreshold` or more exact paths under one parent other than `/`
 ///   become `PARENT/*` (static assets, many named reports): the observations
 ///   show the parent is a collection;
-/// - nothing is ever generalized to `/*`: `/admin` beside `/api/*` stays `/admin`.
+/// - nothing is ever generalized to `/*`: `/admin` beside `/api/*` stays
+///   `/admin`. A template whose first segment varies (`/{id}`), or that is no
+///   origin-form path at all (`OPTIONS *`), cannot be allowed without allowing
+///   every path: it is left out and named in `unexpressed`.
 public enum PolicyPaths {
     public static let siblingThreshold = 8
 
-    public static func paths(for templates: some Sequence<String>) -> [String] {
+    public struct Allowed: Equatable, Sendable {
+        public var paths: [String]
+        /// Observed templates no path rule allows (see above).
+        public var unexpressed: [String]
+    }
+
+    public static func paths(for templates: some Sequence<String>) -> Allowed {
         var prefixes = Set<String>()
         var exact = Set<String>()
+        var unexpressed = Set<String>()
         for template in templates {
             let segments = template.split(separator: "/", omittingEmptySubsequences: false)
-            if let first = segments.firstIndex(where: { $0 == PathTemplate.variable || $0 == "{…}" }) {
+            guard template.hasPrefix("/") else {
+                unexpressed.insert(template)
+                continue
+            }
+            if let first = segments.firstIndex(where: { $0 == PathTemplate.variable || $0 == PathTemplate.elided }) {
+                // Index 0 is the empty segment before the leading slash.
+                guard first > 1 else {
+                    unexpressed.insert(template)
+                    continue
+                }
                 prefixes.insert(segments[..<first].joined(separator: "/") + "/*")
             } else {
                 exact.insert(template)
@@ -92,6 +122,6 @@ public enum PolicyPaths {
         prefixes = prefixes.filter { prefix in
             !prefixes.contains { other in other != prefix && prefix.hasPrefix(String(other.dropLast())) }
         }
-        return (exact.sorted() + prefixes.sorted())
+        return Allowed(paths: exact.sorted() + prefixes.sorted(), unexpressed: unexpressed.sorted())
     }
 }

@@ -37,7 +37,8 @@ public struct PolicySuggestion: Sendable, Equatable {
             }
             let seen = byWorkload[workload] ?? []
             let allowed = seen.filter { $0.key.decision == "allow" }
-            let rules = Self.rules(allowed)
+            var unexpressed: [String] = []
+            let rules = Self.rules(allowed, unexpressed: &unexpressed)
             guard !rules.isEmpty else {
                 skipped.append((workload, "nothing was allowed to it in the window; an ALLOW policy would refuse every caller"))
                 continue
@@ -50,7 +51,7 @@ public struct PolicySuggestion: Sendable, Equatable {
             var text = """
                 # What \(workload) was observed to allow: \(connections) connection(s), \(requests) request(s),
                 # \(GraphTime.format(first)) to \(GraphTime.format(last)). Dry-run: the access log shows
-                # what it would deny (audit: deny); remove the annotation to enforce it.
+                # what it would deny (audit: deny); remove the annotation to enforce it.\(Self.unexpressedNote(unexpressed))
                 apiVersion: security.istio.io/v1
                 kind: AuthorizationPolicy
                 metadata:
@@ -63,9 +64,16 @@ public struct PolicySuggestion: Sendable, Equatable {
             text += Self.selector(selector)
             text += "  action: ALLOW\n  rules:\n"
             for rule in rules { text += rule }
-            files.append(File(name: "\(stem).yaml", text: text))
-            if !seen.contains(where: \.key.isPlaintextPeer) {
-                files.append(File(name: "\(stem)-strict.yaml", text: Self.strict(name: parts[1], namespace: parts[0], selector: selector)))
+            // `shop-api/orders` and `shop/api-orders` (or a workload named
+            // `orders-strict`) would share a name: the later one takes the
+            // form with `_`, which no namespace or name holds.
+            let strictWanted = !seen.contains(where: \.key.isPlaintextPeer)
+            let taken = Set(files.map(\.name))
+            let clear = !taken.contains("\(stem).yaml") && !(strictWanted && taken.contains("\(stem)-strict.yaml"))
+            let (policyName, strictName) = clear ? ("\(stem).yaml", "\(stem)-strict.yaml") : ("\(parts[0])_\(parts[1]).yaml", "\(parts[0])_\(parts[1])_strict.yaml")
+            files.append(File(name: policyName, text: text))
+            if strictWanted {
+                files.append(File(name: strictName, text: Self.strict(name: parts[1], namespace: parts[0], selector: selector)))
             }
         }
     }
@@ -78,7 +86,7 @@ public struct PolicySuggestion: Sendable, Equatable {
 
     /// One rule per group of callers allowed the same operations: the rules
     /// read as "these callers may do this".
-    private static func rules(_ edges: [Edge]) -> [String] {
+    private static func rules(_ edges: [Edge], unexpressed: inout [String]) -> [String] {
         var byCaller: [Caller: [Edge]] = [:]
         for edge in edges {
             if let identity = edge.key.sourceIdentity {
@@ -90,7 +98,11 @@ public struct PolicySuggestion: Sendable, Equatable {
         }
         var callersByOperations: [[String]: [Caller]] = [:]
         for (caller, edges) in byCaller {
-            callersByOperations[operations(edges), default: []].append(caller)
+            let allowed = operations(edges, unexpressed: &unexpressed)
+            // A rule with no operation would allow every operation: a caller
+            // whose every request is unexpressed gets no rule.
+            guard !allowed.isEmpty else { continue }
+            callersByOperations[allowed, default: []].append(caller)
         }
         return callersByOperations.map { operations, callers in
             (callers.sorted(), operations)
@@ -117,7 +129,7 @@ public struct PolicySuggestion: Sendable, Equatable {
     /// prefixes of its HTTP requests (grouped so that each path is allowed
     /// exactly the methods seen on it), or the port alone where no request
     /// was seen.
-    private static func operations(_ edges: [Edge]) -> [String] {
+    private static func operations(_ edges: [Edge], unexpressed: inout [String]) -> [String] {
         var operations: [String] = []
         let byPort = Dictionary(grouping: edges, by: \.key.destinationPort)
         for port in byPort.keys.sorted() {
@@ -128,10 +140,15 @@ public struct PolicySuggestion: Sendable, Equatable {
             }
             var methodsByPath: [String: Set<String>] = [:]
             for (method, edges) in Dictionary(grouping: requests, by: { $0.key.method ?? "" }) {
-                for path in PolicyPaths.paths(for: Set(edges.compactMap(\.key.pathTemplate))) {
+                let allowed = PolicyPaths.paths(for: Set(edges.compactMap(\.key.pathTemplate)))
+                for path in allowed.paths {
                     methodsByPath[path, default: []].insert(method)
                 }
+                for template in allowed.unexpressed where !unexpressed.contains("\(method) \(template) on port \(port)") {
+                    unexpressed.append("\(method) \(template) on port \(port)")
+                }
             }
+            guard !methodsByPath.isEmpty else { continue }
             var pathsByMethods: [[String]: [String]] = [:]
             for (path, methods) in methodsByPath {
                 pathsByMethods[methods.sorted(), default: []].append(path)
@@ -144,6 +161,21 @@ public struct PolicySuggestion: Sendable, Equatable {
             }
         }
         return operations
+    }
+
+    /// Header lines naming the requests the policy does not allow although
+    /// they were seen: allowing them would mean allowing every path.
+    private static func unexpressedNote(_ unexpressed: [String]) -> String {
+        guard !unexpressed.isEmpty else { return "" }
+        return "\n# Seen but NOT allowed here: a path whose first segment varies, or no path at all, cannot be\n"
+            + "# allowed without allowing every path; write a rule by hand if these are needed:\n"
+            + unexpressed.sorted().map { "#   \(commentSafe($0))" }.joined(separator: "\n")
+    }
+
+    /// Text for a `#` comment: control characters (a newline would end the
+    /// comment and start YAML) become `?`.
+    static func commentSafe(_ text: String) -> String {
+        String(String.UnicodeScalarView(text.unicodeScalars.map { $0.properties.generalCategory == .control ? "?" : $0 }))
     }
 
     private static func strict(name: String, namespace: String, selector: [String: String]) -> String {
@@ -170,7 +202,7 @@ public struct PolicySuggestion: Sendable, Equatable {
         method: String? = nil, path: String? = nil
     ) -> String {
         var text = """
-            # Time-bound grant: \(principal) may reach the workload until \(expires).
+            # Time-bound grant: \(commentSafe(principal)) may reach the workload until \(commentSafe(expires)).
             apiVersion: security.istio.io/v1
             kind: AuthorizationPolicy
             metadata:

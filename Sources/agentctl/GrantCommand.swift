@@ -4,6 +4,7 @@ import Config
 import Foundation
 import Graph
 import Policy
+import TLS
 
 extension PolicyCommand {
     struct Grant: ParsableCommand {
@@ -44,7 +45,11 @@ extension PolicyCommand {
             guard let window = parseWindow(duration), window > .zero else {
                 throw ValidationError("--for \"\(duration)\" is not a duration; write it like 4h, 30m or 1d")
             }
-            guard from.hasPrefix("spiffe://") else { throw ValidationError("--from must be a SPIFFE ID, spiffe://TD/ns/NS/sa/SA") }
+            do {
+                _ = try SpiffeID(from)
+            } catch {
+                throw ValidationError("--from must be a SPIFFE ID, spiffe://TD/ns/NS/sa/SA: \(error)")
+            }
         }
 
         func run() throws {

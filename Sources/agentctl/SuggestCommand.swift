@@ -12,7 +12,9 @@ extension PolicyCommand {
                 ports, and for HTTP the methods and paths that were allowed in the window, as an ALLOW policy with \
                 istio.io/dry-run: "true". Paths are widened only at variable segments (/orders/{id} -> /orders/*) or \
                 where eight or more siblings share a parent other than / (docs/journey.md). Merge the graphs of \
-                several nodes first (agentctl graph merge) and pass the result with --graph for the whole cluster.
+                several nodes first (agentctl graph merge) and pass the result with --graph for the whole cluster, \
+                with the other nodes' workloads (agentctl workloads -o json on each) as --workloads FILE: a policy \
+                selects its workload by labels, which only the workload's own node knows.
                 """
         )
 
@@ -30,6 +32,9 @@ extension PolicyCommand {
 
         @Option(help: "A graph file (agentctl graph -o json, or graph merge) instead of the running agent's graph.")
         var graph: String?
+
+        @Option(help: "Workloads of other nodes, for their labels (agentctl workloads -o json there); repeat for each node.")
+        var workloads: [String] = []
 
         @Option(help: "Write one file per workload into this directory instead of printing them.")
         var out: String?
@@ -53,16 +58,27 @@ extension PolicyCommand {
                     && (namespace.map { edge.key.destinationNamespace == $0 } ?? true)
                     && (workload.map { destination == $0 || destination.hasSuffix("/\($0)") } ?? true)
             }
-            // Selectors are the workloads' labels, as the agent knows them.
-            let workloads: [AdminViews.WorkloadView]
+            // Selectors are the workloads' labels, as their nodes' agents know them.
+            var known: [AdminViews.WorkloadView] = []
+            for file in workloads {
+                do {
+                    known += try JSONDecoder().decode([AdminViews.WorkloadView].self, from: try Data(contentsOf: URL(fileURLWithPath: file)))
+                } catch {
+                    printError("--workloads \(file): not the output of agentctl workloads -o json: \(error)")
+                    throw ExitCode.failure
+                }
+            }
             do {
-                workloads = try JSONDecoder().decode(
+                known += try JSONDecoder().decode(
                     [AdminViews.WorkloadView].self, from: try AgentConnection.client(socket: socket).get("/v1/workloads"))
             } catch {
-                printError("\(error) (the workloads' labels come from the running agent)")
-                throw ExitCode.failure
+                // With every node's workloads in files, the local agent is not needed.
+                if workloads.isEmpty || graph == nil {
+                    printError("\(error) (the workloads' labels come from the running agent)")
+                    throw ExitCode.failure
+                }
             }
-            let labels = Dictionary(workloads.map { ("\($0.namespace)/\($0.name)", $0.labels) }, uniquingKeysWith: { first, _ in first })
+            let labels = Dictionary(known.map { ("\($0.namespace)/\($0.name)", $0.labels) }, uniquingKeysWith: { first, _ in first })
             let suggestion = PolicySuggestion(edges: edges, labels: labels)
             for (workload, reason) in suggestion.skipped {
                 printError("no policy for \(workload): \(reason)")

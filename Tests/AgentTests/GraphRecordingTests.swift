@@ -33,6 +33,13 @@ import Testing
             decision: "allow"))
     }
 
+    @Test func aRequestRefusedBeforeItsMethodWasKnownIsStillARequest() throws {
+        var entry = try Self.connection(action: .deny)
+        entry.protocol = "http"
+        entry.isRequest = true
+        #expect(try #require(EdgeObservation(entry)).kind == .request)
+    }
+
     @Test func aPlaintextCallerIsNamedByItsAddressWithoutThePort() throws {
         var entry = try Self.connection()
         entry.sourceIdentity = nil
@@ -45,6 +52,7 @@ import Testing
     @Test func aRequestCarriesItsMethodPathTemplateAndDecidingRule() throws {
         var entry = try Self.connection(action: .deny)
         entry.protocol = "http"
+        entry.isRequest = true
         entry.method = "GET"
         entry.path = "/orders/12345"
         entry.policy = "shop/orders-allow"

@@ -21,6 +21,10 @@ import Testing
         ("/v2/users/me", "/v2/users/me"),
         ("/static/app.4f3a.js", "/static/app.4f3a.js"),
         ("/date/2024-01-31", "/date/2024-01-31"),
+        // `*` is a wildcard to policy: never kept in a template.
+        ("/a*b", "/{…}"),
+        ("/api/x*/items", "/api/{…}/items"),
+        ("*", "{…}"),
     ]
 
     @Test(arguments: templates)
@@ -34,6 +38,8 @@ import Testing
         #expect(template.hasSuffix("/{…}"))
         #expect(template.split(separator: "/").count == PathTemplate.maximumSegments)
         #expect(PathTemplate.generalize("/" + String(repeating: "x", count: 500)) == "/{…}")
+        let words = PathTemplate.generalize(String(repeating: "/abcdefghijklmnopqrst", count: 20))
+        #expect(words.hasSuffix("/{…}") && words.utf8.count <= PathTemplate.maximumLength + PathTemplate.elided.utf8.count)
     }
 
     static let suggestions: [(observed: [String], allowed: [String])] = [
@@ -51,10 +57,17 @@ import Testing
         (["a", "b", "c", "d", "e", "f", "g", "h"].map { "/static/\($0).js" }, ["/static/*"]),
         // An exact path inside an allowed prefix is not written twice.
         (["/orders/{id}", "/orders/summary"], ["/orders/*"]),
+        // Only every path would allow these: left out (see below).
+        (["/{id}", "/admin"], ["/admin"]),
+        (["/{…}/x", "{…}"], []),
     ]
 
     @Test(arguments: suggestions)
     func policyPathsWidenOnlyWhereObservationsSayTo(_ example: (observed: [String], allowed: [String])) {
-        #expect(PolicyPaths.paths(for: example.observed) == example.allowed)
+        #expect(PolicyPaths.paths(for: example.observed).paths == example.allowed)
+    }
+
+    @Test func whatOnlyEveryPathWouldAllowIsNamed() {
+        #expect(PolicyPaths.paths(for: ["/{id}", "/{id}/items", "{…}", "/admin", "/api/{id}"]).unexpressed == ["/{id}", "/{id}/items", "{…}"])
     }
 }

@@ -124,6 +124,41 @@ import Testing
         #expect(!orders.contains("\"/*\""), "never everything")
     }
 
+    /// A first segment that varies (`/12345`) or no path at all (`OPTIONS *`)
+    /// could only be allowed with `/*` or `*`, every path: left out and named.
+    @Test func whatOnlyEveryPathWouldAllowIsLeftOutAndNamed() throws {
+        let edges = [
+            Self.edge(Self.checkout, method: "GET", path: "/{id}"),
+            Self.edge(Self.checkout, method: "GET", path: "/admin"),
+            Self.edge(Self.checkout, method: "OPTIONS", path: PathTemplate.generalize("*")),
+            Self.edge(Self.cart, method: "GET", path: "/{id}/items"),
+        ]
+        let suggestion = PolicySuggestion(edges: edges, labels: Self.labels)
+        let orders = try #require(suggestion.files.first { $0.name == "shop-orders.yaml" }).text
+        #expect(orders.contains(#"methods: ["GET"]"# + "\n" + #"        paths: ["/admin"]"#))
+        #expect(!orders.contains("\"/*\"") && !orders.contains("\"*\""), "never every path")
+        #expect(orders.contains("#   GET /{id} on port 8080\n#   GET /{id}/items on port 8080\n#   OPTIONS {…} on port 8080\n"))
+        // Cart's only request is unexpressed: it gets no rule, not a rule with no operation.
+        #expect(!orders.contains("sa/cart"))
+        let file = try Self.enforced(suggestion)
+        #expect(try Self.decide(file, workload: "shop/orders", source: Self.cart, port: 8080, method: "GET", path: "/4711/items") == .deny)
+        #expect(try Self.decide(file, workload: "shop/orders", source: Self.checkout, port: 8080, method: "GET", path: "/admin") == .allow)
+    }
+
+    @Test func workloadsWhoseFileNamesWouldCollideGetDistinctFiles() {
+        let labels = ["shop-api/orders": ["app": "a"], "shop/api-orders": ["app": "b"], "shop/api-orders-strict": ["app": "c"]]
+        let edges = labels.keys.map { Self.edge(Self.checkout, to: $0) }
+        let names = PolicySuggestion(edges: edges, labels: labels).files.map(\.name)
+        #expect(Set(names).count == names.count, "\(names)")
+        #expect(names.count == 6)
+    }
+
+    @Test func aGrantsCommentCannotCarryYAML() throws {
+        let text = PolicySuggestion.grant(
+            name: "g", namespace: "shop", labels: ["app": "orders"], principal: "x\n---\nkind: AuthorizationPolicy", expires: "2030-01-01T00:00:00Z")
+        #expect(text.hasPrefix("# Time-bound grant: x?---?kind: AuthorizationPolicy may reach"))
+    }
+
     @Test func workloadsWithoutLabelsOrWithNothingAllowedAreSkippedWithTheReason() {
         let suggestion = PolicySuggestion(
             edges: [Self.edge(Self.checkout, to: "shop/unlabelled"), Self.edge(Self.checkout, decision: "deny")], labels: Self.labels)

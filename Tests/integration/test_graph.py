@@ -185,6 +185,22 @@ def test_merging_graphs_adds_the_same_edges(mesh, tmp_path):
     assert refused.returncode == 1 and f"{bad}: not a graph document" in refused.stderr, refused.stderr
 
 
+def test_suggest_for_the_cluster_takes_other_nodes_labels_from_their_workloads(mesh, tmp_path):
+    graph = tmp_path / "cluster.json"
+    graph.write_text(agentctl("graph", "merge", "-o", "json", write_json(tmp_path / "b.json", mesh.b.ctl("graph", "-o", "json").stdout)).stdout)
+    # Node a runs neither orders nor ledger: without node b's workloads it can write nothing.
+    alone = mesh.a.ctl("policy", "suggest", "--graph", graph, check=False)
+    assert alone.returncode == 1 and "no policy for shop/orders" in alone.stderr, alone.stderr
+    workloads = write_json(tmp_path / "b-workloads.json", mesh.b.ctl("workloads", "-o", "json").stdout)
+    cluster = mesh.a.ctl("policy", "suggest", "--graph", graph, "--workloads", workloads).stdout
+    assert cluster == mesh.b.ctl("policy", "suggest").stdout, "node b's labels, whichever node suggests"
+
+
+def write_json(path, text):
+    path.write_text(text)
+    return path
+
+
 def policies_in_force(agent):
     view = json.loads(agent.ctl("policies", "-o", "json").stdout)
     return view["generation"], {p["name"] for p in view["policies"]}
@@ -301,6 +317,9 @@ def test_after_the_baseline_a_never_seen_edge_is_one_event_and_one_count(mesh):
 def test_a_grant_lets_a_caller_in_until_it_expires_and_then_closes_its_connection(mesh):
     assert not mesh.echo("frontend"), "frontend may not reach ledger without a grant"
     generation, _ = policies_in_force(mesh.b)
+    smuggled = mesh.b.ctl("policy", "grant", "--from", spiffe("frontend", "web") + "\n---\nkind: AuthorizationPolicy", "--to", "ledger",
+                          "--for", "1h", check=False)
+    assert smuggled.returncode != 0 and "--from must be a SPIFFE ID" in smuggled.stderr, smuggled.stderr
     granted = mesh.b.ctl("policy", "grant", "--from", spiffe("frontend", "web"), "--to", "ledger", "--port", str(LEDGER), "--for", "8s").stdout
     assert "mesh-agent.io/expires:" in granted and f"# written to {mesh.policies_b}/" in granted, granted
     name = re.search(r"^  name: (\S+)$", granted, re.M).group(1)
