@@ -26,7 +26,7 @@ extension EdgeObservation {
             auditRule: entry.auditRule)
         // When it ended: a connection open for days is seen in today's window.
         self.init(
-            key: key, kind: entry.isRequest ? .request : .connection, bytesSent: entry.bytesSent, bytesReceived: entry.bytesReceived,
+            key: key, kind: entry.isRequest ? .request : entry.isOpening ? .opening : .connection, bytesSent: entry.bytesSent, bytesReceived: entry.bytesReceived,
             time: entry.time + max(0, entry.durationMilliseconds) / 1000)
     }
 }

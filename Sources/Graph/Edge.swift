@@ -116,9 +116,10 @@ extension UInt64 {
     }
 }
 
-/// One finished connection or one inspected request, as the graph counts it.
+/// One finished connection or one inspected request, as the graph counts it;
+/// or a connection just opened, which makes its edge known and counts nothing.
 public struct EdgeObservation: Sendable {
-    public enum Kind: Sendable { case connection, request }
+    public enum Kind: Sendable { case connection, request, opening }
 
     public var key: EdgeKey
     public var kind: Kind

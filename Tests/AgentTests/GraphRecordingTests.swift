@@ -33,6 +33,22 @@ import Testing
             decision: "allow"))
     }
 
+    /// A connection is an edge from the moment it is admitted (a new edge is
+    /// reported while it lasts), and counted once, when it ends.
+    @Test func anOpeningConnectionMakesItsEdgeKnownAndCountsNothingUntilItEnds() throws {
+        var opening = try Self.connection()
+        opening.isOpening = true
+        opening.durationMilliseconds = 0
+        let opened = try #require(EdgeObservation(opening))
+        #expect(opened.kind == .opening && opened.time == opening.time)
+        var aggregate = EdgeAggregate()
+        aggregate.add(opened)
+        #expect(aggregate.edges.map(\.counts.connections) == [0])
+        aggregate.add(try #require(EdgeObservation(try Self.connection())))
+        let edge = try #require(aggregate.edges.first)
+        #expect(edge.counts.connections == 1 && edge.counts.firstSeen == opening.time && edge.counts.lastSeen == 1002.5)
+    }
+
     @Test func aRequestRefusedBeforeItsMethodWasKnownIsStillARequest() throws {
         var entry = try Self.connection(action: .deny)
         entry.protocol = "http"

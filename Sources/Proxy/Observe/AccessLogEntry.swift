@@ -46,6 +46,10 @@ public struct AccessLogEntry: Sendable, Equatable {
     /// The line is for one HTTP request on an inspected connection, not for
     /// a connection (whose `protocol` is "http" too). Not written.
     public var isRequest = false
+    /// The entry of a connection just admitted, before its end: the graph
+    /// sees the edge at once (a new edge is reported while the connection
+    /// lasts), counting nothing yet. Never written.
+    public var isOpening = false
 
     public init(time: Double, direction: Direction, tls: TLSMode, action: Action, reason: String) {
         self.time = time

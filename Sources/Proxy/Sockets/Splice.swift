@@ -237,6 +237,9 @@ func completeProxy(
 ) throws {
     try carrier.installClient(on: client)
     tracker.describe(client, as: entry, received: carrier.received, sent: carrier.sent, policyCheck: policyCheck)
+    var opening = entry
+    opening.isOpening = true
+    accessLog.observe(opening)
     let metricCounters = IstioTCPMetrics.opened(entry)
     let received = carrier.received
     let sent = carrier.sent
