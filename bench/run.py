@@ -564,7 +564,7 @@ http {{
                     agents[node] = self.start_agent(A if node == "a" else B, config, node)
                 time.sleep(1.5)
                 for name, close in (("wrk_keepalive", False), ("wrk_close", True)):
-                    with self.cpu_of(agents) as cpu:
+                    with self.cpu_of(agents) as cpu, self.profiled("mesh", f"graph_{state}_{name}", agents):
                         sample = self.wrk("mesh", close=close)
                     sample["proxy_cpu_us_per_request"] = round(cpu.total / max(sample["requests_s"] * SECONDS, 1) * 1e6, 1)
                     samples[state][name].append(sample)
@@ -604,14 +604,15 @@ http {{
         return measured
 
     @contextlib.contextmanager
-    def profiled(self, path, measurement):
-        """perf record of both agents while a mesh measurement runs (BENCH_PROFILE)."""
+    def profiled(self, path, measurement, agents=None):
+        """perf record of both agents (`agents`, or the running ones) while a
+        mesh measurement runs (BENCH_PROFILE)."""
         if not PROFILE or not path.startswith("mesh"):
             yield
             return
         directory = Path(PROFILE)
         directory.mkdir(parents=True, exist_ok=True)
-        pids = ",".join(str(proc.pid) for proc in self.agents.values())
+        pids = ",".join(str(proc.pid) for proc in (agents or self.agents).values())
         perf = subprocess.Popen(["perf", "record", "-g", "-q", "-p", pids, "-o", directory / f"{path}-{measurement}.data"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:

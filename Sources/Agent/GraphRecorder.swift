@@ -14,7 +14,7 @@ extension EdgeObservation {
     /// connection leaving the node, a tunnel stream to no workload) are the
     /// other node's edges, or no edge: each node records what it decided, so
     /// merged graphs count every connection once.
-    init?(_ entry: AccessLogEntry) {
+    package init?(_ entry: AccessLogEntry) {
         guard let workload = entry.destinationWorkload else { return nil }
         let key = EdgeKey(
             sourceIdentity: entry.sourceIdentity,

@@ -17,44 +17,94 @@ public enum PathTemplate {
     public static let maximumLength = 256
 
     public static func generalize(_ path: String) -> String {
+        var bytes = path
+        return bytes.withUTF8 { generalize(bytes: $0) } ?? path
+    }
+
+    /// The template of `bytes`, or nil when it is `bytes` unchanged (most
+    /// paths: then no new string is made). One pass over the bytes; a
+    /// request's edge costs this per request.
+    private static func generalize(bytes: UnsafeBufferPointer<UInt8>) -> String? {
         // The query and fragment are not part of what policy matches.
-        let pathOnly = path.prefix { $0 != "?" && $0 != "#" }
-        let segments = pathOnly.split(separator: "/", omittingEmptySubsequences: false)
-        var out: [Substring] = []
-        var length = 0
-        for (index, segment) in segments.enumerated() {
-            let kept: Substring =
-                isVariable(segment) ? Substring(variable)
-                : segment.utf8.count > maximumSegmentLength || segment.contains("*") ? Substring(elided) : segment
-            length += kept.utf8.count + 1
-            if index == maximumSegments || length > maximumLength {
-                out.append(Substring(elided))
-                break
+        let end = bytes.firstIndex { $0 == UInt8(ascii: "?") || $0 == UInt8(ascii: "#") } ?? bytes.endIndex
+        guard end > 0 else { return "/" }
+        var out: [UInt8]?
+        var written = 0  // bytes of `bytes` already accounted for in `out`
+        var segmentStart = 0
+        var index = 0
+        var count = 0
+        while segmentStart <= end {
+            var segmentEnd = segmentStart
+            while segmentEnd < end, bytes[segmentEnd] != UInt8(ascii: "/") { segmentEnd += 1 }
+            let segment = UnsafeBufferPointer(rebasing: bytes[segmentStart..<segmentEnd])
+            let replacement: String? =
+                isVariable(segment) ? variable : segment.count > maximumSegmentLength || segment.contains(UInt8(ascii: "*")) ? elided : nil
+            let keptLength = replacement?.utf8.count ?? segment.count
+            count += keptLength + 1
+            if index == maximumSegments || count > maximumLength {
+                var cut = out ?? Array(bytes[0..<segmentStart])
+                if out != nil { cut.append(contentsOf: bytes[written..<segmentStart]) }
+                cut.append(contentsOf: elided.utf8)
+                return String(decoding: cut, as: UTF8.self)
             }
-            out.append(kept)
+            if let replacement {
+                if out == nil { out = [] }
+                out?.append(contentsOf: bytes[written..<segmentStart])
+                out?.append(contentsOf: replacement.utf8)
+                written = segmentEnd
+            }
+            index += 1
+            segmentStart = segmentEnd + 1
         }
-        let joined = out.joined(separator: "/")
-        return joined.isEmpty ? "/" : joined
+        if var out {
+            out.append(contentsOf: bytes[written..<end])
+            return String(decoding: out, as: UTF8.self)
+        }
+        return end == bytes.count ? nil : String(decoding: bytes[0..<end], as: UTF8.self)
     }
 
     /// Whether a segment looks like an identifier rather than a name.
     public static func isVariable(_ segment: Substring) -> Bool {
+        var segment = segment
+        return segment.withUTF8 { isVariable($0) }
+    }
+
+    private static func isVariable(_ segment: UnsafeBufferPointer<UInt8>) -> Bool {
         guard !segment.isEmpty else { return false }
-        let utf8 = segment.utf8
-        if utf8.allSatisfy(isDigit) { return true }
+        var allDigits = true
+        var allHex = true
+        var allToken = true
+        var hasDigit = false
+        var hasLetter = false
+        for byte in segment {
+            let digit = isDigit(byte)
+            hasDigit = hasDigit || digit
+            hasLetter = hasLetter || isLetter(byte)
+            allDigits = allDigits && digit
+            allHex = allHex && isHex(byte)
+            allToken = allToken && isTokenByte(byte)
+        }
+        if allDigits { return true }
         if isUUID(segment) { return true }
-        let hasDigit = utf8.contains(where: isDigit)
         // Hex ids (hashes, object ids): long enough not to be a word, and with a
         // digit, since "deadbeef" or "facade" may well be words.
-        if utf8.count >= 8, hasDigit, utf8.allSatisfy(isHex) { return true }
+        if segment.count >= 8, hasDigit, allHex { return true }
         // Opaque tokens (base64url, ULIDs, session keys): long, letters and digits mixed.
-        if utf8.count >= 20, hasDigit, utf8.contains(where: isLetter), utf8.allSatisfy(isTokenByte) { return true }
+        if segment.count >= 20, hasDigit, hasLetter, allToken { return true }
         return false
     }
 
-    private static func isUUID(_ segment: Substring) -> Bool {
-        let groups = segment.split(separator: "-", omittingEmptySubsequences: false)
-        return groups.map(\.utf8.count) == [8, 4, 4, 4, 12] && groups.allSatisfy { $0.utf8.allSatisfy(isHex) }
+    /// 8-4-4-4-12 hexadecimal digits.
+    private static func isUUID(_ segment: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard segment.count == 36 else { return false }
+        for (offset, byte) in segment.enumerated() {
+            if offset == 8 || offset == 13 || offset == 18 || offset == 23 {
+                guard byte == UInt8(ascii: "-") else { return false }
+            } else if !isHex(byte) {
+                return false
+            }
+        }
+        return true
     }
 
     private static func isDigit(_ byte: UInt8) -> Bool { byte >= 0x30 && byte <= 0x39 }

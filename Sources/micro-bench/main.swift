@@ -1,7 +1,7 @@
 /// Micro-benchmarks of the hot pure pieces of the data path, in memory and in
 /// one process: an authorization decision (per connection and per request), the
 /// lookup that names the workload behind a connection, and the opening and
-/// closing of one HBONE tunnel stream. Prints one line per measurement,
+/// closing of one HBONE tunnel stream, and counting the service graph's edges. Prints one line per measurement,
 /// `NAME  N ns/UNIT  (...)`, which bench/run.py reads; `make bench-micro` runs
 /// it in release.
 
@@ -9,6 +9,7 @@ do {
     try measurePolicyDecisions()
     try measureIdentityLookups()
     try measureTunnelStreams()
+    try measureGraphRecording()
 } catch {
     fail("\(error)")
 }

@@ -7,11 +7,11 @@ import Policy
 /// (the graph's `graph.http`), so anything it does not understand stops it
 /// rather than the connection: a protocol that is not HTTP/1.x, HTTP/2's
 /// preface, the bytes after an upgrade or a CONNECT, a head over the limit.
-struct HTTPRequestFraming {
+package struct HTTPRequestFraming {
     /// A request head: its method and its target as sent.
-    struct Head: Equatable {
-        var method: String
-        var target: String
+    package struct Head: Equatable {
+        package var method: String
+        package var target: String
     }
 
     private enum State {
@@ -36,17 +36,17 @@ struct HTTPRequestFraming {
     private var switchesProtocol = false
     let maximumHeadBytes: Int
 
-    init(maximumHeadBytes: Int) {
+    package init(maximumHeadBytes: Int) {
         self.maximumHeadBytes = maximumHeadBytes
     }
 
-    var isStopped: Bool {
+    package var isStopped: Bool {
         if case .stopped = state { return true }
         return false
     }
 
     /// Reads the next bytes of the stream; `found` gets each complete head.
-    mutating func read(_ bytes: UnsafeRawBufferPointer, found: (Head) -> Void) {
+    package mutating func read(_ bytes: UnsafeRawBufferPointer, found: (Head) -> Void) {
         var index = bytes.startIndex
         while index < bytes.endIndex {
             switch state {
