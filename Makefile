@@ -20,7 +20,7 @@ DEBUG_BIN  := .build/debug
 RELEASE_BIN := .build/release
 
 # Debian packages the build, the tests and the demo need.
-DEB_PACKAGES := libssl-dev openssl libmnl-dev libnftnl-dev libsqlite3-dev pkg-config nftables iproute2 util-linux procps socat iperf3 tcpdump wrk systemd python3 containernetworking-plugins podman runc busybox-static graphviz
+DEB_PACKAGES := gcc libc6-dev libssl-dev openssl libmnl-dev libnftnl-dev libsqlite3-dev pkg-config nftables iproute2 util-linux procps socat iperf3 tcpdump wrk systemd python3 containernetworking-plugins podman runc busybox-static graphviz
 # Python modules the integration tests use (pip, or Debian's packages for /usr/bin/python3).
 # MODULE or MODULE=PIP_PACKAGE when the names differ.
 PY_MODULES := pytest h2 cryptography yaml=pyyaml

@@ -165,10 +165,14 @@ def markdown(results, source):
     lines += pod_lines(results)
     micro = results.get("micro", {})
     if micro:
-        lines += ["", "Micro-benchmarks of the hot pure pieces (`make bench-micro`, release build, one core):", "",
-                  "| piece | ns |", "|---|---|"]
+        lines += ["", "Micro-benchmarks of the hot pure pieces (`make bench-micro`, release build, one core; heap allocations "
+                  "counted with `micro-bench allocations` under Tests/integration/tools/malloc_counter.c):", "",
+                  "| piece | measured |", "|---|---|"]
         for name, measured in micro.items():
-            lines.append(f"| {name} | {measured['ns']:,} per {measured['per']} |")
+            if "allocations" in measured:
+                lines.append(f"| {name} | {measured['allocations']:,.1f} allocations per {measured['per']} |")
+            else:
+                lines.append(f"| {name} | {measured['ns']:,} ns per {measured['per']} |")
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]
     for name, measured, goal, unit, met in targets(results):
         lines.append(f"| {name} | {measured:.2f} {unit} | {'yes' if met else '**no**'} |")

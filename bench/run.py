@@ -719,7 +719,22 @@ def micro_benchmarks():
         found = re.match(r"(\S.*?)\s{2,}(\d+) ns/(\w+)", line)
         if found:
             results[found.group(1)] = {"ns": int(found.group(2)), "per": found.group(3)}
+    results.update(allocations())
     return results
+
+
+def allocations():
+    """Heap allocations per 16 KiB chunk echoed on a tunnel stream (`micro-bench
+    allocations` under Tests/integration/tools/malloc_counter.c), as
+    {NAME: {"allocations": N, "per": "chunk"}}."""
+    with tempfile.TemporaryDirectory() as directory:
+        library = Path(directory) / "malloc_counter.so"
+        run(shutil.which("cc") or "clang", "-shared", "-fPIC", "-O2", "-o", library,
+            ROOT / "Tests" / "integration" / "tools" / "malloc_counter.c", "-ldl")
+        out = subprocess.run([BIN / "micro-bench", "allocations"], env={"LD_PRELOAD": str(library)},
+                             capture_output=True, text=True, check=True).stdout
+    found = re.search(r"(\S.*?)\s{2,}([\d.]+) allocations/chunk", out)
+    return {found.group(1): {"allocations": float(found.group(2)), "per": "chunk"}} if found else {}
 
 
 def machine():

@@ -120,12 +120,13 @@ final class InMemoryTunnel {
         return stream
     }
 
-    /// Writes one byte on `stream` and returns whether it came back.
-    func roundTrip(on stream: Channel) throws -> Bool {
+    /// Writes `bytes` (one byte unless told) on `stream` and returns whether
+    /// they all came back.
+    func roundTrip(on stream: Channel, _ bytes: ByteBuffer = ByteBuffer(bytes: [0x2A])) throws -> Bool {
         let before = tally.echoed
-        stream.writeAndFlush(ByteBuffer(bytes: [0x2A]), promise: nil)
+        stream.writeAndFlush(bytes, promise: nil)
         try link.exchangeUntilQuiet()
-        return tally.echoed == before + 1
+        return tally.echoed == before + bytes.readableBytes
     }
 }
 

@@ -1,15 +1,21 @@
 /// Micro-benchmarks of the hot pure pieces of the data path, in memory and in
 /// one process: an authorization decision (per connection and per request), the
-/// lookup that names the workload behind a connection, and the opening and
-/// closing of one HBONE tunnel stream, and counting the service graph's edges. Prints one line per measurement,
-/// `NAME  N ns/UNIT  (...)`, which bench/run.py reads; `make bench-micro` runs
-/// it in release.
+/// lookup that names the workload behind a connection, the opening and closing
+/// of one HBONE tunnel stream, and counting the service graph's edges. Prints
+/// one line per measurement, `NAME  N ns/UNIT  (...)`, which bench/run.py
+/// reads; `make bench-micro` runs it in release. `micro-bench allocations`
+/// counts heap allocations per tunnel chunk instead (Allocations.swift).
 
 do {
-    try measurePolicyDecisions()
-    try measureIdentityLookups()
-    try measureTunnelStreams()
-    try measureGraphRecording()
+    if CommandLine.arguments.dropFirst().first == "allocations" {
+        // Counts heap allocations per chunk, under the preloaded malloc counter.
+        try measureAllocations()
+    } else {
+        try measurePolicyDecisions()
+        try measureIdentityLookups()
+        try measureTunnelStreams()
+        try measureGraphRecording()
+    }
 } catch {
     fail("\(error)")
 }
