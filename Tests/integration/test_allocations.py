@@ -13,11 +13,11 @@ from pathlib import Path
 from conftest import BIN
 
 TOOLS = Path(__file__).resolve().parent / "tools"
-# Measured on the debug build (`make test` builds it): 66.6 per chunk, the
+# Measured on the debug build (`make test` builds it): 64.6 per chunk, the
 # same in every run, with both directions and both ends of the tunnel
 # included. One more allocation per chunk on this path fails the test. The
-# release build allocates less; `make bench` reports it.
-CEILING = 67
+# release build allocates less (27.6); `make bench` reports it.
+CEILING = 65
 
 
 def counter(tmp_path):

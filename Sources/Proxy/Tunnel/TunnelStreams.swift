@@ -53,6 +53,9 @@ package final class TunnelStreams: ChannelDuplexHandler {
     /// Streams given reads in this batch, whose read-complete comes with the
     /// connection's (or, when none follows, at the end of the tick).
     private var readsToComplete: [TunnelStreamChannel] = []
+    /// The batch being completed: swapped with `readsToComplete`, so that
+    /// both keep their storage and a batch allocates nothing.
+    private var completing: [TunnelStreamChannel] = []
     private var readCompleteScheduled = false
     /// Called once, when the peer says GOAWAY.
     package var onGoAway: (() -> Void)?
@@ -281,10 +284,12 @@ package final class TunnelStreams: ChannelDuplexHandler {
     }
 
     private func completeReads() {
-        guard !readsToComplete.isEmpty else { return }
-        let batch = readsToComplete
-        readsToComplete.removeAll(keepingCapacity: true)
-        for stream in batch { stream.completeRead() }
+        guard !readsToComplete.isEmpty, completing.isEmpty else { return }
+        // A stream's read-complete can start the next batch (its reader reads
+        // again): that one goes into the other array.
+        swap(&readsToComplete, &completing)
+        for stream in completing { stream.completeRead() }
+        completing.removeAll(keepingCapacity: true)
     }
 
     func forget(_ stream: TunnelStreamChannel) {
