@@ -95,7 +95,14 @@ public enum MeshFixture {
 /// Access-log lines, checked and dropped: a reason is documented as safe to
 /// log (it quotes a request only escaped and shortened, if at all).
 final class CheckingAccessLog: AccessLogSink {
+    /// The inspected connections the fuzz targets drive are never spliced.
+    let observesRequests = false
+
     func record(_ entry: AccessLogEntry) {
+        Fuzzing.requireLoggable(entry.reason, "the access-log reason")
+    }
+
+    func observe(_ entry: AccessLogEntry) {
         Fuzzing.requireLoggable(entry.reason, "the access-log reason")
     }
 }
