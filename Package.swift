@@ -307,6 +307,7 @@ if Context.environment["MESH_AGENT_FUZZ"] != nil {
         ("HTTP2Inspection", []),
         ("HBONE", ["Proxy", nio("NIOCore"), nio("NIOEmbedded"), http2("NIOHTTP2"), http2("NIOHPACK")]),
         ("HTTPPath", ["Policy"]),
+        ("HTTPRequestTap", ["Proxy"]),
         ("JWT", ["Policy", "TestFixtures"]),
         ("JWKS", ["Policy", "TestFixtures"]),
         ("PolicyYAML", ["Policy", "TestFixtures"]),

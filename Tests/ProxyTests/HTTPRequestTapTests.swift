@@ -77,6 +77,17 @@ import Testing
         #expect(!harness.tap.isWatching)
     }
 
+    /// A chunk size with a sign ("-a" reads as -10 to `Int(_:radix:)`) once
+    /// moved the reader backwards and out of its buffer (found by fuzzing).
+    @Test(arguments: ["-a", "+a", " ", "0x10", "g"])
+    func aChunkSizeThatIsNotHexDigitsEndsTheWatching(size: String) throws {
+        let harness = try Harness()
+        let pieces = ["PUT /a HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\(size)\n\u{1e}", "GET /b HTTP/1.1\r\n\r\n"]
+        #expect(try harness.send(pieces) == pieces.joined())
+        #expect(harness.requests == ["PUT /a"])
+        #expect(!harness.tap.isWatching)
+    }
+
     @Test func afterAnUpgradeTheBytesAreAnotherProtocols() throws {
         let harness = try Harness()
         let pieces = [

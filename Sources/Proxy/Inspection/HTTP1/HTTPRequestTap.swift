@@ -197,11 +197,26 @@ package struct HTTPRequestFraming {
         return Head(method: String(decoding: method, as: UTF8.self), target: String(decoding: target, as: UTF8.self))
     }
 
-    /// A chunk-size line: hexadecimal digits, maybe extensions after `;`.
+    /// A chunk-size line: hexadecimal digits (no sign: `Int(_:radix:)` would
+    /// take "-a" for -10), maybe extensions after `;`.
     static func chunkSize(_ line: UnsafeRawBufferPointer) -> Int? {
         let digits = UnsafeRawBufferPointer(rebasing: line[..<(line.firstIndex(of: UInt8(ascii: ";")) ?? line.endIndex)]).trimmingSpaces
         guard !digits.isEmpty, digits.count <= 15 else { return nil }
-        return Int(String(decoding: digits, as: UTF8.self), radix: 16)
+        var size = 0
+        for byte in digits {
+            guard let value = hexValue(byte) else { return nil }
+            size = size << 4 | value
+        }
+        return size
+    }
+
+    private static func hexValue(_ byte: UInt8) -> Int? {
+        switch byte {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): return Int(byte - UInt8(ascii: "0"))
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): return Int(byte - UInt8(ascii: "a")) + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): return Int(byte - UInt8(ascii: "A")) + 10
+        default: return nil
+        }
     }
 
     private static func isTokenCharacter(_ byte: UInt8) -> Bool {
