@@ -308,6 +308,7 @@ if Context.environment["MESH_AGENT_FUZZ"] != nil {
         ("HBONE", ["Proxy", nio("NIOCore"), nio("NIOEmbedded"), http2("NIOHTTP2"), http2("NIOHPACK")]),
         ("HTTPPath", ["Policy"]),
         ("HTTPRequestTap", ["Proxy"]),
+        ("PathTemplate", ["Graph"]),
         ("JWT", ["Policy", "TestFixtures"]),
         ("JWKS", ["Policy", "TestFixtures"]),
         ("PolicyYAML", ["Policy", "TestFixtures"]),
