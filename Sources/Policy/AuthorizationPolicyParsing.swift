@@ -292,8 +292,7 @@ extension AuthorizationPolicy {
 
     /// RFC 9110 token characters (header names, methods).
     static func isTokenCharacter(_ character: Character) -> Bool {
-        guard character.isASCII, let ascii = character.asciiValue else { return false }
-        if (0x30...0x39).contains(ascii) || (0x41...0x5A).contains(ascii) || (0x61...0x7A).contains(ascii) { return true }
-        return "!#$%&'*+-.^_`|~".contains(character)
+        guard let ascii = character.asciiValue else { return false }
+        return HTTPSyntax.isTokenByte(ascii)
     }
 }

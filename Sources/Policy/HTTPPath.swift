@@ -116,7 +116,7 @@ public enum HTTPPath {
         while index < bytes.endIndex {
             let byte = bytes[index]
             if byte == Byte.percent {
-                guard index + 2 < bytes.endIndex, let high = hexValue(bytes[index + 1]), let low = hexValue(bytes[index + 2]) else {
+                guard index + 2 < bytes.endIndex, let high = HTTPSyntax.hexValue(bytes[index + 1]), let low = HTTPSyntax.hexValue(bytes[index + 2]) else {
                     return .failure(.malformedEscape(position: index))
                 }
                 let value = high << 4 | low
@@ -219,7 +219,7 @@ public enum HTTPPath {
         while index < bytes.endIndex {
             let byte = bytes[index]
             if byte == Byte.percent {
-                guard index + 2 < bytes.endIndex, hexValue(bytes[index + 1]) != nil, hexValue(bytes[index + 2]) != nil else {
+                guard index + 2 < bytes.endIndex, HTTPSyntax.hexValue(bytes[index + 1]) != nil, HTTPSyntax.hexValue(bytes[index + 2]) != nil else {
                     return .malformedEscape(position: index)
                 }
                 index += 3
@@ -256,15 +256,6 @@ public enum HTTPPath {
 
     private static func isDigit(_ byte: UInt8) -> Bool {
         (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
-    }
-
-    private static func hexValue(_ byte: UInt8) -> UInt8? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): byte - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): byte - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): byte - UInt8(ascii: "A") + 10
-        default: nil
-        }
     }
 
     private static let subDelimiters: Set<UInt8> = Set("!$&'()*+,;=".utf8)

@@ -219,20 +219,12 @@ extension RequestAuthentication.JWTRule {
         var mapping = try node.mapping()
         let nameNode = try mapping.require("name")
         let name = try nameNode.nonEmptyString()
-        guard name.utf8.allSatisfy(isTokenCharacter) else {
+        guard name.utf8.allSatisfy(HTTPSyntax.isTokenByte) else {
             throw nameNode.error("\(loggable(name)) is not an HTTP header name (letters, digits and !#$%&'*+-.^_`|~ only)")
         }
         let prefix = try mapping.take("prefix").map { try $0.string() } ?? ""
         try mapping.finish(allowed: ["name", "prefix"])
         return TokenLocation.Header(name: name, prefix: prefix)
-    }
-
-    /// RFC 9110 `tchar`.
-    private static func isTokenCharacter(_ byte: UInt8) -> Bool {
-        switch byte {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"): return true
-        default: return "!#$%&'*+-.^_`|~".utf8.contains(byte)
-        }
     }
 
     /// `jwksUri` as a path: an absolute path as it is, or a `file:` URL without a

@@ -18,7 +18,7 @@ public enum RequestHeadCheck {
         guard head.version == .http1_1 || head.version == .http1_0 else {
             return .failure(RequestRefusal(.httpVersionNotSupported, "HTTP/\(head.version.major).\(head.version.minor) is not supported; use HTTP/1.1"))
         }
-        guard isToken(head.method) else {
+        guard HTTPSyntax.isToken(head.method) else {
             return .failure(RequestRefusal(.badRequest, "method is not an HTTP token"))
         }
         for (index, field) in head.fields.enumerated() {
@@ -61,7 +61,7 @@ public enum RequestHeadCheck {
     /// Names are tokens; values have no CR, LF, NUL or other control byte but
     /// horizontal tab, so a forwarded field can never become two.
     private static func checkField(name: String, value: String, index: Int) -> RequestRefusal? {
-        guard isToken(name) else {
+        guard HTTPSyntax.isToken(name) else {
             return RequestRefusal(.badRequest, "header field \(index + 1) has a name that is not an HTTP token")
         }
         for byte in value.utf8 where byte == 0x7F || (byte < 0x20 && byte != UInt8(ascii: "\t")) {
@@ -134,7 +134,7 @@ public enum RequestHeadCheck {
         let hostEnd: Int
         if bytes.first == UInt8(ascii: "[") {
             guard let close = bytes.firstIndex(of: UInt8(ascii: "]")), close > 1 else { return false }
-            let isIPLiteralByte: (UInt8) -> Bool = { isHexDigit($0) || $0 == UInt8(ascii: ":") || $0 == UInt8(ascii: ".") }
+            let isIPLiteralByte: (UInt8) -> Bool = { HTTPSyntax.hexValue($0) != nil || $0 == UInt8(ascii: ":") || $0 == UInt8(ascii: ".") }
             guard bytes[1..<close].allSatisfy(isIPLiteralByte) else { return false }
             hostEnd = close + 1
         } else {
@@ -149,10 +149,6 @@ public enum RequestHeadCheck {
         return Int(String(decoding: port, as: UTF8.self)).map { $0 <= 65535 } ?? false
     }
 
-    /// RFC 9110 `token`.
-    static func isToken(_ text: String) -> Bool {
-        !text.isEmpty && text.utf8.allSatisfy { isDigit($0) || isLetter($0) || tokenSymbols.contains($0) }
-    }
 
     private static func trimmed(_ text: Substring) -> Substring {
         let isWhitespace: (Character) -> Bool = { $0 == " " || $0 == "\t" }
@@ -172,11 +168,6 @@ public enum RequestHeadCheck {
         (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
     }
 
-    private static func isHexDigit(_ byte: UInt8) -> Bool {
-        isDigit(byte) || (UInt8(ascii: "a")...UInt8(ascii: "f")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "F")).contains(byte)
-    }
-
-    private static let tokenSymbols: Set<UInt8> = Set("!#$%&'*+-.^_`|~".utf8)
 }
 
 /// What the request decision takes from a head that passed `RequestHeadCheck`.

@@ -71,10 +71,14 @@ package struct HTTPRequestFraming {
                     // The whole line is in this read: read it where it is.
                     head = lineEnded(UnsafeRawBufferPointer(rebasing: bytes[index..<newline]).droppingCarriageReturn)
                 } else {
-                    line.append(contentsOf: bytes[index..<newline])
-                    let complete = line
-                    line.removeAll(keepingCapacity: true)
+                    // Taken out of `self` while `lineEnded` mutates it, and
+                    // put back empty with its storage for the next split line.
+                    var complete: [UInt8] = []
+                    swap(&complete, &line)
+                    complete.append(contentsOf: bytes[index..<newline])
                     head = complete.withUnsafeBytes { lineEnded($0.droppingCarriageReturn) }
+                    complete.removeAll(keepingCapacity: true)
+                    swap(&complete, &line)
                 }
                 index = newline + 1
                 if let head { found(head) }
@@ -192,7 +196,7 @@ package struct HTTPRequestFraming {
         let target = line[(firstSpace + 1)..<lastSpace]
         let version = line[(lastSpace + 1)...]
         guard version.elementsEqual("HTTP/1.1".utf8) || version.elementsEqual("HTTP/1.0".utf8),
-            method.allSatisfy(isTokenCharacter), !target.contains(UInt8(ascii: " "))
+            method.allSatisfy(HTTPSyntax.isTokenByte), !target.contains(UInt8(ascii: " "))
         else { return nil }
         return Head(method: String(decoding: method, as: UTF8.self), target: String(decoding: target, as: UTF8.self))
     }
@@ -204,31 +208,12 @@ package struct HTTPRequestFraming {
         guard !digits.isEmpty, digits.count <= 15 else { return nil }
         var size = 0
         for byte in digits {
-            guard let value = hexValue(byte) else { return nil }
-            size = size << 4 | value
+            guard let value = HTTPSyntax.hexValue(byte) else { return nil }
+            size = size << 4 | Int(value)
         }
         return size
     }
 
-    private static func hexValue(_ byte: UInt8) -> Int? {
-        switch byte {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): return Int(byte - UInt8(ascii: "0"))
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): return Int(byte - UInt8(ascii: "a")) + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): return Int(byte - UInt8(ascii: "A")) + 10
-        default: return nil
-        }
-    }
-
-    private static func isTokenCharacter(_ byte: UInt8) -> Bool {
-        switch byte {
-        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"):
-            return true
-        default:
-            return tokenPunctuation.contains(byte)
-        }
-    }
-
-    private static let tokenPunctuation: Set<UInt8> = Set("!#$%&'*+-.^_`|~".utf8)
 }
 
 extension UnsafeRawBufferPointer {
@@ -271,17 +256,37 @@ extension UnsafeRawBufferPointer {
 /// and uncopied. Nothing is decided and nothing is answered here, so a
 /// connection that is not HTTP/1.x only ends the watching, never the
 /// connection.
-final class HTTPRequestTap: ChannelInboundHandler, RemovableChannelHandler {
-    typealias InboundIn = ByteBuffer
-    typealias InboundOut = ByteBuffer
+package final class HTTPRequestTap: ChannelInboundHandler, RemovableChannelHandler {
+    package typealias InboundIn = ByteBuffer
+    package typealias InboundOut = ByteBuffer
 
     /// What to watch for and whom to tell.
-    struct Watch: Sendable {
+    package struct Watch: Sendable {
         /// How paths are normalized, as for policy.
         var pathRules: HTTPPath.Rules
         /// A request head seen: its method and its path (nil when the target
         /// does not normalize, e.g. an absolute or asterisk form).
         var observer: @Sendable (_ method: String, _ path: String?) -> Void
+
+        /// For `graph.http`: each request seen on the connection `opened`
+        /// counts in the graph as a request to its workload, with the
+        /// connection's decision. It names no policy or rule: none decided
+        /// the request, and the connection's own edge already counts for the
+        /// rule that let it in (`policy report` would count it twice).
+        package static func countingRequests(of opened: AccessLogEntry, in accessLog: AccessLogSink, pathRules: HTTPPath.Rules) -> Watch {
+            var connection = opened
+            connection.policy = nil
+            connection.rule = nil
+            connection.audit = nil
+            connection.auditPolicy = nil
+            connection.auditRule = nil
+            return Watch(pathRules: pathRules) { [connection] method, path in
+                var entry = connection.requestEntry(at: wallClock())
+                entry.method = method
+                entry.path = path
+                accessLog.observe(entry)
+            }
+        }
     }
 
     /// The longest head watched; a longer one ends the watching.
@@ -290,13 +295,13 @@ final class HTTPRequestTap: ChannelInboundHandler, RemovableChannelHandler {
     private var framing = HTTPRequestFraming(maximumHeadBytes: HTTPRequestTap.maximumHeadBytes)
     private let watch: Watch
 
-    init(_ watch: Watch) {
+    package init(_ watch: Watch) {
         self.watch = watch
     }
 
     var isWatching: Bool { !framing.isStopped }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+    package func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         if !framing.isStopped {
             let bytes = unwrapInboundIn(data)
             bytes.withUnsafeReadableBytes { raw in
