@@ -8,6 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PATHS = ["direct", "mesh", "mesh-passthrough", "haproxy-mtls"]
+# The two wrk measurements the graph and pod tables compare, and their titles.
+WRK_RATES = (("wrk_keepalive", "keep-alive requests/s"), ("wrk_close", "new connections/s"))
 METRICS = [
     ("iperf_1", "gbit_s", "throughput, 1 stream (Gbit/s)", True),
     ("iperf_4", "gbit_s", "throughput, 4 streams (Gbit/s)", True),
@@ -157,7 +159,7 @@ def markdown(results, source):
         lines += ["", "The service graph (target: ≤ 5% cost), mesh with it recorded and without, agents restarted between; "
                   "`graph.http: true` also watches the requests of the spliced connections (its cost is against graph on):", "",
                   "| measurement | graph off | graph on | cost | graph.http | its cost |", "|---|---|---|---|---|---|"]
-        for name, title in (("wrk_keepalive", "keep-alive requests/s"), ("wrk_close", "new connections/s")):
+        for name, title in WRK_RATES:
             http = graph.get("http", {}).get(name)
             lines.append(f"| {title} | {graph['off'][name]['requests_s']:,.0f} | {graph['on'][name]['requests_s']:,.0f} | "
                          f"{graph[name + '_cost'] * 100:.1f}% | "
@@ -192,7 +194,7 @@ def pod_lines(results):
         lines += ["", "Pods (`captureMode: netns`): a pod on node A to a pod on node B, each captured in its own network "
                   "namespace, against the host-mode mesh path of the same run:", "",
                   "| measurement | pod to pod | host mode | pod ÷ host | pod p99 (ms) |", "|---|---|---|---|---|"]
-        for name, title in (("wrk_keepalive", "keep-alive requests/s"), ("wrk_close", "new connections/s")):
+        for name, title in WRK_RATES:
             sample = pods.get(name)
             if not sample:
                 continue

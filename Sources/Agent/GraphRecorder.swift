@@ -57,8 +57,9 @@ extension EdgeKey {
     }
 }
 
-/// Moves the edges the access log counted into the graph database every few
-/// seconds, off the event loops, and answers the admin API's reads. A
+/// Moves the edges the event loops counted (`GraphTally`) into the graph
+/// database every few seconds, off the event loops, and answers the admin
+/// API's reads. A
 /// database that cannot be opened or written is logged and counted; the
 /// edges of that interval are dropped (memory stays bounded) and the agent
 /// keeps proxying. Opening is tried again at every flush, so a disk that

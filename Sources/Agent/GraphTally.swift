@@ -17,14 +17,10 @@ final class GraphTally: Sendable {
 
         /// Called on `loop`.
         func take() -> EdgeAggregate {
-            defer { counts.value = EdgeAggregate(limit: counts.value.limit) }
-            return counts.value
+            counts.value.take()
         }
     }
 
-    /// Distinct edges held per loop between flushes: what a flood of distinct
-    /// edges (a scan) costs in memory is bounded.
-    let limit: Int
     /// `graph.http`: requests on connections that no policy inspects are
     /// watched for too.
     let watchesRequests: Bool
@@ -32,8 +28,9 @@ final class GraphTally: Sendable {
     private let offLoop: NIOLockedValueBox<EdgeAggregate>
     private let loopsStopped = Synchronization.Atomic<Bool>(false)
 
+    /// `limit`: distinct edges held per loop between flushes, so that what a
+    /// flood of distinct edges (a scan) costs in memory is bounded.
     init(loops: [EventLoop], watchesRequests: Bool = false, limit: Int = 100_000) {
-        self.limit = limit
         self.watchesRequests = watchesRequests
         var perLoop: [ObjectIdentifier: LoopCounts] = [:]
         for loop in loops {
@@ -53,17 +50,14 @@ final class GraphTally: Sendable {
 
     /// Everything counted since the last call. Waits for each loop to hand
     /// its counts over; a loop that has stopped keeps what it held, and one
-    /// that does not answer within `loopAnswerTimeout` hands it over with
-    /// the next call. Called on an event loop, it
-    /// takes only that loop's counts and the off-loop ones (waiting there for
-    /// another loop could deadlock): the rest come next time.
+    /// that does not answer within `loopAnswerTimeout` hands it over with the
+    /// next call. Called on an event loop, it takes only that loop's counts
+    /// and the off-loop ones (waiting there for another loop could
+    /// deadlock): the rest come next time.
     func take() -> EdgeAggregate {
         // Each part is bounded already; their sum keeps every edge they hold.
         var total = EdgeAggregate(limit: .max)
-        total.merge(offLoop.withLockedValue { aggregate in
-            defer { aggregate = EdgeAggregate(limit: limit) }
-            return aggregate
-        })
+        total.merge(offLoop.withLockedValue { $0.take() })
         let current = MultiThreadedEventLoopGroup.currentEventLoop.map { ObjectIdentifier($0) }
         for (id, loop) in perLoop {
             if id == current {

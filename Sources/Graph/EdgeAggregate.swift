@@ -1,7 +1,6 @@
-/// Edges counted in memory between two flushes. A plain value: the access log
-/// writer keeps one under the lock it already takes for every line, so the
-/// graph adds no lock and no hop of its own to the data path, and the flusher
-/// takes the whole value at once.
+/// Edges counted in memory between two flushes. A plain value: each event loop
+/// keeps one that only it touches (the agent's `GraphTally`), so counting
+/// takes no lock and no hop, and the flusher takes each whole at once.
 public struct EdgeAggregate: Sendable {
     public private(set) var counts: [EdgeKey: EdgeCounts] = [:]
     /// Observations not kept because `limit` distinct edges were already held:
@@ -27,6 +26,12 @@ public struct EdgeAggregate: Sendable {
         } else {
             overflow = overflow.addingSaturated(1)
         }
+    }
+
+    /// What was counted, leaving an empty aggregate with the same limit.
+    public mutating func take() -> EdgeAggregate {
+        defer { self = EdgeAggregate(limit: limit) }
+        return self
     }
 
     public mutating func merge(_ other: EdgeAggregate) {

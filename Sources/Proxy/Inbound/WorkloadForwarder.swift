@@ -88,7 +88,7 @@ struct WorkloadForwarder: Sendable {
             let inspector = HTTPRequestInspector(workload: workload, connection: plan.attributes, authorizer: authorizer, connectionEntry: plan.entry)
             carrier = .inspect(inspector, accessLog: accessLog, limit: requestHeadLimit, on: eventLoop)
         } else if accessLog.observesRequests {
-            carrier = .splice(on: eventLoop, watching: requestWatch(opened: plan.entry))
+            carrier = .splice(on: eventLoop, watching: .countingRequests(of: plan.entry, in: accessLog, pathRules: authorizer.snapshot.pathRules))
         } else {
             carrier = .splice(on: eventLoop)
         }
@@ -120,26 +120,6 @@ struct WorkloadForwarder: Sendable {
                 try stream.startReading()
             }
             counters.opened.increment()
-        }
-    }
-
-    /// For `graph.http`: each HTTP/1.x request seen on a spliced connection
-    /// counts in the graph as a request to the connection's workload, with
-    /// the connection's decision. It names no policy or rule: none decided
-    /// the request, and the connection's own edge already counts for the
-    /// rule that let it in (`policy report` would count it twice).
-    private func requestWatch(opened: AccessLogEntry) -> HTTPRequestTap.Watch {
-        var connection = opened
-        connection.policy = nil
-        connection.rule = nil
-        connection.audit = nil
-        connection.auditPolicy = nil
-        connection.auditRule = nil
-        return HTTPRequestTap.Watch(pathRules: authorizer.snapshot.pathRules) { [accessLog, connection] method, path in
-            var entry = connection.requestEntry(at: wallClock())
-            entry.method = method
-            entry.path = path
-            accessLog.observe(entry)
         }
     }
 

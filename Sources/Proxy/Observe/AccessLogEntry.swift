@@ -61,7 +61,7 @@ public struct AccessLogEntry: Sendable, Equatable {
 
     /// A request's entry on this connection, starting from the connection's
     /// (this entry): same parties and decision, no bytes yet.
-    package func requestEntry(at time: Double) -> AccessLogEntry {
+    func requestEntry(at time: Double) -> AccessLogEntry {
         var entry = self
         entry.time = time
         entry.protocol = "http"
