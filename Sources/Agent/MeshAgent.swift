@@ -20,6 +20,7 @@ public final class MeshAgent: Sendable {
     /// Runs until SIGTERM or SIGINT, then drains and returns.
     public func run() async throws {
         guard Privileges.isRoot else { throw AgentError.notRoot }
+        DescriptorLimit.raiseToHard()
         let events = ControlEvents(tickEvery: ControlLoop.tickInterval)
         let services = try AgentServices.build(configPath: configPath, events: events, metrics: metrics, logger: logger)
         if let interval = services.systemd.watchdogInterval, interval < ControlLoop.tickInterval * 2 {
