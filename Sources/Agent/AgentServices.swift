@@ -85,6 +85,7 @@ struct AgentServices {
     /// makes every part. Nothing is bound or installed yet.
     static func build(configPath: String, events: ControlEvents, metrics: PrometheusCollectorRegistry, logger: Logger) throws -> AgentServices {
         let config = try AgentConfig.load(path: configPath)
+        warnIfDescriptorsRunShort(config.limits, logger: logger)
         let policies = try PolicyLoader.load(directory: config.policyDir, rootNamespace: config.rootNamespace, defaultMode: config.mtlsMode)
         try policies.check(against: config.workloads)
         PolicyEnforcement.log(policies, from: config.policyDir, logger: logger)
@@ -118,7 +119,7 @@ struct AgentServices {
         svids.setIdentities(registry.presentIdentities.union([agentIdentity]))
         let workloadTLS = WorkloadTLS(svids: svids, bundle: { trustBundle.bundle }, acceptedTrustDomains: [config.trustDomain])
 
-        let connections = ConnectionTracker(maximum: config.limits.maxConnections)
+        let connections = ConnectionTracker(maximum: config.limits.maxConnections, splicer: makeSplicer(config.limits, logger: logger))
         let state = AgentState(policy: PolicyStatus(generation: 1, loadedAt: Date().timeIntervalSince1970, directory: config.policyDir, policies: policies))
         let authorizer = InboundAuthorizer(
             AuthorizationSnapshot(
@@ -236,6 +237,8 @@ struct AgentServices {
         await listeners.stopAccepting()
         await namespaces.stopAccepting()
         await waitForConnections(upTo: config.drainTimeout)
+        // Its connections were ended above; their log lines go out on the loops.
+        connections.splicer?.shutdown()
         await namespaces.close(removingTables: config.failureMode == .open && capture.owned)
         if config.failureMode == .open {
             capture.remove()
@@ -339,5 +342,30 @@ struct AgentServices {
     /// The node CA that signs this node's workload certificates.
     static func loadAuthority(_ config: AgentConfig) throws -> LocalCA {
         try LocalCA(certificatePath: config.ca.certificate, keyPath: config.ca.key, trustDomain: config.trustDomain)
+    }
+}
+
+/// The kernel relay for plain connections, unless the config turns it off or
+/// the kernel refuses it (the event loops carry every connection then).
+private func makeSplicer(_ limits: AgentConfig.Limits, logger: Logger) -> KernelSplicer? {
+    guard limits.kernelSplice else { return nil }
+    do {
+        // As many relay threads as event loops: one would cap bulk transfers at a core.
+        return try KernelSplicer(threads: limits.eventLoopCount(cores: System.coreCount))
+    } catch {
+        logger.warning("\(error)")
+        return nil
+    }
+}
+
+/// Each proxied connection holds two sockets, and four pipe ends more while
+/// the kernel splices it: a descriptor limit below what `maxConnections`
+/// needs refuses connections with EMFILE long before the agent's own limit.
+private func warnIfDescriptorsRunShort(_ limits: AgentConfig.Limits, logger: Logger) {
+    let perConnection: UInt64 = limits.kernelSplice ? 6 : 2
+    let needed = UInt64(limits.maxConnections) * perConnection + 1024
+    let available = DescriptorLimit.current
+    if available.soft < needed {
+        logger.warning("the file descriptor limit is \(available.soft); limits.maxConnections \(limits.maxConnections) needs about \(needed): raise LimitNOFILE (systemd) or ulimit -n, or lower limits.maxConnections")
     }
 }

@@ -99,4 +99,69 @@ static inline long cnetlink_recv_fds(int sock, void *data, unsigned long len, in
     return got;
 }
 
+
+/* Kernel splicing (splice(2) through a pipe, driven by epoll): the relay that
+ * moves plaintext legs from socket to socket without copying through user
+ * space. splice and pipe2 are GNU extensions the headers hide without
+ * _GNU_SOURCE, and struct epoll_event is packed, which Swift does not lay out;
+ * these wrappers take plain values. */
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/syscall.h>
+#include <fcntl.h>
+#include <errno.h>
+#define CNETLINK_SPLICE_F_MOVE 1
+#define CNETLINK_SPLICE_F_NONBLOCK 2
+#define CNETLINK_F_SETPIPE_SZ 1031
+
+/* Moves up to len bytes from in to out, one of them a pipe, without blocking. */
+static inline long cnetlink_splice(int in, int out, unsigned long len) {
+    return syscall(SYS_splice, in, NULL, out, NULL, len, CNETLINK_SPLICE_F_MOVE | CNETLINK_SPLICE_F_NONBLOCK);
+}
+
+/* A non-blocking, close-on-exec pipe; fds[0] reads, fds[1] writes. */
+static inline int cnetlink_pipe(int fds[2]) {
+    return (int)syscall(SYS_pipe2, fds, O_NONBLOCK | O_CLOEXEC);
+}
+
+static inline int cnetlink_set_pipe_size(int fd, int size) {
+    return fcntl(fd, CNETLINK_F_SETPIPE_SZ, size);
+}
+
+static inline uint32_t cnetlink_epoll_in(void) { return EPOLLIN; }
+static inline uint32_t cnetlink_epoll_out(void) { return EPOLLOUT; }
+static inline uint32_t cnetlink_epoll_rdhup(void) { return EPOLLRDHUP; }
+static inline uint32_t cnetlink_epoll_hup(void) { return EPOLLHUP; }
+static inline uint32_t cnetlink_epoll_err(void) { return EPOLLERR; }
+static inline uint32_t cnetlink_epoll_et(void) { return EPOLLET; }
+
+static inline int cnetlink_epoll_add(int epoll, int fd, uint32_t events, uint64_t data) {
+    struct epoll_event event;
+    memset(&event, 0, sizeof(event));
+    event.events = events;
+    event.data.u64 = data;
+    return epoll_ctl(epoll, EPOLL_CTL_ADD, fd, &event);
+}
+
+static inline int cnetlink_epoll_delete(int epoll, int fd) {
+    struct epoll_event event;
+    memset(&event, 0, sizeof(event));
+    return epoll_ctl(epoll, EPOLL_CTL_DEL, fd, &event);
+}
+
+/* Waits for up to max events; each one's data and event bits land in the two arrays. */
+static inline int cnetlink_epoll_wait(int epoll, uint64_t *data, uint32_t *events, int max, int timeout) {
+    struct epoll_event ready[64];
+    if (max > 64) max = 64;
+    int count = epoll_wait(epoll, ready, max, timeout);
+    for (int i = 0; i < count; i++) {
+        data[i] = ready[i].data.u64;
+        events[i] = ready[i].events;
+    }
+    return count;
+}
+
+static inline int cnetlink_eventfd(void) { return eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC); }
+
+
 #endif

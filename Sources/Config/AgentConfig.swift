@@ -43,6 +43,10 @@ public struct AgentConfig: Equatable, Sendable {
         public var connectTimeout: Duration = .seconds(10)
         /// Event-loop threads that carry the data path; nil for one per core.
         public var eventLoops: Int?
+        /// Whether plain socket-to-socket connections (passthrough, same-node
+        /// and inbound plaintext ones that no policy inspects) are relayed by
+        /// the kernel with splice(2) instead of through the event loops.
+        public var kernelSplice = true
 
         /// The number of event loops to run on a machine with `cores` cores.
         public func eventLoopCount(cores: Int) -> Int {
@@ -256,7 +260,8 @@ extension AgentConfig {
         if let value = map.take("maxConnections") { limits.maxConnections = Int(try value.unsigned(UInt32.self, in: 1...10_000_000)) }
         if let value = map.take("connectTimeout") { limits.connectTimeout = try duration(value, atLeast: .milliseconds(1)) }
         if let value = map.take("eventLoops") { limits.eventLoops = Int(try value.unsigned(UInt16.self, in: 1...256)) }
-        try map.finish(allowed: ["maxConnections", "connectTimeout", "eventLoops"])
+        if let value = map.take("kernelSplice") { limits.kernelSplice = try value.bool() }
+        try map.finish(allowed: ["maxConnections", "connectTimeout", "eventLoops", "kernelSplice"])
         return limits
     }
 

@@ -44,6 +44,15 @@ import Testing
         #expect(config.workloads.isEmpty)
         #expect(config.limits.eventLoops == nil)
         #expect(config.limits.eventLoopCount(cores: 2) == 2, "one event loop per core unless limits.eventLoops says otherwise")
+        #expect(config.limits.kernelSplice, "plain socket pairs are spliced by the kernel unless turned off")
+    }
+
+    @Test func kernelSplicingCanBeTurnedOff() throws {
+        let off = try AgentConfig.parse(Self.minimal + "limits: {kernelSplice: false}\n", file: "agent.yaml", defaultNode: "n")
+        #expect(!off.limits.kernelSplice)
+        #expect(throws: (any Error).self) {
+            try AgentConfig.parse(Self.minimal + "limits: {kernelSplice: sometimes}\n", file: "agent.yaml", defaultNode: "n")
+        }
     }
 
     @Test func theEventLoopCountIsChosenOrOnePerCore() throws {

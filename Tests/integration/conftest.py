@@ -285,7 +285,7 @@ class Agent:
     without it the agent gets a CA of its own below tmp_path (or `ca_dir`).
     Settings written to the config when given: node, meshNetworks (a list),
     mtlsMode, policyDir, rootNamespace, certificateTTL, failureMode, drainTimeout,
-    http (a dict), accessLogRequests ("all" or "denied"), graph (a dict; the database is
+    http (a dict), limits (a dict), accessLogRequests ("all" or "denied"), graph (a dict; the database is
     tmp_path/graph.db unless it says).
     """
 
@@ -326,6 +326,8 @@ class Agent:
                 lines.append(f"{key}: {settings[key]}")
         if settings.get("http") is not None:
             lines.append(f"http: {json.dumps(settings['http'])}")
+        if settings.get("limits") is not None:
+            lines.append(f"limits: {json.dumps(settings['limits'])}")
         if settings.get("workloadSources") is not None:
             lines.append(f"workloadSources: {json.dumps(settings['workloadSources'])}")
         # The graph database beside the agent's other files, never the host's
@@ -381,6 +383,12 @@ class Agent:
     def ctl(self, *args, check=True):
         """agentctl against this agent's admin socket."""
         return agentctl(*args, "--socket", self.admin_socket, check=check)
+
+    def metrics(self):
+        """The agent's Prometheus text, from its metrics port in its namespace."""
+        return self.topology.run_in(self.namespace, sys.executable, "-c",
+                                    "import urllib.request; print(urllib.request.urlopen("
+                                    "'http://127.0.0.1:15020/metrics', timeout=10).read().decode())").stdout
 
     def entries(self):
         if not self.access_log.exists():

@@ -79,9 +79,20 @@ def test_process_in_another_cgroup_is_not_captured(topology, cgroups, make_agent
     assert str(bystander["local_port"]) not in ports
 
 
+def kernel_splices(agent):
+    """mesh_agent_kernel_splices_total by result."""
+    counts = {}
+    for line in agent.metrics().splitlines():
+        if line.startswith("mesh_agent_kernel_splices_total{"):
+            result = line.split('result="', 1)[1].split('"', 1)[0]
+            counts[result] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
-def test_large_transfer_is_intact_both_ways_with_half_close(topology, cgroups, make_agent, family):
-    agent = make_agent([workload(cgroups, "orders")]).start()
+@pytest.mark.parametrize("kernel_splice", [True, False], ids=["kernel", "event-loops"])
+def test_large_transfer_is_intact_both_ways_with_half_close(topology, cgroups, make_agent, family, kernel_splice):
+    agent = make_agent([workload(cgroups, "orders")], limits={"kernelSplice": kernel_splice}).start()
     topology.server("transfer", PORT)
     host = topology.remote_ip if family == "ipv4" else topology.remote_ip6
     up, down = 48 * 1024 * 1024, 24 * 1024 * 1024
@@ -95,6 +106,31 @@ def test_large_transfer_is_intact_both_ways_with_half_close(topology, cgroups, m
     entry = agent.entry_for_port(result["local_port"])
     assert entry["bytes_received"] == up + len(f"{down}\n")
     assert entry["bytes_sent"] == 65 + down
+    # Which path carried it: the kernel's splice, or the event loops when it is off.
+    assert kernel_splices(agent).get("spliced", 0) == (1 if kernel_splice else 0)
+
+
+def test_a_spliced_connection_is_listed_and_counted_while_open(topology, cgroups, make_agent):
+    import json
+    agent = make_agent([workload(cgroups, "orders")]).start()
+    topology.server("echo", PORT)
+    holder = hold_client(topology, cgroups, "orders", 3)
+
+    def listed():
+        found = [e for e in json.loads(agent.ctl("connections", "-o", "json").stdout) if e["dst_addr"] == f"{topology.remote_ip}:{PORT}"]
+        return found[0] if found and found[0]["bytes_received"] > 0 else None
+    first = wait_for(listed, timeout=10, what="the held connection in agentctl connections, with bytes")
+    assert first["reason"] == "passthrough" and first["src_identity"] == identity("orders")
+    # The splicer counts as it moves bytes, not only at the end.
+    wait_for(lambda: (listed() or first)["bytes_received"] > first["bytes_received"], timeout=10, what="its byte count to grow")
+    assert kernel_splices(agent) == {"spliced": 1}
+
+    held = json.loads(holder.communicate(timeout=30)[0])
+    assert held["ok"], held
+    sent = sum(len(f"ping {i}\n") for i in range(held["rounds"]))
+    entry = agent.entry_for_port(held["local_port"])
+    assert entry["bytes_received"] == sent and entry["bytes_sent"] == sent, entry
+    wait_for(lambda: json.loads(agent.ctl("connections", "-o", "json").stdout) == [], timeout=10, what="the list to be empty")
 
 
 def test_concurrent_connections_from_two_workloads_are_each_attributed(topology, cgroups, make_agent):

@@ -581,6 +581,44 @@ spec:
              timeout=10, what="the DENY to be lifted")
 
 
+def test_a_revocation_closes_a_same_node_connection_the_kernel_splices(mesh):
+    """Same-node connections with an L4 policy are relayed by the kernel, not
+    the event loops; a reload must still find and close them."""
+    holder = mesh.topology.spawn(mesh.topology.node, [sys.executable, str(TOOLS / "peer.py"), "hold", mesh.a_ip, str(CART), "30"],
+                                 cgroup=mesh.nodes.cgroups.directory("reporting"))
+    wait_for(lambda: any(e.get("src_identity") == spiffe("reporting") and e.get("dst_workload") == "shop/cart" and e["bytes_received"] > 0
+                         for e in json.loads(mesh.a.ctl("connections", "-o", "json").stdout)),
+             timeout=10, what="the held cart connection, with its bytes counted")
+    metrics = mesh.a.metrics()
+    assert 'mesh_agent_kernel_splices_total{result="spliced"}' in metrics, [m for m in metrics.splitlines() if "splice" in m]
+    deny = mesh.policies_a / "zz-revoke-reporting.yaml"
+    deny.write_text(f"""\
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: revoke-reporting, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: cart}}}}
+  action: DENY
+  rules:
+  - from: [{{source: {{principals: ["{principal('reporting')}"]}}}}]
+""")
+    try:
+        out, _ = holder.communicate(timeout=40)
+        result = json.loads(out)
+        assert not result.get("ok", False), f"the spliced connection outlived the revocation: {result}"
+        revoked = mesh.a.find_entry(lambda e: e.get("src_identity") == spiffe("reporting") and e.get("dst_workload") == "shop/cart"
+                                    and "closed after a policy reload" in e.get("reason", ""), what="the revocation's log line")
+        assert revoked["action"] == "deny" and revoked["policy"] == "shop/revoke-reporting"
+        assert revoked["bytes_received"] > 0 and revoked["bytes_received"] == revoked["bytes_sent"], revoked
+        wait_for(lambda: not any(e.get("dst_workload") == "shop/cart" for e in json.loads(mesh.a.ctl("connections", "-o", "json").stdout)),
+                 timeout=10, what="the revoked connection to leave the connection list")
+    finally:
+        deny.unlink()
+        if holder.poll() is None:
+            holder.kill()
+    wait_for(lambda: mesh.echo("reporting", CART, host=mesh.a_ip)["outcome"] == "echoed", timeout=10, what="the DENY to be lifted")
+
+
 def test_an_invalid_policy_file_leaves_the_previous_policy_in_force(mesh):
     bad = mesh.policies_b / "bad.yaml"
     bad.write_text("""\

@@ -1,3 +1,4 @@
+import LinuxNet
 import NIOCore
 import NIOHTTP1
 import Policy
@@ -11,7 +12,7 @@ enum Carrier {
     case inspect(NIOLoopBound<InspectedConnection>)
 
     static func splice(on eventLoop: EventLoop, watching watch: HTTPRequestTap.Watch? = nil) -> Carrier {
-        .splice(SpliceHandler.pair(on: eventLoop), watch: watch)
+        .splice(SplicePair.make(on: eventLoop), watch: watch)
     }
 
     static func inspect(_ inspector: HTTPRequestInspector, accessLog: AccessLogSink, limit: HTTPHeadSizeLimit, on eventLoop: EventLoop) -> Carrier {
@@ -37,6 +38,13 @@ enum Carrier {
         case .inspect(let connection):
             try connection.value.installClient(on: channel)
         }
+    }
+
+    /// Hands a plain splice to the kernel (`SplicePair.handOver`); nil when
+    /// the event loops carry it: inspected, watched, or not two sockets.
+    func handOver(client: Channel, upstream: Channel, to splicer: KernelSplicer) throws -> KernelSplice? {
+        guard case .splice(let handlers, watch: nil) = self else { return nil }
+        return try handlers.value.handOver(client: client, upstream: upstream, to: splicer)
     }
 
     /// Bytes that came from the client.

@@ -1,3 +1,4 @@
+import LinuxNet
 import NIOConcurrencyHelpers
 import NIOCore
 import Policy
@@ -13,13 +14,31 @@ public final class ConnectionTracker: Sendable {
         var received: ByteCounter?
         var sent: ByteCounter?
         var policyCheck: TrackedPolicyCheck?
+        /// Set once the kernel splices it: its channel is closed then, and
+        /// the connection lives on in the splicer.
+        var kernel: SplicedConnection?
+
+        func close() {
+            if let kernel {
+                kernel.abort()
+            } else {
+                // A tunnel stream goes with its whole peer connection: a stream
+                // whose peer stopped reading would otherwise wait for window to
+                // send its END_STREAM.
+                (channel.parent ?? channel).close(promise: nil)
+            }
+        }
     }
 
     private let tracked = NIOLockedValueBox<[ObjectIdentifier: Tracked]>([:])
     public let maximum: Int
+    /// Relays plain socket-to-socket connections in the kernel; without one
+    /// the event loops carry every connection.
+    public let splicer: KernelSplicer?
 
-    public init(maximum: Int) {
+    public init(maximum: Int, splicer: KernelSplicer? = nil) {
         self.maximum = maximum
+        self.splicer = splicer
     }
 
     public var count: Int {
@@ -36,19 +55,30 @@ public final class ConnectionTracker: Sendable {
         }
         if admitted {
             channel.closeFuture.whenComplete { [tracked] _ in
-                tracked.withLockedValue { $0[key] = nil }
+                tracked.withLockedValue { tracked in
+                    if tracked[key]?.kernel == nil { tracked[key] = nil }
+                }
             }
         }
         return admitted
     }
 
-    /// Records what an admitted connection is, once it is proxied.
-    func describe(_ channel: Channel, as entry: AccessLogEntry, received: ByteCounter, sent: ByteCounter, policyCheck: TrackedPolicyCheck? = nil) {
+    /// Records what an admitted connection is, once it is proxied; with
+    /// `kernel`, it stays tracked until the splicer has ended it.
+    func describe(
+        _ channel: Channel, as entry: AccessLogEntry, received: ByteCounter, sent: ByteCounter, policyCheck: TrackedPolicyCheck? = nil,
+        kernel: KernelSplice? = nil
+    ) {
+        let key = ObjectIdentifier(channel)
         tracked.withLockedValue { tracked in
-            tracked[ObjectIdentifier(channel)]?.entry = entry
-            tracked[ObjectIdentifier(channel)]?.received = received
-            tracked[ObjectIdentifier(channel)]?.sent = sent
-            tracked[ObjectIdentifier(channel)]?.policyCheck = policyCheck
+            tracked[key]?.entry = entry
+            tracked[key]?.received = received
+            tracked[key]?.sent = sent
+            tracked[key]?.policyCheck = policyCheck
+            tracked[key]?.kernel = kernel?.connection
+        }
+        kernel?.ended.whenComplete { [tracked] _ in
+            tracked.withLockedValue { $0[key] = nil }
         }
     }
 
@@ -82,7 +112,7 @@ public final class ConnectionTracker: Sendable {
                 continue
             }
             check.revocation.revoke(because.map { AuthorizationDecision(outcome: .deny, rule: nil, reason: $0) } ?? decision)
-            item.channel.close(promise: nil)
+            item.close()
             closed += 1
         }
         return closed
@@ -104,12 +134,10 @@ public final class ConnectionTracker: Sendable {
         return entries.sorted { $0.time < $1.time }
     }
 
-    /// Closes every connection still open (the drain deadline passed). A tunnel
-    /// stream goes with its whole peer connection: a stream whose peer stopped
-    /// reading would otherwise wait for window to send its END_STREAM.
+    /// Closes every connection still open (the drain deadline passed).
     public func closeAll() {
         for item in tracked.withLockedValue({ Array($0.values) }) {
-            (item.channel.parent ?? item.channel).close(promise: nil)
+            item.close()
         }
     }
 }

@@ -1,5 +1,6 @@
+import LinuxNet
+import Metrics
 import NIOCore
-import Synchronization
 
 /// Where one side of a spliced pair stands. TCP lets each direction end on its
 /// own (half-close); this side is finished when its peer has sent FIN and we
@@ -204,46 +205,98 @@ final class SpliceHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 }
 
-/// A byte count written on one event loop and read from anywhere.
-final class ByteCounter: Sendable {
-    private let count = Atomic<UInt64>(0)
-
-    func add(_ bytes: Int) {
-        count.add(UInt64(bytes), ordering: .relaxed)
-    }
-
-    var value: UInt64 { count.load(ordering: .relaxed) }
-}
-
 /// The two handlers of one splice: `client` goes into the channel that was
 /// accepted (or the tunnel stream that arrived), `upstream` into the one the
 /// agent opened.
-typealias SplicePair = (client: SpliceHandler, upstream: SpliceHandler)
+final class SplicePair {
+    let client: SpliceHandler
+    let upstream: SpliceHandler
 
-extension SpliceHandler {
-    static func pair(on eventLoop: EventLoop) -> NIOLoopBound<SplicePair> {
+    private init(client: SpliceHandler, upstream: SpliceHandler) {
+        self.client = client
+        self.upstream = upstream
+    }
+
+    static func make(on eventLoop: EventLoop) -> NIOLoopBound<SplicePair> {
         let (client, upstream) = SpliceHandler.pair()
-        return NIOLoopBound((client: client, upstream: upstream), eventLoop: eventLoop)
+        return NIOLoopBound(SplicePair(client: client, upstream: upstream), eventLoop: eventLoop)
+    }
+
+    /// Moves the splice into the kernel (`KernelSplicer`) when both sides are
+    /// sockets and nothing has been read yet: the client's channel must not
+    /// be registered (the listener registers it only after its handlers are
+    /// in), and the upstream's handler holds its reads until the client's is
+    /// added. The caller closes both channels at once; their sockets live on
+    /// in the splicer. Returns nil when the event loops must splice instead:
+    /// a tunnel stream has no socket of its own.
+    func handOver(client: Channel, upstream: Channel, to splicer: KernelSplicer) throws -> KernelSplice? {
+        guard upstream.isActive, !client.isActive, self.upstream.bytesRead == 0 else { return nil }
+        let ended = client.eventLoop.makePromise(of: SpliceOutcome.self)
+        let relayed = try client.pipeline.syncOperations.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) { clientSocket in
+            try upstream.pipeline.syncOperations.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) { upstreamSocket in
+                try splicer.relay(duplicating: clientSocket, upstreamSocket, counting: (self.client.received, self.upstream.received)) { outcome in
+                    ended.succeed(outcome)
+                }
+            }
+        }
+        guard let relayed, let connection = relayed else {
+            ended.succeed(.aborted)
+            return nil
+        }
+        return KernelSplice(connection: connection, ended: ended.futureResult)
     }
 }
 
+/// `mesh_agent_kernel_splices_total`: connections handed to the kernel, and
+/// those that could have been but were not (the splicer could not take them).
+enum KernelSpliceMetrics {
+    static let handedOver = Counter(label: "mesh_agent_kernel_splices_total", dimensions: [("result", "spliced")])
+    static let fallbacks = Counter(label: "mesh_agent_kernel_splices_total", dimensions: [("result", "fallback")])
+}
+
+/// A connection the kernel splices: how to end it, and when it has ended.
+struct KernelSplice: Sendable {
+    let connection: SplicedConnection
+    let ended: EventLoopFuture<SpliceOutcome>
+}
+
 /// Completes a proxied connection carried by `carrier` once its upstream is
-/// connected: the client side gets its handlers, the connection is tracked
-/// (with what policy needs to check it again after a reload), and when both
-/// channels have closed it is logged with its byte counts.
+/// connected: the client side gets its handlers (or the kernel splices the
+/// two sockets, when the tracker has a splicer and the carrier allows it),
+/// the connection is tracked (with what policy needs to check it again after
+/// a reload), and when it has ended it is logged with its byte counts.
 func completeProxy(
     client: Channel, upstream: Channel, carrier: Carrier, entry: AccessLogEntry, started: NIODeadline,
     accessLog: AccessLogSink, tracker: ConnectionTracker, policyCheck: TrackedPolicyCheck? = nil, closed: @escaping @Sendable () -> Void
 ) throws {
-    try carrier.installClient(on: client)
-    tracker.describe(client, as: entry, received: carrier.received, sent: carrier.sent, policyCheck: policyCheck)
+    let kernel = tracker.splicer.flatMap { splicer -> KernelSplice? in
+        do {
+            let kernel = try carrier.handOver(client: client, upstream: upstream, to: splicer)
+            if kernel != nil { KernelSpliceMetrics.handedOver.increment() }
+            return kernel
+        } catch {
+            // Out of descriptors, most likely: the event loops carry it as they can.
+            KernelSpliceMetrics.fallbacks.increment()
+            return nil
+        }
+    }
+    if kernel == nil {
+        try carrier.installClient(on: client)
+    }
+    tracker.describe(client, as: entry, received: carrier.received, sent: carrier.sent, policyCheck: policyCheck, kernel: kernel)
+    if kernel != nil {
+        // Their sockets live on in the splicer.
+        client.close(promise: nil)
+        upstream.close(promise: nil)
+    }
     var opening = entry
     opening.isOpening = true
     accessLog.observe(opening)
     let metricCounters = IstioTCPMetrics.opened(entry)
     let received = carrier.received
     let sent = carrier.sent
-    client.closeFuture.and(upstream.closeFuture).hop(to: client.eventLoop).whenComplete { _ in
+    let ended = kernel.map { $0.ended.map { _ in } } ?? client.closeFuture.and(upstream.closeFuture).map { _ in }
+    ended.hop(to: client.eventLoop).whenComplete { _ in
         var finished = entry
         finished.bytesReceived = received.value
         finished.bytesSent = sent.value

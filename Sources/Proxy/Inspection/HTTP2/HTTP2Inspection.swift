@@ -1,3 +1,4 @@
+import LinuxNet
 import NIOCore
 import NIOHPACK
 import NIOHTTP2
