@@ -4,13 +4,18 @@
 /// of one HBONE tunnel stream, and counting the service graph's edges. Prints
 /// one line per measurement, `NAME  N ns/UNIT  (...)`, which bench/run.py
 /// reads; `make bench-micro` runs it in release. `micro-bench allocations`
-/// counts heap allocations per tunnel chunk instead (Allocations.swift).
+/// counts heap allocations per tunnel chunk instead (Allocations.swift);
+/// `micro-bench streams` measures the tunnel's streams only.
 
 do {
-    if CommandLine.arguments.dropFirst().first == "allocations" {
+    switch CommandLine.arguments.dropFirst().first {
+    case "allocations":
         // Counts heap allocations per chunk, under the preloaded malloc counter.
         try measureAllocations()
-    } else {
+    case "streams":
+        // The tunnel's streams alone, e.g. under a profiler.
+        try measureTunnelStreams()
+    default:
         try measurePolicyDecisions()
         try measureIdentityLookups()
         try measureTunnelStreams()
