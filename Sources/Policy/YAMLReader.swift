@@ -32,8 +32,17 @@ public struct YAMLNode {
     public var line: Int? { node.mark?.line }
 
     /// True for an empty value (`key:` with nothing after it, `~`, `null`), and for
-    /// an empty document.
-    public var isNull: Bool { node.null != nil }
+    /// an empty document. A quoted `"null"` is a string.
+    public var isNull: Bool {
+        guard case .scalar(let scalar) = node, scalar.style == .plain else { return false }
+        return ["", "~", "null", "Null", "NULL"].contains(scalar.string)
+    }
+
+    /// Tags every scalar as a string: every value is read by the typed
+    /// accessors below, never by its tag. Yams' default resolver decides tags
+    /// with NSRegularExpression, which would load ICU's regex engine into the
+    /// agent (about 1.5 MiB of resident memory) to parse its config.
+    private static let untypedScalars = Resolver.basic
 
     public func error(_ reason: String) -> YAMLError {
         YAMLError(file: file, line: line, keyPath: keyPath, reason: reason)
@@ -41,7 +50,7 @@ public struct YAMLNode {
 
     public static func parse(_ text: String, file: String) throws -> YAMLNode? {
         do {
-            guard let node = try Yams.compose(yaml: text) else { return nil }
+            guard let node = try Yams.compose(yaml: text, untypedScalars) else { return nil }
             return YAMLNode(node: node, file: file, keyPath: "")
         } catch let error as YamlError {
             throw YAMLError(file: file, line: error.line, keyPath: "", reason: "not valid YAML: \(error.summary)")
@@ -52,7 +61,7 @@ public struct YAMLNode {
     /// A syntax error anywhere fails the whole stream.
     public static func documents(_ text: String, file: String) throws -> [YAMLNode] {
         do {
-            let parser = try Parser(yaml: text)
+            let parser = try Parser(yaml: text, resolver: untypedScalars)
             var documents: [YAMLNode] = []
             while let node = try parser.nextRoot() {
                 documents.append(YAMLNode(node: node, file: file, keyPath: ""))
