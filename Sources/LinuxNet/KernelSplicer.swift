@@ -254,8 +254,8 @@ final class RelayThread: Sendable {
                         for request in take() {
                             switch request {
                             case .add(let id, let sockets, let pipes, let counters, let ended):
-                                add(id: id, sockets: sockets, pipes: pipes, counters: counters, ended: ended)
                                 opened(1)
+                                add(id: id, sockets: sockets, pipes: pipes, counters: counters, ended: ended, opened: opened)
                             case .abort(let id):
                                 if let pair = pairs.removeValue(forKey: id) {
                                     finish(pair, .aborted, opened: opened)
@@ -282,21 +282,21 @@ final class RelayThread: Sendable {
 
         private mutating func add(
             id: UInt64, sockets: (CInt, CInt), pipes: (SplicePipe, SplicePipe), counters: (ByteCounter, ByteCounter),
-            ended: @escaping @Sendable (SpliceOutcome) -> Void
+            ended: @escaping @Sendable (SpliceOutcome) -> Void, opened: (Int) -> Void
         ) {
             var pair = RelayedPair(sockets: sockets, pipes: pipes, counters: counters, ended: ended)
             let interest = cnetlink_epoll_in() | cnetlink_epoll_out() | cnetlink_epoll_rdhup() | cnetlink_epoll_et()
             guard cnetlink_epoll_add(epoll, sockets.0, interest, id << 1) == 0 else {
-                finish(pair, .failed(errno: errno), opened: { _ in })
+                finish(pair, .failed(errno: errno), opened: opened)
                 return
             }
             guard cnetlink_epoll_add(epoll, sockets.1, interest, id << 1 | 1) == 0 else {
-                finish(pair, .failed(errno: errno), opened: { _ in })
+                finish(pair, .failed(errno: errno), opened: opened)
                 return
             }
             // Bytes that arrived before the hand-over are already waiting.
             if let outcome = pair.pumpBoth() {
-                finish(pair, outcome, opened: { _ in })
+                finish(pair, outcome, opened: opened)
                 return
             }
             pairs[id] = pair

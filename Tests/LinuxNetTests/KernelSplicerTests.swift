@@ -252,6 +252,28 @@ struct KernelSplicerTests {
         splicer.shutdown()
     }
 
+    /// A descriptor epoll cannot watch (a regular file) ends the connection
+    /// at once, and it is not counted as open.
+    @Test func aDescriptorEpollRefusesEndsTheConnection() throws {
+        let splicer = try KernelSplicer()
+        defer { splicer.shutdown() }
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("splice-\(UUID().uuidString)").path
+        let file = try check(open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0o600), "open")
+        defer {
+            close(file)
+            unlink(path)
+        }
+        let ended = DispatchSemaphore(value: 0)
+        let outcome = Mutex<SpliceOutcome?>(nil)
+        _ = try splicer.relay(duplicating: file, file, counting: (ByteCounter(), ByteCounter())) { result in
+            outcome.withLock { $0 = result }
+            ended.signal()
+        }
+        #expect(ended.wait(timeout: .now() + 10) == .success)
+        #expect(outcome.withLock { $0 } == .failed(errno: EPERM))
+        #expect(splicer.openConnections == 0)
+    }
+
     @Test func aDescriptorThatIsNotOpenIsRefused() throws {
         let splicer = try KernelSplicer()
         defer { splicer.shutdown() }
