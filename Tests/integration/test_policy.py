@@ -609,7 +609,8 @@ spec:
         revoked = mesh.a.find_entry(lambda e: e.get("src_identity") == spiffe("reporting") and e.get("dst_workload") == "shop/cart"
                                     and "closed after a policy reload" in e.get("reason", ""), what="the revocation's log line")
         assert revoked["action"] == "deny" and revoked["policy"] == "shop/revoke-reporting"
-        assert revoked["bytes_received"] > 0 and revoked["bytes_received"] == revoked["bytes_sent"], revoked
+        # Counted as they moved: the revocation may cut an echo in flight.
+        assert 0 < revoked["bytes_sent"] <= revoked["bytes_received"], revoked
         wait_for(lambda: not any(e.get("dst_workload") == "shop/cart" for e in json.loads(mesh.a.ctl("connections", "-o", "json").stdout)),
                  timeout=10, what="the revoked connection to leave the connection list")
     finally:
