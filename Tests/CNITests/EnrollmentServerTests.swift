@@ -20,7 +20,9 @@ struct EnrollmentServerTests {
     }
 
     private static func blockingExchange(_ path: String, _ bytes: [UInt8]) throws -> String {
-        guard let socket = UnixStreamSocket.connect(to: path, timeout: 10) else {
+        // Generous: under a sanitizer, with every suite running at once on
+        // two cores, an answer has taken over 10 s; a hang still fails.
+        guard let socket = UnixStreamSocket.connect(to: path, timeout: 60) else {
             throw PluginBinaryTests.PluginTestError("cannot connect to \(path)")
         }
         if !bytes.isEmpty { try socket.send(bytes) }
