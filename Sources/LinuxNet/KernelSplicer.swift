@@ -16,21 +16,13 @@ public final class ByteCounter: Sendable {
 }
 
 /// How a relayed connection ended.
-public enum SpliceOutcome: Sendable, Equatable, CustomStringConvertible {
+public enum SpliceOutcome: Sendable, Equatable {
     /// Each side sent FIN and everything it sent was delivered.
     case finished
     /// A call on one of the sockets failed (a reset, a broken pipe): both were closed.
     case failed(errno: CInt)
     /// `abort()` or the splicer's shutdown closed it.
     case aborted
-
-    public var description: String {
-        switch self {
-        case .finished: return "finished"
-        case .failed(let code): return "failed: \(String(cString: strerror(code)))"
-        case .aborted: return "aborted"
-        }
-    }
 }
 
 public enum KernelSpliceError: Error, Equatable, CustomStringConvertible {
@@ -251,20 +243,7 @@ final class RelayThread: Sendable {
                 for index in 0..<Int(count) {
                     let key = data[index]
                     guard key != 0 else {
-                        for request in take() {
-                            switch request {
-                            case .add(let id, let sockets, let pipes, let counters, let ended):
-                                opened(1)
-                                add(id: id, sockets: sockets, pipes: pipes, counters: counters, ended: ended, opened: opened)
-                            case .abort(let id):
-                                if let pair = pairs.removeValue(forKey: id) {
-                                    finish(pair, .aborted, opened: opened)
-                                }
-                            case .stop:
-                                closeAll(opened: opened)
-                                return
-                            }
-                        }
+                        guard carryOut(take(), opened: opened) else { return }
                         continue
                     }
                     let id = key >> 1
@@ -278,6 +257,25 @@ final class RelayThread: Sendable {
                     }
                 }
             }
+        }
+
+        /// Carries out requests from other threads; false once told to stop.
+        private mutating func carryOut(_ requests: [Request], opened: (Int) -> Void) -> Bool {
+            for request in requests {
+                switch request {
+                case .add(let id, let sockets, let pipes, let counters, let ended):
+                    opened(1)
+                    add(id: id, sockets: sockets, pipes: pipes, counters: counters, ended: ended, opened: opened)
+                case .abort(let id):
+                    if let pair = pairs.removeValue(forKey: id) {
+                        finish(pair, .aborted, opened: opened)
+                    }
+                case .stop:
+                    closeAll(opened: opened)
+                    return false
+                }
+            }
+            return true
         }
 
         private mutating func add(
@@ -295,7 +293,7 @@ final class RelayThread: Sendable {
                 return
             }
             // Bytes that arrived before the hand-over are already waiting.
-            if let outcome = pair.pumpBoth() {
+            if let outcome = pair.pump(forward: true, backward: true) {
                 finish(pair, outcome, opened: opened)
                 return
             }
@@ -336,8 +334,9 @@ struct SplicePipe: Sendable {
     let writeEnd: CInt
     /// What the pipe holds at most now.
     private(set) var capacity = 65_536
-    /// What it may grow to.
+    /// What it may grow to, and whether it was asked to already.
     let bulkCapacity: Int
+    private(set) var grown = false
 
     init(growingTo bulkCapacity: Int) throws {
         var fds: [CInt] = [-1, -1]
@@ -355,8 +354,6 @@ struct SplicePipe: Sendable {
         if granted > 0 { capacity = Int(granted) }
         grown = true
     }
-
-    private(set) var grown = false
 
     func close() {
         _ = Foundation.close(readEnd)
@@ -387,15 +384,14 @@ struct RelayedPair {
         let writable = events & (cnetlink_epoll_out() | cnetlink_epoll_hup() | cnetlink_epoll_err()) != 0
         // Readable feeds the direction that starts at this socket, writable
         // drains the one that ends there.
-        let (pumpForward, pumpBackward) = onSecond ? (writable, readable) : (readable, writable)
-        if pumpForward, let code = forward.pump() { return .failed(errno: code) }
-        if pumpBackward, let code = backward.pump() { return .failed(errno: code) }
-        return forward.isDone && backward.isDone ? .finished : nil
+        return onSecond ? pump(forward: writable, backward: readable) : pump(forward: readable, backward: writable)
     }
 
-    mutating func pumpBoth() -> SpliceOutcome? {
-        if let code = forward.pump() { return .failed(errno: code) }
-        if let code = backward.pump() { return .failed(errno: code) }
+    /// Moves what it can in the directions asked; returns how the connection
+    /// ended, if it did.
+    mutating func pump(forward pumpsForward: Bool, backward pumpsBackward: Bool) -> SpliceOutcome? {
+        if pumpsForward, let code = forward.pump() { return .failed(errno: code) }
+        if pumpsBackward, let code = backward.pump() { return .failed(errno: code) }
         return forward.isDone && backward.isDone ? .finished : nil
     }
 

@@ -4,6 +4,27 @@ import Testing
 
 @testable import LinuxNet
 
+/// How one relayed connection ended, as the splicer reports it from its thread.
+private final class SpliceEnd: Sendable {
+    private let outcome = Mutex<SpliceOutcome?>(nil)
+    private let ended = DispatchSemaphore(value: 0)
+
+    /// What the splicer calls.
+    var record: @Sendable (SpliceOutcome) -> Void {
+        { [self] outcome in
+            self.outcome.withLock { $0 = outcome }
+            ended.signal()
+        }
+    }
+
+    func wait() -> SpliceOutcome? {
+        guard ended.wait(timeout: .now() + 10) == .success else { return nil }
+        return outcome.withLock { $0 }
+    }
+
+    var hasEnded: Bool { outcome.withLock { $0 != nil } }
+}
+
 /// A client, a server, and the two sockets between them that a proxy would
 /// hold (the accepted one and the one it dialled), made non-blocking for the
 /// splicer: client ⇄ accepted … dialled ⇄ server.
@@ -14,8 +35,7 @@ private final class ProxiedPair: Sendable {
     let server: CInt
     let toServer = ByteCounter()
     let toClient = ByteCounter()
-    private let outcome = Mutex<SpliceOutcome?>(nil)
-    private let ended = DispatchSemaphore(value: 0)
+    let end = SpliceEnd()
 
     init() throws {
         let front = try LoopbackConnection(host: "127.0.0.1")
@@ -38,21 +58,11 @@ private final class ProxiedPair: Sendable {
 
     /// Hands the proxy's two sockets to `splicer` and closes its own copies.
     func relay(on splicer: KernelSplicer) throws -> SplicedConnection {
-        let connection = try splicer.relay(duplicating: accepted, dialled, counting: (toServer, toClient)) { [self] outcome in
-            self.outcome.withLock { $0 = outcome }
-            ended.signal()
-        }
+        let connection = try splicer.relay(duplicating: accepted, dialled, counting: (toServer, toClient), ended: end.record)
         close(accepted)
         close(dialled)
         return connection
     }
-
-    func waitForEnd() -> SpliceOutcome? {
-        guard ended.wait(timeout: .now() + 10) == .success else { return nil }
-        return outcome.withLock { $0 }
-    }
-
-    var hasEnded: Bool { outcome.withLock { $0 != nil } }
 
     deinit {
         close(client)
@@ -128,7 +138,7 @@ struct KernelSplicerTests {
         try serverWrites.wait()
         #expect(atServer == request)
         #expect(atClient == response)
-        #expect(pair.waitForEnd() == .finished)
+        #expect(pair.end.wait() == .finished)
         #expect(pair.toServer.value == UInt64(request.count))
         #expect(pair.toClient.value == UInt64(response.count))
         #expect(splicer.openConnections == 0)
@@ -144,11 +154,11 @@ struct KernelSplicerTests {
         try send(Array("last words".utf8), to: pair.client)
         shutdown(pair.client, CInt(SHUT_WR))
         #expect(try receive(from: pair.server) == Array("last words".utf8))
-        #expect(!pair.hasEnded)
+        #expect(!pair.end.hasEnded)
         try send(Array("the answer".utf8), to: pair.server)
         shutdown(pair.server, CInt(SHUT_WR))
         #expect(try receive(from: pair.client) == Array("the answer".utf8))
-        #expect(pair.waitForEnd() == .finished)
+        #expect(pair.end.wait() == .finished)
     }
 
     /// Bytes sent before the hand-over, still in the kernel, are relayed.
@@ -211,7 +221,7 @@ struct KernelSplicerTests {
         let null = try check(open("/dev/null", O_RDONLY | O_CLOEXEC), "open")
         try check(dup2(null, pair.server), "dup2")
         close(null)
-        guard case .failed = pair.waitForEnd() else {
+        guard case .failed = pair.end.wait() else {
             Issue.record("a reset must fail the relayed connection")
             return
         }
@@ -226,7 +236,7 @@ struct KernelSplicerTests {
         let pair = try ProxiedPair()
         let connection = try pair.relay(on: splicer)
         connection.abort()
-        #expect(pair.waitForEnd() == .aborted)
+        #expect(pair.end.wait() == .aborted)
         #expect(try receive(from: pair.client).isEmpty)
         #expect(try receive(from: pair.server).isEmpty)
         // Aborting again, after the end, does nothing.
@@ -241,7 +251,7 @@ struct KernelSplicerTests {
         // Each was taken (its end will be reported) before shutdown runs.
         splicer.shutdown()
         for pair in pairs {
-            #expect(pair.waitForEnd() == .aborted)
+            #expect(pair.end.wait() == .aborted)
             #expect(try receive(from: pair.client).isEmpty)
         }
         #expect(splicer.openConnections == 0)
@@ -263,14 +273,14 @@ struct KernelSplicerTests {
             close(file)
             unlink(path)
         }
-        let ended = DispatchSemaphore(value: 0)
-        let outcome = Mutex<SpliceOutcome?>(nil)
-        _ = try splicer.relay(duplicating: file, file, counting: (ByteCounter(), ByteCounter())) { result in
-            outcome.withLock { $0 = result }
-            ended.signal()
-        }
-        #expect(ended.wait(timeout: .now() + 10) == .success)
-        #expect(outcome.withLock { $0 } == .failed(errno: EPERM))
+        let end = SpliceEnd()
+        _ = try splicer.relay(duplicating: file, file, counting: (ByteCounter(), ByteCounter()), ended: end.record)
+        #expect(end.wait() == .failed(errno: EPERM))
+        // The thread has finished with that request once it has ended a
+        // later connection: only then is its count final.
+        let later = try ProxiedPair()
+        try later.relay(on: splicer).abort()
+        #expect(later.end.wait() == .aborted)
         #expect(splicer.openConnections == 0)
     }
 
