@@ -42,9 +42,9 @@ enum Carrier {
 
     /// Hands a plain splice to the kernel (`SplicePair.handOver`); nil when
     /// the event loops carry it: inspected, watched, or not two sockets.
-    func handOver(client: Channel, upstream: Channel, to splicer: KernelSplicer) throws -> KernelSplice? {
+    func handOver(client: Channel, upstream: Channel, to splicer: KernelSplicer) -> KernelSplice? {
         guard case .splice(let handlers, watch: nil) = self else { return nil }
-        return try handlers.value.handOver(client: client, upstream: upstream, to: splicer)
+        return handlers.value.handOver(client: client, upstream: upstream, to: splicer)
     }
 
     /// Bytes that came from the client.

@@ -208,14 +208,9 @@ final class SpliceHandler: ChannelDuplexHandler, RemovableChannelHandler {
 /// The two handlers of one splice: `client` goes into the channel that was
 /// accepted (or the tunnel stream that arrived), `upstream` into the one the
 /// agent opened.
-final class SplicePair {
+struct SplicePair {
     let client: SpliceHandler
     let upstream: SpliceHandler
-
-    private init(client: SpliceHandler, upstream: SpliceHandler) {
-        self.client = client
-        self.upstream = upstream
-    }
 
     static func make(on eventLoop: EventLoop) -> NIOLoopBound<SplicePair> {
         let (client, upstream) = SpliceHandler.pair()
@@ -228,21 +223,28 @@ final class SplicePair {
     /// in), and the upstream's handler holds its reads until the client's is
     /// added. The caller closes both channels at once; their sockets live on
     /// in the splicer. Returns nil when the event loops must splice instead:
-    /// a tunnel stream has no socket of its own.
-    func handOver(client: Channel, upstream: Channel, to splicer: KernelSplicer) throws -> KernelSplice? {
+    /// a tunnel stream has no socket of its own, and a splicer that cannot
+    /// take the connection (out of descriptors) leaves it to them, counted.
+    func handOver(client: Channel, upstream: Channel, to splicer: KernelSplicer) -> KernelSplice? {
         guard upstream.isActive, !client.isActive, self.upstream.bytesRead == 0 else { return nil }
-        let ended = client.eventLoop.makePromise(of: SpliceOutcome.self)
-        let relayed = try client.pipeline.syncOperations.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) { clientSocket in
-            try upstream.pipeline.syncOperations.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) { upstreamSocket in
-                try splicer.relay(duplicating: clientSocket, upstreamSocket, counting: (self.client.received, self.upstream.received)) { outcome in
-                    ended.succeed(outcome)
+        let ended = client.eventLoop.makePromise(of: Void.self)
+        var connection: SplicedConnection?
+        do {
+            connection = try client.pipeline.syncOperations.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) { clientSocket in
+                try upstream.pipeline.syncOperations.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) { upstreamSocket in
+                    try splicer.relay(duplicating: clientSocket, upstreamSocket, counting: (self.client.received, self.upstream.received)) { _ in
+                        ended.succeed()
+                    }
                 }
-            }
+            } ?? nil
+        } catch {
+            KernelSpliceMetrics.fallbacks.increment()
         }
-        guard let relayed, let connection = relayed else {
-            ended.succeed(.aborted)
+        guard let connection else {
+            ended.succeed()
             return nil
         }
+        KernelSpliceMetrics.handedOver.increment()
         return KernelSplice(connection: connection, ended: ended.futureResult)
     }
 }
@@ -257,7 +259,7 @@ enum KernelSpliceMetrics {
 /// A connection the kernel splices: how to end it, and when it has ended.
 struct KernelSplice: Sendable {
     let connection: SplicedConnection
-    let ended: EventLoopFuture<SpliceOutcome>
+    let ended: EventLoopFuture<Void>
 }
 
 /// Completes a proxied connection carried by `carrier` once its upstream is
@@ -269,17 +271,7 @@ func completeProxy(
     client: Channel, upstream: Channel, carrier: Carrier, entry: AccessLogEntry, started: NIODeadline,
     accessLog: AccessLogSink, tracker: ConnectionTracker, policyCheck: TrackedPolicyCheck? = nil, closed: @escaping @Sendable () -> Void
 ) throws {
-    let kernel = tracker.splicer.flatMap { splicer -> KernelSplice? in
-        do {
-            let kernel = try carrier.handOver(client: client, upstream: upstream, to: splicer)
-            if kernel != nil { KernelSpliceMetrics.handedOver.increment() }
-            return kernel
-        } catch {
-            // Out of descriptors, most likely: the event loops carry it as they can.
-            KernelSpliceMetrics.fallbacks.increment()
-            return nil
-        }
-    }
+    let kernel = tracker.splicer.flatMap { carrier.handOver(client: client, upstream: upstream, to: $0) }
     if kernel == nil {
         try carrier.installClient(on: client)
     }
@@ -295,7 +287,7 @@ func completeProxy(
     let metricCounters = IstioTCPMetrics.opened(entry)
     let received = carrier.received
     let sent = carrier.sent
-    let ended = kernel.map { $0.ended.map { _ in } } ?? client.closeFuture.and(upstream.closeFuture).map { _ in }
+    let ended = kernel?.ended ?? client.closeFuture.and(upstream.closeFuture).map { _ in }
     ended.hop(to: client.eventLoop).whenComplete { _ in
         var finished = entry
         finished.bytesReceived = received.value
