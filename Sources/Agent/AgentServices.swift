@@ -364,8 +364,7 @@ private func makeSplicer(_ limits: AgentConfig.Limits, logger: Logger) -> Kernel
 private func warnIfDescriptorsRunShort(_ limits: AgentConfig.Limits, logger: Logger) {
     let perConnection: UInt64 = limits.kernelSplice ? 6 : 2
     let needed = UInt64(limits.maxConnections) * perConnection + 1024
-    let available = DescriptorLimit.current
-    if available.soft < needed {
-        logger.warning("the file descriptor limit is \(available.soft); limits.maxConnections \(limits.maxConnections) needs about \(needed): raise LimitNOFILE (systemd) or ulimit -n, or lower limits.maxConnections")
+    if let available = DescriptorLimit.soft, available < needed {
+        logger.warning("the file descriptor limit is \(available); limits.maxConnections \(limits.maxConnections) needs about \(needed): raise LimitNOFILE (systemd) or ulimit -n, or lower limits.maxConnections")
     }
 }

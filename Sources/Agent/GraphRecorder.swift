@@ -59,11 +59,11 @@ extension EdgeKey {
 
 /// Moves the edges the event loops counted (`GraphTally`) into the graph
 /// database every few seconds, off the event loops, and answers the admin
-/// API's reads. A
-/// database that cannot be opened or written is logged and counted; the
-/// edges of that interval are dropped (memory stays bounded) and the agent
-/// keeps proxying. Opening is tried again at every flush, so a disk that
-/// comes back, or a damaged file moved away, is picked up without a restart.
+/// API's reads. A database that cannot be opened or written is logged and
+/// counted; the edges of that interval are dropped (memory stays bounded)
+/// and the agent keeps proxying. Opening is tried again at every flush, so a
+/// disk that comes back, or a damaged file moved away, is picked up without
+/// a restart.
 final class GraphRecorder: @unchecked Sendable {
     static let flushInterval = 5
     /// Rows (edges × hours) kept at most, whatever the retention: about 500

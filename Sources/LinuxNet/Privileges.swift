@@ -11,34 +11,25 @@ public enum Privileges {
     public static var isRoot: Bool { geteuid() == 0 }
 }
 
-/// How many file descriptors this process may hold.
-public struct DescriptorLimit: Equatable, Sendable, CustomStringConvertible {
-    public var soft: UInt64
-    public var hard: UInt64
-
-    public static var current: DescriptorLimit {
+/// How many file descriptors this process may hold (RLIMIT_NOFILE).
+public enum DescriptorLimit {
+    /// The limit in force; nil if the kernel does not say.
+    public static var soft: UInt64? {
         var limit = rlimit()
-        getrlimit(RLIMIT_NOFILE_VALUE, &limit)
-        return DescriptorLimit(soft: UInt64(limit.rlim_cur), hard: UInt64(limit.rlim_max))
+        guard getrlimit(RLIMIT_NOFILE_VALUE, &limit) == 0 else { return nil }
+        return UInt64(limit.rlim_cur)
     }
 
     /// Raises the soft limit to the hard one. A proxied connection holds two
     /// sockets (six descriptors when the kernel splices it: two pipes), and
     /// the soft limit systemd and shells start with (1024) would refuse
-    /// connections long before `limits.maxConnections`. Returns the limit now
-    /// in force.
-    @discardableResult
-    public static func raiseToHard() -> DescriptorLimit {
+    /// connections long before `limits.maxConnections`.
+    public static func raiseToHard() {
         var limit = rlimit()
-        guard getrlimit(RLIMIT_NOFILE_VALUE, &limit) == 0 else { return current }
-        if limit.rlim_cur < limit.rlim_max {
-            limit.rlim_cur = limit.rlim_max
-            _ = setrlimit(RLIMIT_NOFILE_VALUE, &limit)
-        }
-        return current
+        guard getrlimit(RLIMIT_NOFILE_VALUE, &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+        limit.rlim_cur = limit.rlim_max
+        _ = setrlimit(RLIMIT_NOFILE_VALUE, &limit)
     }
-
-    public var description: String { "\(soft) (hard \(hard))" }
 }
 
 #if canImport(Glibc)

@@ -35,8 +35,11 @@ public struct YAMLNode {
     /// an empty document. A quoted `"null"` is a string.
     public var isNull: Bool {
         guard case .scalar(let scalar) = node, scalar.style == .plain else { return false }
-        return ["", "~", "null", "Null", "NULL"].contains(scalar.string)
+        return Self.nullSpellings.contains(scalar.string)
     }
+
+    /// YAML's plain null (`~`, `null`, empty), as its core schema spells it.
+    private static let nullSpellings: Set<String> = ["", "~", "null", "Null", "NULL"]
 
     /// Tags every scalar as a string: every value is read by the typed
     /// accessors below, never by its tag. Yams' default resolver decides tags

@@ -149,7 +149,6 @@ public enum RequestHeadCheck {
         return Int(String(decoding: port, as: UTF8.self)).map { $0 <= 65535 } ?? false
     }
 
-
     private static func trimmed(_ text: Substring) -> Substring {
         let isWhitespace: (Character) -> Bool = { $0 == " " || $0 == "\t" }
         guard let first = text.firstIndex(where: { !isWhitespace($0) }), let last = text.lastIndex(where: { !isWhitespace($0) }) else {
@@ -167,7 +166,6 @@ public enum RequestHeadCheck {
     private static func isLetter(_ byte: UInt8) -> Bool {
         (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
     }
-
 }
 
 /// What the request decision takes from a head that passed `RequestHeadCheck`.
