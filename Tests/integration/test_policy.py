@@ -200,6 +200,16 @@ class PolicyMesh:
         result["outcome"] = "echoed" if result["received"] == text else (result["error"] or "nothing")
         return result
 
+    def hold(self, workload, host, port, agent, dst_workload):
+        """A connection from `workload` kept open for 30 s with a round trip
+        every 50 ms; returns its process once `agent` lists it with bytes."""
+        holder = self.topology.spawn(self.topology.node, [sys.executable, str(TOOLS / "peer.py"), "hold", host, str(port), "30"],
+                                     cgroup=self.nodes.cgroups.directory(workload))
+        wait_for(lambda: any(e.get("src_identity") == spiffe(workload) and e.get("dst_workload") == dst_workload and e["bytes_received"] > 0
+                             for e in json.loads(agent.ctl("connections", "-o", "json").stdout)),
+                 timeout=10, what=f"the held {dst_workload} connection, with its bytes counted")
+        return holder
+
     def arrived(self):
         """The requests that reached the orders server."""
         if not self.orders_record.exists():
@@ -542,11 +552,7 @@ def test_same_node_connections_are_decided_by_the_destinations_policy(mesh):
 def test_a_policy_change_takes_effect_within_two_seconds_and_revokes_open_connections(mesh):
     tag = marker()
     assert mesh.http("checkout", [request("GET", f"/orders/{tag}")])[0]["status"] == 200
-    holder = mesh.topology.spawn(mesh.topology.node, [sys.executable, str(TOOLS / "peer.py"), "hold", mesh.b_ip, str(LEDGER), "30"],
-                                 cgroup=mesh.nodes.cgroups.directory("checkout"))
-    wait_for(lambda: any(e.get("src_identity") == spiffe("checkout") and e.get("dst_workload") == "shop/ledger"
-                         for e in json.loads(mesh.b.ctl("connections", "-o", "json").stdout)),
-             timeout=10, what="the held ledger connection")
+    holder = mesh.hold("checkout", mesh.b_ip, LEDGER, mesh.b, "shop/ledger")
     generation = json.loads(mesh.b.ctl("policies", "-o", "json").stdout)["generation"]
     deny = mesh.policies_b / "zz-revoke.yaml"
     deny.write_text(f"""\
@@ -584,11 +590,7 @@ spec:
 def test_a_revocation_closes_a_same_node_connection_the_kernel_splices(mesh):
     """Same-node connections with an L4 policy are relayed by the kernel, not
     the event loops; a reload must still find and close them."""
-    holder = mesh.topology.spawn(mesh.topology.node, [sys.executable, str(TOOLS / "peer.py"), "hold", mesh.a_ip, str(CART), "30"],
-                                 cgroup=mesh.nodes.cgroups.directory("reporting"))
-    wait_for(lambda: any(e.get("src_identity") == spiffe("reporting") and e.get("dst_workload") == "shop/cart" and e["bytes_received"] > 0
-                         for e in json.loads(mesh.a.ctl("connections", "-o", "json").stdout)),
-             timeout=10, what="the held cart connection, with its bytes counted")
+    holder = mesh.hold("reporting", mesh.a_ip, CART, mesh.a, "shop/cart")
     metrics = mesh.a.metrics()
     assert 'mesh_agent_kernel_splices_total{result="spliced"}' in metrics, [m for m in metrics.splitlines() if "splice" in m]
     deny = mesh.policies_a / "zz-revoke-reporting.yaml"
