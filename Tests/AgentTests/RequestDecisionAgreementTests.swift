@@ -189,10 +189,10 @@ import TLS
                 if let token { fields.add(name: "authorization", value: "Bearer \(token)") }
                 let head = HTTPRequestHead(version: .http1_1, method: HTTPMethod(rawValue: method), uri: target, headers: fields)
                 let inspected: Answer
-                switch inspector.inspect(head, now: now) {
+                switch inspector.inspect(RequestHead(head), keepAlive: head.isKeepAlive, now: now) {
                 case .forward(let forwarded, let entry):
                     inspected = Answer(decision: "allow", status: nil, policy: entry.policy, rule: entry.rule, dryRun: Self.dryRun(entry))
-                    #expect(forwarded.uri == view.path.map { path in target.firstIndex(of: "?").map { path + target[$0...] } ?? path }, "\(context)")
+                    #expect(forwarded.target == view.path.map { path in target.firstIndex(of: "?").map { path + target[$0...] } ?? path }, "\(context)")
                 case .respond(let response, let entry):
                     inspected = Answer(
                         decision: entry.action.rawValue, status: Int(response.status.code), policy: entry.policy, rule: entry.rule,

@@ -16,7 +16,7 @@ import Testing
     }
 
     static func forward(_ path: String) -> HTTPRequestInspector.Outcome {
-        .forward(HTTPRequestHead(version: .http1_1, method: .GET, uri: path), entry(path))
+        .forward(.init(target: path, removing: []), entry(path))
     }
 
     static func refuse(_ path: String, _ status: HTTPResponseStatus = .forbidden, close: Bool = false) -> HTTPRequestInspector.Outcome {
@@ -105,6 +105,16 @@ import Testing
         var answered = refused
         answered.status = 400
         #expect(state.malformed(response, refused) == .answer(.init(answers: [Answer(response: response, entry: answered)], finish: true)))
+    }
+
+    /// Refused halfway through a body on its way to the workload: that
+    /// request can neither be completed nor answered in its turn.
+    @Test func malformedBytesInAForwardedBodyAbortTheConnection() {
+        var state = HTTPExchangeState()
+        _ = state.requestHead(Self.forward("/upload"))
+        #expect(state.requestBodyPart(bytes: 5) == .forward)
+        #expect(state.malformed(LocalResponse(status: .badRequest, body: "x", close: true), Self.entry("/upload")) == .abort)
+        #expect(state.closing)
     }
 
     @Test func theClientEndingFinishesOnlyOnceEverythingIsAnswered() throws {

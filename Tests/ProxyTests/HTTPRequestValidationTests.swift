@@ -1,29 +1,29 @@
 import NIOCore
-import NIOEmbedded
 import NIOHTTP1
 @testable import Policy
 import Testing
 @testable import Proxy
 
-/// Real bytes through NIOHTTP1's request decoder, configured as the agent configures
-/// it, and then through `RequestHeadCheck`: what the agent would do with them.
+/// Real bytes through the agent's HTTP/1.1 request reader, configured as the
+/// agent configures it, and then through `RequestHeadCheck`: what the agent
+/// would do with them.
 private enum Outcome: Equatable {
     case accepted([Validated])
-    /// The decoder raised an error; heads decoded before it passed validation.
-    case refusedByDecoder(RequestRefusal)
+    /// The reader refused the bytes; heads read before it passed validation.
+    case refusedByReader(RequestRefusal)
     case refusedByValidation(RequestRefusal)
 
     var status: UInt? {
         switch self {
         case .accepted: nil
-        case .refusedByDecoder(let refusal), .refusedByValidation(let refusal): UInt(refusal.status.rawValue)
+        case .refusedByReader(let refusal), .refusedByValidation(let refusal): UInt(refusal.status.rawValue)
         }
     }
 }
 
-/// A decoded head that passed the checks, and what the checks made of it.
+/// A head that passed the checks, and what the checks made of it.
 private struct Validated: Equatable {
-    var head: HTTPRequestHead
+    var head: RequestHead
     var checked: CheckedRequest
     var target: NormalizedTarget { checked.target }
     var host: String? { checked.host }
@@ -32,69 +32,70 @@ private struct Validated: Equatable {
     var forwardedURI: String { checked.target.target }
 }
 
-private func validate(_ head: HTTPRequestHead) -> Result<CheckedRequest, RequestRefusal> {
-    RequestHeadCheck.check(RequestHead(head))
-}
-
-private struct Decoded {
-    var heads: [HTTPRequestHead] = []
+private struct Read {
+    var heads: [ReceivedRequestHead] = []
     var bodies: [String] = []
+    /// Each request's bytes as they would be forwarded unchanged: head, payload, framing.
+    var forwarded: [UInt8] = []
     var ends = 0
-    var error: (any Error)?
+    var refusal: RequestRefusal?
 }
 
-private func decode(_ chunks: [[UInt8]], limit: HTTPHeadSizeLimit = HTTPHeadSizeLimit()) throws -> Decoded {
-    try decode(chunks, decoder: limit.makeRequestDecoder())
-}
-
-private func decode(_ chunks: [[UInt8]], decoder: ByteToMessageHandler<HTTPRequestDecoder>) throws -> Decoded {
-    let channel = EmbeddedChannel()
-    try channel.pipeline.syncOperations.addHandler(decoder)
-    var decoded = Decoded()
+/// The bytes in `chunks`, read as the gate reads them: what a read leaves
+/// over waits for the next one.
+private func read(_ chunks: [[UInt8]], limit: HTTPHeadSizeLimit = HTTPHeadSizeLimit()) -> Read {
+    var reader = HTTP1RequestReader(limit: limit)
+    var result = Read()
     var body = ""
-    func drain() throws {
-        while let part = try channel.readInbound(as: HTTPServerRequestPart.self) {
-            switch part {
-            case .head(let head): decoded.heads.append(head)
-            case .body(let buffer): body += String(buffer: buffer)
-            case .end:
-                decoded.bodies.append(body)
-                body = ""
-                decoded.ends += 1
-            }
-        }
-    }
+    var unread = ByteBuffer()
     for chunk in chunks {
+        unread.writeBytes(chunk)
         do {
-            try channel.writeInbound(ByteBuffer(bytes: chunk))
+            while let part = try reader.read(&unread) {
+                switch part {
+                case .head(let head):
+                    result.heads.append(head)
+                    result.forwarded += Array(head.bytes.readableBytesView)
+                case .body(.payload(let bytes)):
+                    body += String(buffer: bytes)
+                    result.forwarded += Array(bytes.readableBytesView)
+                case .body(.framing(let bytes)):
+                    result.forwarded += Array(bytes.readableBytesView)
+                case .body(.end):
+                    result.bodies.append(body)
+                    body = ""
+                    result.ends += 1
+                }
+            }
         } catch {
-            decoded.error = error
+            result.refusal = error
             break
         }
-        try drain()
     }
-    try drain()
-    _ = try? channel.finish()
-    return decoded
+    return result
 }
 
-private func outcome(_ chunks: [[UInt8]], limit: HTTPHeadSizeLimit = HTTPHeadSizeLimit()) throws -> Outcome {
-    let decoded = try decode(chunks, limit: limit)
+private func outcome(_ chunks: [[UInt8]], limit: HTTPHeadSizeLimit = HTTPHeadSizeLimit()) -> Outcome {
+    let read = read(chunks, limit: limit)
     var validated: [Validated] = []
-    for head in decoded.heads {
-        switch validate(head) {
-        case .success(let request): validated.append(Validated(head: head, checked: request))
+    for head in read.heads {
+        switch RequestHeadCheck.check(head.head) {
+        case .success(let request): validated.append(Validated(head: head.head, checked: request))
         case .failure(let refusal): return .refusedByValidation(refusal)
         }
     }
-    if let error = decoded.error {
-        return .refusedByDecoder(RequestRefusal(decoderError: error, limit: limit))
+    if let refusal = read.refusal {
+        return .refusedByReader(refusal)
     }
     return .accepted(validated)
 }
 
-private func outcome(_ text: String) throws -> Outcome {
-    try outcome([Array(text.utf8)])
+private func outcome(_ text: String) -> Outcome {
+    outcome([Array(text.utf8)])
+}
+
+private func validate(_ head: HTTPRequestHead) -> Result<CheckedRequest, RequestRefusal> {
+    RequestHeadCheck.check(RequestHead(head))
 }
 
 @Suite struct HTTPRequestValidationTests {
@@ -106,7 +107,17 @@ private func outcome(_ text: String) throws -> Outcome {
         ("TE.CL: Transfer-Encoding with Content-Length",
          "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n8\r\nSMUGGLED\r\n0\r\n\r\n", 400),
         ("Transfer-Encoding: chunked, identity (chunked not last)",
-         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n", 400),
+         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n", 501),
+        ("Transfer-Encoding: identity, chunked",
+         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n", 501),
+        ("Transfer-Encoding: xchunked",
+         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 501),
+        ("Transfer-Encoding: identity",
+         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n", 501),
+        ("Transfer-Encoding: gzip, chunked",
+         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
+        ("Transfer-Encoding in HTTP/1.0",
+         "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
         ("space before the colon",
          "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n0\r\n\r\n", 400),
         ("obs-fold continuation line",
@@ -157,7 +168,7 @@ private func outcome(_ text: String) throws -> Outcome {
          "GET / HTTP/2.0\r\nHost: a\r\n\r\n", 505),
         ("HTTP/1.2 request line",
          "GET / HTTP/1.2\r\nHost: a\r\n\r\n", 505),
-        ("HTTP/2 connection preface (llhttp stops at PRI)",
+        ("HTTP/2 connection preface (PRI is no HTTP/1.1 method)",
          "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 400),
         ("an unknown method",
          "FROB / HTTP/1.1\r\nHost: a\r\n\r\n", 400),
@@ -171,27 +182,32 @@ private func outcome(_ text: String) throws -> Outcome {
          "GET /a b HTTP/1.1\r\nHost: a\r\n\r\n", 400),
         ("a bare CR ending the request line",
          "GET / HTTP/1.1\rHost: a\r\n\r\n", 400),
+        ("a request line with a tab for a space",
+         "GET\t/ HTTP/1.1\r\nHost: a\r\n\r\n", 400),
+        ("a request line ending in a space",
+         "GET / HTTP/1.1 \r\nHost: a\r\n\r\n", 400),
+        ("a header line without a colon",
+         "GET / HTTP/1.1\r\nHost a\r\n\r\n", 400),
+        ("a control byte in a chunk extension",
+         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5;a=\u{1}\r\nhello\r\n0\r\n\r\n", 400),
+        ("obs-fold in a trailer",
+         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-A: 1\r\n 2\r\n\r\n", 400),
     ] as [(String, String, UInt)])
-    func theDecoderRefuses(name: String, request: String, status: UInt) throws {
-        let result = try outcome(request)
-        guard case .refusedByDecoder = result else {
-            Issue.record("\(name): expected the decoder to refuse, got \(result)")
+    func theReaderRefuses(name: String, request: String, status: UInt) {
+        let result = outcome(request)
+        guard case .refusedByReader = result else {
+            Issue.record("\(name): expected the reader to refuse, got \(result)")
             return
         }
         #expect(result.status == status, "\(name)")
+        // Refused at once, whatever arrives after: at every split of its bytes too.
+        let bytes = Array(request.utf8)
+        for split in 1..<bytes.count {
+            #expect(outcome([Array(bytes[..<split]), Array(bytes[split...])]) == result, "\(name), split at \(split)")
+        }
     }
 
     @Test(arguments: [
-        ("Transfer-Encoding: identity, chunked (llhttp takes it as chunked)",
-         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity, chunked\r\n\r\n0\r\n\r\n", UInt(501)),
-        ("Transfer-Encoding: xchunked (llhttp errs only after passing the head on)",
-         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n", 501),
-        ("Transfer-Encoding: identity (llhttp errs only after passing the head on)",
-         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: identity\r\n\r\n", 501),
-        ("Transfer-Encoding: gzip, chunked",
-         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n", 501),
-        ("Transfer-Encoding in HTTP/1.0",
-         "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400),
         ("missing Host in HTTP/1.1",
          "GET / HTTP/1.1\r\n\r\n", 400),
         ("two Host fields",
@@ -235,8 +251,8 @@ private func outcome(_ text: String) throws -> Outcome {
         ("the second of two pipelined requests",
          "GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\n\r\n", 400),
     ] as [(String, String, UInt)])
-    func ourValidationRefuses(name: String, request: String, status: UInt) throws {
-        let result = try outcome(request)
+    func ourValidationRefuses(name: String, request: String, status: UInt) {
+        let result = outcome(request)
         guard case .refusedByValidation = result else {
             Issue.record("\(name): expected our validation to refuse, got \(result)")
             return
@@ -246,117 +262,113 @@ private func outcome(_ text: String) throws -> Outcome {
 
     // MARK: Bare LF.
 
-    /// llhttp's strict default, kept: a bare LF ends no line. Accepting it would be
-    /// safe for what we forward (the head is encoded again, with CRLF), but clients
-    /// that send it are broken or probing.
+    /// A bare LF ends no line. A parser that took it for a line end would see
+    /// the head's fields (and so its framing) differently from one that does
+    /// not, and the head is forwarded as received.
     @Test(arguments: [
         "GET / HTTP/1.1\nHost: a\n\n",
         "GET / HTTP/1.1\r\nHost: a\n\r\n",
         "GET / HTTP/1.1\r\nHost: a\r\n\n",
         "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\nhello\r\n0\r\n\r\n",
+        "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-A: 1\n\r\n",
     ])
-    func bareLineFeedsAreRefusedByTheDecoder(request: String) throws {
-        let result = try outcome(request)
-        guard case .refusedByDecoder = result else {
-            Issue.record("expected the decoder to refuse, got \(result)")
+    func bareLineFeedsAreRefusedByTheReader(request: String) {
+        let result = outcome(request)
+        guard case .refusedByReader = result else {
+            Issue.record("expected the reader to refuse, got \(result)")
             return
         }
-        // llhttp reports a bare LF right after the version as a bad version.
-        #expect(result.status == 400 || result.status == 505)
-    }
-
-    /// For a request that is not chunked, llhttp checks Transfer-Encoding only after
-    /// it has handed the head on, so our validation is the first to refuse it.
-    @Test func anUnknownTransferEncodingReachesValidationBeforeTheDecoderErrs() throws {
-        let decoded = try decode([Array("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\nabc".utf8)])
-        #expect(decoded.heads.count == 1)
-        #expect(decoded.error != nil)
-        #expect(try outcome("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: xchunked\r\n\r\nabc").status == 501)
+        #expect(result.status == 400)
     }
 
     // MARK: The size of the head.
 
-    @Test func aHeaderValueOverTheLimitIsRefusedByTheDecoder() throws {
+    @Test func aHeaderValueOverTheLimitIsRefusedByTheReader() {
         let limit = HTTPHeadSizeLimit(maximumBytes: 4096)
         let value = String(repeating: "v", count: 4097)
-        let result = try outcome([Array("GET / HTTP/1.1\r\nHost: a\r\nX-A: \(value)\r\n\r\n".utf8)], limit: limit)
-        #expect(result == .refusedByDecoder(RequestRefusal(.requestHeaderFieldsTooLarge, "request head is over 4096 bytes or 100 fields")))
+        let result = outcome([Array("GET / HTTP/1.1\r\nHost: a\r\nX-A: \(value)\r\n\r\n".utf8)], limit: limit)
+        #expect(result == .refusedByReader(RequestRefusal(.requestHeaderFieldsTooLarge, "request head is over 4096 bytes or 100 fields")))
     }
 
-    @Test func manyHeadersAddingUpOverTheLimitAreRefusedByTheDecoder() throws {
+    @Test func manyHeadersAddingUpOverTheLimitAreRefusedByTheReader() {
         let fields = (0..<80).map { "X-\($0): \(String(repeating: "v", count: 1000))\r\n" }.joined()
         let request = "GET / HTTP/1.1\r\nHost: a\r\n\(fields)\r\n"
         // Sent in small reads, as a slow client would: the count must not reset between reads.
         let chunks = Array(request.utf8).chunked(into: 1000)
-        #expect(try outcome(chunks).status == 431)
-        guard case .accepted = try outcome(chunks, limit: HTTPHeadSizeLimit(maximumBytes: 128 * 1024)) else {
+        #expect(outcome(chunks).status == 431)
+        guard case .accepted = outcome(chunks, limit: HTTPHeadSizeLimit(maximumBytes: 128 * 1024)) else {
             Issue.record("refused under a 128 KiB limit")
             return
         }
     }
 
-    @Test func theDefaultLimitIs64KiB() throws {
+    @Test func theDefaultLimitIs64KiB() {
         let limit = HTTPHeadSizeLimit()
         #expect(limit.maximumBytes == 64 * 1024)
         let head = "GET / HTTP/1.1\r\nHost: a\r\nX-A: "
         let counted = 1 + "Host".count + 1 + "X-A".count  // the target, names and values
         let fits = head + String(repeating: "v", count: limit.maximumBytes - counted) + "\r\n\r\n"
-        guard case .accepted(let requests) = try outcome([Array(fits.utf8)]) else {
+        guard case .accepted(let requests) = outcome([Array(fits.utf8)]) else {
             Issue.record("a head of exactly the limit was refused")
             return
         }
         #expect(requests.count == 1)
         let over = head + String(repeating: "v", count: limit.maximumBytes - counted + 1) + "\r\n\r\n"
-        #expect(try outcome([Array(over.utf8)]).status == 431)
+        #expect(outcome([Array(over.utf8)]).status == 431)
     }
 
-    @Test func aLongRequestTargetCountsTowardsTheLimit() throws {
+    @Test func aLongRequestTargetCountsTowardsTheLimit() {
         let target = "/" + String(repeating: "a", count: 5000)
-        let result = try outcome([Array("GET \(target) HTTP/1.1\r\nHost: a\r\n\r\n".utf8)], limit: HTTPHeadSizeLimit(maximumBytes: 4096))
+        let result = outcome([Array("GET \(target) HTTP/1.1\r\nHost: a\r\n\r\n".utf8)], limit: HTTPHeadSizeLimit(maximumBytes: 4096))
         #expect(result.status == 431)
     }
 
-    @Test func tooManyFieldsAreRefusedByTheDecoder() throws {
+    @Test func tooManyFieldsAreRefusedByTheReader() {
         let fields = (0..<100).map { "X-\($0): v\r\n" }.joined()
-        let result = try outcome("GET / HTTP/1.1\r\nHost: a\r\n\(fields)\r\n")
+        let result = outcome("GET / HTTP/1.1\r\nHost: a\r\n\(fields)\r\n")
         #expect(result.status == 431)
         let fewer = (0..<99).map { "X-\($0): v\r\n" }.joined()
-        guard case .accepted = try outcome("GET / HTTP/1.1\r\nHost: a\r\n\(fewer)\r\n") else {
+        guard case .accepted = outcome("GET / HTTP/1.1\r\nHost: a\r\n\(fewer)\r\n") else {
             Issue.record("100 fields were refused")
             return
         }
     }
 
-    @Test func trailersCountTowardsTheLimit() throws {
+    @Test func trailersCountTowardsTheLimit() {
         let trailers = (0..<101).map { "X-\($0): v\r\n" }.joined()
-        let result = try outcome("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\(trailers)\r\n")
+        let result = outcome("POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\(trailers)\r\n")
         #expect(result.status == 431)
     }
 
-    /// The decoder does not count whitespace between a colon and its value, yet keeps
-    /// it buffered; the capped input buffer is what stops it.
-    @Test func whitespaceBeforeAValueIsStoppedByTheBufferCap() throws {
+    /// Whitespace before a value does not count, but it is buffered: a line
+    /// that passes the limit is refused before its end arrives.
+    @Test func whitespaceBeforeAValueCannotGrowALineWithoutBound() {
         let limit = HTTPHeadSizeLimit(maximumBytes: 16 * 1024)
         var chunks = [Array("GET / HTTP/1.1\r\nHost: a\r\nX-A:".utf8)]
         chunks += Array(repeating: Array(repeating: UInt8(ascii: " "), count: 4096), count: 8)
         chunks.append(Array("v\r\n\r\n".utf8))
+        let read = read(chunks, limit: limit)
+        #expect(read.refusal?.status == .requestHeaderFieldsTooLarge)
+        #expect(read.heads.isEmpty)
+    }
 
-        let capped = try decode(chunks, limit: limit)
-        #expect(capped.error is ByteToMessageDecoderError.PayloadTooLargeError)
-        #expect(try outcome(chunks, limit: limit).status == 431)
-
-        var parseLimits = NIOHTTPDecoderLimitConfiguration()
-        parseLimits.maxHeaderListSize = limit.maximumBytes
-        parseLimits.maxHeaderFieldSize = limit.maximumBytes
-        let uncapped = try decode(chunks, decoder: ByteToMessageHandler(HTTPRequestDecoder(leftOverBytesStrategy: .forwardBytes, limitConfiguration: parseLimits)))
-        #expect(uncapped.error == nil, "without the cap, 32 KiB of whitespace passes a 16 KiB limit")
-        #expect(uncapped.heads.count == 1)
+    /// Nor can padding spread over many fields: what the head adds beyond
+    /// its counted bytes is bounded per line.
+    @Test func paddingEveryFieldIsBoundedToo() {
+        let limit = HTTPHeadSizeLimit(maximumBytes: 16 * 1024)
+        let padded = (0..<90).map { "X-\($0):\(String(repeating: " ", count: 1000))v\r\n" }.joined()
+        #expect(outcome([Array("GET / HTTP/1.1\r\nHost: a\r\n\(padded)\r\n".utf8)], limit: limit).status == 431)
+        let lightly = (0..<90).map { "X-\($0):  v  \r\n" }.joined()
+        guard case .accepted = outcome([Array("GET / HTTP/1.1\r\nHost: a\r\n\(lightly)\r\n".utf8)], limit: limit) else {
+            Issue.record("a head with a little spacing was refused")
+            return
+        }
     }
 
     // MARK: Requests that pass.
 
-    @Test func aGetPasses() throws {
-        guard case .accepted(let requests) = try outcome("GET /public/../orders?id=7 HTTP/1.1\r\nHost: orders.shop:8080\r\nAccept: */*\r\n\r\n") else {
+    @Test func aGetPasses() {
+        guard case .accepted(let requests) = outcome("GET /public/../orders?id=7 HTTP/1.1\r\nHost: orders.shop:8080\r\nAccept: */*\r\n\r\n") else {
             Issue.record("refused")
             return
         }
@@ -365,49 +377,51 @@ private func outcome(_ text: String) throws -> Outcome {
         #expect(request.target.path == "/orders")
         #expect(request.target.query == "id=7")
         #expect(request.forwardedURI == "/orders?id=7", "the workload gets the path policy checked")
-        #expect(request.head.method == .GET)
-        #expect(request.head.headers["Accept"] == ["*/*"])
+        #expect(request.head.method == "GET")
+        #expect(request.head.values(of: "accept") == ["*/*"])
         #expect(request.host == "orders.shop:8080")
         #expect(request.body == .none)
     }
 
-    @Test func aPostWithContentLengthPasses() throws {
-        let decoded = try decode([Array("POST /orders HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello".utf8)])
-        #expect(decoded.error == nil)
-        #expect(decoded.bodies == ["hello"])
-        guard case .accepted(let requests) = try outcome("POST /orders HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello") else {
+    @Test func aPostWithContentLengthPasses() {
+        let read = read([Array("POST /orders HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello".utf8)])
+        #expect(read.refusal == nil)
+        #expect(read.bodies == ["hello"])
+        guard case .accepted(let requests) = outcome("POST /orders HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello") else {
             Issue.record("refused")
             return
         }
         #expect(requests.map(\.body) == [.length(5)])
     }
 
-    @Test func aChunkedPostWithExtensionsAndTrailersPasses() throws {
+    @Test func aChunkedPostWithExtensionsAndTrailersPasses() {
         let request = "POST /orders HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: Chunked\r\n\r\n5;note=x\r\nhello\r\n6\r\n world\r\n0\r\nX-Checksum: 1\r\n\r\n"
-        let decoded = try decode([Array(request.utf8)])
-        #expect(decoded.error == nil)
-        #expect(decoded.bodies == ["hello world"])
-        guard case .accepted(let requests) = try outcome(request) else {
+        let read = read([Array(request.utf8)])
+        #expect(read.refusal == nil)
+        #expect(read.bodies == ["hello world"])
+        #expect(read.forwarded == Array(request.utf8), "chunk lines and trailers pass as they came")
+        guard case .accepted(let requests) = outcome(request) else {
             Issue.record("refused")
             return
         }
         #expect(requests.map(\.body) == [.chunked])
     }
 
-    @Test func pipelinedRequestsPassOneByOne() throws {
+    @Test func pipelinedRequestsPassOneByOne() {
         let request = "GET /a HTTP/1.1\r\nHost: a\r\n\r\n"
             + "POST /b HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nxyz"
             + "POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n\r\n"
             + "GET /%64 HTTP/1.1\r\nHost: a\r\n\r\n"
         // Every split point, so that no boundary between reads changes the outcome.
         let bytes = Array(request.utf8)
-        for split in stride(from: 1, to: bytes.count, by: 7) {
-            let decoded = try decode([Array(bytes[..<split]), Array(bytes[split...])])
-            #expect(decoded.error == nil)
-            #expect(decoded.heads.map(\.uri) == ["/a", "/b", "/c", "/%64"])
-            #expect(decoded.bodies == ["", "xyz", "hi", ""])
+        for split in 1..<bytes.count {
+            let read = read([Array(bytes[..<split]), Array(bytes[split...])])
+            #expect(read.refusal == nil)
+            #expect(read.heads.map(\.head.target) == ["/a", "/b", "/c", "/%64"])
+            #expect(read.bodies == ["", "xyz", "hi", ""])
+            #expect(read.forwarded == bytes, "split at \(split): the requests pass as the bytes they came as")
         }
-        guard case .accepted(let requests) = try outcome(request) else {
+        guard case .accepted(let requests) = outcome(request) else {
             Issue.record("refused")
             return
         }
@@ -415,8 +429,8 @@ private func outcome(_ text: String) throws -> Outcome {
         #expect(requests.map(\.body) == [.none, .length(3), .chunked, .none])
     }
 
-    @Test func anHTTP10GetWithoutHostPasses() throws {
-        guard case .accepted(let requests) = try outcome("GET /index.html HTTP/1.0\r\n\r\n") else {
+    @Test func anHTTP10GetWithoutHostPasses() {
+        guard case .accepted(let requests) = outcome("GET /index.html HTTP/1.0\r\n\r\n") else {
             Issue.record("refused")
             return
         }
@@ -436,11 +450,11 @@ private func outcome(_ text: String) throws -> Outcome {
         "GET / HTTP/1.1\r\nHost: a\r\nX-Empty:\r\nX-Tab: a\tb\r\nX-Latin: caf\u{E9}\r\n\r\n",
         "GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
         "\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
-        // llhttp tolerates this; harmless, since the request line is encoded again.
+        // As llhttp reads it; the request line is written anew when forwarded.
         "GET  / HTTP/1.1\r\nHost: a\r\n\r\n",
     ])
-    func otherAcceptableRequestsPass(request: String) throws {
-        let result = try outcome(request)
+    func otherAcceptableRequestsPass(request: String) {
+        let result = outcome(request)
         guard case .accepted(let requests) = result else {
             Issue.record("refused: \(result)")
             return

@@ -26,6 +26,19 @@ public enum Fuzzing {
 
     /// What an HTTP/2 client with prior knowledge sends first. The HTTP/2
     /// targets add it, so that every input is a frame sequence.
+    /// The same bytes as three streams of reads: at once, cut every n bytes
+    /// (n from the first byte), and one byte at a time. A reader must make the
+    /// same of each, whatever the boundaries between reads.
+    public static func requireSameReading<Reading: Equatable>(of bytes: [UInt8], _ read: ([[UInt8]]) -> Reading) -> Reading {
+        let whole = read([bytes])
+        let step = max(1, Int(bytes.first ?? 1))
+        let cut = read(stride(from: 0, to: bytes.count, by: step).map { Array(bytes[$0..<min($0 + step, bytes.count)]) })
+        require(cut == whole, "cut every \(step) bytes: \(cut), at once: \(whole)")
+        let byByte = read(bytes.map { [$0] })
+        require(byByte == whole, "byte by byte: \(byByte), at once: \(whole)")
+        return whole
+    }
+
     public static let http2Preface = Array("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".utf8)
 
     /// Bytes as the agent reads text from outside: UTF-8, invalid sequences

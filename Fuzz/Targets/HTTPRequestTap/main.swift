@@ -8,12 +8,7 @@ import Proxy
 /// the input's first byte says, and byte by byte must find the same heads and
 /// stop at the same point), and for heads that are not heads.
 Fuzzing.run { bytes in
-    let whole = frame([bytes])
-    let step = max(1, Int(bytes.first ?? 1))
-    let cut = frame(stride(from: 0, to: bytes.count, by: step).map { Array(bytes[$0..<min($0 + step, bytes.count)]) })
-    let byByte = frame(bytes.map { [$0] })
-    Fuzzing.require(cut == whole, "cut every \(step) bytes: \(cut), at once: \(whole)")
-    Fuzzing.require(byByte == whole, "byte by byte: \(byByte), at once: \(whole)")
+    let whole = Fuzzing.requireSameReading(of: bytes, frame)
     for head in whole.heads {
         Fuzzing.require(!head.method.isEmpty && !head.method.contains(" ") && !head.target.isEmpty && !head.target.contains(" "),
                         "\(head) is not a request line's method and target")

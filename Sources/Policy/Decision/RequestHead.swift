@@ -31,7 +31,7 @@ public struct RequestHead: Hashable, Sendable {
     }
 
     /// The values of every field named `name` (lowercase), in order.
-    func values(of name: String) -> [String] {
+    public func values(of name: String) -> [String] {
         fields.compactMap { $0.name == name ? $0.value : nil }
     }
 

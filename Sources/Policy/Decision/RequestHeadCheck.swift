@@ -1,13 +1,13 @@
 /// The checks an inbound HTTP request head passes before policy sees it and
-/// before it is forwarded, on top of what the wire decoders (NIOHTTP1's llhttp in
-/// strict mode, NIOHTTP2's header-block checks) refuse by themselves.
+/// before it is forwarded, on top of what the wire readers (the agent's strict
+/// HTTP/1.1 reader, NIOHTTP2's header-block checks) refuse by themselves.
 ///
 /// Whatever two HTTP parsers could read differently is refused, not repaired: the
 /// agent and the workload must agree on where each request ends (request
-/// smuggling) and on which resource it names (policy bypass). Most framing attacks
-/// already fail in llhttp; they are checked again here so that the guarantee does
-/// not rest on one dependency's defaults, and because llhttp accepts some framings
-/// that other servers read differently (`Transfer-Encoding: identity, chunked`).
+/// smuggling) and on which resource it names (policy bypass). The HTTP/1.1
+/// reader frames bodies by `bodyFraming` here; the field checks are made again
+/// so that a request described to `explain`, or arriving over HTTP/2, meets
+/// the same ones.
 ///
 /// Part of the request decision (`WorkloadPolicy.decide(_:on:now:)`), so that a
 /// request described to `agentctl policy explain` meets the same checks as one
@@ -78,9 +78,10 @@ public enum RequestHeadCheck {
     }
 
     /// One body framing both sides agree on. Identical repeated Content-Length values
-    /// are refused too, though RFC 9112 lets a recipient merge them: llhttp refuses
-    /// them already, and no client sends them.
-    private static func bodyFraming(_ head: RequestHead) -> Result<CheckedRequest.Body, RequestRefusal> {
+    /// are refused too, though RFC 9112 lets a recipient merge them: no client
+    /// sends them. The HTTP/1.1 reader frames bodies by this too, so a body is
+    /// read the way the decision judged it.
+    public static func bodyFraming(_ head: RequestHead) -> Result<CheckedRequest.Body, RequestRefusal> {
         let lengths = head.values(of: "content-length")
         let encodings = head.values(of: "transfer-encoding")
         if !lengths.isEmpty && !encodings.isEmpty {

@@ -5,8 +5,8 @@ import Policy
 
 /// How a proxied connection is carried between its client and its upstream:
 /// bytes spliced as they are (with `watch`, their HTTP/1.x request heads
-/// reported on the way), or HTTP requests decoded, decided one by one and
-/// encoded again (HTTP/1.1, or HTTP/2 stream by stream).
+/// reported on the way), or HTTP requests read and decided one by one:
+/// HTTP/1.1 passed on as the bytes it came as, HTTP/2 stream by stream.
 enum Carrier {
     case splice(NIOLoopBound<SplicePair>, watch: HTTPRequestTap.Watch?)
     case inspect(NIOLoopBound<InspectedConnection>)
@@ -130,17 +130,8 @@ final class InspectedConnection {
         switch found {
         case .http1:
             let (gate, relay) = HTTPUpstreamRelay.pair(inspector: inspector, accessLog: accessLog, limit: limit, received: received, sent: sent)
-            let upstreamOperations = upstream.pipeline.syncOperations
-            // The response decoder watches the requests written through it, to
-            // know which responses (to HEAD) have no body.
-            try upstreamOperations.addHandler(HTTPRequestEncoder())
-            try upstreamOperations.addHandler(ByteToMessageHandler(HTTPResponseDecoder(leftOverBytesStrategy: .dropBytes, informationalResponseStrategy: .forward)))
-            try upstreamOperations.addHandler(relay)
-            let clientOperations = client.pipeline.syncOperations
-            try clientOperations.addHandler(RequestLineGuard(limit: limit))
-            try clientOperations.addHandler(limit.makeRequestDecoder())
-            try clientOperations.addHandler(HTTPResponseEncoder())
-            try clientOperations.addHandler(gate)
+            try upstream.pipeline.syncOperations.addHandler(relay)
+            try client.pipeline.syncOperations.addHandler(gate)
         case .http2:
             try HTTP2Inspection.install(
                 client: client, upstream: upstream, inspector: inspector, accessLog: accessLog, limit: limit,

@@ -6,6 +6,16 @@ struct LocalResponse: Equatable {
     var status: HTTPResponseStatus
     var body: String
     var close: Bool
+
+    /// The response as HTTP/1.1 bytes.
+    func encoded() -> ByteBuffer {
+        var buffer = ByteBuffer()
+        buffer.writeString("HTTP/1.1 \(status.code) \(status.reasonPhrase)\r\ncontent-type: text/plain\r\ncontent-length: \(body.utf8.count)\r\n")
+        if close { buffer.writeStaticString("connection: close\r\n") }
+        buffer.writeStaticString("\r\n")
+        buffer.writeString(body)
+        return buffer
+    }
 }
 
 /// Where an inspected HTTP/1.1 connection stands, and what to do on each event:
@@ -109,10 +119,16 @@ struct HTTPExchangeState {
         return requestBody == .forwarding ? .forward : .none
     }
 
-    /// The request's bytes were refused by the decoder: framing is lost, so
-    /// this is the last answer the connection gets.
+    /// The request's bytes were refused by the reader: framing is lost, so
+    /// this is the last answer the connection gets. Refused in the middle of
+    /// a body being forwarded, the request can be neither completed nor
+    /// answered in its turn, and the connection is closed.
     mutating func malformed(_ response: LocalResponse, _ entry: AccessLogEntry) -> Action {
         guard !closing else { return .none }
+        if requestBody == .forwarding {
+            closing = true
+            return .abort
+        }
         turns.append(.local(response, entry))
         requestBody = .none
         closing = true

@@ -4,6 +4,8 @@ import NIOCore
 enum HTTPInspectionMetrics {
     static let malformed = Counter(label: "mesh_agent_http_requests_refused_total", dimensions: [("reason", "malformed")])
     static let upstreamReset = Counter(label: "mesh_agent_http_upstream_resets_total")
+    /// Responses a workload framed so that the client could read them differently.
+    static let malformedResponse = Counter(label: "mesh_agent_http_malformed_responses_total")
 
     static func labels(_ entry: AccessLogEntry) -> [(String, String)] {
         var labels = IstioTCPMetrics.labels(entry)

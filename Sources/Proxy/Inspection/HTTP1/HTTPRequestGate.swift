@@ -1,26 +1,25 @@
 import LinuxNet
 import NIOCore
-import NIOHTTP1
 import Policy
 
-/// The client side of an inspected connection: decodes requests, has each one
-/// decided, sends allowed ones to `HTTPUpstreamRelay` and answers the others,
-/// and writes the workload's responses back in order.
+/// The client side of an inspected connection: reads requests from the
+/// client's bytes (`HTTP1RequestReader`), has each one decided, passes allowed
+/// ones to `HTTPUpstreamRelay` as the bytes they came as and answers the
+/// others, and writes the workload's responses back in order, as received.
 final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPServerRequestPart
+    typealias InboundIn = ByteBuffer
     typealias OutboundIn = Never
-    typealias OutboundOut = HTTPServerResponsePart
+    typealias OutboundOut = ByteBuffer
 
     private let inspector: HTTPRequestInspector
     private let accessLog: AccessLogSink
-    private let limit: HTTPHeadSizeLimit
     var relay: HTTPUpstreamRelay?
     private var context: ChannelHandlerContext?
+    private var reader: HTTP1RequestReader
+    /// The start of a head or a line that has not all arrived.
+    private var unread: ByteBuffer?
     private var state = HTTPExchangeState()
     private var readPending = false
-    /// The last response end written: once it completes, everything before it
-    /// has gone out too, and output may be shut without dropping anything.
-    private var lastEnd: EventLoopFuture<Void>?
     private var requestCounters = ConnectionRequestCounters()
     /// The connection's byte counts: what came from the client, what went back.
     private let received: ByteCounter
@@ -29,9 +28,9 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
     init(inspector: HTTPRequestInspector, accessLog: AccessLogSink, limit: HTTPHeadSizeLimit, received: ByteCounter, sent: ByteCounter) {
         self.inspector = inspector
         self.accessLog = accessLog
-        self.limit = limit
         self.received = received
         self.sent = sent
+        reader = HTTP1RequestReader(limit: limit)
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
@@ -46,26 +45,54 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: Requests
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        switch unwrapInboundIn(data) {
-        case .head(let head):
-            guard !state.closing else { return }
-            let outcome = inspector.inspect(head)
-            let action = state.requestHead(outcome)
-            if action == .forward, case .forward(let forwarded, _) = outcome {
-                relay?.send(.head(forwarded))
-            } else {
-                perform(action)
+        var buffer = unwrapInboundIn(data)
+        if var held = unread {
+            unread = nil
+            held.writeBuffer(&buffer)
+            buffer = held
+        }
+        readRequests(from: &buffer)
+        if buffer.readableBytes > 0, !state.closing { unread = buffer }
+    }
+
+    private func readRequests(from buffer: inout ByteBuffer) {
+        while !state.closing {
+            let part: HTTP1RequestReader.Part?
+            do {
+                part = try reader.read(&buffer)
+            } catch {
+                return refuse(error)
             }
-        case .body(let buffer):
-            received.add(buffer.readableBytes)
-            if state.requestBodyPart(bytes: buffer.readableBytes) == .forward {
-                relay?.send(.body(.byteBuffer(buffer)))
-            }
-        case .end(let trailers):
-            if state.requestEnded() == .forward {
-                relay?.send(.end(trailers))
+            switch part {
+            case nil:
+                return
+            case .head(let request):
+                let outcome = inspector.inspect(request.head, keepAlive: request.isKeepAlive)
+                let action = state.requestHead(outcome)
+                if action == .forward, case .forward(let forwarding, _) = outcome {
+                    relay?.send(request.forwarded(forwarding), answersHEAD: request.head.method == "HEAD")
+                } else {
+                    perform(action)
+                }
+            case .body(.payload(let bytes)):
+                received.add(bytes.readableBytes)
+                if state.requestBodyPart(bytes: bytes.readableBytes) == .forward { relay?.send(bytes) }
+            case .body(.framing(let bytes)):
+                if state.requestBody == .forwarding { relay?.send(bytes) }
+            case .body(.end):
+                _ = state.requestEnded()
             }
         }
+    }
+
+    /// The reader refused the client's bytes: framing is lost, so this is the
+    /// last answer the connection gets.
+    private func refuse(_ refusal: RequestRefusal) {
+        unread = nil
+        let action = state.malformed(
+            LocalResponse(status: refusal.responseStatus, body: "\(refusal.reason)\n", close: true), inspector.refusedEntry(refusal.reason))
+        if action != .none { HTTPInspectionMetrics.malformed.increment() }
+        perform(action)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -90,14 +117,7 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
-        guard error is HTTPParserError || HTTPHeadSizeLimit.isExceeded(by: error) || error is ByteToMessageDecoderError else {
-            context.close(promise: nil)
-            return
-        }
-        let refusal = RequestRefusal(decoderError: error, limit: limit)
-        let action = state.malformed(LocalResponse(status: refusal.responseStatus, body: "\(refusal.reason)\n", close: true), inspector.refusedEntry(refusal.reason))
-        if action != .none { HTTPInspectionMetrics.malformed.increment() }
-        perform(action)
+        context.close(promise: nil)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -112,19 +132,20 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
 
     // MARK: Responses
 
-    func upstreamResponse(_ part: HTTPClientResponsePart) {
+    func upstreamResponse(_ part: HTTP1ResponseReader.Part) {
         guard let context else { return }
         switch part {
-        case .head(let head):
-            let action = state.responseHead(status: Int(head.status.code))
+        case .head(let status, let bytes):
+            let action = state.responseHead(status: status)
             guard action == .forward else { return perform(action) }
-            context.write(wrapOutboundOut(.head(head)), promise: nil)
-        case .body(let buffer):
-            sent.add(buffer.readableBytes)
-            _ = state.responseBodyPart(bytes: buffer.readableBytes)
-            context.write(wrapOutboundOut(.body(.byteBuffer(buffer))), promise: nil)
-        case .end(let trailers):
-            writeEnd(trailers, context: context)
+            context.write(wrapOutboundOut(bytes), promise: nil)
+        case .body(.payload(let bytes)):
+            sent.add(bytes.readableBytes)
+            _ = state.responseBodyPart(bytes: bytes.readableBytes)
+            context.write(wrapOutboundOut(bytes), promise: nil)
+        case .body(.framing(let bytes)):
+            context.write(wrapOutboundOut(bytes), promise: nil)
+        case .body(.end):
             perform(state.responseEnded())
         }
     }
@@ -163,15 +184,8 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
     /// connection when that was the last thing owed.
     private func write(_ owed: HTTPExchangeState.LocalAnswers, context: ChannelHandlerContext) {
         for answer in owed.answers {
-            let response = answer.response
-            var headers = HTTPHeaders()
-            headers.add(name: "content-type", value: "text/plain")
-            headers.add(name: "content-length", value: String(response.body.utf8.count))
-            if response.close { headers.add(name: "connection", value: "close") }
-            context.write(wrapOutboundOut(.head(HTTPResponseHead(version: .http1_1, status: response.status, headers: headers))), promise: nil)
-            context.write(wrapOutboundOut(.body(.byteBuffer(ByteBuffer(string: response.body)))), promise: nil)
-            writeEnd(nil, context: context)
-            sent.add(response.body.utf8.count)
+            context.write(wrapOutboundOut(answer.response.encoded()), promise: nil)
+            sent.add(answer.response.body.utf8.count)
             report(answer.entry)
         }
         // Upstream responses are flushed when the read that brought them
@@ -187,20 +201,12 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
         accessLog.record(entry)
     }
 
-    private func writeEnd(_ trailers: HTTPHeaders?, context: ChannelHandlerContext) {
-        let promise = context.eventLoop.makePromise(of: Void.self)
-        context.write(wrapOutboundOut(.end(trailers)), promise: promise)
-        lastEnd = promise.futureResult
-    }
-
-    /// Runs `body` once everything written so far has gone out.
+    /// Runs `body` once everything written so far has gone out: an empty
+    /// write queued behind the others completes after them.
     private func afterWrites(_ context: ChannelHandlerContext, _ body: @escaping () -> Void) {
-        context.flush()
-        guard let lastEnd else {
-            body()
-            return
-        }
-        lastEnd.assumeIsolated().whenComplete { _ in body() }
+        let drained = context.eventLoop.makePromise(of: Void.self)
+        context.writeAndFlush(wrapOutboundOut(ByteBuffer()), promise: drained)
+        drained.futureResult.assumeIsolated().whenComplete { _ in body() }
     }
 
     /// Ends the client's side once everything owed is written: output is shut

@@ -7,10 +7,19 @@ import Workloads
 /// token, then L7 policy. Pure apart from the policy snapshot it reads.
 struct HTTPRequestInspector: Sendable {
     enum Outcome {
-        /// Send `head` (the target normalized, consumed tokens removed) upstream.
-        case forward(HTTPRequestHead, AccessLogEntry)
+        /// Send the request upstream, changed as `Forwarding` says.
+        case forward(Forwarding, AccessLogEntry)
         /// Answer locally; `close` when the connection cannot carry another request.
         case respond(LocalResponse, AccessLogEntry)
+    }
+
+    /// What of an allowed request the workload is sent differently from how
+    /// it came: the target policy checked (normalized), and without the
+    /// fields that carried a verified token it does not forward.
+    struct Forwarding: Equatable {
+        var target: String
+        /// Lowercase field names.
+        var removing: [String]
     }
 
     let workload: Workload
@@ -36,53 +45,48 @@ struct HTTPRequestInspector: Sendable {
     }
 
     /// Decides `head` with the one request decision (`WorkloadPolicy.decide`)
-    /// under the policy in force, and says what to do with it.
-    func inspect(_ head: HTTPRequestHead, now: Double = wallClock()) -> Outcome {
+    /// under the policy in force, and says what to do with it. `keepAlive`:
+    /// whether the client's connection may carry another request after it.
+    func inspect(_ head: RequestHead, keepAlive: Bool, now: Double = wallClock()) -> Outcome {
         // One snapshot decides the whole request: token rules and policy of one generation.
         let policy = authorizer.snapshot.policy(for: workload)
-        let verdict = policy.decide(RequestHead(head), on: connection, now: now)
+        let verdict = policy.decide(head, on: connection, now: now)
         authorizer.record(verdict)
-        return outcome(of: verdict, for: head)
+        return outcome(of: verdict, method: head.method, keepAlive: keepAlive)
     }
 
-    /// What the data path does with a verdict on `head`.
-    func outcome(of verdict: RequestVerdict, for head: HTTPRequestHead) -> Outcome {
+    /// What the data path does with a verdict on a request.
+    func outcome(of verdict: RequestVerdict, method: String, keepAlive: Bool) -> Outcome {
         switch verdict {
         case .refused(let refusal):
             return .respond(
                 LocalResponse(status: refusal.responseStatus, body: "\(refusal.reason)\n", close: true),
-                refusedEntry(refusal.reason, method: head.method.rawValue))
+                refusedEntry(refusal.reason, method: method))
         case .unauthenticated(let reason, let checked):
             var entry = requestEntry()
-            entry.method = head.method.rawValue
+            entry.method = method
             entry.path = checked.target.path
             entry.action = .deny
             entry.policy = nil
             entry.reason = "request authentication failed: \(reason)"
-            return .respond(LocalResponse(status: .unauthorized, body: "Jwt verification fails", close: !head.isKeepAlive), entry)
+            return .respond(LocalResponse(status: .unauthorized, body: "Jwt verification fails", close: !keepAlive), entry)
         case .decided(let decision, let request):
             var entry = requestEntry()
-            entry.method = head.method.rawValue
+            entry.method = method
             entry.path = request.checked.target.path
             entry.requestPrincipal = request.identity?.principal
             entry.record(decision)
             guard decision.outcome == .allow else {
-                return .respond(LocalResponse(status: .forbidden, body: "RBAC: access denied", close: !head.isKeepAlive), entry)
+                return .respond(LocalResponse(status: .forbidden, body: "RBAC: access denied", close: !keepAlive), entry)
             }
             // The workload is asked for exactly what policy checked.
-            var forwarded = head
-            forwarded.uri = request.checked.target.target
-            for name in request.tokenHeadersToRemove {
-                forwarded.headers.remove(name: name)
-            }
-            return .forward(forwarded, entry)
+            return .forward(Forwarding(target: request.checked.target.target, removing: request.tokenHeadersToRemove), entry)
         }
     }
 }
 
 extension RequestHead {
-    /// An HTTP/1.x head as NIOHTTP1 decoded it (or as an HTTP/2 header block was
-    /// turned into one).
+    /// An HTTP/2 request's head in the HTTP/1.1 form it is decided in.
     init(_ head: HTTPRequestHead) {
         self.init(
             method: head.method.rawValue, target: head.uri, version: Version(major: head.version.major, minor: head.version.minor),

@@ -107,7 +107,7 @@ package struct HTTPRequestFraming {
         return true
     }
 
-    static let maximumChunkLine = 1024
+    static let maximumChunkLine = HTTP1BodyReader.maximumChunkLine
 
     /// One line of the stream, without its line ending; a head when it was
     /// the end of one.
@@ -132,7 +132,7 @@ package struct HTTPRequestFraming {
                 return nil
             }
         case .chunkSize:
-            guard let size = Self.chunkSize(line) else {
+            guard let size = line.chunkSize else {
                 state = .stopped
                 return nil
             }
@@ -173,15 +173,15 @@ package struct HTTPRequestFraming {
     private mutating func field(_ line: UnsafeRawBufferPointer) -> Bool {
         guard let colon = line.firstIndex(of: UInt8(ascii: ":")), colon > 0 else { return false }
         let name = UnsafeRawBufferPointer(rebasing: line[..<colon])
-        let value = UnsafeRawBufferPointer(rebasing: line[(colon + 1)...]).trimmingSpaces
-        if name.equalsIgnoringCase("content-length") {
+        let value = UnsafeRawBufferPointer(rebasing: line[(colon + 1)...]).trimmingWhitespace
+        if name.equalsIgnoringASCIICase("content-length") {
             guard let length = value.decimal, contentLength == nil || contentLength == length else { return false }
             contentLength = length
-        } else if name.equalsIgnoringCase("transfer-encoding") {
+        } else if name.equalsIgnoringASCIICase("transfer-encoding") {
             let codings = String(decoding: value, as: UTF8.self).lowercased()
             chunked = codings.split(separator: ",").last.map { $0.filter { $0 != " " && $0 != "\t" } == "chunked" } ?? false
             if !chunked { return false }
-        } else if name.equalsIgnoringCase("upgrade") {
+        } else if name.equalsIgnoringASCIICase("upgrade") {
             switchesProtocol = true
         }
         return true
@@ -201,53 +201,6 @@ package struct HTTPRequestFraming {
         return Head(method: String(decoding: method, as: UTF8.self), target: String(decoding: target, as: UTF8.self))
     }
 
-    /// A chunk-size line: hexadecimal digits (no sign: `Int(_:radix:)` would
-    /// take "-a" for -10), maybe extensions after `;`.
-    static func chunkSize(_ line: UnsafeRawBufferPointer) -> Int? {
-        let digits = UnsafeRawBufferPointer(rebasing: line[..<(line.firstIndex(of: UInt8(ascii: ";")) ?? line.endIndex)]).trimmingSpaces
-        guard !digits.isEmpty, digits.count <= 15 else { return nil }
-        var size = 0
-        for byte in digits {
-            guard let value = HTTPSyntax.hexValue(byte) else { return nil }
-            size = size << 4 | Int(value)
-        }
-        return size
-    }
-
-}
-
-extension UnsafeRawBufferPointer {
-    fileprivate var droppingCarriageReturn: UnsafeRawBufferPointer {
-        last == UInt8(ascii: "\r") ? UnsafeRawBufferPointer(rebasing: self[..<(endIndex - 1)]) : self
-    }
-
-    fileprivate var trimmingSpaces: UnsafeRawBufferPointer {
-        let isSpace = { (byte: UInt8) in byte == UInt8(ascii: " ") || byte == UInt8(ascii: "\t") }
-        guard let first = firstIndex(where: { !isSpace($0) }), let last = lastIndex(where: { !isSpace($0) }) else {
-            return UnsafeRawBufferPointer(rebasing: self[startIndex..<startIndex])
-        }
-        return UnsafeRawBufferPointer(rebasing: self[first...last])
-    }
-
-    /// Whether these bytes are `lowercase` in any case (ASCII).
-    fileprivate func equalsIgnoringCase(_ lowercase: StaticString) -> Bool {
-        guard count == lowercase.utf8CodeUnitCount else { return false }
-        let expected = UnsafeRawBufferPointer(start: lowercase.utf8Start, count: lowercase.utf8CodeUnitCount)
-        return zip(self, expected).allSatisfy { byte, lower in
-            byte == lower || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z") && byte | 0x20 == lower)
-        }
-    }
-
-    /// A non-negative decimal number of at most 18 digits (a length).
-    fileprivate var decimal: Int? {
-        guard !isEmpty, count <= 18 else { return nil }
-        var value = 0
-        for byte in self {
-            guard byte >= UInt8(ascii: "0"), byte <= UInt8(ascii: "9") else { return nil }
-            value = value * 10 + Int(byte - UInt8(ascii: "0"))
-        }
-        return value
-    }
 }
 
 /// Watches a spliced connection's client bytes for HTTP/1.x request heads, for
@@ -312,5 +265,13 @@ package final class HTTPRequestTap: ChannelInboundHandler, RemovableChannelHandl
             }
         }
         context.fireChannelRead(data)
+    }
+}
+
+extension UnsafeRawBufferPointer {
+    /// The graph's reader takes a bare LF for a line end, where the strict
+    /// reader refuses it: it watches and never decides.
+    fileprivate var droppingCarriageReturn: UnsafeRawBufferPointer {
+        last == UInt8(ascii: "\r") ? UnsafeRawBufferPointer(rebasing: self[..<(endIndex - 1)]) : self
     }
 }

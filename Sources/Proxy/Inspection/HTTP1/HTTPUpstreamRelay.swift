@@ -1,17 +1,21 @@
 import LinuxNet
 import NIOCore
-import NIOHTTP1
+import Policy
 
 /// The workload side of an inspected connection: sends the requests the gate
-/// allowed, and hands every response part back to it.
+/// allowed, reads the workload's responses (`HTTP1ResponseReader`) and hands
+/// every part back to the gate.
 final class HTTPUpstreamRelay: ChannelDuplexHandler, RemovableChannelHandler {
-    typealias InboundIn = HTTPClientResponsePart
+    typealias InboundIn = ByteBuffer
     typealias OutboundIn = Never
-    typealias OutboundOut = HTTPClientRequestPart
+    typealias OutboundOut = ByteBuffer
 
     var gate: HTTPRequestGate?
     private var context: ChannelHandlerContext?
     private var readPending = false
+    private var reader = HTTP1ResponseReader()
+    /// The start of a head or a line that has not all arrived.
+    private var unread: ByteBuffer?
 
     func handlerAdded(context: ChannelHandlerContext) {
         self.context = context
@@ -33,7 +37,24 @@ final class HTTPUpstreamRelay: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        gate?.upstreamResponse(unwrapInboundIn(data))
+        var buffer = unwrapInboundIn(data)
+        if var held = unread {
+            unread = nil
+            held.writeBuffer(&buffer)
+            buffer = held
+        }
+        do {
+            while let part = try reader.read(&buffer) {
+                gate?.upstreamResponse(part)
+            }
+        } catch {
+            // The client must never be sent a response framed one way here
+            // and read another way there: the exchange ends.
+            HTTPInspectionMetrics.malformedResponse.increment()
+            context.close(promise: nil)
+            return
+        }
+        if buffer.readableBytes > 0 { unread = buffer }
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
@@ -51,6 +72,7 @@ final class HTTPUpstreamRelay: ChannelDuplexHandler, RemovableChannelHandler {
 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, event == .inputClosed {
+            endResponseDelimitedByClose()
             gate?.upstreamClosed()
             context.close(promise: nil)
             return
@@ -59,6 +81,7 @@ final class HTTPUpstreamRelay: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        endResponseDelimitedByClose()
         gate?.upstreamClosed()
         context.fireChannelInactive()
     }
@@ -73,8 +96,25 @@ final class HTTPUpstreamRelay: ChannelDuplexHandler, RemovableChannelHandler {
         context.fireChannelWritabilityChanged()
     }
 
-    func send(_ part: HTTPClientRequestPart) {
-        context?.write(wrapOutboundOut(part), promise: nil)
+    /// A response without a length or chunks ends when the workload closes.
+    private func endResponseDelimitedByClose() {
+        guard reader.inputEnded() else { return }
+        var buffer = unread ?? ByteBuffer()
+        unread = nil
+        while let part = try? reader.read(&buffer) {
+            gate?.upstreamResponse(part)
+        }
+    }
+
+    /// A request's head, which the workload answers after those sent before.
+    func send(_ head: ByteBuffer, answersHEAD: Bool) {
+        reader.expectResponse(toHEAD: answersHEAD)
+        send(head)
+    }
+
+    /// Request bytes, as they are.
+    func send(_ bytes: ByteBuffer) {
+        context?.write(wrapOutboundOut(bytes), promise: nil)
     }
 
     func flush() {

@@ -122,18 +122,18 @@ struct HTTP2Request: Equatable {
         return .success(HTTP2Request(head: head, scheme: scheme, authority: target, neverIndexed: neverIndexed))
     }
 
-    /// The header block that asks the workload for `forwarded`, the head the
-    /// inspector allowed: its (normalized) path and fields, this request's
-    /// scheme and authority.
-    func workloadHeaders(for forwarded: HTTPRequestHead) -> HPACKHeaders {
+    /// The header block that asks the workload for this request as the
+    /// inspector allowed it: its (normalized) path, its fields but those
+    /// removed, its scheme and authority.
+    func workloadHeaders(for forwarding: HTTPRequestInspector.Forwarding) -> HPACKHeaders {
         var block = HPACKHeaders()
-        block.add(name: ":method", value: forwarded.method.rawValue)
+        block.add(name: ":method", value: head.method.rawValue)
         block.add(name: ":scheme", value: scheme)
         block.add(name: ":authority", value: authority)
-        block.add(name: ":path", value: forwarded.uri)
-        for (name, value) in forwarded.headers {
+        block.add(name: ":path", value: forwarding.target)
+        for (name, value) in head.headers {
             let lowercased = name.lowercased()
-            guard lowercased != "host" else { continue }
+            guard lowercased != "host", !forwarding.removing.contains(lowercased) else { continue }
             let indexing: HPACKIndexing = neverIndexed.contains(HTTPField(name: lowercased, value: value)) ? .neverIndexed : .indexable
             block.add(name: lowercased, value: value, indexing: indexing)
         }

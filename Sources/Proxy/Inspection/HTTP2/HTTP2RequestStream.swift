@@ -1,6 +1,7 @@
 import NIOCore
 import NIOHPACK
 import NIOHTTP2
+import Policy
 
 /// The client's side of one stream: decides its request, answers it or opens a
 /// stream to the workload for it, relays frames both ways with back-pressure,
@@ -136,11 +137,11 @@ final class HTTP2RequestStream: ChannelDuplexHandler {
         case .success(let parsed):
             request = parsed
         }
-        switch connection.inspector.inspect(request.head) {
+        switch connection.inspector.inspect(RequestHead(request.head), keepAlive: true) {
         case .respond(let response, let entry):
             self.entry = entry
             answer(response)
-        case .forward(let head, let entry):
+        case .forward(let forwarding, let entry):
             self.entry = entry
             exchange.forwarded()
             guard let workload = connection.openWorkloadStream(for: self) else {
@@ -150,7 +151,7 @@ final class HTTP2RequestStream: ChannelDuplexHandler {
                 return
             }
             self.workload = workload
-            workload.send(.headers(.init(headers: request.workloadHeaders(for: head), endStream: endStream)))
+            workload.send(.headers(.init(headers: request.workloadHeaders(for: forwarding), endStream: endStream)))
         }
     }
 
