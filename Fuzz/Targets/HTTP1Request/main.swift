@@ -104,6 +104,7 @@ private func checkReadBackTheSame(_ request: ReceivedRequestHead, _ forwarding: 
             && head.version.major == request.head.version.major && head.version.minor == request.head.version.minor,
         "forwarded \(request.head.method) \(forwarding.target), read back \(head)")
     let sent = request.head.fields.filter { !forwarding.removing.contains($0.name) }.map { [$0.name, $0.value] }
-    let read = head.headers.map { [$0.name.lowercased(), $0.value] }
+    // llhttp keeps a value's trailing whitespace, which is not part of it (RFC 9110 5.5).
+    let read = head.headers.map { [$0.name.lowercased(), $0.value.trimmingCharacters(in: [" ", "\t"])] }
     Fuzzing.require(read == sent, "forwarded header fields \(sent), read back \(read)")
 }
