@@ -56,9 +56,13 @@ struct HTTPExchangeState {
         case abort
     }
 
-    private enum Turn {
-        case upstream(AccessLogEntry, started: NIODeadline)
-        case local(LocalResponse, AccessLogEntry)
+    /// A request waiting for its answer: from the workload (`local` nil), or
+    /// the agent's own. A struct, so that counting into its entry changes it
+    /// where it lies instead of copying the entry out and back.
+    private struct Turn {
+        var entry: AccessLogEntry
+        var local: LocalResponse?
+        var started: NIODeadline
     }
 
     enum RequestBody: Equatable {
@@ -94,11 +98,11 @@ struct HTTPExchangeState {
         guard !closing else { return .none }
         switch outcome {
         case .forward(_, let entry):
-            turns.append(.upstream(entry, started: .now()))
+            turns.append(Turn(entry: entry, local: nil, started: .now()))
             requestBody = .forwarding
             return .forward
         case .respond(let response, let entry):
-            turns.append(.local(response, entry))
+            turns.append(Turn(entry: entry, local: response, started: .now()))
             requestBody = .discarding
             if response.close { closing = true }
             return .answer(takeLocalAnswers())
@@ -107,9 +111,8 @@ struct HTTPExchangeState {
 
     mutating func requestBodyPart(bytes: Int) -> Action {
         guard requestBody == .forwarding else { return .none }
-        if let index = turns.indices.last, case .upstream(var entry, let started) = turns[index] {
-            entry.bytesReceived += UInt64(bytes)
-            turns[index] = .upstream(entry, started: started)
+        if let index = turns.indices.last, turns[index].local == nil {
+            turns[index].entry.bytesReceived += UInt64(bytes)
         }
         return .forward
     }
@@ -129,7 +132,7 @@ struct HTTPExchangeState {
             closing = true
             return .abort
         }
-        turns.append(.local(response, entry))
+        turns.append(Turn(entry: entry, local: response, started: .now()))
         requestBody = .none
         closing = true
         return .answer(takeLocalAnswers())
@@ -159,8 +162,9 @@ struct HTTPExchangeState {
     }
 
     mutating func responseEnded() -> Action {
-        guard case .upstream(var entry, let started)? = turns.first else { return .forward }
-        turns.removeFirst()
+        guard awaitsUpstream else { return .forward }
+        let started = turns[0].started
+        var entry = turns.removeFirst().entry
         entry.durationMilliseconds = milliseconds(since: started)
         return .completed(entry, then: takeLocalAnswers())
     }
@@ -170,25 +174,29 @@ struct HTTPExchangeState {
     /// waiting for its answer gets none.
     mutating func upstreamClosed() -> Action {
         guard !finishing else { return .none }
-        if case .upstream? = turns.first { return .abort }
+        if awaitsUpstream { return .abort }
         return .closeAfterWrites
     }
 
     // MARK: Helpers
 
+    /// The next answer is the workload's.
+    private var awaitsUpstream: Bool {
+        !turns.isEmpty && turns[0].local == nil
+    }
+
     private mutating func recordUpstream(status: Int?, bodyBytes: Int) {
-        guard case .upstream(var entry, let started)? = turns.first else { return }
-        if let status { entry.status = status }
-        entry.bytesSent += UInt64(bodyBytes)
-        turns[0] = .upstream(entry, started: started)
+        guard awaitsUpstream else { return }
+        if let status { turns[0].entry.status = status }
+        turns[0].entry.bytesSent += UInt64(bodyBytes)
     }
 
     /// The answers the agent writes itself that are next in line, removed
     /// from the queue, and whether the connection is then done.
     private mutating func takeLocalAnswers() -> LocalAnswers {
         var owed = LocalAnswers()
-        while case .local(let response, var entry)? = turns.first {
-            turns.removeFirst()
+        while let response = turns.first?.local {
+            var entry = turns.removeFirst().entry
             entry.status = Int(response.status.code)
             owed.answers.append(LocalAnswers.Answer(response: response, entry: entry))
         }
