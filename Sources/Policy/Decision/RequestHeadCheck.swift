@@ -25,20 +25,20 @@ public enum RequestHeadCheck {
             if let refusal = checkField(name: field.name, value: field.value, index: index) { return .failure(refusal) }
         }
 
+        let fields = FramingFields(head)
         let body: CheckedRequest.Body
-        switch bodyFraming(head) {
+        switch bodyFraming(fields, version: head.version) {
         case .success(let framing): body = framing
         case .failure(let refusal): return .failure(refusal)
         }
 
         let host: String?
-        switch checkHost(head) {
+        switch checkHost(fields, version: head.version) {
         case .success(let value): host = value
         case .failure(let refusal): return .failure(refusal)
         }
 
-        let upgrade = head.values(of: "upgrade").flatMap { $0.split(separator: ",") }.map { trimmed($0).lowercased() }
-        if upgrade.contains("h2c") || head.has("http2-settings") {
+        if fields.upgradesToH2C {
             // After an h2c upgrade the client speaks HTTP/2 to the workload, where this
             // filter sees no more requests.
             return .failure(RequestRefusal(.badRequest, "upgrade to cleartext HTTP/2 (h2c) is not allowed through the mesh"))
@@ -82,26 +82,28 @@ public enum RequestHeadCheck {
     /// sends them. The HTTP/1.1 reader frames bodies by this too, so a body is
     /// read the way the decision judged it.
     public static func bodyFraming(_ head: RequestHead) -> Result<CheckedRequest.Body, RequestRefusal> {
-        let lengths = head.values(of: "content-length")
-        let encodings = head.values(of: "transfer-encoding")
-        if !lengths.isEmpty && !encodings.isEmpty {
+        bodyFraming(FramingFields(head), version: head.version)
+    }
+
+    private static func bodyFraming(_ fields: FramingFields, version: RequestHead.Version) -> Result<CheckedRequest.Body, RequestRefusal> {
+        if fields.lengths > 0 && fields.encodings > 0 {
             return .failure(RequestRefusal(.badRequest, "request has both Content-Length and Transfer-Encoding"))
         }
-        if !encodings.isEmpty {
-            guard head.version == .http1_1 else {
+        if let encoding = fields.firstEncoding {
+            guard version == .http1_1 else {
                 return .failure(RequestRefusal(.badRequest, "Transfer-Encoding in an HTTP/1.0 request"))
             }
-            guard encodings.count == 1 else {
-                return .failure(RequestRefusal(.badRequest, "request has \(encodings.count) Transfer-Encoding fields"))
+            guard fields.encodings == 1 else {
+                return .failure(RequestRefusal(.badRequest, "request has \(fields.encodings) Transfer-Encoding fields"))
             }
-            guard trimmed(encodings[0][...]).lowercased() == "chunked" else {
+            guard trimmed(encoding[...]).lowercased() == "chunked" else {
                 return .failure(RequestRefusal(.notImplemented, "Transfer-Encoding other than exactly \"chunked\" is not supported"))
             }
             return .success(.chunked)
         }
-        guard let length = lengths.first else { return .success(.none) }
-        guard lengths.count == 1 else {
-            return .failure(RequestRefusal(.badRequest, "request has \(lengths.count) Content-Length fields"))
+        guard let length = fields.firstLength else { return .success(.none) }
+        guard fields.lengths == 1 else {
+            return .failure(RequestRefusal(.badRequest, "request has \(fields.lengths) Content-Length fields"))
         }
         let digits = trimmed(length[...])
         guard !digits.isEmpty, digits.utf8.allSatisfy({ (UInt8(ascii: "0")...UInt8(ascii: "9")).contains($0) }),
@@ -114,13 +116,12 @@ public enum RequestHeadCheck {
 
     /// One Host field in HTTP/1.1 (at most one in HTTP/1.0), holding a host name,
     /// IPv4 address or bracketed IPv6 address, and an optional port.
-    private static func checkHost(_ head: RequestHead) -> Result<String?, RequestRefusal> {
-        let hosts = head.values(of: "host")
-        guard hosts.count <= 1 else {
-            return .failure(RequestRefusal(.badRequest, "request has \(hosts.count) Host fields"))
+    private static func checkHost(_ fields: FramingFields, version: RequestHead.Version) -> Result<String?, RequestRefusal> {
+        guard fields.hosts <= 1 else {
+            return .failure(RequestRefusal(.badRequest, "request has \(fields.hosts) Host fields"))
         }
-        guard let raw = hosts.first else {
-            if head.version == .http1_0 { return .success(nil) }
+        guard let raw = fields.firstHost else {
+            if version == .http1_0 { return .success(nil) }
             return .failure(RequestRefusal(.badRequest, "HTTP/1.1 request has no Host"))
         }
         let host = trimmed(raw[...])
@@ -131,28 +132,30 @@ public enum RequestHeadCheck {
     }
 
     static func isHostAndPort(_ text: Substring) -> Bool {
-        let bytes = Array(text.utf8)
-        let hostEnd: Int
+        let bytes = text.utf8
+        let afterHost: Substring.UTF8View.SubSequence
         if bytes.first == UInt8(ascii: "[") {
-            guard let close = bytes.firstIndex(of: UInt8(ascii: "]")), close > 1 else { return false }
+            let literalStart = bytes.index(after: bytes.startIndex)
+            guard let close = bytes.firstIndex(of: UInt8(ascii: "]")), close > literalStart else { return false }
             let isIPLiteralByte: (UInt8) -> Bool = { HTTPSyntax.hexValue($0) != nil || $0 == UInt8(ascii: ":") || $0 == UInt8(ascii: ".") }
-            guard bytes[1..<close].allSatisfy(isIPLiteralByte) else { return false }
-            hostEnd = close + 1
+            guard bytes[literalStart..<close].allSatisfy(isIPLiteralByte) else { return false }
+            afterHost = bytes[bytes.index(after: close)...]
         } else {
-            hostEnd = bytes.firstIndex(of: UInt8(ascii: ":")) ?? bytes.count
+            let hostEnd = bytes.firstIndex(of: UInt8(ascii: ":")) ?? bytes.endIndex
             let name = bytes[..<hostEnd]
             guard !name.isEmpty, name.count <= 253, name.allSatisfy(isHostNameByte) else { return false }
+            afterHost = bytes[hostEnd...]
         }
-        guard hostEnd < bytes.count else { return true }
-        guard bytes[hostEnd] == UInt8(ascii: ":") else { return false }
-        let port = bytes[(hostEnd + 1)...]
+        guard let separator = afterHost.first else { return true }
+        guard separator == UInt8(ascii: ":") else { return false }
+        let port = afterHost.dropFirst()
         guard (1...5).contains(port.count), port.allSatisfy(isDigit) else { return false }
-        return Int(String(decoding: port, as: UTF8.self)).map { $0 <= 65535 } ?? false
+        return port.reduce(0) { $0 * 10 + Int($1 - UInt8(ascii: "0")) } <= 65535
     }
 
     private static func trimmed(_ text: Substring) -> Substring {
-        let isWhitespace: (Character) -> Bool = { $0 == " " || $0 == "\t" }
-        guard let first = text.firstIndex(where: { !isWhitespace($0) }), let last = text.lastIndex(where: { !isWhitespace($0) }) else {
+        let isWhitespace: (UInt8) -> Bool = { $0 == UInt8(ascii: " ") || $0 == UInt8(ascii: "\t") }
+        guard let first = text.utf8.firstIndex(where: { !isWhitespace($0) }), let last = text.utf8.lastIndex(where: { !isWhitespace($0) }) else {
             return text[text.endIndex...]
         }
         return text[first...last]
@@ -166,6 +169,43 @@ public enum RequestHeadCheck {
 
     private static func isLetter(_ byte: UInt8) -> Bool {
         (UInt8(ascii: "a")...UInt8(ascii: "z")).contains(byte) || (UInt8(ascii: "A")...UInt8(ascii: "Z")).contains(byte)
+    }
+}
+
+/// The fields the checks read, gathered in one pass over a head: how many
+/// of each there are, and the first one's value.
+private struct FramingFields {
+    var lengths = 0
+    var firstLength: String?
+    var encodings = 0
+    var firstEncoding: String?
+    var hosts = 0
+    var firstHost: String?
+    /// An `Upgrade` naming h2c, or an `HTTP2-Settings` field.
+    var upgradesToH2C = false
+
+    init(_ head: RequestHead) {
+        for field in head.fields {
+            switch field.name {
+            case "content-length":
+                lengths += 1
+                if firstLength == nil { firstLength = field.value }
+            case "transfer-encoding":
+                encodings += 1
+                if firstEncoding == nil { firstEncoding = field.value }
+            case "host":
+                hosts += 1
+                if firstHost == nil { firstHost = field.value }
+            case "upgrade":
+                if field.value.split(separator: ",").contains(where: { $0.lowercased().filter { $0 != " " && $0 != "\t" } == "h2c" }) {
+                    upgradesToH2C = true
+                }
+            case "http2-settings":
+                upgradesToH2C = true
+            default:
+                break
+            }
+        }
     }
 }
 
