@@ -84,6 +84,26 @@ extension AccessLogEntryTests {
             + #""duration_ms":12.346,"audited":"shop/audit-all","audit":"allow","audit_policy":"shop/dry","audit_rule":2,"method":"DELETE","#
             + #""path":"/orders/ü"# + "\u{7f}" + #"\t","request_principal":"issuer/subject","status":403}"# + "\n"
         #expect(entry.jsonLine() == expected)
+        // A connection's requests share its parties' part of the line: the same line.
+        #expect(entry.cachingParties().jsonLine() == expected)
+    }
+
+    /// A party changed after its part of the line was built is written as
+    /// changed: the change drops what was built.
+    @Test func changingAPartyAfterCachingIsWritten() throws {
+        var entry = AccessLogEntry(time: 0, direction: .inbound, tls: .mutual, action: .allow, reason: "hbone")
+        entry.sourceIdentity = "spiffe://cluster.local/ns/shop/sa/checkout"
+        var request = entry.cachingParties().requestEntry(at: 1)
+        request.sourceIdentity = "spiffe://cluster.local/ns/shop/sa/other"
+        request.sourceAddress = try SocketAddress(ipAddress: "10.77.0.9", port: 1)
+        request.tls = .none
+        var fresh = entry.requestEntry(at: 1)
+        fresh.sourceIdentity = "spiffe://cluster.local/ns/shop/sa/other"
+        fresh.sourceAddress = try SocketAddress(ipAddress: "10.77.0.9", port: 1)
+        fresh.tls = .none
+        #expect(request.jsonLine() == fresh.jsonLine())
+        #expect(request.jsonLine().contains(#""src_identity":"spiffe://cluster.local/ns/shop/sa/other","#))
+        #expect(request.jsonLine().contains(#""tls":"none""#))
     }
 
     @Test func durationsKeepTheirShortestForm() {

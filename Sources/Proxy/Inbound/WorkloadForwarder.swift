@@ -85,7 +85,7 @@ struct WorkloadForwarder: Sendable {
         let eventLoop = client.channel.eventLoop
         let carrier: Carrier
         if inspected {
-            let inspector = HTTPRequestInspector(workload: workload, connection: plan.attributes, authorizer: authorizer, connectionEntry: plan.entry)
+            let inspector = HTTPRequestInspector(workload: workload, connection: plan.attributes, authorizer: authorizer, connectionEntry: plan.entry.cachingParties())
             carrier = .inspect(inspector, accessLog: accessLog, limit: requestHeadLimit, on: eventLoop)
         } else if accessLog.observesRequests {
             carrier = .splice(on: eventLoop, watching: .countingRequests(of: plan.entry, in: accessLog, pathRules: authorizer.snapshot.pathRules))

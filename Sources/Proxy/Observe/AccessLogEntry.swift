@@ -12,14 +12,16 @@ public struct AccessLogEntry: Sendable, Equatable {
     public enum Action: String, Sendable { case allow, deny }
 
     public var time: Double
-    public var direction: Direction
-    public var sourceAddress: SocketAddress?
-    public var sourceWorkload: String?
-    public var sourceIdentity: String?
-    public var destinationAddress: SocketAddress?
-    public var destinationWorkload: String?
-    public var destinationIdentity: String?
-    public var tls: TLSMode
+    // The parties and how they talk: the same for every request of a
+    // connection, so their part of the line can be built once (`partiesJSON`).
+    public var direction: Direction { didSet { partiesJSON = nil } }
+    public var sourceAddress: SocketAddress? { didSet { partiesJSON = nil } }
+    public var sourceWorkload: String? { didSet { partiesJSON = nil } }
+    public var sourceIdentity: String? { didSet { partiesJSON = nil } }
+    public var destinationAddress: SocketAddress? { didSet { partiesJSON = nil } }
+    public var destinationWorkload: String? { didSet { partiesJSON = nil } }
+    public var destinationIdentity: String? { didSet { partiesJSON = nil } }
+    public var tls: TLSMode { didSet { partiesJSON = nil } }
     public var `protocol` = "tcp"
     public var action: Action
     public var policy: String?
@@ -50,6 +52,9 @@ public struct AccessLogEntry: Sendable, Equatable {
     /// sees the edge at once (a new edge is reported while the connection
     /// lasts), counting nothing yet. Never written.
     public var isOpening = false
+    /// The line's fields from `direction` to `tls`, built by
+    /// `cachingParties()`; any change to one of them drops it.
+    private var partiesJSON: JSONFragment?
 
     public init(time: Double, direction: Direction, tls: TLSMode, action: Action, reason: String) {
         self.time = time
@@ -57,6 +62,17 @@ public struct AccessLogEntry: Sendable, Equatable {
         self.tls = tls
         self.action = action
         self.reason = reason
+    }
+
+    /// This entry with its parties' part of the line built, for the entries
+    /// made from it (`requestEntry`) to share: an inspected connection's
+    /// requests then each format only what is their own.
+    func cachingParties() -> AccessLogEntry {
+        var entry = self
+        var json = JSONObjectWriter()
+        entry.addParties(to: &json)
+        entry.partiesJSON = JSONFragment(bytes: json.fields)
+        return entry
     }
 
     /// A request's entry on this connection, starting from the connection's
@@ -80,14 +96,11 @@ public struct AccessLogEntry: Sendable, Equatable {
     public func jsonLineBytes() -> [UInt8] {
         var json = JSONObjectWriter()
         json.addTime("time", time)
-        json.add("direction", direction.rawValue)
-        json.add("src_addr", sourceAddress)
-        json.add("src_workload", sourceWorkload)
-        json.add("src_identity", sourceIdentity)
-        json.add("dst_addr", destinationAddress)
-        json.add("dst_workload", destinationWorkload)
-        json.add("dst_identity", destinationIdentity)
-        json.add("tls", tls.rawValue)
+        if let partiesJSON {
+            json.addFields(partiesJSON.bytes)
+        } else {
+            addParties(to: &json)
+        }
         json.add("protocol", self.protocol)
         json.add("action", action.rawValue)
         json.add("policy", policy)
@@ -108,6 +121,24 @@ public struct AccessLogEntry: Sendable, Equatable {
         return json.finishLine()
     }
 
+    private func addParties(to json: inout JSONObjectWriter) {
+        json.add("direction", direction.rawValue)
+        json.add("src_addr", sourceAddress)
+        json.add("src_workload", sourceWorkload)
+        json.add("src_identity", sourceIdentity)
+        json.add("dst_addr", destinationAddress)
+        json.add("dst_workload", destinationWorkload)
+        json.add("dst_identity", destinationIdentity)
+        json.add("tls", tls.rawValue)
+    }
+}
+
+/// Fields of a JSON object already written, without braces. A cache: two
+/// entries are equal or not by their fields, whatever it holds.
+struct JSONFragment: Sendable, Equatable {
+    var bytes: [UInt8]
+
+    static func == (_: JSONFragment, _: JSONFragment) -> Bool { true }
 }
 
 /// Builds one JSON object as UTF-8 bytes, without Foundation's encoder. The
@@ -188,12 +219,22 @@ package struct JSONObjectWriter {
         bytes.append(UInt8(ascii: "\""))
     }
 
+    /// Fields written by another writer (`fields`), as they are.
+    mutating func addFields(_ fields: [UInt8]) {
+        guard !fields.isEmpty else { return }
+        if !first { bytes.append(UInt8(ascii: ",")) }
+        first = false
+        bytes.append(contentsOf: fields)
+    }
+
+    /// The fields written so far, without the object's braces.
+    var fields: [UInt8] { Array(bytes.dropFirst()) }
+
     /// The object, closed, with the line's newline.
-    package func finishLine() -> [UInt8] {
-        var line = bytes
-        line.append(UInt8(ascii: "}"))
-        line.append(UInt8(ascii: "\n"))
-        return line
+    package consuming func finishLine() -> [UInt8] {
+        bytes.append(UInt8(ascii: "}"))
+        bytes.append(UInt8(ascii: "\n"))
+        return bytes
     }
 
     /// JSON string content: quote, backslash and control bytes escaped; the rest
