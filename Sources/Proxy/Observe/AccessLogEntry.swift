@@ -13,15 +13,41 @@ public struct AccessLogEntry: Sendable, Equatable {
 
     public var time: Double
     // The parties and how they talk: the same for every request of a
-    // connection, so their part of the line can be built once (`partiesJSON`).
-    public var direction: Direction { didSet { partiesJSON = nil } }
-    public var sourceAddress: SocketAddress? { didSet { partiesJSON = nil } }
-    public var sourceWorkload: String? { didSet { partiesJSON = nil } }
-    public var sourceIdentity: String? { didSet { partiesJSON = nil } }
-    public var destinationAddress: SocketAddress? { didSet { partiesJSON = nil } }
-    public var destinationWorkload: String? { didSet { partiesJSON = nil } }
-    public var destinationIdentity: String? { didSet { partiesJSON = nil } }
-    public var tls: TLSMode { didSet { partiesJSON = nil } }
+    // connection. They are kept in one shared box (copy on write), so copying
+    // an entry retains one reference rather than each address and name, and
+    // their part of the line can be built once (`cachingParties()`).
+    public var direction: Direction {
+        get { parties.value.direction }
+        set { changeParties { $0.direction = newValue } }
+    }
+    public var sourceAddress: SocketAddress? {
+        get { parties.value.sourceAddress }
+        set { changeParties { $0.sourceAddress = newValue } }
+    }
+    public var sourceWorkload: String? {
+        get { parties.value.sourceWorkload }
+        set { changeParties { $0.sourceWorkload = newValue } }
+    }
+    public var sourceIdentity: String? {
+        get { parties.value.sourceIdentity }
+        set { changeParties { $0.sourceIdentity = newValue } }
+    }
+    public var destinationAddress: SocketAddress? {
+        get { parties.value.destinationAddress }
+        set { changeParties { $0.destinationAddress = newValue } }
+    }
+    public var destinationWorkload: String? {
+        get { parties.value.destinationWorkload }
+        set { changeParties { $0.destinationWorkload = newValue } }
+    }
+    public var destinationIdentity: String? {
+        get { parties.value.destinationIdentity }
+        set { changeParties { $0.destinationIdentity = newValue } }
+    }
+    public var tls: TLSMode {
+        get { parties.value.tls }
+        set { changeParties { $0.tls = newValue } }
+    }
     public var `protocol` = "tcp"
     public var action: Action
     public var policy: String?
@@ -52,14 +78,11 @@ public struct AccessLogEntry: Sendable, Equatable {
     /// sees the edge at once (a new edge is reported while the connection
     /// lasts), counting nothing yet. Never written.
     public var isOpening = false
-    /// The line's fields from `direction` to `tls`, built by
-    /// `cachingParties()`; any change to one of them drops it.
-    private var partiesJSON: JSONFragment?
+    private var parties: PartiesStorage
 
     public init(time: Double, direction: Direction, tls: TLSMode, action: Action, reason: String) {
         self.time = time
-        self.direction = direction
-        self.tls = tls
+        self.parties = PartiesStorage(Parties(direction: direction, tls: tls))
         self.action = action
         self.reason = reason
     }
@@ -67,12 +90,25 @@ public struct AccessLogEntry: Sendable, Equatable {
     /// This entry with its parties' part of the line built, for the entries
     /// made from it (`requestEntry`) to share: an inspected connection's
     /// requests then each format only what is their own.
-    func cachingParties() -> AccessLogEntry {
+    package func cachingParties() -> AccessLogEntry {
         var entry = self
         var json = JSONObjectWriter()
-        entry.addParties(to: &json)
-        entry.partiesJSON = JSONFragment(bytes: json.fields)
+        parties.value.write(to: &json)
+        entry.parties = PartiesStorage(parties.value, json: json.fields)
         return entry
+    }
+
+    /// Changes the parties in a box of this entry's own; what was built of
+    /// the line from them is dropped.
+    private mutating func changeParties(_ change: (inout Parties) -> Void) {
+        if isKnownUniquelyReferenced(&parties) {
+            change(&parties.value)
+            parties.json = nil
+        } else {
+            var value = parties.value
+            change(&value)
+            parties = PartiesStorage(value)
+        }
     }
 
     /// A request's entry on this connection, starting from the connection's
@@ -96,10 +132,10 @@ public struct AccessLogEntry: Sendable, Equatable {
     public func jsonLineBytes() -> [UInt8] {
         var json = JSONObjectWriter()
         json.addTime("time", time)
-        if let partiesJSON {
-            json.addFields(partiesJSON.bytes)
+        if let built = parties.json {
+            json.addFields(built)
         } else {
-            addParties(to: &json)
+            parties.value.write(to: &json)
         }
         json.add("protocol", self.protocol)
         json.add("action", action.rawValue)
@@ -121,7 +157,27 @@ public struct AccessLogEntry: Sendable, Equatable {
         return json.finishLine()
     }
 
-    private func addParties(to json: inout JSONObjectWriter) {
+}
+
+/// Who talked to whom, and how: the fields of an entry that are the same for
+/// every request of a connection.
+private struct Parties: Equatable, Sendable {
+    var direction: AccessLogEntry.Direction
+    var sourceAddress: SocketAddress?
+    var sourceWorkload: String?
+    var sourceIdentity: String?
+    var destinationAddress: SocketAddress?
+    var destinationWorkload: String?
+    var destinationIdentity: String?
+    var tls: AccessLogEntry.TLSMode
+
+    init(direction: AccessLogEntry.Direction, tls: AccessLogEntry.TLSMode) {
+        self.direction = direction
+        self.tls = tls
+    }
+
+    /// The line's fields from `direction` to `tls`.
+    func write(to json: inout JSONObjectWriter) {
         json.add("direction", direction.rawValue)
         json.add("src_addr", sourceAddress)
         json.add("src_workload", sourceWorkload)
@@ -133,12 +189,23 @@ public struct AccessLogEntry: Sendable, Equatable {
     }
 }
 
-/// Fields of a JSON object already written, without braces. A cache: two
-/// entries are equal or not by their fields, whatever it holds.
-struct JSONFragment: Sendable, Equatable {
-    var bytes: [UInt8]
+/// The box entries share their parties in. It is changed only while one
+/// entry alone holds it (`changeParties`), the discipline of copy on write,
+/// so no thread ever sees it change under it.
+private final class PartiesStorage: Equatable, @unchecked Sendable {
+    var value: Parties
+    /// `value`'s part of the line, once built.
+    var json: [UInt8]?
 
-    static func == (_: JSONFragment, _: JSONFragment) -> Bool { true }
+    init(_ value: Parties, json: [UInt8]? = nil) {
+        self.value = value
+        self.json = json
+    }
+
+    /// Entries are equal by their parties, whatever was built of the line.
+    static func == (left: PartiesStorage, right: PartiesStorage) -> Bool {
+        left === right || left.value == right.value
+    }
 }
 
 /// Builds one JSON object as UTF-8 bytes, without Foundation's encoder. The
