@@ -81,6 +81,9 @@ public enum HTTPPath {
             query = String(decoding: queryBytes, as: UTF8.self)
         }
 
+        if isAlreadyNormal(pathBytes) {
+            return .success(NormalizedTarget(form: .origin, path: String(decoding: pathBytes, as: UTF8.self), query: query))
+        }
         var decoded: [UInt8]
         switch decodePath(pathBytes, decodingSlashes: rules.normalization == .DECODE_AND_MERGE_SLASHES) {
         case .success(let bytes): decoded = bytes
@@ -104,6 +107,26 @@ public enum HTTPPath {
         }
         let merged = rules.normalization == .BASE ? resolved : mergeSlashes(resolved)
         return .success(NormalizedTarget(form: .origin, path: String(decoding: merged, as: UTF8.self), query: query))
+    }
+
+    /// Whether a path (starting with `/`) is its own normalization under every
+    /// rule: only path characters, no escape, no parameter, no dot segment
+    /// and no empty one. Most paths are; the others take the long way, which
+    /// also says what is wrong with them.
+    private static func isAlreadyNormal(_ path: ArraySlice<UInt8>) -> Bool {
+        var previous = Byte.slash
+        for byte in path.dropFirst() {
+            switch byte {
+            case Byte.slash, Byte.dot:
+                if previous == Byte.slash { return false }
+            case Byte.percent, Byte.semicolon:
+                return false
+            default:
+                if !isPathCharacter(byte) { return false }
+            }
+            previous = byte
+        }
+        return true
     }
 
     /// Percent escapes of unreserved characters decoded, other escapes with their hex
@@ -243,7 +266,15 @@ public enum HTTPPath {
 
     /// RFC 3986 `pchar` without `pct-encoded`: unreserved, sub-delims, ":" and "@".
     private static func isPathCharacter(_ byte: UInt8) -> Bool {
-        isUnreserved(byte) || subDelimiters.contains(byte) || byte == Byte.colon || byte == UInt8(ascii: "@")
+        isUnreserved(byte) || isSubDelimiter(byte) || byte == Byte.colon || byte == UInt8(ascii: "@")
+    }
+
+    /// RFC 3986 `sub-delims`: `!$&'()*+,;=`.
+    private static func isSubDelimiter(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "!"), UInt8(ascii: "$"), UInt8(ascii: "&")...UInt8(ascii: ","), UInt8(ascii: ";"), UInt8(ascii: "="): true
+        default: false
+        }
     }
 
     private static func isUnreserved(_ byte: UInt8) -> Bool {
@@ -258,7 +289,6 @@ public enum HTTPPath {
         (UInt8(ascii: "0")...UInt8(ascii: "9")).contains(byte)
     }
 
-    private static let subDelimiters: Set<UInt8> = Set("!$&'()*+,;=".utf8)
     private static let hexDigits: [UInt8] = Array("0123456789ABCDEF".utf8)
 
     private enum Byte {
