@@ -181,7 +181,7 @@ let package = Package(
         .executableTarget(
             name: "micro-bench",
             dependencies: [
-                "Policy", "Config", "Proxy", "Workloads", "LinuxNet", "EmbeddedLinks", "Agent", "Graph",
+                "Policy", "Config", "Proxy", "Workloads", "LinuxNet", "EmbeddedLinks", "Agent", "Graph", "TLS",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOEmbedded", package: "swift-nio"),

@@ -218,6 +218,11 @@ public final class AccessLogWriter: AccessLogSink {
     private let writeFailures = Counter(label: "mesh_agent_access_log_write_failures_total")
     private let dropped = Counter(label: "mesh_agent_access_log_dropped_total")
 
+    /// A writer of every line to `path`, without a graph (micro-benchmarks).
+    package convenience init(path: String, limit: AccessLogLimit) throws {
+        try self.init(path: path, limit: limit, requests: .all, clock: .system, graph: nil)
+    }
+
     convenience init(path: String, limit: AccessLogLimit = .default, requests: AccessLogRequests = .all, graph: GraphTally? = nil) throws {
         try self.init(path: path, limit: limit, requests: requests, clock: .system, graph: graph)
     }

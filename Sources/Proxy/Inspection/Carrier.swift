@@ -129,9 +129,9 @@ final class InspectedConnection {
         }
         switch found {
         case .http1:
-            let (gate, relay) = HTTPUpstreamRelay.pair(inspector: inspector, accessLog: accessLog, limit: limit, received: received, sent: sent)
-            try upstream.pipeline.syncOperations.addHandler(relay)
-            try client.pipeline.syncOperations.addHandler(gate)
+            let handlers = HTTP1Inspection.handlers(inspector: inspector, accessLog: accessLog, limit: limit, received: received, sent: sent)
+            try upstream.pipeline.syncOperations.addHandler(handlers.upstream)
+            try client.pipeline.syncOperations.addHandler(handlers.client)
         case .http2:
             try HTTP2Inspection.install(
                 client: client, upstream: upstream, inspector: inspector, accessLog: accessLog, limit: limit,

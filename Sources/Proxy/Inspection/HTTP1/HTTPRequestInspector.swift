@@ -5,7 +5,7 @@ import Workloads
 
 /// Decides one inbound HTTP request: framing and target checks, the request's
 /// token, then L7 policy. Pure apart from the policy snapshot it reads.
-struct HTTPRequestInspector: Sendable {
+package struct HTTPRequestInspector: Sendable {
     enum Outcome {
         /// Send the request upstream, changed as `Forwarding` says.
         case forward(Forwarding, AccessLogEntry)
@@ -27,6 +27,13 @@ struct HTTPRequestInspector: Sendable {
     let authorizer: InboundAuthorizer
     /// The connection's log entry, which each request's entry starts from.
     let connectionEntry: AccessLogEntry
+
+    package init(workload: Workload, connection: ConnectionAttributes, authorizer: InboundAuthorizer, connectionEntry: AccessLogEntry) {
+        self.workload = workload
+        self.connection = connection
+        self.authorizer = authorizer
+        self.connectionEntry = connectionEntry
+    }
 
     /// A new request's log line, starting from the connection's.
     func requestEntry() -> AccessLogEntry {

@@ -26,16 +26,6 @@ final class HTTPUpstreamRelay: ChannelDuplexHandler, RemovableChannelHandler {
         gate = nil
     }
 
-    static func pair(
-        inspector: HTTPRequestInspector, accessLog: AccessLogSink, limit: HTTPHeadSizeLimit, received: ByteCounter, sent: ByteCounter
-    ) -> (HTTPRequestGate, HTTPUpstreamRelay) {
-        let gate = HTTPRequestGate(inspector: inspector, accessLog: accessLog, limit: limit, received: received, sent: sent)
-        let relay = HTTPUpstreamRelay()
-        gate.relay = relay
-        relay.gate = gate
-        return (gate, relay)
-    }
-
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var buffer = unwrapInboundIn(data)
         if var held = unread {
@@ -137,5 +127,19 @@ final class HTTPUpstreamRelay: ChannelDuplexHandler, RemovableChannelHandler {
     /// Every exchange is done and the client has gone: close the workload's side.
     func finish() {
         context?.close(promise: nil)
+    }
+}
+
+/// The handlers that inspect an HTTP/1.1 connection: the gate for the
+/// client's pipeline, the relay for the workload's.
+package enum HTTP1Inspection {
+    package static func handlers(
+        inspector: HTTPRequestInspector, accessLog: AccessLogSink, limit: HTTPHeadSizeLimit, received: ByteCounter, sent: ByteCounter
+    ) -> (client: any ChannelHandler, upstream: any ChannelHandler) {
+        let gate = HTTPRequestGate(inspector: inspector, accessLog: accessLog, limit: limit, received: received, sent: sent)
+        let relay = HTTPUpstreamRelay()
+        gate.relay = relay
+        relay.gate = gate
+        return (gate, relay)
     }
 }
