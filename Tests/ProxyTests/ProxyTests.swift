@@ -107,7 +107,10 @@ extension AccessLogEntryTests {
     }
 
     @Test func durationsKeepTheirShortestForm() {
-        for (milliseconds, written) in [(0.0, "0.0"), (1.0, "1.0"), (0.0004, "0.0"), (0.001, "0.001"), (2.5, "2.5"), (1234.5678, "1234.568")] {
+        for (milliseconds, written) in [
+            (0.0, "0.0"), (1.0, "1.0"), (0.0004, "0.0"), (0.001, "0.001"), (2.5, "2.5"), (1234.5678, "1234.568"), (0.0996, "0.1"),
+            (10.05, "10.05"), (999.9996, "1000.0"), (-1.0, "-1.0"),
+        ] {
             var entry = AccessLogEntry(time: 0, direction: .outbound, tls: .none, action: .allow, reason: "r")
             entry.durationMilliseconds = milliseconds
             #expect(entry.jsonLine().contains("\"duration_ms\":\(written)}"), "\(milliseconds)")

@@ -67,6 +67,12 @@ public final class InboundAuthorizer: Sendable {
         current.withLockedValue { $0 }
     }
 
+    /// `workload`'s policy in the current snapshot, without copying the
+    /// snapshot out of its lock (a request is decided by this alone).
+    public func policy(for workload: Workload) -> WorkloadPolicy {
+        current.withLockedValue { $0.policy(for: workload) }
+    }
+
     public func update(_ snapshot: AuthorizationSnapshot) {
         current.withLockedValue { $0 = snapshot }
     }

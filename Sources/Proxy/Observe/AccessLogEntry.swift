@@ -144,7 +144,7 @@ public struct AccessLogEntry: Sendable, Equatable {
         json.add("reason", reason)
         json.add("bytes_sent", bytesSent)
         json.add("bytes_received", bytesReceived)
-        json.add("duration_ms", (durationMilliseconds * 1000).rounded() / 1000)
+        json.addMilliseconds("duration_ms", durationMilliseconds)
         // Present only when they say something, to keep plain TCP lines short.
         json.addIfPresent("audited", audited)
         json.addIfPresent("audit", audit)
@@ -276,6 +276,26 @@ package struct JSONObjectWriter {
         key(name)
         guard value.isFinite else { return append("null") }
         bytes.append(contentsOf: value.description.utf8)
+    }
+
+    /// A duration in milliseconds to the microsecond, in the shortest form
+    /// that keeps one decimal (`0.0`, `2.5`, `12.346`), written from integers:
+    /// `Double.description` made a String for every line.
+    mutating func addMilliseconds(_ name: StaticString, _ milliseconds: Double) {
+        guard milliseconds.isFinite, milliseconds >= 0, milliseconds < 1e12 else {
+            return add(name, (milliseconds * 1000).rounded() / 1000)
+        }
+        key(name)
+        let microseconds = UInt64((milliseconds * 1000).rounded())
+        appendDecimal(microseconds / 1000)
+        bytes.append(UInt8(ascii: "."))
+        var fraction = microseconds % 1000
+        var width = 3
+        while width > 1, fraction % 10 == 0 {
+            fraction /= 10
+            width -= 1
+        }
+        appendDecimalDigits(fraction, width: width, to: &bytes)
     }
 
     /// RFC 3339 UTC time with milliseconds, as a string.

@@ -17,8 +17,12 @@ struct ReceivedRequestHead {
     /// HTTP/1.1 unless it says `Connection: close`, HTTP/1.0 only if it says
     /// `keep-alive`.
     var isKeepAlive: Bool {
-        let options = head.values(of: "connection").flatMap { $0.split(separator: ",") }.map { $0.lowercased().filter { $0 != " " && $0 != "\t" } }
-        return head.version == .http1_0 ? options.contains("keep-alive") : !options.contains("close")
+        let wanted = head.version == .http1_0 ? "keep-alive" : "close"
+        let said = head.fields.contains { field in
+            field.name == "connection"
+                && field.value.split(separator: ",").contains { $0.lowercased().filter { $0 != " " && $0 != "\t" } == wanted }
+        }
+        return head.version == .http1_0 ? said : !said
     }
 
     /// The head to send to the workload: the bytes received when it asks for
@@ -168,15 +172,17 @@ struct HTTP1RequestReader {
     /// as the decoder the agent used before refused it.
     private static func knownMethod(_ bytes: UnsafeRawBufferPointer) -> String? {
         let name = String(decoding: bytes, as: UTF8.self)
-        return knownMethods.contains(name) ? name : nil
+        // A switch compares these small strings without hashing them.
+        switch name {
+        case "GET", "POST", "HEAD", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+            "COPY", "LOCK", "MKCOL", "MOVE", "PROPFIND", "PROPPATCH", "SEARCH", "UNLOCK", "BIND", "REBIND", "UNBIND", "ACL",
+            "REPORT", "MKACTIVITY", "CHECKOUT", "MERGE", "M-SEARCH", "NOTIFY", "SUBSCRIBE", "UNSUBSCRIBE", "PURGE",
+            "MKCALENDAR", "LINK", "UNLINK", "SOURCE", "QUERY":
+            return name
+        default:
+            return nil
+        }
     }
-
-    private static let knownMethods: Set<String> = [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-        "COPY", "LOCK", "MKCOL", "MOVE", "PROPFIND", "PROPPATCH", "SEARCH", "UNLOCK", "BIND", "REBIND", "UNBIND", "ACL",
-        "REPORT", "MKACTIVITY", "CHECKOUT", "MERGE", "M-SEARCH", "NOTIFY", "SUBSCRIBE", "UNSUBSCRIBE", "PURGE",
-        "MKCALENDAR", "LINK", "UNLINK", "SOURCE", "QUERY",
-    ]
 }
 
 extension HTTP1BodyReader.Framing {

@@ -25,10 +25,18 @@ enum HTTPInspectionMetrics {
 struct ConnectionRequestCounters {
     private var labels: [(String, String)]?
     private var counters: [Int: Counter] = [:]
+    /// The last status counted, and its counter: most requests of a
+    /// connection get the status the one before got.
+    private var last: (status: Int, counter: Counter)?
 
     mutating func record(_ entry: AccessLogEntry) {
         let status = entry.status ?? 0
+        if let last, last.status == status {
+            last.counter.increment()
+            return
+        }
         if let counter = counters[status] {
+            last = (status, counter)
             counter.increment()
             return
         }
@@ -36,6 +44,7 @@ struct ConnectionRequestCounters {
         self.labels = labels
         let counter = HTTPInspectionMetrics.counter(labels, status: status)
         counters[status] = counter
+        last = (status, counter)
         counter.increment()
     }
 }

@@ -56,7 +56,7 @@ package struct HTTPRequestInspector: Sendable {
     /// whether the client's connection may carry another request after it.
     func inspect(_ head: RequestHead, keepAlive: Bool, now: Double = wallClock()) -> Outcome {
         // One snapshot decides the whole request: token rules and policy of one generation.
-        let policy = authorizer.snapshot.policy(for: workload)
+        let policy = authorizer.policy(for: workload)
         let verdict = policy.decide(head, on: connection, now: now)
         authorizer.record(verdict)
         return outcome(of: verdict, method: head.method, keepAlive: keepAlive)
