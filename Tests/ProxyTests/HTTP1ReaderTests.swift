@@ -65,6 +65,21 @@ import Testing
         #expect(String(buffer: received.bytes) == "GET / HTTP/1.1\r\nHost: o\r\n\r\n")
     }
 
+    /// A long header line sent a byte at a time is searched once for its
+    /// end, not again from its start at every byte.
+    @Test func aLineArrivingByteByByteIsSearchedOnce() throws {
+        let head = Array("GET / HTTP/1.1\r\nHost: o\r\nX-Long: \(String(repeating: "v", count: 60_000))\r\n\r\n".utf8)
+        var reader = HTTP1RequestReader(limit: HTTPHeadSizeLimit())
+        var unread = ByteBuffer()
+        var heads = 0
+        for byte in head {
+            unread.writeInteger(byte)
+            if case .head? = try reader.read(&unread) { heads += 1 }
+        }
+        #expect(heads == 1)
+        #expect(reader.headBytesSearched <= head.count, "searched \(reader.headBytesSearched) bytes of a \(head.count)-byte head")
+    }
+
     // MARK: Responses
 
     enum Seen: Equatable {

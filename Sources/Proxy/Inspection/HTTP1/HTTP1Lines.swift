@@ -14,16 +14,26 @@ import Policy
 struct HTTP1Lines {
     /// How far past the reader index lines have been read.
     private(set) var scanned = 0
+    /// How far past the reader index no line end is known to be: a line
+    /// that arrives in many reads is searched once, not from its start at
+    /// every read (which a client sending a long line a byte at a time would
+    /// turn into quadratic work).
+    private var searched = 0
+    /// Bytes searched for a line end, in all: what a line costs to find.
+    private(set) var bytesSearched = 0
 
     /// The next complete line after what was scanned, as offsets from the
     /// buffer's reader index without its CRLF; nil when it has not all
     /// arrived. A line longer than `maximumLength` is refused before its end
     /// arrives, so a client cannot make the agent buffer without bound.
     mutating func next(in buffer: ByteBuffer, maximumLength: Int, tooLong: @autoclosure () -> RequestRefusal) throws(RequestRefusal) -> Range<Int>? {
+        let from = max(scanned, searched)
         let found = buffer.withUnsafeReadableBytes { bytes -> Int? in
-            UnsafeRawBufferPointer(rebasing: bytes[scanned...]).firstIndex(of: UInt8(ascii: "\n")).map { scanned + $0 }
+            UnsafeRawBufferPointer(rebasing: bytes[from...]).firstIndex(of: UInt8(ascii: "\n")).map { from + $0 }
         }
+        bytesSearched += (found.map { $0 + 1 } ?? buffer.readableBytes) - from
         guard let newline = found else {
+            searched = buffer.readableBytes
             if buffer.readableBytes - scanned > maximumLength { throw tooLong() }
             return nil
         }
@@ -33,13 +43,17 @@ struct HTTP1Lines {
         let line = scanned..<(newline - 1)
         guard line.count <= maximumLength else { throw tooLong() }
         scanned = newline + 1
+        searched = scanned
         return line
     }
 
     /// Everything scanned, taken out of the buffer; scanning starts again at
     /// its new reader index.
     mutating func take(from buffer: inout ByteBuffer) -> ByteBuffer {
-        defer { scanned = 0 }
+        defer {
+            scanned = 0
+            searched = 0
+        }
         return buffer.readSlice(length: scanned) ?? ByteBuffer()
     }
 
@@ -47,6 +61,7 @@ struct HTTP1Lines {
     mutating func drop(from buffer: inout ByteBuffer) {
         buffer.moveReaderIndex(forwardBy: scanned)
         scanned = 0
+        searched = 0
     }
 }
 

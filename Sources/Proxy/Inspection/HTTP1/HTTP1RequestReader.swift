@@ -69,6 +69,9 @@ struct HTTP1RequestReader {
         budget = HTTP1HeadBudget(limit)
     }
 
+    /// Bytes of heads searched for line ends so far.
+    var headBytesSearched: Int { lines.bytesSearched }
+
     /// The next part from `buffer`, consuming what it returns; nil when more
     /// bytes are needed. A head is consumed only once it is complete.
     mutating func read(_ buffer: inout ByteBuffer) throws(RequestRefusal) -> Part? {
