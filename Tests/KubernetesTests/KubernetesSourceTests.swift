@@ -50,10 +50,16 @@ import Workloads
         try await group.shutdownGracefully()
     }
 
+    /// How long a condition may take. Alone a test meets it in well under a
+    /// second; under ThreadSanitizer, with the whole suite's tests keeping the
+    /// two cores' cooperative threads busy, the source's tasks waited over
+    /// 30 s for their turn. A hang still fails.
+    static let patience: Duration = .seconds(90)
+
     /// Waits until `condition` holds for the last reported pods.
     @discardableResult
     static func eventually(
-        _ source: KubernetesSource, _ what: String, timeout: Duration = .seconds(30),
+        _ source: KubernetesSource, _ what: String, timeout: Duration = patience,
         _ condition: ([DiscoveredPod]) -> Bool
     ) async throws -> [DiscoveredPod] {
         let deadline = ContinuousClock.now + timeout
@@ -65,7 +71,7 @@ import Workloads
         throw CancellationError()
     }
 
-    static func waitFor(_ what: String, timeout: Duration = .seconds(30), _ condition: () -> Bool) async throws {
+    static func waitFor(_ what: String, timeout: Duration = patience, _ condition: () -> Bool) async throws {
         let deadline = ContinuousClock.now + timeout
         while ContinuousClock.now < deadline {
             if condition() { return }
