@@ -36,19 +36,19 @@ struct HTTP1BodyReader {
     private var state: State
     private var lines = HTTP1Lines()
     private var trailerBudget: HTTP1HeadBudget
-    private var trailerLines = 0
 
     /// The longest chunk-size line (with extensions) read.
     static let maximumChunkLine = 1024
 
-    init(_ framing: Framing, trailerLimit: HTTPHeadSizeLimit) {
+    /// `trailers`: what a chunked body's trailer section may hold.
+    init(_ framing: Framing, trailers: HTTP1HeadBudget) {
         switch framing {
         case .none, .length(0): state = .ending
         case .length(let length): state = .length(remaining: length)
         case .chunked: state = .chunkSize
         case .untilClose: state = .untilClose
         }
-        trailerBudget = HTTP1HeadBudget(trailerLimit)
+        trailerBudget = trailers
     }
 
     /// The next part of the body from `buffer`; nil when more bytes are
@@ -87,14 +87,12 @@ struct HTTP1BodyReader {
             while let line = try lines.next(in: buffer, maximumLength: trailerBudget.maximumLineLength, tooLong: trailerBudget.exceeded) {
                 if line.isEmpty {
                     state = .ending
-                    trailerLines = 0
                     return .framing(lines.take(from: &buffer))
                 }
                 try buffer.withUnsafeReadableBytes { bytes throws(RequestRefusal) in
-                    let field = try HTTP1FieldLine(UnsafeRawBufferPointer(rebasing: bytes[line]), index: trailerLines)
+                    let field = try HTTP1FieldLine(UnsafeRawBufferPointer(rebasing: bytes[line]), index: trailerBudget.fields)
                     try trailerBudget.add(lineLength: line.count, counted: field.name.count + field.value.count, isField: true)
                 }
-                trailerLines += 1
             }
             return nil
         }

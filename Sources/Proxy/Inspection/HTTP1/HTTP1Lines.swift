@@ -99,24 +99,30 @@ struct HTTP1FieldLine {
 /// it has used so far.
 struct HTTP1HeadBudget {
     let limit: HTTPHeadSizeLimit
+    /// What passing the limit is refused with.
+    let exceeded: RequestRefusal
     private var bytes = 0
-    private var fields = 0
+    /// Fields counted so far.
+    private(set) var fields = 0
     /// Bytes of the section as received, line ends and spacing included.
     private var received = 0
 
-    init(_ limit: HTTPHeadSizeLimit) {
+    /// A request's head or trailers, refused with 431 past `limit`; another
+    /// section says how in `exceeded`.
+    init(_ limit: HTTPHeadSizeLimit, exceeded: RequestRefusal? = nil) {
         self.limit = limit
+        self.exceeded = exceeded
+            ?? RequestRefusal(.requestHeaderFieldsTooLarge, "request head is over \(limit.maximumBytes) bytes or \(limit.maximumFields) fields")
     }
+
+    /// A fresh budget for the next section of the same kind.
+    var renewed: HTTP1HeadBudget { HTTP1HeadBudget(limit, exceeded: exceeded) }
 
     /// The longest line that may arrive: past it, refused before its end.
     var maximumLineLength: Int { limit.maximumBytes + Self.allowancePerLine }
 
     /// Spacing, separators and line ends a line may add beyond what counts.
     static let allowancePerLine = 64
-
-    var exceeded: RequestRefusal {
-        RequestRefusal(.requestHeaderFieldsTooLarge, "request head is over \(limit.maximumBytes) bytes or \(limit.maximumFields) fields")
-    }
 
     /// Counts a line of `lineLength` bytes carrying `counted` bytes of target,
     /// name or value, and a field if it is one. The counted bytes are what the

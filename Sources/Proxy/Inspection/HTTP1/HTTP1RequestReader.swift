@@ -11,7 +11,6 @@ struct ReceivedRequestHead {
     /// Whether the request line is exactly `method SP target SP version`. One
     /// with more spaces is written anew, never passed on as it came.
     var canonicalRequestLine: Bool
-    var body: CheckedRequest.Body
 
     /// Whether the client may send another request after this one's answer:
     /// HTTP/1.1 unless it says `Connection: close`, HTTP/1.0 only if it says
@@ -47,6 +46,15 @@ struct ReceivedRequestHead {
     }
 }
 
+/// A request line, read.
+struct RequestLine {
+    var method: String
+    var target: String
+    var version: RequestHead.Version
+    /// Exactly one space between the method and the target.
+    var canonical: Bool
+}
+
 /// Reads requests from a client's bytes, strictly (`HTTP1Lines`): each head
 /// whole, then its body as slices of what arrived. What it refuses it refuses
 /// with the status and reason to answer with; the connection cannot go on
@@ -57,15 +65,13 @@ struct HTTP1RequestReader {
         case body(HTTP1BodyPart)
     }
 
-    private let limit: HTTPHeadSizeLimit
     private var lines = HTTP1Lines()
     private var budget: HTTP1HeadBudget
-    private var requestLine: (method: String, target: String, version: RequestHead.Version, canonical: Bool)?
+    private var requestLine: RequestLine?
     private var fields: [HTTPField] = []
     private var body: HTTP1BodyReader?
 
     init(limit: HTTPHeadSizeLimit) {
-        self.limit = limit
         budget = HTTP1HeadBudget(limit)
     }
 
@@ -107,26 +113,22 @@ struct HTTP1RequestReader {
         return nil
     }
 
-    private mutating func headEnded(
-        _ line: (method: String, target: String, version: RequestHead.Version, canonical: Bool), bytes: ByteBuffer
-    ) throws(RequestRefusal) -> ReceivedRequestHead {
+    private mutating func headEnded(_ line: RequestLine, bytes: ByteBuffer) throws(RequestRefusal) -> ReceivedRequestHead {
         let head = RequestHead(method: line.method, target: line.target, version: line.version, fields: fields)
         requestLine = nil
         fields.removeAll(keepingCapacity: true)
-        budget = HTTP1HeadBudget(limit)
+        budget = budget.renewed
         // The one framing the request decision also checks (`RequestHeadCheck`).
         let framing = try RequestHeadCheck.bodyFraming(head).get()
-        body = HTTP1BodyReader(HTTP1BodyReader.Framing(framing), trailerLimit: limit)
-        return ReceivedRequestHead(head: head, bytes: bytes, canonicalRequestLine: line.canonical, body: framing)
+        body = HTTP1BodyReader(HTTP1BodyReader.Framing(framing), trailers: budget.renewed)
+        return ReceivedRequestHead(head: head, bytes: bytes, canonicalRequestLine: line.canonical)
     }
 
     /// `method SP request-target SP HTTP-version`. A line with no version is
     /// HTTP/0.9 (505 as soon as the line ends, where a parser waiting for
     /// fields would hang); spaces between the method and the target may be
     /// more than one, as llhttp reads them.
-    static func requestLine(_ line: UnsafeRawBufferPointer) throws(RequestRefusal) -> (
-        method: String, target: String, version: RequestHead.Version, canonical: Bool
-    ) {
+    static func requestLine(_ line: UnsafeRawBufferPointer) throws(RequestRefusal) -> RequestLine {
         let notRequestLine = RequestRefusal(.badRequest, "malformed HTTP/1.1 request: not a request line")
         guard let methodEnd = line.firstIndex(of: UInt8(ascii: " ")), methodEnd > 0 else { throw notRequestLine }
         let method = UnsafeRawBufferPointer(rebasing: line[..<methodEnd])
@@ -156,7 +158,7 @@ struct HTTP1RequestReader {
         } else {
             throw notRequestLine
         }
-        return (methodName, String(decoding: target, as: UTF8.self), version, targetStart == methodEnd + 1)
+        return RequestLine(method: methodName, target: String(decoding: target, as: UTF8.self), version: version, canonical: targetStart == methodEnd + 1)
     }
 
     /// `HTTP/` DIGIT `.` DIGIT: a version, if not one the agent speaks.

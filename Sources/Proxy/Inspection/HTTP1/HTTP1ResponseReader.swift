@@ -14,11 +14,9 @@ struct HTTP1ResponseReader {
         case body(HTTP1BodyPart)
     }
 
-    private let limit: HTTPHeadSizeLimit
     private var lines = HTTP1Lines()
     private var budget: HTTP1HeadBudget
     private var status: Int?
-    private var fieldCount = 0
     private var contentLength: Int?
     private var contentLengths = 0
     private var transferCodings: [UInt8] = []
@@ -32,8 +30,8 @@ struct HTTP1ResponseReader {
     static let headLimit = HTTPHeadSizeLimit(maximumBytes: 256 * 1024, maximumFields: 500)
 
     init(limit: HTTPHeadSizeLimit = Self.headLimit) {
-        self.limit = limit
-        budget = HTTP1HeadBudget(limit)
+        budget = HTTP1HeadBudget(
+            limit, exceeded: Self.malformed("its head is over \(limit.maximumBytes) bytes or \(limit.maximumFields) fields"))
     }
 
     /// A request went to the workload; its response comes after those before it.
@@ -49,7 +47,7 @@ struct HTTP1ResponseReader {
             if case .end? = part { body = nil } else { body = reading }
             return part.map(Part.body)
         }
-        while let line = try lines.next(in: buffer, maximumLength: budget.maximumLineLength, tooLong: Self.malformed("its head is too large")) {
+        while let line = try lines.next(in: buffer, maximumLength: budget.maximumLineLength, tooLong: budget.exceeded) {
             guard let status else {
                 // Blank lines before a status line are dropped, as before a request line.
                 if line.isEmpty {
@@ -66,11 +64,10 @@ struct HTTP1ResponseReader {
                 return .head(status: status, bytes: try headEnded(status, bytes: lines.take(from: &buffer)))
             }
             try buffer.withUnsafeReadableBytes { bytes throws(RequestRefusal) in
-                let field = try HTTP1FieldLine(UnsafeRawBufferPointer(rebasing: bytes[line]), index: fieldCount)
+                let field = try HTTP1FieldLine(UnsafeRawBufferPointer(rebasing: bytes[line]), index: budget.fields)
                 try budget.add(lineLength: line.count, counted: field.name.count + field.value.count, isField: true)
                 try framingField(field)
             }
-            fieldCount += 1
         }
         return nil
     }
@@ -98,17 +95,16 @@ struct HTTP1ResponseReader {
     private mutating func headEnded(_ status: Int, bytes: ByteBuffer) throws(RequestRefusal) -> ByteBuffer {
         defer {
             self.status = nil
-            fieldCount = 0
             contentLength = nil
             contentLengths = 0
             transferCodings.removeAll(keepingCapacity: true)
             transferEncoded = false
-            budget = HTTP1HeadBudget(limit)
+            budget = budget.renewed
         }
         // An interim response (1xx) has no body, and the final one follows.
         if status < 200 { return bytes }
         let answersHEAD = awaiting.removeFirst()
-        body = HTTP1BodyReader(try framing(status: status, answersHEAD: answersHEAD), trailerLimit: limit)
+        body = HTTP1BodyReader(try framing(status: status, answersHEAD: answersHEAD), trailers: budget.renewed)
         return bytes
     }
 
