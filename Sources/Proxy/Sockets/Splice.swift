@@ -192,10 +192,8 @@ final class SpliceHandler: ChannelDuplexHandler, RemovableChannelHandler {
         case .none:
             break
         case .drainThenEndOutput:
-            let drained = context.eventLoop.makePromise(of: Void.self)
-            context.writeAndFlush(wrapOutboundOut(ByteBuffer()), promise: drained)
-            drained.futureResult.assumeIsolated().whenSuccess { [self] in
-                apply(state.outputDrained())
+            context.whenWritesDrained { [self] result in
+                if case .success = result { apply(state.outputDrained()) }
             }
         case .shutdownOutput:
             context.close(mode: .output, promise: nil)
@@ -301,5 +299,15 @@ func completeProxy(
         closed()
         IstioTCPMetrics.closed(finished, counters: metricCounters)
         accessLog.record(finished)
+    }
+}
+
+extension ChannelHandlerContext {
+    /// Runs `body` once every write queued so far has gone out (or failed):
+    /// an empty write flushed behind them completes after them.
+    func whenWritesDrained(_ body: @escaping (Result<Void, any Error>) -> Void) {
+        let drained = eventLoop.makePromise(of: Void.self)
+        writeAndFlush(NIOAny(ByteBuffer()), promise: drained)
+        drained.futureResult.assumeIsolated().whenComplete(body)
     }
 }

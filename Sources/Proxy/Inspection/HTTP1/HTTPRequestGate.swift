@@ -174,7 +174,7 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
         case .finish:
             finish(context)
         case .closeAfterWrites:
-            afterWrites(context) { context.close(promise: nil) }
+            context.whenWritesDrained { _ in context.close(promise: nil) }
         case .abort:
             context.close(promise: nil)
         }
@@ -201,20 +201,12 @@ final class HTTPRequestGate: ChannelDuplexHandler, RemovableChannelHandler {
         accessLog.record(entry)
     }
 
-    /// Runs `body` once everything written so far has gone out: an empty
-    /// write queued behind the others completes after them.
-    private func afterWrites(_ context: ChannelHandlerContext, _ body: @escaping () -> Void) {
-        let drained = context.eventLoop.makePromise(of: Void.self)
-        context.writeAndFlush(wrapOutboundOut(ByteBuffer()), promise: drained)
-        drained.futureResult.assumeIsolated().whenComplete { _ in body() }
-    }
-
     /// Ends the client's side once everything owed is written: output is shut
     /// (FIN, or END_STREAM on a tunnel stream) so the answer is delivered, not
     /// cut off by a reset; a client that does not close its side in
     /// `lingerTime` is closed outright.
     private func finish(_ context: ChannelHandlerContext) {
-        afterWrites(context) { [relay] in
+        context.whenWritesDrained { [relay] _ in
             context.close(mode: .output, promise: nil)
             relay?.finish()
             // The channel, not this context: the handler may be gone by then.

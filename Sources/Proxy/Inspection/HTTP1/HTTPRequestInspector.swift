@@ -54,7 +54,7 @@ package struct HTTPRequestInspector: Sendable {
     /// Decides `head` with the one request decision (`WorkloadPolicy.decide`)
     /// under the policy in force, and says what to do with it. `keepAlive`:
     /// whether the client's connection may carry another request after it.
-    func inspect(_ head: RequestHead, keepAlive: Bool, now: Double = wallClock()) -> Outcome {
+    func inspect(_ head: RequestHead, keepAlive: @autoclosure () -> Bool, now: Double = wallClock()) -> Outcome {
         // One snapshot decides the whole request: token rules and policy of one generation.
         let policy = authorizer.policy(for: workload)
         let verdict = policy.decide(head, on: connection, now: now)
@@ -62,8 +62,9 @@ package struct HTTPRequestInspector: Sendable {
         return outcome(of: verdict, method: head.method, keepAlive: keepAlive)
     }
 
-    /// What the data path does with a verdict on a request.
-    func outcome(of verdict: RequestVerdict, method: String, keepAlive: Bool) -> Outcome {
+    /// What the data path does with a verdict on a request. `keepAlive` is
+    /// asked only when the agent answers itself, not for a forwarded request.
+    func outcome(of verdict: RequestVerdict, method: String, keepAlive: () -> Bool) -> Outcome {
         switch verdict {
         case .refused(let refusal):
             return .respond(
@@ -76,7 +77,7 @@ package struct HTTPRequestInspector: Sendable {
             entry.action = .deny
             entry.policy = nil
             entry.reason = "request authentication failed: \(reason)"
-            return .respond(LocalResponse(status: .unauthorized, body: "Jwt verification fails", close: !keepAlive), entry)
+            return .respond(LocalResponse(status: .unauthorized, body: "Jwt verification fails", close: !keepAlive()), entry)
         case .decided(let decision, let request):
             var entry = requestEntry()
             entry.method = method
@@ -84,7 +85,7 @@ package struct HTTPRequestInspector: Sendable {
             entry.requestPrincipal = request.identity?.principal
             entry.record(decision)
             guard decision.outcome == .allow else {
-                return .respond(LocalResponse(status: .forbidden, body: "RBAC: access denied", close: !keepAlive), entry)
+                return .respond(LocalResponse(status: .forbidden, body: "RBAC: access denied", close: !keepAlive()), entry)
             }
             // The workload is asked for exactly what policy checked.
             return .forward(Forwarding(target: request.checked.target.target, removing: request.tokenHeadersToRemove), entry)
